@@ -1,0 +1,37 @@
+# eservice-gateway: the MX for retired filing addresses.
+#   docker build -t eservice-gateway .
+#   docker run -d -p 25:2525 -v gw-state:/var/lib/eservice-gateway \
+#       -v /etc/eservice-gateway/gateway.toml:/etc/eservice-gateway/gateway.toml:ro \
+#       -e GATEWAY_CONFIG=/etc/eservice-gateway/gateway.toml eservice-gateway
+FROM python:3.11-slim
+
+RUN groupadd --system --gid 10001 gateway \
+ && useradd --system --uid 10001 --gid gateway --home-dir /var/lib/eservice-gateway gateway \
+ && install -d -o gateway -g gateway /var/lib/eservice-gateway /var/log/eservice-gateway
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY gateway ./gateway
+COPY config ./config
+COPY templates ./templates
+RUN pip install --no-cache-dir . && cd / && rm -rf /src
+
+# Listen on every IPv4 address inside the container; publish the port as 25.
+ENV GATEWAY_SERVER__LISTEN=0.0.0.0:2525 \
+    GATEWAY_STORAGE__STATE_DIR=/var/lib/eservice-gateway \
+    GATEWAY_DELIVERY__OUTBOX_DIR=/var/lib/eservice-gateway/notices \
+    GATEWAY_AUDIT__FORMAT=json \
+    PYTHONUNBUFFERED=1
+
+VOLUME ["/var/lib/eservice-gateway", "/var/log/eservice-gateway"]
+EXPOSE 2525
+USER gateway
+WORKDIR /var/lib/eservice-gateway
+
+# An SMTP NOOP round trip proves the listener and the event loop are alive.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import smtplib; s = smtplib.SMTP('127.0.0.1', 2525, 'healthcheck', timeout=4); s.noop(); s.quit()"]
+
+# Exec form: the gateway is PID 1's child-free process and receives SIGTERM to drain.
+ENTRYPOINT ["gateway"]
+CMD ["serve"]

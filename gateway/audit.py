@@ -1,0 +1,119 @@
+"""The audit log: structlog set-up and the vocabulary of events operators rely on.
+
+One JSON object per line, UTC ISO-8601 `timestamp`, `event` naming the fact, values in keys.
+Events of one message share its `reference`, the id quoted in the SMTP reply. The names and
+keys below are a contract with log tools: add to them, do not rename. Bodies and credentials
+are never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, TextIO
+
+import structlog
+
+from gateway.config import AuditSettings
+
+__all__ = ["EVENTS", "configure_logging", "get_logger"]
+
+# event name -> the keys it carries (besides timestamp, level and event).
+EVENTS: dict[str, tuple[str, ...]] = {
+    "gateway.started": ("version", "config", "offices", "as_of", "state_dir"),
+    "gateway.listening": ("host", "port"),
+    "gateway.stopping": ("reason", "sessions"),
+    "gateway.stopped": ("sessions_cut",),
+    "smtp.session.opened": ("session_id", "peer_ip", "peer_port"),
+    "smtp.session.closed": ("session_id", "peer_ip", "messages", "duration_s"),
+    "smtp.session.refused": ("peer_ip", "reason", "reply"),  # also command-limit cuts
+    "smtp.session.timed_out": ("session_id", "peer_ip", "limit", "reply"),
+    "smtp.session.failed": ("session_id", "peer_ip", "reply", "exc_info"),
+    "smtp.recipient.refused": (
+        "session_id",
+        "reference",
+        "sender",
+        "recipient",
+        "office",
+        "phase",
+        "reason",
+        "reply_code",
+        "reply",
+    ),
+    "smtp.recipient.deferred": ("session_id", "sender", "recipient", "reason", "reply"),
+    "smtp.message.received": (
+        "session_id",
+        "reference",
+        "peer_ip",
+        "helo",
+        "tls",
+        "sender",
+        "recipients",
+        "message_id",
+        "subject",
+        "date_header",
+        "size",
+        "sha256",
+        "attachments",
+        "a_numbers",
+    ),
+    "policy.decided": (
+        "reference",
+        "recipient",
+        "office",
+        "phase",
+        "action",
+        "reason",
+        "arrival_utc",
+        "arrival_local",
+    ),
+    "notice.suppressed": ("reference", "sender", "reason"),
+    "outbox.enqueued": ("reference", "job_kind", "office", "recipients", "destination"),
+    "smtp.reply.sent": ("session_id", "reference", "outcome", "reply_code", "reply"),
+    "store.write_failed": ("session_id", "reference", "error"),
+    "store.raw_purged": ("count",),
+    "store.purge_failed": ("error",),
+}
+
+
+def configure_logging(settings: AuditSettings, *, stream: TextIO | None = None) -> TextIO:
+    """Route structlog to the configured destination; returns the stream written to.
+
+    Called once by the CLI. `stream` overrides the destination (tests).
+    """
+    out = stream or _open_destination(settings.log)
+    console = settings.format == "console" or (settings.format == "auto" and out.isatty())
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.WriteLoggerFactory(file=out),
+        cache_logger_on_first_use=True,
+    )
+    # aiosmtpd narrates sessions through stdlib logging as plain text; everything of it that
+    # matters is an audit event of ours, so its lines would only be noise outside the log.
+    library_log = logging.getLogger("mail.log")
+    library_log.propagate = False
+    library_log.addHandler(logging.NullHandler())
+    return out
+
+
+def _open_destination(log: str) -> TextIO:
+    if log == "-":
+        return sys.stdout
+    # Line-buffered: each event reaches the file as one whole line.
+    return open(log, "a", encoding="utf-8", buffering=1)
+
+
+def get_logger(**context: Any) -> structlog.typing.FilteringBoundLogger:
+    """A logger carrying `context` in every event."""
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger().bind(**context)
+    return logger

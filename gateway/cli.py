@@ -1,0 +1,157 @@
+"""The `gateway` command: parse arguments, load settings, set up logging, run.
+
+main() returns the exit status: 0 on success, 2 for a configuration or usage problem, 1 when
+the gateway could not run. Tests call main([...]) directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway import __version__
+from gateway.config import GatewaySettings, load_settings
+from gateway.errors import ConfigError
+from gateway.inbound import check_replies
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gateway",
+        description="The MX for retired filing addresses: refuse or notify, record every attempt.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument(
+            "--config",
+            type=Path,
+            default=None,
+            help="TOML settings file (default: $GATEWAY_CONFIG, else the built-in config)",
+        )
+        return sub
+
+    serve = command("serve", "Run the SMTP server until SIGTERM or SIGINT.")
+    serve.add_argument(
+        "--as-of",
+        metavar="ISO-8601",
+        default=None,
+        help="run the clock as if it were this moment (trials and rehearsals; logged loudly)",
+    )
+    command("check-config", "Validate the settings and print the address table and phase dates.")
+    _add_preview(command("preview", "Render the notice a message would get; nothing is sent."))
+    keygen = command(
+        "dkim-keygen",
+        "Print the DNS TXT record for the notices' DKIM key, creating the key if there is none.",
+    )
+    keygen.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE",
+        default=None,
+        help="write a new key to FILE instead (never overwrites), for [notices] dkim_key_file",
+    )
+    return parser
+
+
+def _add_preview(preview: argparse.ArgumentParser) -> None:
+    preview.add_argument(
+        "--office",
+        metavar="NAME",
+        help="office to render for (default: the "
+        "office of the message's retired address, else the first office)",
+    )
+    preview.add_argument(
+        "--message",
+        type=Path,
+        metavar="FILE.eml",
+        help="the message to answer (default: a built-in sample filing)",
+    )
+    preview.add_argument(
+        "--format",
+        choices=["text", "html", "eml"],
+        default="text",
+        help="the plain-text part, the HTML part, or the whole message",
+    )
+    preview.add_argument(
+        "--kind",
+        choices=["not-filed", "advisory"],
+        default="not-filed",
+        help="the notice after the cutoff, or the advisory before it",
+    )
+    preview.add_argument(
+        "--sender",
+        metavar="ADDRESS",
+        help="envelope sender to pretend (default: Return-Path, else From)",
+    )
+    preview.add_argument(
+        "--languages", metavar="en,es", help="languages to show, in order (default: the office's)"
+    )
+    preview.add_argument(
+        "--received", metavar="ISO-8601", help="arrival time (default: the message's Date header)"
+    )
+    preview.add_argument(
+        "--templates",
+        type=Path,
+        metavar="DIR",
+        help="template sets to use instead of the configured ones",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the gateway command line; returns the process exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = _settings(args.config)
+    except ConfigError as exc:
+        print(f"gateway: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "check-config":
+        from gateway.checkconfig import print_check
+
+        print_check(settings, out=sys.stdout)
+        return EXIT_OK
+    if args.command == "serve":
+        from gateway.app import serve
+
+        return serve(settings, as_of=args.as_of)
+    if args.command == "preview":
+        from gateway.preview import run_preview
+
+        return run_preview(
+            settings,
+            office=args.office,
+            message=args.message,
+            output=args.format,
+            kind=args.kind,
+            sender=args.sender,
+            languages=args.languages,
+            received=args.received,
+            templates=args.templates,
+            out=sys.stdout.buffer,
+            err=sys.stderr,
+        )
+    if args.command == "dkim-keygen":
+        from gateway.preview import run_dkim_keygen
+
+        return run_dkim_keygen(settings, out_file=args.out, out=sys.stdout, err=sys.stderr)
+    return EXIT_FAILED  # pragma: no cover - argparse rejects unknown commands
+
+
+def _settings(path: Path | None) -> GatewaySettings:
+    if path is None and os.environ.get("GATEWAY_CONFIG"):
+        path = Path(os.environ["GATEWAY_CONFIG"])
+    settings = load_settings(path, os.environ)
+    check_replies(settings)
+    return settings

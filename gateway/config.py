@@ -1,0 +1,429 @@
+"""Typed settings: the TOML file, environment overrides and every validation.
+
+Settings are read once, by `load_settings()`, and passed to the objects that need them.
+Nothing here opens sockets or starts tasks; the only I/O is reading the file and secrets.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import re
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from gateway.addresses import AddressBook, normalize_domain, parse_address
+from gateway.errors import ConfigError
+
+__all__ = [
+    "AuditSettings",
+    "DeliverySettings",
+    "GatewaySettings",
+    "Language",
+    "Lifecycle",
+    "ListenAddress",
+    "NoticeSettings",
+    "OfficeSettings",
+    "ResponseMode",
+    "ServerSettings",
+    "StorageSettings",
+    "default_config_path",
+    "load_settings",
+]
+
+ENV_PREFIX = "GATEWAY_"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def _parse_listen(value: Any) -> ListenAddress:
+    if isinstance(value, ListenAddress):
+        return value
+    text = str(value).strip()
+    match = re.fullmatch(
+        r"\[(?P<v6>[0-9A-Fa-f:.]+)\]:(?P<p6>\d+)|(?P<host>[^:\s]+):(?P<port>\d+)", text
+    )
+    if match is None:
+        raise ValueError(f"{text!r} is not host:port (IPv6 as [addr]:port)")
+    host = match["v6"] or match["host"]
+    port = int(match["p6"] or match["port"])
+    if port > 65535:
+        raise ValueError(f"port {port} is out of range")
+    return ListenAddress(host, port)
+
+
+def _check_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown IANA time zone {name!r}") from exc
+    return name
+
+
+def _check_url(url: str) -> str:
+    if not re.fullmatch(r"https?://[\x21-\x7e]+", url):
+        raise ValueError(f"{url!r} is not an ASCII http(s) URL")
+    return url
+
+
+Url = Annotated[str, AfterValidator(_check_url)]
+Seconds = Annotated[float, Field(gt=0)]
+# A phase boundary: a bare date (midnight in the office's zone), a local date-time in the
+# office's zone, or a date-time with an explicit offset.
+Boundary = date | datetime
+# The languages the notice templates are written in.
+Language = Literal["en", "es"]
+_ENGLISH: list[Language] = ["en"]
+
+
+class ResponseMode(enum.StrEnum):
+    REJECT_AT_RCPT = "reject-at-rcpt"
+    REJECT_AFTER_DATA = "reject-after-data"
+    ACCEPT_AND_NOTIFY = "accept-and-notify"
+
+
+class ServerSettings(_Model):
+    listen: list[ListenAddress] = Field(
+        default_factory=lambda: [ListenAddress("127.0.0.1", 2525)], min_length=1
+    )
+    hostname: str = Field(default="localhost", pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
+    max_message_size: int = Field(default=25 * 1024 * 1024, ge=1024)
+    max_recipients: int = Field(default=50, ge=1)
+    max_connections: int = Field(default=200, ge=1)
+    max_commands: int = Field(default=1000, ge=5)
+    idle_timeout: Seconds = 300.0
+    session_timeout: Seconds = 1800.0
+    drain_timeout: Seconds = 30.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _listen(cls, value: Any) -> list[ListenAddress]:
+        items = value if isinstance(value, list) else [value]
+        return [_parse_listen(item) for item in items]
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be set together")
+        for path in (self.tls_cert, self.tls_key):
+            if path is not None and not path.is_file():
+                raise ValueError(f"{path} is not a readable file")
+        return self
+
+
+class StorageSettings(_Model):
+    state_dir: Path = Path("state")
+    keep_raw: bool = False
+    raw_retention_days: int = Field(default=90, ge=1)
+
+    @property
+    def database(self) -> Path:
+        return self.state_dir / "gateway.sqlite3"
+
+
+class AuditSettings(_Model):
+    # "-" is standard output; anything else is a file appended to.
+    log: str = "-"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class DeliverySettings(_Model):
+    mode: Literal["file", "smarthost", "mx"] = "file"
+    smarthost: str | None = None
+    outbox_dir: Path = Path("state/notices")
+
+
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DNS_NAME = rf"^{_LABEL}(\.{_LABEL})*$"
+# An ASCII addr-spec without display name or quoting: the notices' From must be a plain mailbox.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_ADDRESS = rf"^{_ATOM}(\.{_ATOM})*@{_LABEL}(\.{_LABEL})*$"
+# Header text that an operator writes: printable, so that it can never fold or split a header.
+_HEADER_TEXT = r"^[^\x00-\x1f\x7f\u2028\u2029]*$"
+
+
+class NoticeSettings(_Model):
+    # The notices' From. None means no-reply@<server.hostname>; RFC 3834 §5.1 asks for an
+    # address whose replies do no harm, so it should be a mailbox that nobody reads.
+    from_address: str | None = Field(default=None, pattern=_PLAIN_ADDRESS, max_length=254)
+    from_name: str = Field(
+        default="eService filing notices (no-reply)",
+        min_length=1,
+        max_length=80,
+        pattern=_HEADER_TEXT,
+    )
+    # RFC 3834 §3.1.5 suggests the "Auto:" prefix so that people and filters see a reply.
+    subject_prefix: str = Field(default="Auto: NOT FILED - ", max_length=60, pattern=_HEADER_TEXT)
+    # How much of the original Subject is quoted in the notice's Subject and body.
+    subject_max_chars: int = Field(default=150, ge=20, le=400)
+    dkim_selector: str = Field(default="gateway", max_length=63, pattern=_DNS_NAME)
+    # None: the domain of the From address (DMARC alignment needs the two to match).
+    dkim_domain: str | None = Field(default=None, max_length=253, pattern=_DNS_NAME)
+    # PEM RSA private key; None: one is generated under storage.state_dir/dkim on first start.
+    dkim_key_file: Path | None = None
+    # A directory of template sets to use instead of the built-in templates/.
+    templates_dir: Path | None = None
+
+    @field_validator("dkim_key_file")
+    @classmethod
+    def _key_readable(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"{path} is not a readable file")
+        return path
+
+    @field_validator("templates_dir")
+    @classmethod
+    def _templates_present(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_dir():
+            raise ValueError(f"{path} is not a directory")
+        return path
+
+    @field_validator("dkim_domain")
+    @classmethod
+    def _aligned(cls, domain: str | None, info: ValidationInfo) -> str | None:
+        # DMARC (RFC 7489 §3.1.1): the signature only helps if d= is the From domain or a
+        # parent of it.
+        sender = info.data.get("from_address")
+        if domain is None or not sender:
+            return domain
+        from_domain = sender.rpartition("@")[2].lower()
+        if from_domain != domain.lower() and not from_domain.endswith("." + domain.lower()):
+            raise ValueError(f"{domain!r} does not align with the from_address domain")
+        return domain
+
+
+@dataclass(frozen=True, slots=True)
+class Lifecycle:
+    """An office's phase boundaries as instants in UTC; each starts its phase, inclusive."""
+
+    portal_opens: datetime | None
+    retires: datetime
+    decommissions: datetime | None
+
+
+def _to_utc(boundary: Boundary, zone: ZoneInfo) -> datetime:
+    if not isinstance(boundary, datetime):
+        boundary = datetime.combine(boundary, time(0))
+    if boundary.tzinfo is None:
+        # A wall-clock time in the office's zone. In a DST gap (fold=0) zoneinfo applies the
+        # offset in force before the change, so a missing 02:30 becomes 03:30 daylight time.
+        boundary = boundary.replace(tzinfo=zone)
+    return boundary.astimezone(UTC)
+
+
+class OfficeSettings(_Model):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    display_name: str = Field(min_length=1, max_length=120)
+    # Plain ASCII name used inside SMTP replies, which must stay 7-bit.
+    short_name: str = Field(min_length=1, max_length=40, pattern=r"^[\x20-\x7e]+$")
+    timezone: Annotated[str, AfterValidator(_check_zone)]
+    portal_opens: Boundary | None = None
+    retires: Boundary
+    decommissions: Boundary | None = None
+    response: ResponseMode = ResponseMode.REJECT_AFTER_DATA
+    portal_url: Url
+    registration_url: Url | None = None
+    instructions_url: Url | None = None
+    paper_service: list[str] = Field(default_factory=list)
+    addresses: list[str] = Field(min_length=1)
+    legacy_host: str | None = None
+    templates: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    # The portal as the notices name it: "... through the <portal_name>".
+    portal_name: str = Field(default="online filing portal", min_length=1, max_length=80)
+    # Languages of the notices, in the order shown; more than one makes a bilingual notice.
+    languages: list[Language] = Field(default_factory=lambda: _ENGLISH.copy(), min_length=1)
+
+    @field_validator("addresses")
+    @classmethod
+    def _addresses(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            if entry.startswith("@"):
+                normalize_domain(entry[1:])
+            else:
+                parse_address(entry)
+        return entries
+
+    @cached_property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @cached_property
+    def lifecycle(self) -> Lifecycle:
+        def utc(b: Boundary | None) -> datetime | None:
+            return None if b is None else _to_utc(b, self.zone)
+
+        return Lifecycle(
+            utc(self.portal_opens), _to_utc(self.retires, self.zone), utc(self.decommissions)
+        )
+
+    @field_validator("languages")
+    @classmethod
+    def _languages_once(cls, languages: list[str]) -> list[str]:
+        if len(set(languages)) != len(languages):
+            raise ValueError("a language is listed twice")
+        return languages
+
+    @model_validator(mode="after")
+    def _ordered_phases(self) -> OfficeSettings:
+        cycle = self.lifecycle
+        if cycle.portal_opens is not None and cycle.portal_opens > cycle.retires:
+            raise ValueError("portal_opens must not be after retires")
+        if cycle.decommissions is not None and cycle.decommissions <= cycle.retires:
+            raise ValueError("decommissions must be after retires")
+        return self
+
+
+class GatewaySettings(_Model):
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    notices: NoticeSettings = Field(default_factory=NoticeSettings)
+    offices: list[OfficeSettings] = Field(min_length=1)
+
+    @cached_property
+    def address_book(self) -> AddressBook:
+        return AddressBook.build((o.name, a) for o in self.offices for a in o.addresses)
+
+    def office(self, name: str) -> OfficeSettings:
+        return next(o for o in self.offices if o.name == name)
+
+    @model_validator(mode="after")
+    def _offices_consistent(self) -> GatewaySettings:
+        names = [o.name for o in self.offices]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"offices: name {duplicates[0]!r} is used twice")
+        try:
+            self.address_book  # noqa: B018 -- building it checks addresses across offices
+        except ValueError as exc:
+            raise ValueError(f"offices: {exc}") from exc
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def default_config_path() -> Path:
+    """The built-in configuration: packaged with the wheel, or config/ in a source checkout."""
+    packaged = resources.files("gateway").joinpath("_data/config/gateway.toml")
+    if packaged.is_file():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "config" / "gateway.toml"
+
+
+def load_settings(
+    path: Path | None = None, environ: Mapping[str, str] | None = None
+) -> GatewaySettings:
+    """Read the TOML file (the built-in default when None), apply overrides, validate.
+
+    Raises:
+        ConfigError: with the dotted key and the problem, for the first problem found.
+    """
+    source = path or default_config_path()
+    try:
+        data = tomllib.loads(source.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError("", f"cannot read {source}: {exc.strerror or exc}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError("", f"{source} is not valid TOML: {exc}") from exc
+    _apply_environment(data, os.environ if environ is None else environ)
+    try:
+        return GatewaySettings.model_validate(data)
+    except ValidationError as exc:
+        raise _first_problem(exc) from exc
+
+
+def _first_problem(exc: ValidationError) -> ConfigError:
+    errors = exc.errors(include_url=False)
+    keys = list(dict.fromkeys(_dotted(e["loc"]) for e in errors))
+    problem = errors[0]["msg"].removeprefix("Value error, ")
+    more = len(keys) - 1
+    if more:
+        problem += f" (and {more} more problem{'s' if more > 1 else ''})"
+    return ConfigError(keys[0], problem)
+
+
+def _dotted(location: tuple[int | str, ...]) -> str:
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in location).lstrip(".")
+    # Union types add their member names to the location; they mean nothing to an operator.
+    return re.sub(r"\.(date|datetime|str|function-after\[[^\]]*\])", "", key)
+
+
+def _apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """Overlay GATEWAY_<SECTION>__<KEY> variables; <KEY>_FILE reads the value from a file.
+
+    Raises:
+        ConfigError: a variable names no known setting, or its file cannot be read.
+    """
+    for variable in sorted(environ):
+        if not variable.startswith(ENV_PREFIX) or "__" not in variable:
+            continue
+        section, _, key = variable.removeprefix(ENV_PREFIX).lower().partition("__")
+        value = environ[variable]
+        field = _section_field(section, key)
+        if field is None and key.endswith("_file"):
+            key = key.removesuffix("_file")
+            field = _section_field(section, key)
+            value = _read_secret(variable, value)
+        if field is None:
+            sections = "server, storage, audit, delivery, notices"
+            raise ConfigError(variable, f"no such setting (sections: {sections})")
+        if typing.get_origin(field) is list:
+            data.setdefault(section, {})[key] = [v.strip() for v in value.split(",") if v.strip()]
+        else:
+            data.setdefault(section, {})[key] = value
+
+
+def _section_field(section: str, key: str) -> Any | None:
+    sections: dict[str, type[BaseModel]] = {
+        "server": ServerSettings,
+        "storage": StorageSettings,
+        "audit": AuditSettings,
+        "delivery": DeliverySettings,
+        "notices": NoticeSettings,
+    }
+    model = sections.get(section)
+    if model is None or key not in model.model_fields:
+        return None
+    return model.model_fields[key].annotation
+
+
+def _read_secret(variable: str, path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(variable, f"cannot read {path}: {exc.strerror or exc}") from exc

@@ -1,0 +1,830 @@
+"""The SMTP side: the aiosmtpd handler, its protocol subclass and start_server().
+
+This is the only module that writes SMTP reply strings. It asks policy.py what to do with
+each recipient, asks evidence.py what the message is, hands the record to the store and
+answers only once the record is durable. It must not send mail or render notices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, AnyStr
+
+import structlog
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from gateway.addresses import AddressKind, normalize_sender, parse_address
+from gateway.config import GatewaySettings, ListenAddress, OfficeSettings
+from gateway.errors import ConfigError, StoreError
+from gateway.evidence import MessageFacts, extract_facts
+from gateway.policy import Action, Decision, decide, notice_suppression
+from gateway.store import (
+    JobRecord,
+    MessageRecord,
+    RecipientRecord,
+    RefusalRecord,
+    Store,
+    new_reference,
+)
+
+__all__ = ["Clock", "InboundHandler", "Sessions", "start_server"]
+
+Clock = Callable[[], datetime]
+log = structlog.get_logger()
+
+# RFC 5321 §4.2: a reply line is at most 512 octets including CRLF.
+MAX_REPLY = 510
+_SAMPLE_REFERENCE = "20991231-ZZZZZZZZZZ"
+
+# aiosmtpd's own replies, rewritten to carry RFC 3463 enhanced codes (RFC 2034 §3: every
+# 2xx/4xx/5xx except the greeting and the HELO/EHLO replies).
+_STOCK_REPLIES = {
+    "250 OK": "250 2.0.0 OK",
+    "221 Bye": "221 2.0.0 Bye",
+    "220 Ready to start TLS": "220 2.0.0 Ready to start TLS",
+    "454 TLS not available": "454 4.7.0 TLS not available",
+    "500 Error: bad syntax": "500 5.5.2 Syntax error",
+    "500 Command line too long": "500 5.5.2 Command line too long",
+    "500 Line too long (see RFC5321 4.5.3.1.6)": "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6)",
+    "500 Error: strict ASCII mode": "500 5.6.7 Non-ASCII data needs SMTPUTF8",
+    "552 Error: Too much mail data": "552 5.3.4 Message too big for this system",
+    "552 Error: message size exceeds fixed maximum message size": (
+        "552 5.3.4 Message size exceeds the fixed limit"
+    ),
+    "503 Error: need MAIL command": "503 5.5.1 Need MAIL command first",
+    "503 Error: need RCPT command": "503 5.5.1 Need RCPT command first",
+    "503 Error: nested MAIL command": "503 5.5.1 Sender already given",
+    "503 Error: send HELO first": "503 5.5.1 Send HELO or EHLO first",
+    "503 Error: send EHLO first": "503 5.5.1 Send EHLO first",
+    "554 Command refused due to lack of security": "554 5.7.0 TLS negotiation failed",
+    "530 Must issue a STARTTLS command first": "530 5.7.0 Must issue a STARTTLS command first",
+    "502 EXPN not implemented": "502 5.5.1 EXPN not available",
+    "555 MAIL FROM parameters not recognized or not implemented": (
+        "555 5.5.4 MAIL FROM parameters not recognized"
+    ),
+    "555 RCPT TO parameters not recognized or not implemented": (
+        "555 5.5.4 RCPT TO parameters not recognized"
+    ),
+    "501 Error: BODY can only be one of 7BIT, 8BITMIME": "501 5.5.4 BODY must be 7BIT or 8BITMIME",
+    "501 Error: SMTPUTF8 takes no arguments": "501 5.5.4 SMTPUTF8 takes no arguments",
+    "501 Error: SMTPUTF8 disabled": "501 5.5.4 SMTPUTF8 not available",
+}
+_STOCK_PREFIXES = (
+    ("501 Syntax: ", "501 5.5.4 Syntax: "),
+    ('500 Error: command "', '500 5.5.1 Command not recognized: "'),
+    ("250 Syntax: ", "250 2.0.0 Syntax: "),
+    ("250 Supported commands: ", "250 2.0.0 Supported commands: "),
+    ("501 Supported commands: ", "501 5.5.4 Supported commands: "),
+)
+_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
+
+REPLY_SENDER_OK = "250 2.1.0 Sender OK"
+REPLY_RECIPIENT_OK = "250 2.1.5 Recipient OK"
+REPLY_BAD_SENDER = "553 5.1.7 Bad sender address syntax"
+REPLY_BAD_RECIPIENT = "501 5.1.3 Bad recipient address syntax"
+REPLY_RELAY_DENIED = "554 5.7.1 Relay access denied"
+REPLY_NO_MAILBOX = "550 5.1.1 No such mailbox here"
+REPLY_GONE = "550 5.1.1 This address no longer exists"
+REPLY_TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+REPLY_SEPARATE_TRANSACTION = "452 4.5.3 Send to this recipient in a separate transaction"
+REPLY_NO_AUTH = "502 5.5.1 AUTH not available on this server"
+REPLY_VRFY = "252 2.5.0 Cannot VRFY; send a message and the reply will tell"
+REPLY_INTERNAL = "451 4.3.0 Temporary local problem, please try again later"
+REPLY_STORE_FAILED = "451 4.3.0 Temporary local problem, message not accepted; try again later"
+REPLY_CHANGED = "451 4.3.0 Recipient status changed during the transaction; please try again"
+REPLY_TOO_MANY_CONNECTIONS = "421 4.3.2 Too many connections, try again later"
+REPLY_SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+REPLY_IDLE_TIMEOUT = "421 4.4.2 Idle too long, closing connection"
+REPLY_SESSION_TIMEOUT = "421 4.4.2 Session time limit reached, closing connection"
+
+
+def retired_reply(office: OfficeSettings, reference: str) -> str:
+    """The 550 for a retired address: what happened, where to file instead, our reference."""
+    retired_on = office.lifecycle.retires.astimezone(office.zone).date().isoformat()
+    return (
+        f"550 5.1.6 NOT FILED: this address was retired on {retired_on} and nothing was"
+        f" delivered. File or serve {office.short_name} only via {office.portal_url}"
+        f" (ref {reference})"
+    )
+
+
+def accepted_reply(reference: str, office: OfficeSettings | None) -> str:
+    """The 250 at the end of DATA; when the message is not filed, it says so."""
+    if office is None:
+        return f"250 2.0.0 Queued as {reference}"
+    return (
+        f"250 2.0.0 Received but NOT FILED: {office.short_name} takes filings only via"
+        f" {office.portal_url}; a notice follows (ref {reference})"
+    )
+
+
+def check_replies(settings: GatewaySettings) -> None:
+    """Refuse at startup any office whose replies would break RFC 5321's line limit.
+
+    Raises:
+        ConfigError: a reply would exceed 512 octets or is not ASCII.
+    """
+    for index, office in enumerate(settings.offices):
+        for reply in (
+            retired_reply(office, _SAMPLE_REFERENCE),
+            accepted_reply(_SAMPLE_REFERENCE, office),
+        ):
+            if len(reply) > MAX_REPLY or not reply.isascii():
+                raise ConfigError(
+                    f"offices[{index}]",
+                    f"SMTP reply would be {len(reply)} octets; shorten short_name or portal_url",
+                )
+
+
+def _reply_code(reply: str) -> int:
+    return int(reply[:3])
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-session and per-transaction state
+
+
+@dataclass(frozen=True, slots=True)
+class _Accepted:
+    """A recipient accepted at RCPT: the address as given and what was decided for it."""
+
+    given: str
+    address: str
+    kind: AddressKind
+    decision: Decision | None  # None for postmaster
+
+
+class GatewaySession(Session):
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.session_id = secrets.token_hex(6)
+        self.opened = time.monotonic()
+        self.messages = 0
+        self.peer_ip = ""
+        self.peer_port: int | None = None
+
+
+class GatewayEnvelope(Envelope):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sender = ""
+        self.accepted: list[_Accepted] = []
+        self.answer: tuple[str, ...] | None = None
+
+
+def _answer_key(kind: AddressKind, decision: Decision | None) -> tuple[str, ...]:
+    """Recipients with equal keys get the same reply at the end of DATA."""
+    if decision is None or decision.action in (Action.RELAY, Action.RELAY_AND_ADVISE):
+        return ("accept", "relay") if kind is AddressKind.RETIRED else ("accept", "postmaster")
+    if decision.action is Action.ACCEPT_AND_NOTIFY:
+        return ("accept", "not-filed", decision.office)
+    if decision.action is Action.GONE:
+        return ("gone",)
+    return ("retired", decision.office)
+
+
+def _group_key(key: tuple[str, ...]) -> tuple[str, ...]:
+    # Relayed mail and mail to postmaster both simply get "250 Queued".
+    return ("accept",) if key[:2] in (("accept", "relay"), ("accept", "postmaster")) else key
+
+
+# ---------------------------------------------------------------------------------------------
+# The handler
+
+
+@dataclass(slots=True)
+class Sessions:
+    """Live sessions of this process: the connection cap and the drain on shutdown."""
+
+    limit: int
+    live: set[GatewaySMTP] = field(default_factory=set)
+    accepting: bool = True
+    _idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def add(self, protocol: GatewaySMTP) -> None:
+        self.live.add(protocol)
+        self._idle.clear()
+
+    def discard(self, protocol: GatewaySMTP) -> None:
+        self.live.discard(protocol)
+        if not self.live:
+            self._idle.set()
+
+    async def drain(self, deadline: float) -> int:
+        """Wait up to `deadline` seconds for sessions to end, cut the rest; returns how many."""
+        self.accepting = False
+        if self.live:
+            try:
+                async with asyncio.timeout(deadline):
+                    await self._idle.wait()
+            except TimeoutError:
+                pass
+        cut = list(self.live)
+        for protocol in cut:
+            protocol.close_with(REPLY_SHUTTING_DOWN)
+        return len(cut)
+
+
+class InboundHandler:
+    """aiosmtpd hooks: decide per recipient, record at the end of DATA, then answer."""
+
+    def __init__(self, settings: GatewaySettings, store: Store, clock: Clock) -> None:
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+        self.book = settings.address_book
+        self.offices = {o.name: o for o in settings.offices}
+        self.own_domains = self.book.served_domains
+
+    # -- EHLO: advertise what we do, and only that -------------------------------------------
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: GatewaySession,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        # An MX takes no AUTH; aiosmtpd would offer it after STARTTLS.
+        lines = [r[4:] for r in responses if r[4:] != "HELP" and not r[4:].startswith("AUTH")]
+        lines += ["PIPELINING", "ENHANCEDSTATUSCODES"]
+        return [f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"]
+
+    async def handle_VRFY(
+        self, server: SMTP, session: GatewaySession, envelope: Envelope, address: str
+    ) -> str:
+        return REPLY_VRFY
+
+    # -- MAIL and RCPT --------------------------------------------------------------------------
+
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: GatewaySession,
+        envelope: GatewayEnvelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        try:
+            envelope.sender = normalize_sender(address)
+        except ValueError:
+            return REPLY_BAD_SENDER
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return REPLY_SENDER_OK
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: GatewaySession,
+        envelope: GatewayEnvelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        try:
+            parsed = parse_address(address)
+        except ValueError:
+            return REPLY_BAD_RECIPIENT
+        if len(envelope.rcpt_tos) >= self.settings.server.max_recipients:
+            return self._deferred(
+                session, envelope, address, "too-many-recipients", REPLY_TOO_MANY_RECIPIENTS
+            )
+        lookup = self.book.lookup(parsed)
+        if lookup.kind is AddressKind.FOREIGN:
+            return self._refused(session, envelope, address, "relay-denied", REPLY_RELAY_DENIED)
+        if lookup.kind is AddressKind.UNKNOWN_LOCAL:
+            return self._refused(session, envelope, address, "no-such-mailbox", REPLY_NO_MAILBOX)
+        decision = None
+        if lookup.kind is AddressKind.RETIRED:
+            assert lookup.office is not None
+            decision = decide(self.offices[lookup.office], self.clock(), sender_authenticated=False)
+            if decision.action.is_refused_at_rcpt:
+                return await self._refuse_retired(session, envelope, address, decision)
+        key = _group_key(_answer_key(lookup.kind, decision))
+        if envelope.answer is not None and key != envelope.answer:
+            return self._deferred(
+                session, envelope, address, "answer-differs", REPLY_SEPARATE_TRANSACTION
+            )
+        envelope.answer = key
+        envelope.accepted.append(_Accepted(address, str(parsed), lookup.kind, decision))
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return REPLY_RECIPIENT_OK
+
+    def _refused(
+        self,
+        session: GatewaySession,
+        envelope: GatewayEnvelope,
+        recipient: str,
+        reason: str,
+        reply: str,
+    ) -> str:
+        log.info(
+            "smtp.recipient.refused",
+            sender=envelope.sender,
+            recipient=recipient,
+            reason=reason,
+            reply_code=_reply_code(reply),
+            reply=reply,
+        )
+        return reply
+
+    def _deferred(
+        self,
+        session: GatewaySession,
+        envelope: GatewayEnvelope,
+        recipient: str,
+        reason: str,
+        reply: str,
+    ) -> str:
+        log.info(
+            "smtp.recipient.deferred",
+            sender=envelope.sender,
+            recipient=recipient,
+            reason=reason,
+            reply=reply,
+        )
+        return reply
+
+    async def _refuse_retired(
+        self, session: GatewaySession, envelope: GatewayEnvelope, recipient: str, decision: Decision
+    ) -> str:
+        now = self.clock()
+        reference = new_reference(now)
+        office = self.offices[decision.office]
+        reply = REPLY_GONE if decision.action is Action.GONE else retired_reply(office, reference)
+        record = RefusalRecord(
+            reference=reference,
+            at=now,
+            session_id=session.session_id,
+            peer_ip=session.peer_ip,
+            helo=session.host_name,
+            mail_from=envelope.sender,
+            recipient=recipient,
+            reason=decision.reason,
+            reply=reply,
+            office=office.name,
+            phase=decision.phase,
+        )
+        try:
+            await self.store.record_refusal(record)
+        except StoreError as exc:
+            log.error("store.write_failed", reference=reference, error=str(exc))
+            return REPLY_STORE_FAILED
+        log.info(
+            "smtp.recipient.refused",
+            reference=reference,
+            sender=envelope.sender,
+            recipient=recipient,
+            office=office.name,
+            phase=decision.phase,
+            reason=decision.reason,
+            reply_code=_reply_code(reply),
+            reply=reply,
+        )
+        return reply
+
+    # -- DATA: the record first, then the answer ----------------------------------------------
+
+    async def handle_DATA(
+        self, server: SMTP, session: GatewaySession, envelope: GatewayEnvelope
+    ) -> str:
+        received_at = self.clock()
+        raw: bytes = envelope.original_content or b""
+        facts = extract_facts(raw)
+        reference = new_reference(received_at)
+        session.messages += 1
+        recipients = self._redecide(envelope, received_at)
+        keys = {
+            _group_key(_answer_key(a.kind, d))
+            for a, d in zip(envelope.accepted, recipients, strict=True)
+        }
+        if len(keys) > 1:
+            reply, outcome = REPLY_CHANGED, "deferred"
+        else:
+            reply, outcome = self._final_reply(keys.pop(), reference)
+        suppressed = notice_suppression(
+            envelope.sender, facts.headers, own_domains=self.own_domains
+        )
+        jobs = self._jobs(envelope, recipients, suppressed) if outcome != "deferred" else ()
+        record = self._record(
+            session,
+            envelope,
+            reference,
+            received_at,
+            facts,
+            recipients,
+            outcome=outcome,
+            reply=reply,
+            jobs=jobs,
+            suppressed=suppressed,
+            raw=raw,
+        )
+        try:
+            await self.store.record_message(record)
+        except StoreError as exc:
+            log.error("store.write_failed", reference=reference, error=str(exc))
+            return REPLY_STORE_FAILED
+        self._log_message(session, record)
+        return reply
+
+    def _redecide(self, envelope: GatewayEnvelope, at: datetime) -> list[Decision | None]:
+        # The decision on record is the one at arrival (end of DATA), not at RCPT time.
+        return [
+            None
+            if a.decision is None
+            else decide(self.offices[a.decision.office], at, sender_authenticated=False)
+            for a in envelope.accepted
+        ]
+
+    def _final_reply(self, key: tuple[str, ...], reference: str) -> tuple[str, str]:
+        if key[0] == "accept":
+            office = self.offices[key[2]] if len(key) > 2 else None
+            return accepted_reply(reference, office), "accepted"
+        if key[0] == "gone":
+            return REPLY_GONE, "rejected"
+        return retired_reply(self.offices[key[1]], reference), "rejected"
+
+    def _jobs(
+        self,
+        envelope: GatewayEnvelope,
+        decisions: Sequence[Decision | None],
+        suppressed: str | None,
+    ) -> tuple[JobRecord, ...]:
+        relay: dict[str, list[str]] = {}
+        notices: dict[str, str] = {}
+        for accepted, decision in zip(envelope.accepted, decisions, strict=True):
+            if decision is None:
+                continue
+            if decision.action in (Action.RELAY, Action.RELAY_AND_ADVISE):
+                relay.setdefault(decision.office, []).append(accepted.given)
+            kind = _NOTICE_FOR.get(decision.action)
+            if kind is not None:
+                notices.setdefault(decision.office, kind)
+        jobs = [
+            JobRecord(
+                "relay", envelope.sender, tuple(rcpts), office, self.offices[office].legacy_host
+            )
+            for office, rcpts in relay.items()
+        ]
+        if suppressed is None:
+            jobs += [
+                JobRecord(kind, "", (envelope.sender,), office) for office, kind in notices.items()
+            ]
+        return tuple(jobs)
+
+    def _record(
+        self,
+        session: GatewaySession,
+        envelope: GatewayEnvelope,
+        reference: str,
+        received_at: datetime,
+        facts: MessageFacts,
+        decisions: Sequence[Decision | None],
+        *,
+        outcome: str,
+        reply: str,
+        jobs: tuple[JobRecord, ...],
+        suppressed: str | None,
+        raw: bytes,
+    ) -> MessageRecord:
+        recipients = tuple(
+            self._recipient_record(a, d, received_at)
+            for a, d in zip(envelope.accepted, decisions, strict=True)
+        )
+        has_notice = any(j.kind != "relay" for j in jobs)
+        notice = "queued" if has_notice else (f"suppressed:{suppressed}" if suppressed else "none")
+        keep_raw, keep_until = self._retention(jobs, envelope, received_at)
+        return MessageRecord(
+            reference=reference,
+            received_at=received_at,
+            session_id=session.session_id,
+            peer_ip=session.peer_ip,
+            peer_port=session.peer_port,
+            helo=session.host_name,
+            tls=_tls_summary(session),
+            mail_from=envelope.sender,
+            facts=facts,
+            recipients=recipients,
+            outcome=outcome,
+            reply=reply,
+            notice=notice,
+            jobs=jobs,
+            raw=raw if keep_raw else None,
+            raw_keep_until=keep_until,
+        )
+
+    def _retention(
+        self, jobs: Sequence[JobRecord], envelope: GatewayEnvelope, received_at: datetime
+    ) -> tuple[bool, datetime | None]:
+        # Mail still to be relayed, and mail for postmaster, is kept until dealt with.
+        if any(j.kind == "relay" for j in jobs) or any(
+            a.decision is None for a in envelope.accepted
+        ):
+            return True, None
+        storage = self.settings.storage
+        if storage.keep_raw:
+            return True, received_at + timedelta(days=storage.raw_retention_days)
+        return False, None
+
+    def _recipient_record(
+        self, accepted: _Accepted, decision: Decision | None, at: datetime
+    ) -> RecipientRecord:
+        if decision is None:
+            return RecipientRecord(accepted.given, accepted.kind, "keep", "mail for postmaster", at)
+        office = self.offices[decision.office]
+        return RecipientRecord(
+            accepted.given,
+            accepted.kind,
+            decision.action,
+            decision.reason,
+            at,
+            office=office.name,
+            phase=decision.phase,
+            local_time=at.astimezone(office.zone).isoformat(timespec="seconds"),
+        )
+
+    def _log_message(self, session: GatewaySession, record: MessageRecord) -> None:
+        facts = record.facts
+        ref = record.reference
+        log.info(
+            "smtp.message.received",
+            reference=ref,
+            helo=record.helo,
+            tls=record.tls,
+            sender=record.mail_from,
+            recipients=[r.recipient for r in record.recipients],
+            message_id=facts.message_id,
+            subject=facts.subject,
+            date_header=facts.date,
+            size=facts.size,
+            sha256=facts.sha256,
+            attachments=[{"filename": a.filename, "size": a.size} for a in facts.attachments],
+            a_numbers=list(facts.a_numbers),
+        )
+        for r in record.recipients:
+            log.info(
+                "policy.decided",
+                reference=ref,
+                recipient=r.recipient,
+                office=r.office,
+                phase=r.phase,
+                action=r.action,
+                reason=r.reason,
+                arrival_utc=record.received_at.isoformat(),
+                arrival_local=r.local_time,
+            )
+        if record.notice.startswith("suppressed:"):
+            log.info(
+                "notice.suppressed",
+                reference=ref,
+                sender=record.mail_from,
+                reason=record.notice.partition(":")[2],
+            )
+        for job in record.jobs:
+            log.info(
+                "outbox.enqueued",
+                reference=ref,
+                job_kind=job.kind,
+                office=job.office,
+                recipients=list(job.recipients),
+                destination=job.destination,
+            )
+        log.info(
+            "smtp.reply.sent",
+            reference=ref,
+            outcome=record.outcome,
+            reply_code=_reply_code(record.reply),
+            reply=record.reply,
+        )
+
+    # -- our own failures -----------------------------------------------------------------------
+
+    async def handle_exception(self, error: Exception) -> str:
+        # Our bug is never a 5xx, and its text never reaches the peer.
+        log.error("smtp.session.failed", reply=REPLY_INTERNAL, exc_info=error)
+        return REPLY_INTERNAL
+
+
+_NOTICE_FOR = {
+    Action.RELAY_AND_ADVISE: "advisory",
+    Action.REJECT_AFTER_DATA: "notice",
+    Action.ACCEPT_AND_NOTIFY: "notice",
+}
+
+
+def _tls_summary(session: GatewaySession) -> str | None:
+    info: dict[str, Any] | None = session.ssl
+    if not info:
+        return None
+    ssl_object = info.get("ssl_object")
+    if ssl_object is None:
+        return "tls"
+    cipher = ssl_object.cipher()
+    return f"{ssl_object.version()} {cipher[0]}" if cipher else str(ssl_object.version())
+
+
+# ---------------------------------------------------------------------------------------------
+# The protocol
+
+
+class GatewaySMTP(SMTP):
+    """aiosmtpd's SMTP with connection limits, enhanced codes everywhere and no AUTH."""
+
+    def __init__(
+        self,
+        handler: InboundHandler,
+        sessions: Sessions,
+        settings: GatewaySettings,
+        tls_context: ssl.SSLContext | None,
+    ) -> None:
+        server = settings.server
+        super().__init__(
+            handler,
+            hostname=server.hostname,  # never getfqdn() per connection
+            ident="ESMTP",  # the banner does not give away software or versions
+            data_size_limit=server.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            tls_context=tls_context,
+            timeout=server.idle_timeout,
+            command_call_limit=server.max_commands,
+            auth_require_tls=True,
+        )
+        self._sessions = sessions
+        self._session_limit = server.session_timeout
+        self._deadline: asyncio.TimerHandle | None = None
+
+    async def _handle_client(self) -> None:
+        # This task's context is its own copy, so the binding stays with this session.
+        session = self._gateway_session()
+        structlog.contextvars.bind_contextvars(
+            session_id=session.session_id, peer_ip=session.peer_ip
+        )
+        await super()._handle_client()
+
+    def _gateway_session(self) -> GatewaySession:
+        # A method, not a property: aiosmtpd inspects every attribute at construction.
+        session = self.session
+        assert isinstance(session, GatewaySession)
+        return session
+
+    def _create_session(self) -> GatewaySession:
+        return GatewaySession(self.loop)
+
+    def _create_envelope(self) -> GatewayEnvelope:
+        return GatewayEnvelope()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None
+        super().connection_made(transport)
+        if not first:
+            return  # the same session, after STARTTLS
+        session = self._gateway_session()
+        peer = transport.get_extra_info("peername") or ("", None)
+        session.peer_ip, session.peer_port = str(peer[0]), peer[1]
+        if not self._sessions.accepting or len(self._sessions.live) >= self._sessions.limit:
+            reason = "shutting-down" if not self._sessions.accepting else "too-many-connections"
+            reply = (
+                REPLY_SHUTTING_DOWN if not self._sessions.accepting else REPLY_TOO_MANY_CONNECTIONS
+            )
+            log.warning("smtp.session.refused", peer_ip=session.peer_ip, reason=reason, reply=reply)
+            if self._handler_coroutine is not None:
+                self._handler_coroutine.cancel()
+            self.close_with(reply)
+            return
+        self._sessions.add(self)
+        self._deadline = self.loop.call_later(self._session_limit, self._session_expired)
+        log.info(
+            "smtp.session.opened",
+            session_id=session.session_id,
+            peer_ip=session.peer_ip,
+            peer_port=session.peer_port,
+        )
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self in self._sessions.live:
+            session = self._gateway_session()
+            log.info(
+                "smtp.session.closed",
+                session_id=session.session_id,
+                peer_ip=session.peer_ip,
+                messages=session.messages,
+                duration_s=round(time.monotonic() - session.opened, 3),
+            )
+            self._sessions.discard(self)
+        if self._deadline is not None:
+            self._deadline.cancel()
+        super().connection_lost(error)
+
+    def close_with(self, reply: str) -> None:
+        """Send a final reply and close, whatever the session is doing."""
+        transport = self.transport
+        if not isinstance(transport, asyncio.WriteTransport) or transport.is_closing():
+            return
+        transport.write(reply.encode("ascii") + b"\r\n")
+        transport.close()
+
+    def _timeout_cb(self) -> None:
+        self._log_timeout("idle", REPLY_IDLE_TIMEOUT)
+        self.close_with(REPLY_IDLE_TIMEOUT)
+
+    def _session_expired(self) -> None:
+        self._log_timeout("session", REPLY_SESSION_TIMEOUT)
+        self.close_with(REPLY_SESSION_TIMEOUT)
+
+    def _log_timeout(self, limit: str, reply: str) -> None:
+        session = self._gateway_session()
+        log.info(
+            "smtp.session.timed_out",
+            session_id=session.session_id,
+            peer_ip=session.peer_ip,
+            limit=limit,
+            reply=reply,
+        )
+
+    async def push(self, status: AnyStr) -> None:
+        if not isinstance(status, str):
+            await super().push(status)
+            return
+        reply = _with_enhanced_code(status)
+        if reply.startswith("421 4.7.0"):
+            # aiosmtpd is about to close the session for repeating a command too often.
+            log.warning("smtp.session.refused", reason="command-limit", reply=reply)
+        await super().push(reply)
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        await self.push(REPLY_NO_AUTH)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        try:
+            await super().smtp_DATA(arg)
+        except Exception:
+            # The end of data ends the transaction whatever the reply; aiosmtpd keeps the
+            # envelope when a hook raises, and the next MAIL would get 503.
+            self.envelope = self._create_envelope()
+            raise
+
+
+def _with_enhanced_code(status: str) -> str:
+    stock = _STOCK_REPLIES.get(status)
+    if stock is not None:
+        return stock
+    for prefix, replacement in _STOCK_PREFIXES:
+        if status.startswith(prefix):
+            return replacement + status[len(prefix) :]
+    return status
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+async def start_server(
+    settings: GatewaySettings,
+    store: Store,
+    *,
+    clock: Clock,
+    sessions: Sessions,
+    tls_context: ssl.SSLContext | None = None,
+    listen: Sequence[ListenAddress] | None = None,
+    reuse_port: bool = False,
+) -> list[asyncio.Server]:
+    """Bind every listen address and start serving; returns the bound servers.
+
+    Port 0 binds a free port; read it from `server.sockets`.
+
+    Raises:
+        OSError: an address cannot be bound.
+    """
+    check_replies(settings)
+    handler = InboundHandler(settings, store, clock)
+    loop = asyncio.get_running_loop()
+
+    def factory() -> GatewaySMTP:
+        return GatewaySMTP(handler, sessions, settings, tls_context)
+
+    servers: list[asyncio.Server] = []
+    try:
+        for address in listen or settings.server.listen:
+            servers.append(
+                await loop.create_server(
+                    factory,
+                    host=address.host,
+                    port=address.port,
+                    reuse_port=reuse_port or None,
+                )
+            )
+    except OSError:
+        for server in servers:
+            server.close()
+        raise
+    return servers

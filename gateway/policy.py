@@ -1,0 +1,193 @@
+"""What happens to mail for a retired address: the pure decision logic.
+
+No I/O, no clock, no logging: the arrival time and the settings come in as arguments and a
+value comes out. Reply strings are made from these values by inbound.py, nowhere else.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from gateway.config import Lifecycle, OfficeSettings, ResponseMode
+
+__all__ = [
+    "Action",
+    "Decision",
+    "Phase",
+    "decide",
+    "is_replyable_address",
+    "notice_suppression",
+    "phase_at",
+]
+
+
+class Phase(enum.StrEnum):
+    ACTIVE = "active"
+    WARN = "warn"
+    RETIRED = "retired"
+    DECOMMISSIONED = "decommissioned"
+
+
+class Action(enum.StrEnum):
+    RELAY = "relay"  # 250; the message goes on to the legacy mail host
+    RELAY_AND_ADVISE = "relay-and-advise"  # 250; relayed, and the sender is told of the cutoff
+    REJECT_AT_RCPT = "reject-at-rcpt"  # 550 5.1.6 to RCPT; never reaches DATA
+    REJECT_AFTER_DATA = "reject-after-data"  # 550 5.1.6 after DATA; evidence kept, notice queued
+    ACCEPT_AND_NOTIFY = "accept-and-notify"  # 250; not filed, notice queued
+    GONE = "gone"  # 550 5.1.1; the address no longer exists at all
+
+    @property
+    def is_accepted(self) -> bool:
+        """Whether the end of DATA answers 250 for a recipient with this action."""
+        return self in _ACCEPTING
+
+    @property
+    def is_refused_at_rcpt(self) -> bool:
+        return self in (Action.REJECT_AT_RCPT, Action.GONE)
+
+
+_ACCEPTING = frozenset({Action.RELAY, Action.RELAY_AND_ADVISE, Action.ACCEPT_AND_NOTIFY})
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    office: str
+    phase: Phase
+    action: Action
+    reason: str
+
+
+def phase_at(lifecycle: Lifecycle, at: datetime) -> Phase:
+    """The phase an address is in at the instant `at`; every boundary starts its phase.
+
+    Raises:
+        ValueError: `at` is naive (the gateway's clock is always UTC-aware).
+    """
+    if at.tzinfo is None:
+        raise ValueError("arrival time must be timezone-aware")
+    if lifecycle.decommissions is not None and at >= lifecycle.decommissions:
+        return Phase.DECOMMISSIONED
+    if at >= lifecycle.retires:
+        return Phase.RETIRED
+    if lifecycle.portal_opens is not None and at >= lifecycle.portal_opens:
+        return Phase.WARN
+    return Phase.ACTIVE
+
+
+def decide(
+    office: OfficeSettings, received_at: datetime, *, sender_authenticated: bool
+) -> Decision:
+    """Decide what to do with mail to one of `office`'s addresses arriving at `received_at`.
+
+    The sender's Date: header plays no part: the sender controls it.
+    """
+    phase = phase_at(office.lifecycle, received_at)
+    action, reason = _action_for(phase, office.response, sender_authenticated)
+    return Decision(office=office.name, phase=phase, action=action, reason=reason)
+
+
+def _action_for(phase: Phase, mode: ResponseMode, authenticated: bool) -> tuple[Action, str]:
+    if phase is Phase.ACTIVE:
+        return Action.RELAY, "portal not yet open; address still in use"
+    if phase is Phase.WARN:
+        return Action.RELAY_AND_ADVISE, "portal open; address retires soon"
+    if phase is Phase.DECOMMISSIONED:
+        return Action.GONE, "address decommissioned"
+    if mode is ResponseMode.REJECT_AT_RCPT:
+        return Action.REJECT_AT_RCPT, "address retired; refused at RCPT"
+    if mode is ResponseMode.ACCEPT_AND_NOTIFY:
+        if authenticated:
+            return Action.ACCEPT_AND_NOTIFY, "address retired; authenticated sender notified"
+        # RFC 5321 §6.1: accepting binds us to report non-delivery, which we may only mail to
+        # an authenticated sender; otherwise refuse and let the sender's own MTA tell them.
+        return Action.REJECT_AFTER_DATA, "address retired; sender not authenticated, refused"
+    return Action.REJECT_AFTER_DATA, "address retired; refused after DATA"
+
+
+# RFC 3834 §2 and common practice: senders that are machines or lists never get a notice.
+# Compared with separators removed, so "mailer-daemon", "MAILER_DAEMON" and "mailerdaemon" match.
+_SYSTEM_LOCALS = frozenset({"mailerdaemon", "listserv", "majordomo"})
+# Prefixes and suffixes of no-reply and bounce mailboxes ("noreply-alerts", "list-bounces",
+# "bounces+verp=...").
+_ROBOT_AFFIXES = ("noreply", "donotreply", "bounce", "bounces")
+_SEPARATORS = re.compile(r"[-_.]")
+_COMMENT = re.compile(r"\([^()]*\)")
+_BULK_PRECEDENCE = frozenset({"bulk", "list", "junk"})
+# Headers that vacation programs set instead of (or as well as) Auto-Submitted.
+_AUTOREPLY_MARKERS = ("x-autoreply", "x-autorespond")
+# A reply can go only to a dot-atom local part (ASCII, or SMTPUTF8 text per RFC 6531) at an
+# ASCII domain name: nothing that could quote, comment, group or list a second address.
+_LOCAL_CHAR = r"(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]|[^\x00-\x7f])"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_REPLYABLE = re.compile(rf"{_LOCAL_CHAR}+(?:\.{_LOCAL_CHAR}+)*@{_LABEL}(?:\.{_LABEL})+")
+
+
+def notice_suppression(
+    sender: str,
+    headers: Mapping[str, str],
+    *,
+    own_domains: frozenset[str],
+    own_addresses: frozenset[str] = frozenset(),
+) -> str | None:
+    """Why no notice may answer this message, or None when one may.
+
+    `sender` is the normalised envelope sender ("" for the null sender); `headers` maps
+    lowercase header names to their first value. `own_domains` are the domains whose mail
+    comes back to the gateway; `own_addresses` are its other addresses (the notices' From).
+    The reasons are short kebab-case words for the audit log's `notice.suppressed` event.
+    """
+    if not sender:
+        return "null-sender"  # RFC 3834 §2: never answer MAIL FROM:<>
+    reason = _automatic_reason(headers)
+    if reason is not None:
+        return reason
+    local, _, domain = sender.rpartition("@")
+    if sender.lower() in own_addresses or domain.lower() in own_domains:
+        return "own-address"  # a notice to ourselves would start a loop
+    if _is_system_local(local or sender):
+        return "system-sender"
+    if not is_replyable_address(sender):
+        return "invalid-sender"
+    return None
+
+
+def is_replyable_address(address: str) -> bool:
+    """Whether `address` is one plain mailbox that a notice may be sent to."""
+    if len(address) > 254 or _REPLYABLE.fullmatch(address) is None:
+        return False
+    # Non-ASCII text may not hide controls, line separators, bidi overrides or lone surrogates.
+    return not any(unicodedata.category(c)[0] in "CZ" for c in address if not c.isascii())
+
+
+def _automatic_reason(headers: Mapping[str, str]) -> str | None:
+    # RFC 3834 §2: any Auto-Submitted value but "no" (comments and parameters aside) marks a
+    # machine. A present but empty field is no human MUA's doing either.
+    if "auto-submitted" in headers:
+        value = _COMMENT.sub("", headers["auto-submitted"]).split(";", 1)[0].strip().lower()
+        if value != "no":
+            return "auto-submitted"
+    if any(marker in headers for marker in _AUTOREPLY_MARKERS):
+        return "auto-submitted"
+    # RFC 2369 and RFC 2919: List-Id, List-Unsubscribe, List-Post... come from list servers.
+    if any(name.startswith("list-") for name in headers):
+        return "mailing-list"
+    precedence = _COMMENT.sub("", headers.get("precedence", "")).strip().lower()
+    if precedence in _BULK_PRECEDENCE:
+        return "bulk-precedence"
+    return None
+
+
+def _is_system_local(local: str) -> bool:
+    # Postmaster is deliberately absent: people read it and may need to know.
+    lowered = local.strip('"').lower()
+    if lowered.startswith("owner-") or lowered.endswith("-request"):
+        return True
+    squashed = _SEPARATORS.sub("", lowered.split("+", 1)[0])
+    if squashed in _SYSTEM_LOCALS:
+        return True
+    return any(squashed.startswith(a) or squashed.endswith(a) for a in _ROBOT_AFFIXES)

@@ -1,0 +1,481 @@
+"""The state store: one SQLite file (WAL) holding the evidence and the job queue.
+
+Every write goes through a single writer thread that group-commits: whatever concurrent
+sessions hand in while the previous commit is being made durable goes into the next one, and
+each caller's await returns only once its own rows are committed with synchronous=FULL. So a
+250 or 550 after DATA is sent only after its record is on disk, and the event loop never
+blocks on SQLite. Several processes may share the file (WAL, busy timeout); nothing about
+the queue is kept in process memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import queue
+import secrets
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from gateway.errors import StoreError
+from gateway.evidence import MessageFacts
+
+__all__ = [
+    "JobRecord",
+    "MessageRecord",
+    "RecipientRecord",
+    "RefusalRecord",
+    "Store",
+    "connect",
+    "iso",
+    "new_reference",
+]
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS messages (
+    reference     TEXT PRIMARY KEY,
+    received_at   TEXT NOT NULL,
+    session_id    TEXT NOT NULL,
+    peer_ip       TEXT NOT NULL,
+    peer_port     INTEGER,
+    helo          TEXT,
+    tls           TEXT,
+    mail_from     TEXT NOT NULL,
+    recipients    TEXT NOT NULL,
+    message_id    TEXT,
+    subject       TEXT,
+    date_header   TEXT,
+    from_header   TEXT,
+    size          INTEGER NOT NULL,
+    sha256        TEXT NOT NULL,
+    attachments   TEXT NOT NULL,
+    a_numbers     TEXT NOT NULL,
+    mime_truncated INTEGER NOT NULL,
+    outcome       TEXT NOT NULL,
+    reply         TEXT NOT NULL,
+    notice        TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_received ON messages (received_at);
+CREATE INDEX IF NOT EXISTS messages_sender ON messages (mail_from);
+CREATE TABLE IF NOT EXISTS message_recipients (
+    reference   TEXT NOT NULL REFERENCES messages (reference),
+    recipient   TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    office      TEXT,
+    phase       TEXT,
+    action      TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    decided_at  TEXT NOT NULL,
+    local_time  TEXT,
+    PRIMARY KEY (reference, recipient)
+);
+CREATE TABLE IF NOT EXISTS raw_messages (
+    reference   TEXT PRIMARY KEY REFERENCES messages (reference),
+    raw         BLOB NOT NULL,
+    keep_until  TEXT
+);
+CREATE TABLE IF NOT EXISTS refusals (
+    reference   TEXT PRIMARY KEY,
+    at          TEXT NOT NULL,
+    session_id  TEXT NOT NULL,
+    peer_ip     TEXT NOT NULL,
+    helo        TEXT,
+    mail_from   TEXT NOT NULL,
+    recipient   TEXT NOT NULL,
+    office      TEXT,
+    phase       TEXT,
+    reason      TEXT NOT NULL,
+    reply       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS refusals_at ON refusals (at);
+CREATE TABLE IF NOT EXISTS jobs (
+    id              INTEGER PRIMARY KEY,
+    reference       TEXT NOT NULL,
+    kind            TEXT NOT NULL,
+    office          TEXT,
+    mail_from       TEXT NOT NULL,
+    recipients      TEXT NOT NULL,
+    destination     TEXT,
+    state           TEXT NOT NULL DEFAULT 'queued',
+    created_at      TEXT NOT NULL,
+    next_attempt_at TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    lease_until     TEXT,
+    last_reply      TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs (state, next_attempt_at);
+"""
+
+# Crockford's base32: no I, L, O, U, so a reference read over the phone is unambiguous.
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_reference(at: datetime) -> str:
+    """A reference id: the UTC date and 50 random bits, e.g. "20170912-7K3QM9XD0A"."""
+    bits = secrets.randbits(50)
+    tail = "".join(_ALPHABET[(bits >> shift) & 31] for shift in range(45, -1, -5))
+    return f"{at:%Y%m%d}-{tail}"
+
+
+def iso(at: datetime) -> str:
+    """UTC ISO-8601 with microseconds, the one time format of the store."""
+    return at.isoformat(timespec="microseconds")
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientRecord:
+    recipient: str
+    kind: str  # addresses.AddressKind
+    action: str
+    reason: str
+    decided_at: datetime
+    office: str | None = None
+    phase: str | None = None
+    local_time: str | None = None  # decided_at in the office's zone, as the office reads it
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    kind: str  # "relay", "notice", "advisory"
+    mail_from: str
+    recipients: tuple[str, ...]
+    office: str | None = None
+    destination: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    reference: str
+    received_at: datetime
+    session_id: str
+    peer_ip: str
+    peer_port: int | None
+    helo: str | None
+    tls: str | None
+    mail_from: str
+    facts: MessageFacts
+    recipients: tuple[RecipientRecord, ...]
+    outcome: str  # "accepted" or "rejected"
+    reply: str
+    notice: str  # "queued", "suppressed:<reason>" or "none"
+    jobs: tuple[JobRecord, ...] = ()
+    raw: bytes | None = None
+    raw_keep_until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RefusalRecord:
+    reference: str
+    at: datetime
+    session_id: str
+    peer_ip: str
+    helo: str | None
+    mail_from: str
+    recipient: str
+    reason: str
+    reply: str
+    office: str | None = None
+    phase: str | None = None
+
+
+Write = Callable[[sqlite3.Connection], None]
+_Outcome = tuple[asyncio.Future[None], BaseException | None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    write: Write
+    future: asyncio.Future[None]
+    loop: asyncio.AbstractEventLoop
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open the store file with the settings every connection needs."""
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)
+    else:
+        conn = sqlite3.connect(path, timeout=10.0, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is on disk when it returns, which is what a 250 promises.
+        conn.execute("PRAGMA synchronous=FULL")
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+class Store:
+    """The durable record; `await store.record_message(...)` returns once it is committed."""
+
+    # Upper bound on one group commit, so a burst cannot starve replies waiting on it.
+    MAX_BATCH = 512
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._open_error: BaseException | None = None
+
+    async def open(self) -> None:
+        """Create the file and schema if needed and start the writer thread.
+
+        Raises:
+            StoreError: the file cannot be created or opened.
+        """
+        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+        self._thread.start()
+        await asyncio.to_thread(self._ready.wait)
+        if self._open_error is not None:
+            raise StoreError(f"cannot open {self.path}: {self._open_error}") from self._open_error
+
+    async def close(self) -> None:
+        """Commit what is pending, then stop the writer thread."""
+        if self._thread is None:
+            return
+        self._queue.put(None)
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
+
+    async def record_message(self, record: MessageRecord) -> None:
+        """Make a received message, its decisions and its jobs durable, in one transaction.
+
+        Raises:
+            StoreError: the commit failed; nothing of this record was stored.
+        """
+        await self._submit(lambda conn: _insert_message(conn, record))
+
+    async def record_refusal(self, record: RefusalRecord) -> None:
+        """Make a refusal at RCPT durable.
+
+        Raises:
+            StoreError: the commit failed.
+        """
+        await self._submit(lambda conn: _insert_refusal(conn, record))
+
+    async def purge_expired_raw(self, now: datetime) -> int:
+        """Delete retained raw messages whose retention ended; returns how many.
+
+        Raises:
+            StoreError: the delete could not be committed.
+        """
+        purged: list[int] = []
+
+        def purge(conn: sqlite3.Connection) -> None:
+            cursor = conn.execute(
+                "DELETE FROM raw_messages WHERE keep_until IS NOT NULL AND keep_until < ?",
+                (iso(now),),
+            )
+            purged.append(cursor.rowcount)
+
+        await self._submit(purge)
+        return purged[0]
+
+    def _submit(self, write: Write) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        if self._thread is None:
+            future.set_exception(StoreError("the store is not open"))
+        else:
+            self._queue.put(_Pending(write, future, loop))
+        return future
+
+    # -- the writer thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = connect(self.path)
+            _migrate(conn)
+        except (OSError, sqlite3.Error) as exc:
+            self._open_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            while (batch := self._next_batch()) is not None:
+                _commit_batch(conn, batch)
+        finally:
+            conn.close()
+
+    def _next_batch(self) -> list[_Pending] | None:
+        first = self._queue.get()
+        if first is None:
+            return None
+        batch = [first]
+        while len(batch) < self.MAX_BATCH:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                self._queue.put(None)  # stop after this batch
+                break
+            batch.append(item)
+        return batch
+
+
+def _commit_batch(conn: sqlite3.Connection, batch: Sequence[_Pending]) -> None:
+    results: list[BaseException | None] = []
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for item in batch:
+            results.append(_apply_one(conn, item.write))
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        failure = StoreError(f"commit failed: {exc}")
+        failure.__cause__ = exc
+        results = [failure] * len(batch)
+    _resolve(batch, results)
+
+
+def _apply_one(conn: sqlite3.Connection, write: Write) -> BaseException | None:
+    # A savepoint per caller: one bad record fails alone, the rest of the batch commits.
+    conn.execute("SAVEPOINT one")
+    try:
+        write(conn)
+    except (sqlite3.Error, ValueError) as exc:
+        conn.execute("ROLLBACK TO one")
+        conn.execute("RELEASE one")
+        failure = StoreError(f"record rejected: {exc}")
+        failure.__cause__ = exc
+        return failure
+    conn.execute("RELEASE one")
+    return None
+
+
+def _resolve(batch: Sequence[_Pending], results: Sequence[BaseException | None]) -> None:
+    # One wake-up per event loop and batch, not one per record.
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+    for item, result in zip(batch, results, strict=True):
+        by_loop.setdefault(item.loop, []).append((item.future, result))
+    for loop, outcomes in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+            loop.call_soon_threadsafe(_settle, outcomes)
+
+
+def _settle(outcomes: Iterable[_Outcome]) -> None:
+    for future, error in outcomes:
+        if future.done():
+            continue  # the session went away while we committed
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    conn.executescript(_SCHEMA)
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if row is None:
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+        )
+    elif int(row[0]) > SCHEMA_VERSION:
+        raise sqlite3.DatabaseError(
+            f"store schema {row[0]} is newer than this gateway ({SCHEMA_VERSION})"
+        )
+
+
+def _insert_message(conn: sqlite3.Connection, r: MessageRecord) -> None:
+    facts = r.facts
+    conn.execute(
+        "INSERT INTO messages VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            r.reference,
+            iso(r.received_at),
+            r.session_id,
+            r.peer_ip,
+            r.peer_port,
+            r.helo,
+            r.tls,
+            r.mail_from,
+            json.dumps([x.recipient for x in r.recipients]),
+            facts.message_id,
+            facts.subject,
+            facts.date,
+            facts.from_header,
+            facts.size,
+            facts.sha256,
+            _attachments_json(facts),
+            json.dumps(list(facts.a_numbers)),
+            int(facts.truncated),
+            r.outcome,
+            r.reply,
+            r.notice,
+        ),
+    )
+    conn.executemany(
+        "INSERT INTO message_recipients VALUES (?,?,?,?,?,?,?,?,?)",
+        [
+            (
+                r.reference,
+                x.recipient,
+                x.kind,
+                x.office,
+                x.phase,
+                x.action,
+                x.reason,
+                iso(x.decided_at),
+                x.local_time,
+            )
+            for x in r.recipients
+        ],
+    )
+    if r.raw is not None:
+        keep = None if r.raw_keep_until is None else iso(r.raw_keep_until)
+        conn.execute("INSERT INTO raw_messages VALUES (?,?,?)", (r.reference, r.raw, keep))
+    created = iso(r.received_at)
+    conn.executemany(
+        "INSERT INTO jobs (reference, kind, office, mail_from, recipients, destination,"
+        " created_at, next_attempt_at) VALUES (?,?,?,?,?,?,?,?)",
+        [
+            (
+                r.reference,
+                j.kind,
+                j.office,
+                j.mail_from,
+                json.dumps(list(j.recipients)),
+                j.destination,
+                created,
+                created,
+            )
+            for j in r.jobs
+        ],
+    )
+
+
+def _attachments_json(facts: MessageFacts) -> str:
+    return json.dumps(
+        [
+            {"filename": a.filename, "content_type": a.content_type, "size": a.size}
+            for a in facts.attachments
+        ]
+    )
+
+
+def _insert_refusal(conn: sqlite3.Connection, r: RefusalRecord) -> None:
+    conn.execute(
+        "INSERT INTO refusals VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            r.reference,
+            iso(r.at),
+            r.session_id,
+            r.peer_ip,
+            r.helo,
+            r.mail_from,
+            r.recipient,
+            r.office,
+            r.phase,
+            r.reason,
+            r.reply,
+        ),
+    )

@@ -1,0 +1,144 @@
+"""Settings: the built-in default, environment overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from gateway.config import ListenAddress, ResponseMode, default_config_path, load_settings
+from gateway.errors import ConfigError
+
+DEFAULT = default_config_path().read_text(encoding="utf-8")
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_built_in_default_describes_the_founding_case() -> None:
+    settings = load_settings(None, {})
+    (chicago,) = settings.offices
+    assert settings.server.listen == [ListenAddress("127.0.0.1", 2525)]
+    assert chicago.timezone == "America/Chicago"
+    assert chicago.response is ResponseMode.REJECT_AFTER_DATA
+    assert chicago.lifecycle.retires == datetime(2017, 9, 12, 5, 0, tzinfo=UTC)
+    assert any("525 W. Van Buren" in line for line in chicago.paper_service)
+    assert all(a.endswith(".example") for a in chicago.addresses)
+
+
+def test_environment_overrides_scalars_and_comma_separated_lists() -> None:
+    settings = load_settings(
+        None,
+        {
+            "GATEWAY_SERVER__LISTEN": "0.0.0.0:2525, [::1]:2526",
+            "GATEWAY_SERVER__MAX_RECIPIENTS": "7",
+            "GATEWAY_STORAGE__KEEP_RAW": "true",
+            "GATEWAY_CONFIG": "ignored: not a section override",
+        },
+    )
+    assert settings.server.listen == [ListenAddress("0.0.0.0", 2525), ListenAddress("::1", 2526)]
+    assert settings.server.max_recipients == 7
+    assert settings.storage.keep_raw is True
+
+
+def test_a_setting_can_be_read_from_a_secret_file(tmp_path: Path) -> None:
+    secret = tmp_path / "hostname"
+    secret.write_text("mx.from-secret.example\n", encoding="utf-8")
+    settings = load_settings(None, {"GATEWAY_SERVER__HOSTNAME_FILE": str(secret)})
+    assert settings.server.hostname == "mx.from-secret.example"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "problem"),
+    [
+        (
+            'timezone = "America/Chicago"',
+            'timezone = "America/Chicgo"',
+            "offices[0].timezone",
+            "unknown IANA time zone",
+        ),
+        ('listen = ["127.0.0.1:2525"]', 'listen = ["localhost"]', "server.listen", "host:port"),
+        ("max_recipients = 50 ", "max_recipients = 0 ", "server.max_recipients", "greater than"),
+        (
+            "retires = 2017-09-12",
+            "retires = 2017-09-10",
+            "offices[0]",
+            "portal_opens must not be after",
+        ),
+        (
+            'portal_url = "https://eservice.ice.gov/"',
+            'portal_url = "eservice.ice.gov"',
+            "offices[0].portal_url",
+            "not an ASCII http(s) URL",
+        ),
+        ("[audit]", "[audit]\nlevel = 3", "audit.level", "Extra inputs are not permitted"),
+        (
+            'response = "reject-after-data"',
+            'response = "bounce"',
+            "offices[0].response",
+            "reject-at-rcpt",
+        ),
+        (
+            '"occ-chicago-service@occ-chicago.example",',
+            '"not-an-address",',
+            "offices[0].addresses",
+            "not a mail address",
+        ),
+    ],
+)
+def test_broken_settings_name_the_key_and_the_problem(
+    tmp_path: Path, old: str, new: str, key: str, problem: str
+) -> None:
+    assert old in DEFAULT
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, DEFAULT.replace(old, new, 1)), {})
+    assert caught.value.key == key
+    assert problem in caught.value.problem
+
+
+def test_an_address_in_two_offices_is_an_error(tmp_path: Path) -> None:
+    second = DEFAULT[DEFAULT.index("[[offices]]") :].replace(
+        'name = "ice-occ-chicago"', 'name = "copy"'
+    )
+    with pytest.raises(
+        ConfigError, match=r"offices: .* is listed by both 'ice-occ-chicago' and 'copy'"
+    ):
+        load_settings(write(tmp_path, DEFAULT + "\n" + second), {})
+
+
+def test_unknown_environment_override_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="GATEWAY_SERVER__LISTN: no such setting"):
+        load_settings(None, {"GATEWAY_SERVER__LISTN": "0.0.0.0:25"})
+
+
+def test_invalid_toml_is_reported_with_its_position(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"not valid TOML: .*line 1"):
+        load_settings(write(tmp_path, "[server\n"), {})
+
+
+def test_check_config_prints_phase_boundaries_in_local_time_and_utc(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["check-config"]) == 0
+    out = capsys.readouterr().out
+    assert "2017-09-12 00:00:00 CDT  = 2017-09-12 05:00:00 UTC" in out
+    assert "occ-chicago-filings@occ-chicago.example" in out
+
+
+def test_check_config_failure_is_one_line_and_exit_code_2(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    broken = write(
+        tmp_path, DEFAULT.replace('timezone = "America/Chicago"', 'timezone = "Mars/Base"')
+    )
+    assert main(["check-config", "--config", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "offices[0].timezone" in err
+    assert "Traceback" not in err

@@ -1,0 +1,170 @@
+"""The state store: group commit on a real SQLite file, failures isolated, nothing lost."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import StoreError
+from gateway.evidence import Attachment, MessageFacts
+from gateway.store import JobRecord, MessageRecord, RecipientRecord, Store, new_reference
+
+AT = datetime(2017, 9, 13, 15, 0, tzinfo=UTC)
+
+
+def record(
+    reference: str, *, jobs: tuple[JobRecord, ...] = (), raw: bytes | None = None
+) -> MessageRecord:
+    facts = MessageFacts(
+        size=2048,
+        sha256="ab" * 32,
+        message_id="<m@x>",
+        subject="Motion",
+        date=None,
+        from_header=None,
+        attachments=(Attachment("brief.pdf", "application/pdf", 1000),),
+    )
+    rcpt = RecipientRecord(
+        "filings@occ.example",
+        "retired",
+        "reject-after-data",
+        "retired",
+        AT,
+        office="chicago",
+        phase="retired",
+        local_time="2017-09-13T10:00:00-05:00",
+    )
+    return MessageRecord(
+        reference=reference,
+        received_at=AT,
+        session_id="s1",
+        peer_ip="127.0.0.1",
+        peer_port=1,
+        helo="client.example",
+        tls=None,
+        mail_from="a@b.example",
+        facts=facts,
+        recipients=(rcpt,),
+        outcome="rejected",
+        reply=f"550 5.1.6 ... (ref {reference})",
+        notice="queued",
+        jobs=jobs,
+        raw=raw,
+    )
+
+
+def count(path: Path, table: str) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        n: int = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        return n
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    store = Store(tmp_path / "state" / "gateway.sqlite3")
+    await store.open()
+    yield store
+    await store.close()
+
+
+async def test_concurrent_records_are_all_committed_and_visible_to_another_connection(
+    store: Store,
+) -> None:
+    notice = JobRecord("notice", "", ("a@b.example",), "chicago")
+    async with asyncio.timeout(10):
+        await asyncio.gather(
+            *(store.record_message(record(f"R{i:04d}", jobs=(notice,))) for i in range(300))
+        )
+    assert count(store.path, "messages") == 300
+    assert count(store.path, "message_recipients") == 300
+    assert count(store.path, "jobs") == 300
+
+
+async def test_a_bad_record_fails_alone_and_its_batch_mates_commit(store: Store) -> None:
+    async with asyncio.timeout(10):
+        await store.record_message(record("DUP"))
+        results = await asyncio.gather(
+            store.record_message(record("OK1")),
+            store.record_message(record("DUP")),
+            store.record_message(record("OK2")),
+            return_exceptions=True,
+        )
+    assert results[0] is None
+    assert results[2] is None
+    assert isinstance(results[1], StoreError)
+    assert count(store.path, "messages") == 3
+    # The failed record left nothing half-written behind.
+    assert count(store.path, "message_recipients") == 3
+
+
+async def test_raw_message_kept_with_its_record(store: Store) -> None:
+    async with asyncio.timeout(10):
+        await store.record_message(record("RAW", raw=b"Subject: x\r\n\r\nbody\r\n"))
+    conn = sqlite3.connect(store.path)
+    try:
+        (raw,) = conn.execute("SELECT raw FROM raw_messages WHERE reference = 'RAW'").fetchone()
+    finally:
+        conn.close()
+    assert raw == b"Subject: x\r\n\r\nbody\r\n"
+
+
+async def test_writing_to_a_closed_store_fails_clearly(tmp_path: Path) -> None:
+    store = Store(tmp_path / "closed.sqlite3")
+    with pytest.raises(StoreError, match="not open"):
+        await store.record_message(record("X"))
+
+
+async def test_store_that_cannot_be_created_fails_at_open(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory", encoding="utf-8")
+    with pytest.raises(StoreError, match="cannot open"):
+        await Store(blocker / "gateway.sqlite3").open()
+
+
+async def test_reopening_keeps_records_and_schema(tmp_path: Path) -> None:
+    path = tmp_path / "g.sqlite3"
+    for reference in ("FIRST", "SECOND"):
+        store = Store(path)
+        await store.open()
+        async with asyncio.timeout(10):
+            await store.record_message(record(reference))
+        await store.close()
+    assert count(path, "messages") == 2
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        conn.close()
+
+
+def test_references_are_dated_unambiguous_and_distinct() -> None:
+    references = {new_reference(AT) for _ in range(10_000)}
+    assert len(references) == 10_000
+    sample = next(iter(references))
+    assert sample.startswith("20170913-")
+    assert len(sample) == 19
+    assert not set(sample[9:]) & set("ILOU")
+
+
+async def test_raw_messages_past_their_retention_are_purged_and_records_stay(store: Store) -> None:
+    keep = [("OLD", AT - timedelta(days=1)), ("NEW", AT + timedelta(days=1)), ("FOREVER", None)]
+    async with asyncio.timeout(10):
+        for reference, until in keep:
+            await store.record_message(replace(record(reference, raw=b"raw"), raw_keep_until=until))
+        assert await store.purge_expired_raw(AT) == 1
+    conn = sqlite3.connect(store.path)
+    try:
+        left = {r[0] for r in conn.execute("SELECT reference FROM raw_messages")}
+    finally:
+        conn.close()
+    assert left == {"NEW", "FOREVER"}
+    assert count(store.path, "messages") == 3
