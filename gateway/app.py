@@ -1,49 +1,40 @@
-"""Composition root: builds the store, the server and the clock; owns startup and shutdown.
+"""Composition root: builds the store, the server, the delivery worker and the clock, and owns
+startup and shutdown.
 
 `serve()` is what `gateway serve` runs. Shutdown on SIGTERM/SIGINT: stop accepting, let the
-sessions in flight finish within server.drain_timeout, cut the rest with 421, commit what is
-pending, exit 0.
+sessions in flight finish within server.drain_timeout (the rest get 421), give deliveries in
+flight the same time (the rest go back to the queue), commit what is pending, exit 0.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import socket
 import ssl
 import sys
-import time
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
 
 import structlog
 
 from gateway import __version__
 from gateway.audit import configure_logging
+from gateway.clock import Clock, make_clock
 from gateway.config import GatewaySettings, ServerSettings
+from gateway.delivery import DeliveryWorker, MailBuilder
+from gateway.dkim import DkimKey, ensure_key, zone_record
 from gateway.errors import ConfigError, GatewayError, StoreError
-from gateway.inbound import Clock, Sessions, start_server
+from gateway.inbound import Sessions, start_server
+from gateway.mx import DnsMxResolver
+from gateway.notices import NoticeRenderer
+from gateway.outbox import Outbox
 from gateway.store import Store
+from gateway.transport import FileSender, MailSender, SmtpSender
 
-__all__ = ["make_clock", "serve"]
+__all__ = ["Parts", "build_delivery", "serve", "tls_context"]
 
 log = structlog.get_logger()
-
-
-def make_clock(as_of: str | None) -> Clock:
-    """The gateway's clock: UTC now, or running on from `as_of` for rehearsals.
-
-    Raises:
-        ConfigError: `as_of` is not an ISO-8601 time with an offset.
-    """
-    if as_of is None:
-        return lambda: datetime.now(UTC)
-    try:
-        start = datetime.fromisoformat(as_of)
-    except ValueError as exc:
-        raise ConfigError("--as-of", f"{as_of!r} is not an ISO-8601 date-time") from exc
-    if start.tzinfo is None:
-        raise ConfigError("--as-of", "needs an offset or Z, e.g. 2017-09-12T09:00:00-05:00")
-    origin = time.monotonic()
-    return lambda: (start + timedelta(seconds=time.monotonic() - origin)).astimezone(UTC)
 
 
 def tls_context(server: ServerSettings) -> ssl.SSLContext | None:
@@ -62,26 +53,77 @@ def tls_context(server: ServerSettings) -> ssl.SSLContext | None:
     return context
 
 
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """What startup prepares before anything listens; all of it can fail with ConfigError."""
+
+    clock: Clock
+    tls: ssl.SSLContext | None
+    renderer: NoticeRenderer
+    dkim_key: DkimKey
+    dkim_created: bool
+
+
+def prepare(settings: GatewaySettings, *, as_of: str | None) -> Parts:
+    """Check and build the parts that depend only on settings and files.
+
+    Raises:
+        ConfigError: a certificate, template set or DKIM key cannot be used.
+    """
+    clock = make_clock(as_of)
+    context = tls_context(settings.server)
+    renderer = NoticeRenderer(settings)  # compiles and trial-renders every office's templates
+    key, created = ensure_key(settings)
+    return Parts(clock, context, renderer, key, created)
+
+
+def build_delivery(
+    settings: GatewaySettings,
+    store: Store,
+    clock: Clock,
+    renderer: NoticeRenderer,
+    key: DkimKey | None,
+) -> DeliveryWorker:
+    """The delivery worker for the configured mode."""
+    sender: MailSender
+    if settings.delivery.mode == "file":
+        sender = FileSender(settings.delivery.outbox_dir)
+    else:
+        resolver = DnsMxResolver(settings.dns) if settings.delivery.mode == "mx" else None
+        sender = SmtpSender(
+            settings.delivery, local_hostname=settings.server.hostname, resolver=resolver
+        )
+    owner = f"{socket.gethostname()}:{os.getpid()}:{id(store):x}"
+    return DeliveryWorker(
+        settings, Outbox(store, owner=owner), MailBuilder(settings, renderer, key), sender, clock
+    )
+
+
 def serve(settings: GatewaySettings, *, as_of: str | None = None) -> int:
     """Run the gateway until SIGTERM or SIGINT; returns the exit status."""
     try:
-        clock = make_clock(as_of)
-        context = tls_context(settings.server)
+        parts = prepare(settings, as_of=as_of)
     except ConfigError as exc:
         print(f"gateway: config error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.audit)
+    if parts.dkim_created:
+        log.warning(
+            "dkim.key_created",
+            selector=parts.dkim_key.selector,
+            domain=parts.dkim_key.domain,
+            path=str(parts.dkim_key.path),
+            dns_record=zone_record(parts.dkim_key),
+        )
     try:
-        asyncio.run(_serve(settings, clock, context, as_of=as_of))
+        asyncio.run(_serve(settings, parts, as_of=as_of))
     except (GatewayError, OSError) as exc:
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
-async def _serve(
-    settings: GatewaySettings, clock: Clock, context: ssl.SSLContext | None, *, as_of: str | None
-) -> None:
+async def _serve(settings: GatewaySettings, parts: Parts, *, as_of: str | None) -> None:
     # Signals are caught before anything is announced: a SIGTERM sent the moment an
     # orchestrator sees `gateway.listening` must drain, not kill.
     stop = _StopSignal(asyncio.get_running_loop())
@@ -90,26 +132,30 @@ async def _serve(
     sessions = Sessions(limit=settings.server.max_connections)
     try:
         servers = await start_server(
-            settings, store, clock=clock, sessions=sessions, tls_context=context
+            settings, store, clock=parts.clock, sessions=sessions, tls_context=parts.tls
         )
+        worker = build_delivery(settings, store, parts.clock, parts.renderer, parts.dkim_key)
         log.info(
             "gateway.started",
             version=__version__,
             offices=[o.name for o in settings.offices],
             as_of=as_of,
             state_dir=str(settings.storage.state_dir),
+            delivery=settings.delivery.mode,
         )
         for server in servers:
             for sock in server.sockets:
                 host, port = sock.getsockname()[:2]
                 log.info("gateway.listening", host=host, port=port)
         async with asyncio.TaskGroup() as tasks:
-            housekeeping = tasks.create_task(_purge_raw_periodically(store, clock))
+            tasks.create_task(worker.run(), name="delivery")
+            housekeeping = tasks.create_task(_purge_raw_periodically(store, parts.clock))
             reason = await stop.wait()
             log.info("gateway.stopping", reason=reason, sessions=len(sessions.live))
             for server in servers:
                 server.close()
-            cut = await sessions.drain(settings.server.drain_timeout)
+            deadline = settings.server.drain_timeout
+            cut, _ = await asyncio.gather(sessions.drain(deadline), worker.stop(deadline))
             housekeeping.cancel()
         log.info("gateway.stopped", sessions_cut=cut)
     finally:

@@ -20,7 +20,7 @@ __all__ = ["EVENTS", "configure_logging", "get_logger"]
 
 # event name -> the keys it carries (besides timestamp, level and event).
 EVENTS: dict[str, tuple[str, ...]] = {
-    "gateway.started": ("version", "config", "offices", "as_of", "state_dir"),
+    "gateway.started": ("version", "offices", "as_of", "state_dir", "delivery"),
     "gateway.listening": ("host", "port"),
     "gateway.stopping": ("reason", "sessions"),
     "gateway.stopped": ("sessions_cut",),
@@ -73,6 +73,45 @@ EVENTS: dict[str, tuple[str, ...]] = {
     "store.write_failed": ("session_id", "reference", "error"),
     "store.raw_purged": ("count",),
     "store.purge_failed": ("error",),
+    "dkim.key_created": ("selector", "domain", "path", "dns_record"),
+    "outbox.recovered": ("jobs",),
+    "outbox.claim_failed": ("error",),
+    "outbox.update_failed": ("job_id", "reference", "error"),
+    "delivery.succeeded": (
+        "job_id",
+        "reference",
+        "kind",
+        "attempt",
+        "recipients",
+        "host",
+        "reply_code",
+        "reply",
+    ),
+    "delivery.deferred": (
+        "job_id",
+        "reference",
+        "kind",
+        "attempt",
+        "recipients",
+        "host",
+        "reply_code",
+        "reply",
+        "note",
+        "next_attempt_at",
+    ),
+    "delivery.failed": (
+        "job_id",
+        "reference",
+        "kind",
+        "attempt",
+        "recipients",
+        "host",
+        "reply_code",
+        "reply",
+        "note",
+        "next_attempt_at",
+    ),
+    "delivery.crashed": ("job_id", "reference", "exception"),
 }
 
 

@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     command("check-config", "Validate the settings and print the address table and phase dates.")
     _add_preview(command("preview", "Render the notice a message would get; nothing is sent."))
+    queue = command("queue", "Show and manage the outbox: list, show ID, retry ID, delete ID.")
+    queue.add_argument("action", choices=["list", "show", "retry", "delete"])
+    queue.add_argument("job_id", nargs="?", type=int, metavar="ID", help="job number (from list)")
     keygen = command(
         "dkim-keygen",
         "Print the DNS TXT record for the notices' DKIM key, creating the key if there is none.",
@@ -111,7 +114,16 @@ def _add_preview(preview: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the gateway command line; returns the process exit status."""
-    args = _parser().parse_args(argv)
+    try:
+        return _run(_parser().parse_args(argv))
+    except BrokenPipeError:
+        # The reader went away (`gateway queue list | head`): stop quietly, as Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILED
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         settings = _settings(args.config)
     except ConfigError as exc:
@@ -126,6 +138,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gateway.app import serve
 
         return serve(settings, as_of=args.as_of)
+    if args.command == "queue":
+        from gateway.clock import make_clock
+        from gateway.mailq import run_queue
+
+        if args.action != "list" and args.job_id is None:
+            print(
+                f"gateway: queue {args.action} needs a job ID (see gateway queue list)",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
+        return run_queue(
+            settings,
+            args.action,
+            args.job_id,
+            clock=make_clock(None),
+            out=sys.stdout,
+            err=sys.stderr,
+        )
     if args.command == "preview":
         from gateway.preview import run_preview
 

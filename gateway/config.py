@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from functools import cached_property
 from importlib import resources
+from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -37,6 +38,7 @@ from gateway.errors import ConfigError
 __all__ = [
     "AuditSettings",
     "DeliverySettings",
+    "DnsSettings",
     "GatewaySettings",
     "Language",
     "Lifecycle",
@@ -112,6 +114,9 @@ class ResponseMode(enum.StrEnum):
     ACCEPT_AND_NOTIFY = "accept-and-notify"
 
 
+_LOOPBACK: list[IPv4Network | IPv6Network] = [IPv4Network("127.0.0.0/8"), IPv6Network("::1/128")]
+
+
 class ServerSettings(_Model):
     listen: list[ListenAddress] = Field(
         default_factory=lambda: [ListenAddress("127.0.0.1", 2525)], min_length=1
@@ -126,6 +131,21 @@ class ServerSettings(_Model):
     drain_timeout: Seconds = 30.0
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # Clients connecting from these networks count as authenticated senders (like Postfix's
+    # mynetworks): local trials, or a deployment behind the agency's own relay.
+    trusted_networks: list[IPv4Network | IPv6Network] = Field(
+        default_factory=lambda: _LOOPBACK.copy()
+    )
+
+    def is_trusted(self, address: str) -> bool:
+        """Whether a client at `address` counts as an authenticated sender."""
+        try:
+            ip = ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self.trusted_networks)
 
     @field_validator("listen", mode="before")
     @classmethod
@@ -159,10 +179,79 @@ class AuditSettings(_Model):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+class DnsSettings(_Model):
+    # "host" or "host:port"; empty: the system's resolvers (/etc/resolv.conf).
+    nameservers: list[ListenAddress] = Field(default_factory=list)
+    timeout: Seconds = 5.0
+
+    @field_validator("nameservers", mode="before")
+    @classmethod
+    def _nameservers(cls, value: Any) -> list[ListenAddress]:
+        items = value if isinstance(value, list) else [value]
+        return [_parse_listen(_with_port(str(item), 53)) for item in items]
+
+
+def _with_port(text: str, port: int) -> str:
+    text = text.strip()
+    if text.startswith("[") or text.count(":") == 1:
+        return text
+    return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
+
+
+# Postfix's defaults: retry after 1 min, 5 min, 15 min, 1 h, then every 4 h; give up after
+# 5 days (maximal_queue_lifetime).
+_RETRY_SCHEDULE = [60.0, 300.0, 900.0, 3600.0, 14400.0]
+
+
 class DeliverySettings(_Model):
     mode: Literal["file", "smarthost", "mx"] = "file"
-    smarthost: str | None = None
     outbox_dir: Path = Path("state/notices")
+    smarthost: ListenAddress | None = None
+    # "required": never send to the smarthost in clear; "opportunistic": STARTTLS if offered.
+    starttls: Literal["required", "opportunistic"] = "required"
+    username: str | None = None
+    # Only from the environment (GATEWAY_DELIVERY__PASSWORD) or a file, never the config file.
+    password: str | None = Field(default=None, repr=False)
+    password_file: Path | None = None
+    # Extra CA certificates (PEM) trusted for the smarthost, e.g. an agency's private CA.
+    ca_file: Path | None = None
+    # Port of the recipients' mail exchangers: 25 everywhere but in labs and tests.
+    mx_port: int = Field(default=25, ge=1, le=65535)
+    # Deliver to exchangers at loopback, private or link-local addresses. Off: a sender's
+    # domain could otherwise point its MX at our own internal services.
+    mx_internal_addresses: bool = False
+    concurrency: int = Field(default=20, ge=1, le=1000)
+    per_domain_concurrency: int = Field(default=3, ge=1, le=100)
+    connect_timeout: Seconds = 30.0
+    command_timeout: Seconds = 120.0
+    retry_schedule: list[Annotated[float, Field(gt=0)]] = Field(
+        default_factory=lambda: list(_RETRY_SCHEDULE), min_length=1
+    )
+    retry_jitter: float = Field(default=0.1, ge=0, lt=1)
+    max_age: Seconds = 5 * 86400.0
+    lease: Seconds = 600.0
+    poll_interval: Seconds = 1.0
+
+    @field_validator("smarthost", mode="before")
+    @classmethod
+    def _smarthost(cls, value: Any) -> ListenAddress | None:
+        return None if value in (None, "") else _parse_listen(_with_port(str(value), 25))
+
+    @model_validator(mode="after")
+    def _complete(self) -> DeliverySettings:
+        if self.mode == "smarthost" and self.smarthost is None:
+            raise ValueError('mode smarthost needs [delivery] smarthost = "host:port"')
+        if self.password_file is not None and not self.password_file.is_file():
+            raise ValueError(f"password_file {self.password_file} is not a readable file")
+        if (self.password or self.password_file) and not self.username:
+            raise ValueError("a smarthost password needs a username")
+        return self
+
+    def smarthost_password(self) -> str | None:
+        """The AUTH password, read from password_file when that is how it is given."""
+        if self.password_file is not None:
+            return self.password_file.read_text(encoding="utf-8").strip()
+        return self.password
 
 
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -310,6 +399,7 @@ class GatewaySettings(_Model):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    dns: DnsSettings = Field(default_factory=DnsSettings)
     notices: NoticeSettings = Field(default_factory=NoticeSettings)
     offices: list[OfficeSettings] = Field(min_length=1)
 
@@ -360,6 +450,12 @@ def load_settings(
         raise ConfigError("", f"cannot read {source}: {exc.strerror or exc}") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError("", f"{source} is not valid TOML: {exc}") from exc
+    if "password" in data.get("delivery", {}):
+        raise ConfigError(
+            "delivery.password",
+            "never put the password in the config file; use GATEWAY_DELIVERY__PASSWORD,"
+            " GATEWAY_DELIVERY__PASSWORD_FILE or password_file",
+        )
     _apply_environment(data, os.environ if environ is None else environ)
     try:
         return GatewaySettings.model_validate(data)
@@ -414,6 +510,7 @@ def _section_field(section: str, key: str) -> Any | None:
         "storage": StorageSettings,
         "audit": AuditSettings,
         "delivery": DeliverySettings,
+        "dns": DnsSettings,
         "notices": NoticeSettings,
     }
     model = sections.get(section)

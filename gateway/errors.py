@@ -4,6 +4,9 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "DeliveryDeferred",
+    "DeliveryError",
+    "DeliveryFailed",
     "GatewayError",
     "StoreError",
 ]
@@ -28,3 +31,26 @@ class ConfigError(GatewayError):
 
 class StoreError(GatewayError, OSError):
     """The state store could not make a record durable."""
+
+
+class DeliveryError(GatewayError):
+    """A delivery attempt did not succeed; keeps what the remote side said.
+
+    `host` is the server tried ("" when none was reached), `code` its reply code (0 when
+    there was no reply: DNS, connection or timeout failures) and `reply` its text or our
+    description of the failure.
+    """
+
+    def __init__(self, reply: str, *, code: int = 0, host: str = "") -> None:
+        self.reply = reply
+        self.code = code
+        self.host = host
+        super().__init__(f"{host}: {code} {reply}" if host else reply)
+
+
+class DeliveryDeferred(DeliveryError):
+    """A temporary failure (4xx, no answer, DNS trouble): the job is tried again later."""
+
+
+class DeliveryFailed(DeliveryError):
+    """A permanent failure (5xx, null MX, no such domain): the job is not tried again."""

@@ -43,6 +43,8 @@ _KEPT_HEADERS = frozenset(
         "auto-submitted",  # RFC 3834
         "precedence",
         "x-auto-response-suppress",  # Microsoft Exchange
+        "x-autoreply",  # vacation responders that predate RFC 3834
+        "x-autorespond",
         "return-path",
         "in-reply-to",
         "references",

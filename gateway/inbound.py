@@ -12,7 +12,7 @@ import re
 import secrets
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, AnyStr
@@ -21,9 +21,11 @@ import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.addresses import AddressKind, normalize_sender, parse_address
+from gateway.clock import Clock
 from gateway.config import GatewaySettings, ListenAddress, OfficeSettings
 from gateway.errors import ConfigError, StoreError
 from gateway.evidence import MessageFacts, extract_facts
+from gateway.notices import notice_from_address
 from gateway.policy import Action, Decision, decide, notice_suppression
 from gateway.store import (
     JobRecord,
@@ -34,9 +36,8 @@ from gateway.store import (
     new_reference,
 )
 
-__all__ = ["Clock", "InboundHandler", "Sessions", "start_server"]
+__all__ = ["InboundHandler", "Sessions", "start_server"]
 
-Clock = Callable[[], datetime]
 log = structlog.get_logger()
 
 # RFC 5321 §4.2: a reply line is at most 512 octets including CRLF.
@@ -169,12 +170,14 @@ class GatewaySession(Session):
         self.messages = 0
         self.peer_ip = ""
         self.peer_port: int | None = None
+        self.trusted = False  # connected from [server] trusted_networks
 
 
 class GatewayEnvelope(Envelope):
     def __init__(self) -> None:
         super().__init__()
         self.sender = ""
+        self.sender_authenticated = False
         self.accepted: list[_Accepted] = []
         self.answer: tuple[str, ...] | None = None
 
@@ -241,7 +244,9 @@ class InboundHandler:
         self.clock = clock
         self.book = settings.address_book
         self.offices = {o.name: o for o in settings.offices}
-        self.own_domains = self.book.served_domains
+        # Mail from these comes back to us: answering it would start a loop.
+        self.own_domains = self.book.served_domains | {settings.server.hostname.lower()}
+        self.own_addresses = frozenset({notice_from_address(settings).lower()})
 
     # -- EHLO: advertise what we do, and only that -------------------------------------------
 
@@ -280,6 +285,7 @@ class InboundHandler:
             return REPLY_BAD_SENDER
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
+        envelope.sender_authenticated = session.trusted
         return REPLY_SENDER_OK
 
     async def handle_RCPT(
@@ -306,7 +312,11 @@ class InboundHandler:
         decision = None
         if lookup.kind is AddressKind.RETIRED:
             assert lookup.office is not None
-            decision = decide(self.offices[lookup.office], self.clock(), sender_authenticated=False)
+            decision = decide(
+                self.offices[lookup.office],
+                self.clock(),
+                sender_authenticated=envelope.sender_authenticated,
+            )
             if decision.action.is_refused_at_rcpt:
                 return await self._refuse_retired(session, envelope, address, decision)
         key = _group_key(_answer_key(lookup.kind, decision))
@@ -412,9 +422,7 @@ class InboundHandler:
             reply, outcome = REPLY_CHANGED, "deferred"
         else:
             reply, outcome = self._final_reply(keys.pop(), reference)
-        suppressed = notice_suppression(
-            envelope.sender, facts.headers, own_domains=self.own_domains
-        )
+        suppressed = self._suppression(envelope, facts)
         jobs = self._jobs(envelope, recipients, suppressed) if outcome != "deferred" else ()
         record = self._record(
             session,
@@ -439,12 +447,26 @@ class InboundHandler:
 
     def _redecide(self, envelope: GatewayEnvelope, at: datetime) -> list[Decision | None]:
         # The decision on record is the one at arrival (end of DATA), not at RCPT time.
+        trusted = envelope.sender_authenticated
         return [
             None
             if a.decision is None
-            else decide(self.offices[a.decision.office], at, sender_authenticated=False)
+            else decide(self.offices[a.decision.office], at, sender_authenticated=trusted)
             for a in envelope.accepted
         ]
+
+    def _suppression(self, envelope: GatewayEnvelope, facts: MessageFacts) -> str | None:
+        reason = notice_suppression(
+            envelope.sender,
+            facts.headers,
+            own_domains=self.own_domains,
+            own_addresses=self.own_addresses,
+        )
+        if reason is None and not envelope.sender_authenticated:
+            # Nothing is ever mailed to a sender we could not authenticate: a forged sender
+            # would turn the notice into backscatter. The SMTP reply is their answer.
+            return "sender-not-authenticated"
+        return reason
 
     def _final_reply(self, key: tuple[str, ...], reference: str) -> tuple[str, str]:
         if key[0] == "accept":
@@ -661,6 +683,7 @@ class GatewaySMTP(SMTP):
             auth_require_tls=True,
         )
         self._sessions = sessions
+        self._trust = settings.server.is_trusted
         self._session_limit = server.session_timeout
         self._deadline: asyncio.TimerHandle | None = None
 
@@ -692,6 +715,7 @@ class GatewaySMTP(SMTP):
         session = self._gateway_session()
         peer = transport.get_extra_info("peername") or ("", None)
         session.peer_ip, session.peer_port = str(peer[0]), peer[1]
+        session.trusted = self._trust(session.peer_ip)
         if not self._sessions.accepting or len(self._sessions.live) >= self._sessions.limit:
             reason = "shutting-down" if not self._sessions.accepting else "too-many-connections"
             reply = (

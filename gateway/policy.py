@@ -9,18 +9,21 @@ from __future__ import annotations
 import enum
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from gateway.config import Lifecycle, OfficeSettings, ResponseMode
 
 __all__ = [
     "Action",
     "Decision",
+    "DeliveryOutcome",
     "Phase",
+    "classify_reply",
     "decide",
     "is_replyable_address",
+    "next_attempt_at",
     "notice_suppression",
     "phase_at",
 ]
@@ -191,3 +194,49 @@ def _is_system_local(local: str) -> bool:
     if squashed in _SYSTEM_LOCALS:
         return True
     return any(squashed.startswith(a) or squashed.endswith(a) for a in _ROBOT_AFFIXES)
+
+
+# ---------------------------------------------------------------------------------------------
+# Delivery: what a remote reply means, and when to try again
+
+
+class DeliveryOutcome(enum.StrEnum):
+    DELIVERED = "delivered"
+    DEFERRED = "deferred"
+    FAILED = "failed"
+
+
+def classify_reply(code: int) -> DeliveryOutcome:
+    """A remote SMTP reply code as an outcome; 0 (no reply at all) is temporary.
+
+    RFC 5321 §4.2.1: 2yz completes, 4yz is a transient failure worth retrying, 5yz is final.
+    """
+    if 200 <= code < 300:
+        return DeliveryOutcome.DELIVERED
+    if 500 <= code < 600:
+        return DeliveryOutcome.FAILED
+    return DeliveryOutcome.DEFERRED
+
+
+def next_attempt_at(
+    attempt: int,
+    *,
+    created_at: datetime,
+    now: datetime,
+    schedule: Sequence[float],
+    max_age_s: float,
+    jitter: float,
+    spread: float,
+) -> datetime | None:
+    """When to try again after failed attempt number `attempt` (1-based), or None to give up.
+
+    The delay is schedule[attempt - 1], its last entry repeating, stretched by `jitter`
+    times `spread` (a number in [-1, 1] the caller draws at random, so that a burst of jobs
+    does not retry in lockstep). A retry that would fall after created_at + max_age_s is
+    not made: the job has expired, as Postfix's maximal_queue_lifetime.
+    """
+    delay = schedule[min(attempt, len(schedule)) - 1] * (1.0 + jitter * spread)
+    due = now + timedelta(seconds=delay)
+    if due > created_at + timedelta(seconds=max_age_s):
+        return None
+    return due

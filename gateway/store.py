@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 from gateway.errors import StoreError
 from gateway.evidence import MessageFacts
@@ -103,14 +104,28 @@ CREATE TABLE IF NOT EXISTS jobs (
     mail_from       TEXT NOT NULL,
     recipients      TEXT NOT NULL,
     destination     TEXT,
+    route           TEXT NOT NULL,
     state           TEXT NOT NULL DEFAULT 'queued',
     created_at      TEXT NOT NULL,
     next_attempt_at TEXT NOT NULL,
     attempts        INTEGER NOT NULL DEFAULT 0,
+    lease_owner     TEXT,
     lease_until     TEXT,
-    last_reply      TEXT
+    last_reply      TEXT,
+    updated_at      TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS attempts (
+    job_id      INTEGER NOT NULL REFERENCES jobs (id),
+    attempt     INTEGER NOT NULL,
+    started_at  TEXT NOT NULL,
+    finished_at TEXT NOT NULL,
+    host        TEXT NOT NULL,
+    code        INTEGER NOT NULL,
+    reply       TEXT NOT NULL,
+    outcome     TEXT NOT NULL,
+    PRIMARY KEY (job_id, attempt)
+);
 """
 
 # Crockford's base32: no I, L, O, U, so a reference read over the phone is unambiguous.
@@ -147,7 +162,14 @@ class JobRecord:
     mail_from: str
     recipients: tuple[str, ...]
     office: str | None = None
-    destination: str | None = None
+    destination: str | None = None  # host:port for relays; None: by the delivery mode
+
+    @property
+    def route(self) -> str:
+        """What limits concurrency: the fixed destination, else the recipients' domain."""
+        if self.destination:
+            return self.destination.lower()
+        return self.recipients[0].rpartition("@")[2].lower() if self.recipients else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,14 +207,16 @@ class RefusalRecord:
     phase: str | None = None
 
 
-Write = Callable[[sqlite3.Connection], None]
-_Outcome = tuple[asyncio.Future[None], BaseException | None]
+T = TypeVar("T")
+# What a caller hands the writer: runs inside the next group-committed transaction.
+Write = Callable[[sqlite3.Connection], Any]
+_Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
 
 
 @dataclass(frozen=True, slots=True)
 class _Pending:
     write: Write
-    future: asyncio.Future[None]
+    future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
 
 
@@ -249,7 +273,7 @@ class Store:
         Raises:
             StoreError: the commit failed; nothing of this record was stored.
         """
-        await self._submit(lambda conn: _insert_message(conn, record))
+        await self.write(lambda conn: _insert_message(conn, record))
 
     async def record_refusal(self, record: RefusalRecord) -> None:
         """Make a refusal at RCPT durable.
@@ -257,7 +281,7 @@ class Store:
         Raises:
             StoreError: the commit failed.
         """
-        await self._submit(lambda conn: _insert_refusal(conn, record))
+        await self.write(lambda conn: _insert_refusal(conn, record))
 
     async def purge_expired_raw(self, now: datetime) -> int:
         """Delete retained raw messages whose retention ended; returns how many.
@@ -265,21 +289,25 @@ class Store:
         Raises:
             StoreError: the delete could not be committed.
         """
-        purged: list[int] = []
 
-        def purge(conn: sqlite3.Connection) -> None:
+        def purge(conn: sqlite3.Connection) -> int:
             cursor = conn.execute(
                 "DELETE FROM raw_messages WHERE keep_until IS NOT NULL AND keep_until < ?",
                 (iso(now),),
             )
-            purged.append(cursor.rowcount)
+            return cursor.rowcount
 
-        await self._submit(purge)
-        return purged[0]
+        return await self.write(purge)
 
-    def _submit(self, write: Write) -> asyncio.Future[None]:
+    def write(self, write: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Run `write` in the writer's next transaction; the future holds its result once
+        that transaction is durable. A write that raises fails alone, the batch commits.
+
+        Raises (through the future):
+            StoreError: the store is closed, the write raised, or the commit failed.
+        """
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
+        future: asyncio.Future[T] = loop.create_future()
         if self._thread is None:
             future.set_exception(StoreError("the store is not open"))
         else:
@@ -322,52 +350,53 @@ class Store:
 
 
 def _commit_batch(conn: sqlite3.Connection, batch: Sequence[_Pending]) -> None:
-    results: list[BaseException | None] = []
+    results: list[tuple[Any, BaseException | None]] = []
     try:
         conn.execute("BEGIN IMMEDIATE")
-        for item in batch:
-            results.append(_apply_one(conn, item.write))
+        results = [_apply_one(conn, item.write) for item in batch]
         conn.execute("COMMIT")
     except sqlite3.Error as exc:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         failure = StoreError(f"commit failed: {exc}")
         failure.__cause__ = exc
-        results = [failure] * len(batch)
+        results = [(None, failure)] * len(batch)
     _resolve(batch, results)
 
 
-def _apply_one(conn: sqlite3.Connection, write: Write) -> BaseException | None:
+def _apply_one(conn: sqlite3.Connection, write: Write) -> tuple[Any, BaseException | None]:
     # A savepoint per caller: one bad record fails alone, the rest of the batch commits.
     conn.execute("SAVEPOINT one")
     try:
-        write(conn)
-    except (sqlite3.Error, ValueError) as exc:
+        result = write(conn)
+    except Exception as exc:  # the writer thread must outlive any one bad write
         conn.execute("ROLLBACK TO one")
         conn.execute("RELEASE one")
         failure = StoreError(f"record rejected: {exc}")
         failure.__cause__ = exc
-        return failure
+        return None, failure
     conn.execute("RELEASE one")
-    return None
+    return result, None
 
 
-def _resolve(batch: Sequence[_Pending], results: Sequence[BaseException | None]) -> None:
+def _resolve(
+    batch: Sequence[_Pending], results: Sequence[tuple[Any, BaseException | None]]
+) -> None:
     # One wake-up per event loop and batch, not one per record.
     by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
-    for item, result in zip(batch, results, strict=True):
-        by_loop.setdefault(item.loop, []).append((item.future, result))
+    for item, (result, error) in zip(batch, results, strict=True):
+        by_loop.setdefault(item.loop, []).append((item.future, result, error))
     for loop, outcomes in by_loop.items():
         with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
             loop.call_soon_threadsafe(_settle, outcomes)
 
 
 def _settle(outcomes: Iterable[_Outcome]) -> None:
-    for future, error in outcomes:
+    for future, result, error in outcomes:
         if future.done():
-            continue  # the session went away while we committed
+            continue  # the caller went away while we committed
         if error is None:
-            future.set_result(None)
+            future.set_result(result)
         else:
             future.set_exception(error)
 
@@ -435,8 +464,8 @@ def _insert_message(conn: sqlite3.Connection, r: MessageRecord) -> None:
         conn.execute("INSERT INTO raw_messages VALUES (?,?,?)", (r.reference, r.raw, keep))
     created = iso(r.received_at)
     conn.executemany(
-        "INSERT INTO jobs (reference, kind, office, mail_from, recipients, destination,"
-        " created_at, next_attempt_at) VALUES (?,?,?,?,?,?,?,?)",
+        "INSERT INTO jobs (reference, kind, office, mail_from, recipients, destination, route,"
+        " created_at, next_attempt_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
         [
             (
                 r.reference,
@@ -445,6 +474,8 @@ def _insert_message(conn: sqlite3.Connection, r: MessageRecord) -> None:
                 j.mail_from,
                 json.dumps(list(j.recipients)),
                 j.destination,
+                j.route,
+                created,
                 created,
                 created,
             )

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from dataclasses import dataclass
 from email.message import EmailMessage
 from types import TracebackType
 
-__all__ = ["RawClient", "Reply", "message"]
+__all__ = ["RawClient", "Reply", "message", "reference_of", "transaction"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,9 +36,13 @@ class RawClient:
         self.writer = writer
 
     @classmethod
-    async def connect(cls, port: int, host: str = "127.0.0.1") -> RawClient:
+    async def connect(
+        cls, port: int, host: str = "127.0.0.1", *, source: str | None = None
+    ) -> RawClient:
+        """Connect; `source` picks the client's own address (e.g. 127.0.0.2, not trusted)."""
+        local = (source, 0) if source else None
         async with asyncio.timeout(5):
-            reader, writer = await asyncio.open_connection(host, port)
+            reader, writer = await asyncio.open_connection(host, port, local_addr=local)
         return cls(reader, writer)
 
     async def __aenter__(self) -> RawClient:
@@ -111,3 +116,35 @@ def message(
         name, content = attachment
         msg.add_attachment(content, maintype="application", subtype="pdf", filename=name)
     return msg.as_bytes()
+
+
+SENDER = "paralegal@lawfirm.example"
+REFERENCE = re.compile(r"\(ref (\d{8}-[0-9A-Z]{10})\)")
+
+
+async def transaction(
+    port: int,
+    rcpts: list[str],
+    content: bytes | None = None,
+    sender: str = SENDER,
+    *,
+    source: str | None = None,
+) -> tuple[list[Reply], Reply | None]:
+    """One MAIL/RCPT.../DATA exchange; DATA only if a recipient was accepted."""
+    async with await RawClient.connect(port, source=source) as client:
+        await client.reply()
+        await client.cmd("EHLO client.lawfirm.example")
+        assert (await client.cmd(f"MAIL FROM:<{sender}>")).code == 250
+        replies = [await client.cmd(f"RCPT TO:<{r}>") for r in rcpts]
+        final = None
+        if any(r.code == 250 for r in replies):
+            final = await client.data(content or message())
+        await client.cmd("QUIT")
+    return replies, final
+
+
+def reference_of(reply: Reply) -> str:
+    """The gateway reference quoted in a reply."""
+    match = REFERENCE.search(reply.text)
+    assert match, reply
+    return match.group(1)

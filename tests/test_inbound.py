@@ -28,31 +28,19 @@ from tests.conftest import (
     office,
     other_office,
 )
-from tests.smtpclient import RawClient, Reply, message
-
-REF = re.compile(r"\(ref (\d{8}-[0-9A-Z]{10})\)")
+from tests.smtpclient import RawClient, Reply, message, reference_of
+from tests.smtpclient import transaction as smtp_transaction
 
 
 async def transaction(
-    gw: Gateway, rcpts: list[str], content: bytes | None = None, sender: str = SENDER
+    gw: Gateway,
+    rcpts: list[str],
+    content: bytes | None = None,
+    sender: str = SENDER,
+    *,
+    source: str | None = None,
 ) -> tuple[list[Reply], Reply | None]:
-    """One MAIL/RCPT.../DATA exchange; DATA only if a recipient was accepted."""
-    async with await RawClient.connect(gw.port) as client:
-        await client.reply()
-        await client.cmd("EHLO client.lawfirm.example")
-        assert (await client.cmd(f"MAIL FROM:<{sender}>")).code == 250
-        replies = [await client.cmd(f"RCPT TO:<{r}>") for r in rcpts]
-        final = None
-        if any(r.code == 250 for r in replies):
-            final = await client.data(content or message())
-        await client.cmd("QUIT")
-    return replies, final
-
-
-def reference_of(reply: Reply) -> str:
-    match = REF.search(reply.text)
-    assert match, reply
-    return match.group(1)
+    return await smtp_transaction(gw.port, rcpts, content, sender, source=source)
 
 
 # -- after the cutoff ---------------------------------------------------------------------------
@@ -503,3 +491,58 @@ async def test_listens_on_ipv6_loopback(start_gateway: GatewayFactory) -> None:
     assert final.code == 550
     (row,) = gw.rows("SELECT peer_ip FROM messages")
     assert row["peer_ip"] == "::1"
+
+
+# -- sender authentication: trusted networks ---------------------------------------------------
+
+UNTRUSTED = "127.0.0.2"  # loopback, but outside the default trusted networks (127.0.0.0/8 is!)
+
+
+async def test_untrusted_sender_is_refused_and_never_mailed(start_gateway: GatewayFactory) -> None:
+    gw = await start_gateway(server={"trusted_networks": ["127.0.0.1/32", "::1/128"]})
+    with capture_logs() as events:
+        _, final = await transaction(gw, [RETIRED], source=UNTRUSTED)
+    assert final is not None
+    assert final.code == 550
+    (row,) = gw.rows("SELECT notice, peer_ip FROM messages")
+    assert (row["notice"], row["peer_ip"]) == ("suppressed:sender-not-authenticated", UNTRUSTED)
+    assert gw.rows("SELECT * FROM jobs") == []
+    suppressed = [e for e in events if e["event"] == "notice.suppressed"]
+    assert [e["reason"] for e in suppressed] == ["sender-not-authenticated"]
+
+
+async def test_accept_and_notify_accepts_a_trusted_sender_and_says_not_filed(
+    start_gateway: GatewayFactory,
+) -> None:
+    gw = await start_gateway(offices=[office(response="accept-and-notify")])
+    _, final = await transaction(gw, [RETIRED])
+    assert final is not None
+    assert final.code == 250
+    assert final.text.startswith("2.0.0 Received but NOT FILED: ICE OCC Chicago takes filings")
+    (job,) = gw.rows("SELECT kind, mail_from, recipients FROM jobs")
+    assert (job["kind"], job["mail_from"]) == ("notice", "")
+    assert json.loads(job["recipients"]) == [SENDER]
+
+
+async def test_accept_and_notify_refuses_an_unauthenticated_sender(
+    start_gateway: GatewayFactory,
+) -> None:
+    gw = await start_gateway(
+        offices=[office(response="accept-and-notify")],
+        server={"trusted_networks": ["127.0.0.1/32"]},
+    )
+    _, final = await transaction(gw, [RETIRED], source=UNTRUSTED)
+    assert final is not None
+    assert final.code == 550
+    (decision,) = gw.rows("SELECT action, reason FROM message_recipients")
+    assert decision["action"] == "reject-after-data"
+    assert "not authenticated" in decision["reason"]
+    assert gw.rows("SELECT * FROM jobs") == []
+
+
+async def test_own_notice_address_never_gets_a_notice(gateway: Gateway) -> None:
+    _, final = await transaction(gateway, [RETIRED], sender="no-reply@mx.test.example")
+    assert final is not None
+    assert final.code == 550
+    (row,) = gateway.rows("SELECT notice FROM messages")
+    assert row["notice"] == "suppressed:own-address"

@@ -1,0 +1,303 @@
+"""The delivery worker: claim a job, build its mail, send it, record the outcome.
+
+Notices are rendered from the stored record (never from anything kept in memory), signed
+with DKIM and sent with the null reverse path to the envelope sender alone. Relays carry the
+original message unchanged below a Received header, to the office's legacy host. Retries and
+giving up are decided by policy.py; the queue lives in outbox.py; the wire in transport.py.
+
+Exactly once, in effect: a job is marked delivered in the one write right after the remote
+side's 250. A crash between that 250 and that write is the one window in which a mail may go
+out twice; the lease then expires (or the next start recovers it) and the job is sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import random
+import sqlite3
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.utils import format_datetime
+
+import structlog
+
+from gateway.clock import Clock
+from gateway.config import GatewaySettings
+from gateway.dkim import DkimKey, sign
+from gateway.errors import DeliveryDeferred, DeliveryError, DeliveryFailed, StoreError
+from gateway.evidence import Attachment
+from gateway.notices import FailedMessage, NoticeError, NoticeKind, NoticeRenderer, notice_bytes
+from gateway.outbox import Attempt, Job, JobState, Outbox
+from gateway.policy import next_attempt_at
+from gateway.store import connect, iso
+from gateway.transport import Answer, MailSender, OutgoingMail
+
+__all__ = ["DeliveryWorker", "MailBuilder"]
+
+log = structlog.get_logger()
+
+_NOTICE_KINDS = {"notice": NoticeKind.NOT_FILED, "advisory": NoticeKind.ADVISORY}
+
+
+class MailBuilder:
+    """Turns a job into the bytes to send, reading the record from the store file."""
+
+    def __init__(
+        self, settings: GatewaySettings, renderer: NoticeRenderer, key: DkimKey | None
+    ) -> None:
+        self.settings = settings
+        self.renderer = renderer
+        self.key = key
+        self.database = settings.storage.database
+
+    def build(self, job: Job, now: datetime) -> OutgoingMail:
+        """Blocking (SQLite, jinja2, RSA): run it in a thread.
+
+        Raises:
+            DeliveryFailed: the record is missing or no notice can be made for it.
+        """
+        conn = connect(self.database, readonly=True)
+        try:
+            if job.kind == "relay":
+                data = _relay_data(conn, job, self.settings.server.hostname)
+            else:
+                data = self._notice_data(conn, job, now)
+        finally:
+            conn.close()
+        name = f"{job.reference}-{job.id}-{job.kind}"
+        return OutgoingMail(job.mail_from, job.recipients, data, name, job.destination)
+
+    def _notice_data(self, conn: sqlite3.Connection, job: Job, now: datetime) -> bytes:
+        failed = _failed_message(conn, job)
+        assert job.office is not None, "notice jobs always name their office"
+        office = self.settings.office(job.office)
+        try:
+            message = self.renderer.render(_NOTICE_KINDS[job.kind], office, failed, now=now)
+        except NoticeError as exc:
+            raise DeliveryFailed(f"no notice can be made: {exc}") from exc
+        data = notice_bytes(message)
+        return data if self.key is None else sign(data, self.key)
+
+
+def _failed_message(conn: sqlite3.Connection, job: Job) -> FailedMessage:
+    row = conn.execute("SELECT * FROM messages WHERE reference = ?", (job.reference,)).fetchone()
+    if row is None:
+        raise DeliveryFailed(f"no record of message {job.reference}")
+    retired = conn.execute(
+        "SELECT recipient FROM message_recipients WHERE reference = ? AND office = ? LIMIT 1",
+        (job.reference, job.office),
+    ).fetchone()
+    attachments = tuple(
+        Attachment(a["filename"], a["content_type"], a["size"])
+        for a in json.loads(row["attachments"])
+    )
+    return FailedMessage(
+        reference=job.reference,
+        sender=job.recipients[0],
+        retired_address=retired["recipient"] if retired else "",
+        received_at=datetime.fromisoformat(row["received_at"]),
+        subject=row["subject"],
+        message_id=row["message_id"],
+        attachments=attachments,
+        a_numbers=tuple(json.loads(row["a_numbers"])),
+    )
+
+
+def _relay_data(conn: sqlite3.Connection, job: Job, hostname: str) -> bytes:
+    row = conn.execute(
+        "SELECT m.helo, m.peer_ip, m.tls, m.received_at, r.raw FROM messages m"
+        " JOIN raw_messages r USING (reference) WHERE reference = ?",
+        (job.reference,),
+    ).fetchone()
+    if row is None:
+        raise DeliveryFailed(f"the message {job.reference} to relay is not in the store")
+    # RFC 5321 §4.4: each relay prepends its Received line and changes nothing else.
+    received_at = format_datetime(datetime.fromisoformat(row["received_at"]))
+    protocol = "ESMTPS" if row["tls"] else "ESMTP"
+    received = (
+        f"Received: from {row['helo'] or 'unknown'} ([{row['peer_ip']}])\r\n"
+        f"\tby {hostname} (eservice-gateway) with {protocol} id {job.reference};\r\n"
+        f"\t{received_at}\r\n"
+    )
+    raw: bytes = row["raw"]
+    return received.encode("ascii", "replace") + raw
+
+
+@dataclass(frozen=True, slots=True)
+class _Limits:
+    concurrency: int
+    per_route: int
+    lease_s: float
+    poll_s: float
+
+
+class DeliveryWorker:
+    """Runs until stop(): claims due jobs within the concurrency limits and delivers them."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        outbox: Outbox,
+        builder: MailBuilder,
+        sender: MailSender,
+        clock: Clock,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        delivery = settings.delivery
+        self.settings = delivery
+        self.outbox = outbox
+        self.builder = builder
+        self.sender = sender
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.limits = _Limits(
+            delivery.concurrency,
+            delivery.per_domain_concurrency,
+            delivery.lease,
+            delivery.poll_interval,
+        )
+        self._busy: Counter[str] = Counter()
+        self._in_flight: dict[int, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    def wake(self) -> None:
+        """New work may be due: look now rather than at the next poll."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        recovered = await self.outbox.recover()
+        if recovered:
+            log.warning("outbox.recovered", jobs=recovered)
+        while not self._stopping:
+            try:
+                await self._claim_and_start()
+            except StoreError as exc:
+                log.error("outbox.claim_failed", error=str(exc))
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(self.limits.poll_s):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    async def stop(self, deadline: float) -> None:
+        """Stop claiming; give jobs in flight `deadline` seconds, then put them back."""
+        self._stopping = True
+        self._wake.set()
+        tasks = list(self._in_flight.values())
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=deadline)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _claim_and_start(self) -> None:
+        free = self.limits.concurrency - len(self._in_flight)
+        jobs = await self.outbox.claim(
+            self.clock(),
+            limit=free,
+            lease_s=self.limits.lease_s,
+            busy=self._busy,
+            per_route=self.limits.per_route,
+        )
+        for job in jobs:
+            self._busy[job.route] += 1
+            task = asyncio.create_task(self._attempt(job), name=f"deliver-{job.id}")
+            self._in_flight[job.id] = task
+            task.add_done_callback(functools.partial(self._finished, job))
+
+    def _finished(self, job: Job, _task: asyncio.Task[None]) -> None:
+        self._in_flight.pop(job.id, None)
+        self._busy[job.route] -= 1
+        if self._busy[job.route] <= 0:
+            del self._busy[job.route]
+        self._wake.set()  # a slot is free
+
+    async def _attempt(self, job: Job) -> None:
+        try:
+            await self._try(job)
+        except StoreError as exc:
+            # The outcome could not be recorded: the lease runs out and the job is tried again.
+            log.error(
+                "outbox.update_failed", job_id=job.id, reference=job.reference, error=str(exc)
+            )
+        except Exception:  # our bug: the job stays leased, and is tried again when that ends
+            log.exception("delivery.crashed", job_id=job.id, reference=job.reference)
+
+    async def _try(self, job: Job) -> None:
+        started = self.clock()
+        try:
+            mail = await asyncio.to_thread(self.builder.build, job, started)
+            answer = await self.sender.send(mail)
+        except asyncio.CancelledError:
+            await asyncio.shield(self.outbox.release(job, self.clock()))
+            raise
+        except DeliveryError as exc:
+            await self._record_failure(job, started, exc)
+        except Exception as exc:  # a bug of ours: keep the job, retry later, say so
+            log.exception("delivery.crashed", job_id=job.id, reference=job.reference)
+            await self._record_failure(job, started, DeliveryDeferred(f"internal error: {exc!r}"))
+        else:
+            await self._record_success(job, started, answer)
+
+    async def _record_success(self, job: Job, started: datetime, answer: Answer) -> None:
+        attempt = Attempt(
+            started, self.clock(), answer.host, answer.code, answer.reply, JobState.DELIVERED
+        )
+        await self.outbox.finish(job, attempt)
+        log.info(
+            "delivery.succeeded",
+            job_id=job.id,
+            reference=job.reference,
+            kind=job.kind,
+            attempt=job.attempts + 1,
+            recipients=list(job.recipients),
+            host=answer.host,
+            reply_code=answer.code,
+            reply=answer.reply,
+        )
+
+    async def _record_failure(self, job: Job, started: datetime, error: DeliveryError) -> None:
+        finished = self.clock()
+        due = None
+        if isinstance(error, DeliveryDeferred):
+            due = next_attempt_at(
+                job.attempts + 1,
+                created_at=job.created_at,
+                now=finished,
+                schedule=self.settings.retry_schedule,
+                max_age_s=self.settings.max_age,
+                jitter=self.settings.retry_jitter,
+                spread=self.rng.uniform(-1.0, 1.0),
+            )
+        state = JobState.DEFERRED if due is not None else JobState.FAILED
+        expired = state is JobState.FAILED and isinstance(error, DeliveryDeferred)
+        note = None
+        if expired:
+            note = f"gave up after {job.attempts + 1} attempts in {_age(job, finished)}"
+        attempt = Attempt(started, finished, error.host, error.code, error.reply, state)
+        await self.outbox.finish(job, attempt, next_attempt_at=due, note=note)
+        event = "delivery.deferred" if state is JobState.DEFERRED else "delivery.failed"
+        log.warning(
+            event,
+            job_id=job.id,
+            reference=job.reference,
+            kind=job.kind,
+            attempt=job.attempts + 1,
+            recipients=list(job.recipients),
+            host=error.host,
+            reply_code=error.code,
+            reply=error.reply,
+            note=note,
+            next_attempt_at=None if due is None else iso(due),
+        )
+
+
+def _age(job: Job, now: datetime) -> str:
+    age = now - job.created_at
+    return f"{age.days}d {age.seconds // 3600}h" if age >= timedelta(days=1) else f"{age}"
