@@ -10,14 +10,27 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from typing import Any, TextIO
 
 import structlog
+from structlog.typing import Processor
 
 from gateway.config import AuditSettings
 
 __all__ = ["EVENTS", "configure_logging", "get_logger"]
 
+_DELIVERY_KEYS = (
+    "job_id",
+    "reference",
+    "kind",
+    "attempt",
+    "recipients",
+    "host",
+    "reply_code",
+    "reply",
+    "duration_s",
+)
 # event name -> the keys it carries (besides timestamp, level and event).
 EVENTS: dict[str, tuple[str, ...]] = {
     "gateway.started": ("version", "offices", "as_of", "state_dir", "delivery"),
@@ -77,48 +90,24 @@ EVENTS: dict[str, tuple[str, ...]] = {
     "outbox.recovered": ("jobs",),
     "outbox.claim_failed": ("error",),
     "outbox.update_failed": ("job_id", "reference", "error"),
-    "delivery.succeeded": (
-        "job_id",
-        "reference",
-        "kind",
-        "attempt",
-        "recipients",
-        "host",
-        "reply_code",
-        "reply",
-    ),
-    "delivery.deferred": (
-        "job_id",
-        "reference",
-        "kind",
-        "attempt",
-        "recipients",
-        "host",
-        "reply_code",
-        "reply",
-        "note",
-        "next_attempt_at",
-    ),
-    "delivery.failed": (
-        "job_id",
-        "reference",
-        "kind",
-        "attempt",
-        "recipients",
-        "host",
-        "reply_code",
-        "reply",
-        "note",
-        "next_attempt_at",
-    ),
+    "delivery.succeeded": _DELIVERY_KEYS,
+    "delivery.deferred": (*_DELIVERY_KEYS, "note", "next_attempt_at"),
+    "delivery.failed": (*_DELIVERY_KEYS, "note", "next_attempt_at"),
     "delivery.crashed": ("job_id", "reference", "exception"),
 }
 
 
-def configure_logging(settings: AuditSettings, *, stream: TextIO | None = None) -> TextIO:
+def configure_logging(
+    settings: AuditSettings,
+    *,
+    stream: TextIO | None = None,
+    observers: Sequence[Processor] = (),
+) -> TextIO:
     """Route structlog to the configured destination; returns the stream written to.
 
-    Called once by the CLI. `stream` overrides the destination (tests).
+    Called once by the CLI. `stream` overrides the destination (tests). `observers` are
+    processors that see every event dict (with its timestamp) just before it is rendered,
+    e.g. to count events as metrics; they must return the event dict unchanged.
     """
     out = stream or _open_destination(settings.log)
     console = settings.format == "console" or (settings.format == "auto" and out.isatty())
@@ -131,6 +120,7 @@ def configure_logging(settings: AuditSettings, *, stream: TextIO | None = None) 
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            *observers,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),

@@ -260,6 +260,7 @@ class DeliveryWorker:
             host=answer.host,
             reply_code=answer.code,
             reply=answer.reply,
+            duration_s=round((attempt.finished_at - started).total_seconds(), 3),
         )
 
     async def _record_failure(self, job: Job, started: datetime, error: DeliveryError) -> None:
@@ -294,6 +295,7 @@ class DeliveryWorker:
             reply_code=error.code,
             reply=error.reply,
             note=note,
+            duration_s=round((finished - started).total_seconds(), 3),
             next_attempt_at=None if due is None else iso(due),
         )
 
