@@ -39,7 +39,9 @@ EVENTS: dict[str, tuple[str, ...]] = {
     "gateway.stopped": ("sessions_cut",),
     "smtp.session.opened": ("session_id", "peer_ip", "peer_port"),
     "smtp.session.closed": ("session_id", "peer_ip", "messages", "duration_s"),
-    "smtp.session.refused": ("peer_ip", "reason", "reply"),  # also command-limit cuts
+    # Connections turned away: too many, shutting down, a command limit, a bad PROXY header.
+    "smtp.session.refused": ("peer_ip", "reason", "reply"),
+    "smtp.session.proxied": ("session_id", "peer_ip", "peer_port", "trusted"),
     "smtp.session.timed_out": ("session_id", "peer_ip", "limit", "reply"),
     "smtp.session.failed": ("session_id", "peer_ip", "reply", "exc_info"),
     "smtp.recipient.refused": (
@@ -80,7 +82,7 @@ EVENTS: dict[str, tuple[str, ...]] = {
         "arrival_utc",
         "arrival_local",
     ),
-    "notice.suppressed": ("reference", "sender", "reason"),
+    "notice.suppressed": ("reference", "sender", "reason", "duplicate_of"),
     "outbox.enqueued": ("reference", "job_kind", "office", "recipients", "destination"),
     "smtp.reply.sent": ("session_id", "reference", "outcome", "reply_code", "reply"),
     "store.write_failed": ("session_id", "reference", "error"),

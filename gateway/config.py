@@ -42,7 +42,9 @@ __all__ = [
     "GatewaySettings",
     "Language",
     "Lifecycle",
+    "LimitSettings",
     "ListenAddress",
+    "MetricsSettings",
     "NoticeSettings",
     "OfficeSettings",
     "ResponseMode",
@@ -136,16 +138,19 @@ class ServerSettings(_Model):
     trusted_networks: list[IPv4Network | IPv6Network] = Field(
         default_factory=lambda: _LOOPBACK.copy()
     )
+    # HAProxy's PROXY protocol (v1 or v2) from a load balancer in front: then the address it
+    # reports is the client's, for trust, limits and the record. Only these peers may send it.
+    proxy_protocol: bool = False
+    proxy_from: list[IPv4Network | IPv6Network] = Field(default_factory=lambda: _LOOPBACK.copy())
 
     def is_trusted(self, address: str) -> bool:
         """Whether a client at `address` counts as an authenticated sender."""
-        try:
-            ip = ip_address(address.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(ip, IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in network for network in self.trusted_networks)
+        return _within(address, self.trusted_networks)
+
+    def may_send_proxy(self, address: str) -> bool:
+        """Whether a peer at `address` may tell us, by PROXY protocol, who the client is."""
+        return _within(address, self.proxy_from)
+
 
     @field_validator("listen", mode="before")
     @classmethod
@@ -163,20 +168,76 @@ class ServerSettings(_Model):
         return self
 
 
+def _within(address: str, networks: list[IPv4Network | IPv6Network]) -> bool:
+    try:
+        ip = ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in networks)
+
+
 class StorageSettings(_Model):
     state_dir: Path = Path("state")
     keep_raw: bool = False
     raw_retention_days: int = Field(default=90, ge=1)
+    # Days the records (messages, refusals, jobs, attempts) are kept; 0 keeps them forever.
+    # Forever by default: they are an agency's records, whose disposal follows its own records
+    # schedule, which the gateway cannot know; deleting them early cannot be undone.
+    retention_days: int = Field(default=0, ge=0)
 
     @property
     def database(self) -> Path:
         return self.state_dir / "gateway.sqlite3"
+
+    @field_validator("retention_days")
+    @classmethod
+    def _records_outlive_raw(cls, days: int, info: ValidationInfo) -> int:
+        raw_days = info.data.get("raw_retention_days")
+        if raw_days is not None and 0 < days < raw_days:
+            raise ValueError(
+                f"{days} days is shorter than raw_retention_days ({raw_days}):"
+                " a raw message goes with its record"
+            )
+        return days
 
 
 class AuditSettings(_Model):
     # "-" is standard output; anything else is a file appended to.
     log: str = "-"
     format: Literal["auto", "json", "console"] = "auto"
+
+
+class LimitSettings(_Model):
+    """How much the gateway answers; counted in the state store, shared by all processes."""
+
+    # The same message again (same Message-ID and sender, else same SHA-256) within this many
+    # seconds gets the SMTP reply but no second notice.
+    dedup_window: Seconds = 86400.0
+    # Notices per hour, by scope; past one, the message is refused with 451 4.7.1 naming it.
+    notices_per_sender: int = Field(default=30, ge=1)
+    notices_per_domain: int = Field(default=200, ge=1)
+    notices_per_client: int = Field(default=100, ge=1)
+    notices_total: int = Field(default=2000, ge=1)
+    # A message that has passed through more relays than this is refused as a loop (RFC 5321
+    # §6.3 suggests a limit of at least 100 for relays; an MX answering people can be stricter).
+    max_received_headers: int = Field(default=30, ge=5)
+
+
+class MetricsSettings(_Model):
+    # The HTTP endpoint for /metrics, /healthz and /readyz; "" turns it off. Loopback by
+    # default: counts by reason and queue depth are for the operator, not for the internet.
+    listen: ListenAddress | None = ListenAddress("127.0.0.1", 9125)
+    # /readyz fails when the state store does not commit a trivial write within this.
+    ready_timeout: Seconds = 2.0
+    # /readyz fails when the delivery worker has not looked at the queue for this long.
+    stall_after: Seconds = 30.0
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _listen(cls, value: Any) -> ListenAddress | None:
+        return None if value in (None, "") else _parse_listen(value)
 
 
 class DnsSettings(_Model):
@@ -400,7 +461,9 @@ class GatewaySettings(_Model):
     audit: AuditSettings = Field(default_factory=AuditSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     dns: DnsSettings = Field(default_factory=DnsSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
     notices: NoticeSettings = Field(default_factory=NoticeSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     offices: list[OfficeSettings] = Field(min_length=1)
 
     @cached_property
@@ -420,6 +483,17 @@ class GatewaySettings(_Model):
             self.address_book  # noqa: B018 -- building it checks addresses across offices
         except ValueError as exc:
             raise ValueError(f"offices: {exc}") from exc
+        return self
+
+    @model_validator(mode="after")
+    def _stall_after_polls(self) -> GatewaySettings:
+        # The worker looks at the queue once per poll_interval; fewer than two intervals would
+        # call a healthy worker stalled.
+        if self.metrics.stall_after < 2 * self.delivery.poll_interval:
+            raise ValueError(
+                "metrics.stall_after must be at least twice delivery.poll_interval"
+                f" ({self.delivery.poll_interval} s)"
+            )
         return self
 
 
@@ -496,7 +570,7 @@ def _apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None
             field = _section_field(section, key)
             value = _read_secret(variable, value)
         if field is None:
-            sections = "server, storage, audit, delivery, notices"
+            sections = "server, storage, audit, delivery, dns, notices, metrics"
             raise ConfigError(variable, f"no such setting (sections: {sections})")
         if typing.get_origin(field) is list:
             data.setdefault(section, {})[key] = [v.strip() for v in value.split(",") if v.strip()]
@@ -511,7 +585,9 @@ def _section_field(section: str, key: str) -> Any | None:
         "audit": AuditSettings,
         "delivery": DeliverySettings,
         "dns": DnsSettings,
+        "limits": LimitSettings,
         "notices": NoticeSettings,
+        "metrics": MetricsSettings,
     }
     model = sections.get(section)
     if model is None or key not in model.model_fields:

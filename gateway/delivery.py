@@ -17,6 +17,7 @@ import functools
 import json
 import random
 import sqlite3
+import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -164,6 +165,9 @@ class DeliveryWorker:
         self._in_flight: dict[int, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._stopping = False
+        # time.monotonic() of the last look at the queue, for the health check: a worker that
+        # stops looking (a claim that never returns) is wedged even though its task runs.
+        self.last_poll = time.monotonic()
 
     def wake(self) -> None:
         """New work may be due: look now rather than at the next poll."""
@@ -178,6 +182,7 @@ class DeliveryWorker:
                 await self._claim_and_start()
             except StoreError as exc:
                 log.error("outbox.claim_failed", error=str(exc))
+            self.last_poll = time.monotonic()
             self._wake.clear()
             try:
                 async with asyncio.timeout(self.limits.poll_s):

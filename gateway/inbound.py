@@ -8,16 +8,18 @@ answers only once the record is durable. It must not send mail or render notices
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import secrets
 import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, AnyStr
 
 import structlog
+from aiosmtpd.proxy_protocol import ProxyData
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.addresses import AddressKind, normalize_sender, parse_address
@@ -26,10 +28,18 @@ from gateway.config import GatewaySettings, ListenAddress, OfficeSettings
 from gateway.errors import ConfigError, StoreError
 from gateway.evidence import MessageFacts, extract_facts
 from gateway.notices import notice_from_address
-from gateway.policy import Action, Decision, decide, notice_suppression
+from gateway.policy import (
+    Action,
+    Decision,
+    NoticeScope,
+    decide,
+    loop_reason,
+    notice_suppression,
+)
 from gateway.store import (
     JobRecord,
     MessageRecord,
+    NoticeGate,
     RecipientRecord,
     RefusalRecord,
     Store,
@@ -100,6 +110,10 @@ REPLY_VRFY = "252 2.5.0 Cannot VRFY; send a message and the reply will tell"
 REPLY_INTERNAL = "451 4.3.0 Temporary local problem, please try again later"
 REPLY_STORE_FAILED = "451 4.3.0 Temporary local problem, message not accepted; try again later"
 REPLY_CHANGED = "451 4.3.0 Recipient status changed during the transaction; please try again"
+# Seconds a load balancer has to send its PROXY header after connecting.
+_PROXY_TIMEOUT = 10.0
+
+REPLY_LOOP = "554 5.4.6 Mail loop detected; this message is not answered"
 REPLY_TOO_MANY_CONNECTIONS = "421 4.3.2 Too many connections, try again later"
 REPLY_SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
 REPLY_IDLE_TIMEOUT = "421 4.4.2 Idle too long, closing connection"
@@ -123,6 +137,22 @@ def accepted_reply(reference: str, office: OfficeSettings | None) -> str:
     return (
         f"250 2.0.0 Received but NOT FILED: {office.short_name} takes filings only via"
         f" {office.portal_url}; a notice follows (ref {reference})"
+    )
+
+
+_SCOPE_WORDS = {
+    NoticeScope.SENDER: "from this sender",
+    NoticeScope.DOMAIN: "from this sender's domain",
+    NoticeScope.CLIENT: "from this client address",
+    NoticeScope.TOTAL: "in all",
+}
+
+
+def rate_limited_reply(scope: NoticeScope, reference: str) -> str:
+    """The 451 for a message whose notice would pass a rate limit: try later, not refused."""
+    return (
+        f"451 4.7.1 Too many messages {_SCOPE_WORDS[scope]} this hour; not accepted,"
+        f" please try again later (ref {reference})"
     )
 
 
@@ -247,6 +277,14 @@ class InboundHandler:
         # Mail from these comes back to us: answering it would start a loop.
         self.own_domains = self.book.served_domains | {settings.server.hostname.lower()}
         self.own_addresses = frozenset({notice_from_address(settings).lower()})
+        self.notice_domain = notice_from_address(settings).rpartition("@")[2]
+        limits = settings.limits
+        self.notice_limits = {
+            NoticeScope.SENDER: limits.notices_per_sender,
+            NoticeScope.DOMAIN: limits.notices_per_domain,
+            NoticeScope.CLIENT: limits.notices_per_client,
+            NoticeScope.TOTAL: limits.notices_total,
+        }
 
     # -- EHLO: advertise what we do, and only that -------------------------------------------
 
@@ -263,6 +301,22 @@ class InboundHandler:
         lines = [r[4:] for r in responses if r[4:] != "HELP" and not r[4:].startswith("AUTH")]
         lines += ["PIPELINING", "ENHANCEDSTATUSCODES"]
         return [f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"]
+
+    async def handle_PROXY(
+        self, server: SMTP, session: GatewaySession, envelope: Envelope, proxy_data: ProxyData
+    ) -> bool:
+        """Accept a PROXY header only from a trusted load balancer; then the client it names
+        is the peer for trust, limits and the record."""
+        if not self.settings.server.may_send_proxy(session.peer_ip) or not proxy_data.valid:
+            log.warning("smtp.session.refused", reason="proxy-not-allowed", reply="")
+            return False
+        if proxy_data.src_addr is not None:  # None: a LOCAL/UNKNOWN health check of the balancer
+            session.peer_ip = str(proxy_data.src_addr)
+            session.peer_port = proxy_data.src_port
+            session.trusted = self.settings.server.is_trusted(session.peer_ip)
+            structlog.contextvars.bind_contextvars(peer_ip=session.peer_ip)
+            log.info("smtp.session.proxied", peer_port=session.peer_port, trusted=session.trusted)
+        return True
 
     async def handle_VRFY(
         self, server: SMTP, session: GatewaySession, envelope: Envelope, address: str
@@ -418,12 +472,17 @@ class InboundHandler:
             _group_key(_answer_key(a.kind, d))
             for a, d in zip(envelope.accepted, recipients, strict=True)
         }
-        if len(keys) > 1:
-            reply, outcome = REPLY_CHANGED, "deferred"
+        key = keys.pop() if len(keys) == 1 else None
+        loop = self._loop(facts)
+        if loop is not None:
+            reply, outcome, suppressed = REPLY_LOOP, "rejected", f"loop-{loop}"
+        elif key is None:
+            reply, outcome, suppressed = REPLY_CHANGED, "deferred", None
         else:
-            reply, outcome = self._final_reply(keys.pop(), reference)
-        suppressed = self._suppression(envelope, facts)
-        jobs = self._jobs(envelope, recipients, suppressed) if outcome != "deferred" else ()
+            reply, outcome = self._final_reply(key, reference)
+            suppressed = self._suppression(envelope, facts)
+        answered = loop is None and outcome != "deferred"
+        jobs = self._jobs(envelope, recipients, suppressed) if answered else ()
         record = self._record(
             session,
             envelope,
@@ -437,13 +496,61 @@ class InboundHandler:
             suppressed=suppressed,
             raw=raw,
         )
+        gate = self._gate(session, envelope, record, key) if loop is None else None
         try:
-            await self.store.record_message(record)
+            record = await self.store.record_message(record, gate)
         except StoreError as exc:
             log.error("store.write_failed", reference=reference, error=str(exc))
             return REPLY_STORE_FAILED
         self._log_message(session, record)
-        return reply
+        return record.reply
+
+    def _loop(self, facts: MessageFacts) -> str | None:
+        return loop_reason(
+            facts.headers,
+            message_id=facts.message_id,
+            received_count=facts.received_count,
+            own_domain=self.notice_domain,
+            max_received=self.settings.limits.max_received_headers,
+        )
+
+    def _gate(
+        self,
+        session: GatewaySession,
+        envelope: GatewayEnvelope,
+        record: MessageRecord,
+        key: tuple[str, ...] | None,
+    ) -> NoticeGate | None:
+        """The limits on this message's notice; they are applied as the record is written."""
+        if not any(job.kind != "relay" for job in record.jobs):
+            return None
+        limits = self.settings.limits
+        facts = record.facts
+        # The same message: its Message-ID from the same sender, else the very same bytes.
+        identity = facts.message_id or f"sha256:{facts.sha256}"
+        dedup_key = hashlib.sha256(f"{envelope.sender.lower()}\n{identity}".encode()).hexdigest()
+        at = record.received_at.astimezone(UTC)
+        sender = envelope.sender.lower()
+        counters = {
+            NoticeScope.SENDER: sender,
+            NoticeScope.DOMAIN: sender.rpartition("@")[2],
+            NoticeScope.CLIENT: session.peer_ip,
+            NoticeScope.TOTAL: "*",
+        }
+        # A relayed message keeps its 250 when only its advisory is over a limit; a refusal
+        # or an accept-and-notify answer depends on the notice, so it becomes a 451.
+        depends = key is not None and key != ("accept",)
+        reference = record.reference
+        return NoticeGate(
+            dedup_key=dedup_key,
+            dedup_since=record.received_at - timedelta(seconds=limits.dedup_window),
+            hour=f"{at:%Y-%m-%dT%H}",
+            counters=counters,
+            limits=self.notice_limits,
+            limited_reply=(lambda scope: (rate_limited_reply(scope, reference), "deferred"))
+            if depends
+            else None,
+        )
 
     def _redecide(self, envelope: GatewayEnvelope, at: datetime) -> list[Decision | None]:
         # The decision on record is the one at arrival (end of DATA), not at RCPT time.
@@ -611,6 +718,7 @@ class InboundHandler:
                 reference=ref,
                 sender=record.mail_from,
                 reason=record.notice.partition(":")[2],
+                duplicate_of=record.duplicate_of,
             )
         for job in record.jobs:
             log.info(
@@ -680,6 +788,7 @@ class GatewaySMTP(SMTP):
             tls_context=tls_context,
             timeout=server.idle_timeout,
             command_call_limit=server.max_commands,
+            proxy_protocol_timeout=_PROXY_TIMEOUT if server.proxy_protocol else None,
             auth_require_tls=True,
         )
         self._sessions = sessions

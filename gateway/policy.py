@@ -19,10 +19,13 @@ __all__ = [
     "Action",
     "Decision",
     "DeliveryOutcome",
+    "NoticeScope",
     "Phase",
     "classify_reply",
     "decide",
+    "exceeded_scope",
     "is_replyable_address",
+    "loop_reason",
     "next_attempt_at",
     "notice_suppression",
     "phase_at",
@@ -240,3 +243,56 @@ def next_attempt_at(
     if due > created_at + timedelta(seconds=max_age_s):
         return None
     return due
+
+
+# ---------------------------------------------------------------------------------------------
+# Loops and floods
+
+
+def loop_reason(
+    headers: Mapping[str, str],
+    *,
+    message_id: str | None,
+    received_count: int,
+    own_domain: str,
+    max_received: int,
+) -> str | None:
+    """Why a message looks like part of a mail loop, or None.
+
+    A loop is refused and never answered: another auto-responder answering our notice, our
+    own notice coming back, or a message bounced around more than `max_received` hops
+    (RFC 5321 §6.3).
+    """
+    if received_count > max_received:
+        return "too-many-hops"
+    if any(name.startswith("x-eservice-gateway-") for name in headers):
+        return "own-notice-marker"  # our notices carry X-Eservice-Gateway-Reference
+    marker = f"@{own_domain.lower()}>"
+    if message_id is not None and message_id.lower().endswith(marker):
+        return "own-message-id"
+    threads = (headers.get("in-reply-to", "") + headers.get("references", "")).lower()
+    if marker in threads:
+        return "reply-to-own-notice"
+    return None
+
+
+class NoticeScope(enum.StrEnum):
+    """What a notice rate limit counts by."""
+
+    SENDER = "sender"
+    DOMAIN = "domain"
+    CLIENT = "client"
+    TOTAL = "total"
+
+
+def exceeded_scope(
+    counts: Mapping[NoticeScope, int], limits: Mapping[NoticeScope, int]
+) -> NoticeScope | None:
+    """The first scope whose notices this hour have reached its limit, or None.
+
+    `counts` are the notices already queued in the current hour, before this one.
+    """
+    for scope in NoticeScope:
+        if counts.get(scope, 0) >= limits[scope]:
+            return scope
+    return None

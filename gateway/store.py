@@ -17,18 +17,20 @@ import queue
 import secrets
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.errors import StoreError
 from gateway.evidence import MessageFacts
+from gateway.policy import NoticeScope, exceeded_scope
 
 __all__ = [
     "JobRecord",
     "MessageRecord",
+    "NoticeGate",
     "RecipientRecord",
     "RefusalRecord",
     "Store",
@@ -61,7 +63,9 @@ CREATE TABLE IF NOT EXISTS messages (
     mime_truncated INTEGER NOT NULL,
     outcome       TEXT NOT NULL,
     reply         TEXT NOT NULL,
-    notice        TEXT NOT NULL
+    notice        TEXT NOT NULL,
+    duplicate_of  TEXT,
+    auth          TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_received ON messages (received_at);
 CREATE INDEX IF NOT EXISTS messages_sender ON messages (mail_from);
@@ -76,6 +80,18 @@ CREATE TABLE IF NOT EXISTS message_recipients (
     decided_at  TEXT NOT NULL,
     local_time  TEXT,
     PRIMARY KEY (reference, recipient)
+);
+CREATE TABLE IF NOT EXISTS notice_counts (
+    scope       TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    hour        TEXT NOT NULL,
+    count       INTEGER NOT NULL,
+    PRIMARY KEY (scope, key, hour)
+);
+CREATE TABLE IF NOT EXISTS notice_dedup (
+    key         TEXT PRIMARY KEY,
+    reference   TEXT NOT NULL,
+    at          TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS raw_messages (
     reference   TEXT PRIMARY KEY REFERENCES messages (reference),
@@ -115,6 +131,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated_at      TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (state, next_attempt_at);
+-- Retention looks up a message's jobs, and raw messages by their end of retention.
+CREATE INDEX IF NOT EXISTS jobs_reference ON jobs (reference);
+CREATE INDEX IF NOT EXISTS raw_keep_until ON raw_messages (keep_until);
 CREATE TABLE IF NOT EXISTS attempts (
     job_id      INTEGER NOT NULL REFERENCES jobs (id),
     attempt     INTEGER NOT NULL,
@@ -190,6 +209,8 @@ class MessageRecord:
     jobs: tuple[JobRecord, ...] = ()
     raw: bytes | None = None
     raw_keep_until: datetime | None = None
+    duplicate_of: str | None = None  # the earlier message whose notice this one repeats
+    auth: str | None = None  # Authentication-Results value of the sender checks
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +280,26 @@ class Store:
         if self._open_error is not None:
             raise StoreError(f"cannot open {self.path}: {self._open_error}") from self._open_error
 
+    def is_alive(self) -> bool:
+        """Whether the writer thread is running (open, and not stopped or dead)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    async def ping(self, at: datetime) -> None:
+        """Commit a trivial write through the writer, as a health check: it returns only if
+        the thread takes work, SQLite grants the write lock and the disk takes the commit.
+
+        Raises:
+            StoreError: the store is closed or the commit failed.
+        """
+
+        def touch(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('health_checked_at', ?)",
+                (iso(at),),
+            )
+
+        await self.write(touch)
+
     async def close(self) -> None:
         """Commit what is pending, then stop the writer thread."""
         if self._thread is None:
@@ -267,13 +308,21 @@ class Store:
         await asyncio.to_thread(self._thread.join)
         self._thread = None
 
-    async def record_message(self, record: MessageRecord) -> None:
-        """Make a received message, its decisions and its jobs durable, in one transaction.
+    async def record_message(
+        self, record: MessageRecord, gate: NoticeGate | None = None
+    ) -> MessageRecord:
+        """Make a received message, its decisions and its jobs durable, in one transaction;
+        returns the record as stored.
+
+        With a `gate`, its notice is first checked against earlier ones in the same
+        transaction (so concurrent sessions and processes count alike): a repeat of a
+        message noticed within the window gets no second notice, and a notice past a rate
+        limit is not queued, the message then taking the gate's reply for that limit.
 
         Raises:
             StoreError: the commit failed; nothing of this record was stored.
         """
-        await self.write(lambda conn: _insert_message(conn, record))
+        return await self.write(lambda conn: _insert_gated(conn, record, gate))
 
     async def record_refusal(self, record: RefusalRecord) -> None:
         """Make a refusal at RCPT durable.
@@ -283,8 +332,9 @@ class Store:
         """
         await self.write(lambda conn: _insert_refusal(conn, record))
 
-    async def purge_expired_raw(self, now: datetime) -> int:
-        """Delete retained raw messages whose retention ended; returns how many.
+    async def purge_expired_raw(self, now: datetime, *, limit: int = -1) -> int:
+        """Delete retained raw messages whose retention ended, at most `limit` (-1: all);
+        returns how many.
 
         Raises:
             StoreError: the delete could not be committed.
@@ -292,8 +342,9 @@ class Store:
 
         def purge(conn: sqlite3.Connection) -> int:
             cursor = conn.execute(
-                "DELETE FROM raw_messages WHERE keep_until IS NOT NULL AND keep_until < ?",
-                (iso(now),),
+                "DELETE FROM raw_messages WHERE reference IN (SELECT reference FROM raw_messages"
+                " WHERE keep_until IS NOT NULL AND keep_until < ? LIMIT ?)",
+                (iso(now), limit),
             )
             return cursor.rowcount
 
@@ -414,10 +465,85 @@ def _migrate(conn: sqlite3.Connection) -> None:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class NoticeGate:
+    """What limits a message's notice: its dedup key and its rate-limit counters."""
+
+    dedup_key: str
+    dedup_since: datetime  # notices before this no longer count as the same
+    hour: str  # the rate-limit window, e.g. "2017-09-13T15"
+    counters: Mapping[NoticeScope, str]  # scope -> what is counted (sender, domain, ip, "*")
+    limits: Mapping[NoticeScope, int]
+    # The reply and outcome when a limit is reached, for messages whose answer depends on
+    # the notice; None keeps the answer and just drops the notice (e.g. an advisory).
+    limited_reply: Callable[[NoticeScope], tuple[str, str]] | None
+
+
+def _insert_gated(
+    conn: sqlite3.Connection, record: MessageRecord, gate: NoticeGate | None
+) -> MessageRecord:
+    notices = [j for j in record.jobs if j.kind != "relay"]
+    if gate is not None and notices:
+        record = _gated(conn, record, gate)
+    _insert_message(conn, record)
+    return record
+
+
+def _gated(conn: sqlite3.Connection, record: MessageRecord, gate: NoticeGate) -> MessageRecord:
+    relays = tuple(j for j in record.jobs if j.kind == "relay")
+    earlier = conn.execute(
+        "SELECT reference FROM notice_dedup WHERE key = ? AND at >= ?",
+        (gate.dedup_key, iso(gate.dedup_since)),
+    ).fetchone()
+    if earlier is not None:
+        return replace(record, jobs=relays, notice="suppressed:duplicate", duplicate_of=earlier[0])
+    counts = {scope: _count(conn, scope, key, gate.hour) for scope, key in gate.counters.items()}
+    scope = exceeded_scope(counts, gate.limits)
+    if scope is not None:
+        limited = replace(record, jobs=relays, notice=f"suppressed:rate-limit-{scope}")
+        if gate.limited_reply is None:
+            return limited
+        reply, outcome = gate.limited_reply(scope)
+        return replace(limited, reply=reply, outcome=outcome, jobs=())
+    _count_notice(conn, gate)
+    conn.execute(
+        "INSERT OR REPLACE INTO notice_dedup VALUES (?,?,?)",
+        (gate.dedup_key, record.reference, iso(record.received_at)),
+    )
+    return record
+
+
+def _count(conn: sqlite3.Connection, scope: str, key: str, hour: str) -> int:
+    row = conn.execute(
+        "SELECT count FROM notice_counts WHERE scope = ? AND key = ? AND hour = ?",
+        (scope, key, hour),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _count_notice(conn: sqlite3.Connection, gate: NoticeGate) -> None:
+    if not _count(conn, NoticeScope.TOTAL, "*", gate.hour):
+        # The first notice of the hour tidies up: older windows no longer limit anything.
+        conn.execute("DELETE FROM notice_counts WHERE hour < ?", (gate.hour,))
+        conn.execute("DELETE FROM notice_dedup WHERE at < ?", (iso(gate.dedup_since),))
+    conn.executemany(
+        "INSERT INTO notice_counts VALUES (?,?,?,1)"
+        " ON CONFLICT (scope, key, hour) DO UPDATE SET count = count + 1",
+        [(scope, key, gate.hour) for scope, key in gate.counters.items()],
+    )
+
+
+_MESSAGE_COLUMNS = (
+    "reference, received_at, session_id, peer_ip, peer_port, helo, tls, mail_from, recipients,"
+    " message_id, subject, date_header, from_header, size, sha256, attachments, a_numbers,"
+    " mime_truncated, outcome, reply, notice, duplicate_of, auth"
+)
+
+
 def _insert_message(conn: sqlite3.Connection, r: MessageRecord) -> None:
     facts = r.facts
     conn.execute(
-        "INSERT INTO messages VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES ({','.join('?' * 23)})",
         (
             r.reference,
             iso(r.received_at),
@@ -440,6 +566,8 @@ def _insert_message(conn: sqlite3.Connection, r: MessageRecord) -> None:
             r.outcome,
             r.reply,
             r.notice,
+            r.duplicate_of,
+            r.auth,
         ),
     )
     conn.executemany(

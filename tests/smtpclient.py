@@ -100,6 +100,7 @@ def message(
     body: str = "Please find attached.",
     date: str = "Wed, 13 Sep 2017 10:00:00 -0500",
     attachment: tuple[str, bytes] | None = None,
+    message_id: str = "<filing-1@lawfirm.example>",
     **headers: str,
 ) -> bytes:
     """A realistic filing e-mail as bytes."""
@@ -108,7 +109,7 @@ def message(
     msg["To"] = to
     msg["Subject"] = subject
     msg["Date"] = date
-    msg["Message-ID"] = "<filing-1@lawfirm.example>"
+    msg["Message-ID"] = message_id
     for name, value in headers.items():
         msg[name.replace("_", "-")] = value
     msg.set_content(body)

@@ -467,9 +467,12 @@ async def test_store_failure_answers_451_and_never_250(start_gateway: GatewayFac
     assert final.last == "451 4.3.0 Temporary local problem, message not accepted; try again later"
 
 
-async def test_many_concurrent_sessions_each_get_their_own_durable_record(gateway: Gateway) -> None:
+async def test_many_concurrent_sessions_each_get_their_own_durable_record(
+    start_gateway: GatewayFactory,
+) -> None:
+    gateway = await start_gateway(limits={"notices_per_sender": 100})
     async def one(i: int) -> str:
-        _, final = await transaction(gateway, [RETIRED], message(subject=f"Filing {i}"))
+        _, final = await transaction(gateway, [RETIRED], message(subject=f"Filing {i}", message_id=f"<filing-{i}@lawfirm.example>"))
         assert final is not None
         return reference_of(final)
 
