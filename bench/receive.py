@@ -429,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace, load: Load, scenarios: Sequence[str], work: Path) -> int:
     state = work / "state"
     gateway_env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    # server.max_commands (default 100 of any one command per session) would cut a reused
+    # server.max_commands (default 1000 of any one command per session) would cut a reused
     # session after 100 messages with 421 4.7.0; raise it so that each -d session can carry
     # its whole share, as the bare server (no limit) does.
     max_commands = max(100, args.messages + args.warmup)
@@ -439,6 +439,10 @@ def _run(args: argparse.Namespace, load: Load, scenarios: Sequence[str], work: P
             "GATEWAY_SERVER__MAX_COMMANDS": str(max_commands),
             "GATEWAY_STORAGE__STATE_DIR": str(state),
             "GATEWAY_DELIVERY__OUTBOX_DIR": str(state / "notices"),
+            # smtp-source connects from 127.0.0.1, which the built-in config trusts; an MX
+            # mostly hears from the internet, so measure that: no trusted client, so the
+            # refusal is recorded and no notice job is queued (senders are not authenticated).
+            "GATEWAY_SERVER__TRUSTED_NETWORKS": "",
         }
     )
     servers: list[Server] = []

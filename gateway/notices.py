@@ -159,6 +159,15 @@ def _clean_message_id(raw: str | None) -> str | None:
     return None if _MESSAGE_ID_FORBIDDEN.search(candidate[1:-1]) else candidate
 
 
+def _a_number_text(value: str) -> str:
+    """An A-number as people write it, "A123-456-789", whatever form it was recorded in."""
+    digits = _digits(value)
+    if len(digits) in (8, 9):
+        digits = digits.zfill(9)
+        return f"A{digits[:3]}-{digits[3:6]}-{digits[6:]}"
+    return value
+
+
 def _digits(text: str) -> str:
     return re.sub(r"\D", "", text).lstrip("0")
 
@@ -216,7 +225,7 @@ def _office_view(office: OfficeSettings) -> OfficeView:
 def _message_view(failed: FailedMessage, office: OfficeSettings, subject_limit: int) -> MessageView:
     subject = clean_text(decode_header_text(failed.subject or ""), limit=subject_limit)
     a_numbers = tuple(
-        a
+        _a_number_text(a)
         for a in (clean_text(n, limit=20) for n in failed.a_numbers[:_MAX_A_NUMBERS])
         if _A_NUMBER.fullmatch(a)
     )

@@ -9,7 +9,6 @@ This module opens no sockets; cli.py parses the arguments and writes what comes 
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -24,12 +23,11 @@ from gateway import dkim
 from gateway.addresses import AddressKind, parse_address
 from gateway.config import GatewaySettings, Language, OfficeSettings
 from gateway.errors import ConfigError, GatewayError
-from gateway.evidence import Attachment
+from gateway.evidence import extract_facts
 from gateway.notices import (
     FailedMessage,
     NoticeKind,
     NoticeRenderer,
-    decode_header_text,
     notice_bytes,
     sample_message,
 )
@@ -47,8 +45,6 @@ __all__ = [
 
 _SUPPORTED_LANGUAGES: tuple[Language, ...] = ("en", "es")
 # An A-number as people type it in a subject: "A123-456-789", "A 123 456 789", "A#12345678".
-_A_NUMBER = re.compile(r"(?<![A-Za-z0-9])A[\s#-]*((?:\d[\s-]?){7,8}\d)(?!\d)")
-_MAX_PARTS = 200
 _SAMPLE_SENDER = "paralegal@lawfirm.example"
 
 
@@ -158,22 +154,19 @@ def failed_message_from_eml(
     Raises:
         PreviewError: no replyable sender can be found or was given.
     """
-    # compat32 hands back headers as written; the renderer decodes and cleans them itself.
+    # The envelope is guessed from the headers; everything else is what the gateway itself
+    # would record of these bytes, so the preview shows what a real notice would say.
     parsed = message_from_bytes(raw, policy=email_policy.compat32)
     envelope_sender = sender or _envelope_sender(parsed)
     if envelope_sender is None or not is_replyable_address(envelope_sender):
         raise PreviewError(f"no usable sender {envelope_sender!r}; pass --sender ADDRESS")
     received = received_at or _date(parsed) or sample_message(office).received_at
-    subject = _header(parsed, "Subject")
-    return FailedMessage(
+    return FailedMessage.from_facts(
+        extract_facts(raw),
         reference=_reference(received),
         sender=envelope_sender,
         retired_address=_retired_address(parsed, office),
         received_at=received,
-        subject=subject,
-        message_id=_header(parsed, "Message-ID"),
-        attachments=tuple(_attachments(parsed)),
-        a_numbers=_a_numbers(decode_header_text(subject or "")),
     )
 
 
@@ -224,28 +217,6 @@ def _office_name_for(settings: GatewaySettings, raw: bytes) -> str | None:
         if lookup.kind is AddressKind.RETIRED:
             return lookup.office
     return None
-
-
-def _attachments(parsed: Message) -> Iterable[Attachment]:
-    for count, part in enumerate(parsed.walk()):
-        if count >= _MAX_PARTS:
-            return
-        filename = part.get_filename()
-        if filename is None or part.is_multipart():
-            continue
-        payload = part.get_payload(decode=True)
-        size = len(payload) if isinstance(payload, bytes) else 0
-        yield Attachment(str(filename), part.get_content_type(), size)
-
-
-def _a_numbers(subject: str) -> tuple[str, ...]:
-    found: list[str] = []
-    for match in _A_NUMBER.finditer(subject):
-        digits = re.sub(r"\D", "", match.group(1)).zfill(9)
-        number = f"A{digits[:3]}-{digits[3:6]}-{digits[6:]}"
-        if number not in found:
-            found.append(number)
-    return tuple(found)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -114,6 +114,7 @@ async def test_notice_reaches_the_sender_through_the_smarthost_signed_and_addres
     assert reference in text
     assert "motion.pdf" in text
     assert "https://eservice.ice.gov/" in text
+    assert "A-number: A123-456-789" in text  # recorded as A123456789, shown as people write it
     key, _ = ensure_key(gw.settings)
     assert dkimpy.verify(
         received.data, dnsfunc=lambda name, timeout=5: txt_record(key.private_pem).encode()

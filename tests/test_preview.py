@@ -176,7 +176,7 @@ def test_preview_lists_at_most_the_capped_number_of_parts(
     )
     status, out, _ = preview(capsysbinary, "--message", str(message))
     assert status == 0
-    assert "and 174 more" in out.decode("utf-8")  # 199 parts read, 25 listed
+    assert "and 275 more" in out.decode("utf-8")  # 300 attachments recorded, 25 listed
 
 
 def test_dkim_keygen_reports_unusable_destinations(
