@@ -304,7 +304,9 @@ async def test_per_destination_concurrency_is_bounded(
             delivery=smarthost(listener, concurrency=10, per_domain_concurrency=2)
         )
         for i in range(6):
-            await file_a_filing(gw, content=message(subject=f"Filing {i}", message_id=f"<f{i}@lawfirm.example>"))
+            await file_a_filing(
+                gw, content=message(subject=f"Filing {i}", message_id=f"<f{i}@lawfirm.example>")
+            )
         await run_worker(gw)
         async with asyncio.timeout(10):
             peak = 0

@@ -471,8 +471,13 @@ async def test_many_concurrent_sessions_each_get_their_own_durable_record(
     start_gateway: GatewayFactory,
 ) -> None:
     gateway = await start_gateway(limits={"notices_per_sender": 100})
+
     async def one(i: int) -> str:
-        _, final = await transaction(gateway, [RETIRED], message(subject=f"Filing {i}", message_id=f"<filing-{i}@lawfirm.example>"))
+        _, final = await transaction(
+            gateway,
+            [RETIRED],
+            message(subject=f"Filing {i}", message_id=f"<filing-{i}@lawfirm.example>"),
+        )
         assert final is not None
         return reference_of(final)
 
