@@ -17,18 +17,23 @@ import sys
 from dataclasses import dataclass
 
 import structlog
+from structlog.typing import Processor
 
 from gateway import __version__
 from gateway.audit import configure_logging
+from gateway.chain import anchored
 from gateway.clock import Clock, make_clock
 from gateway.config import GatewaySettings, ServerSettings
 from gateway.delivery import DeliveryWorker, MailBuilder
 from gateway.dkim import DkimKey, ensure_key, zone_record
-from gateway.errors import ConfigError, GatewayError, StoreError
+from gateway.errors import ConfigError, GatewayError
+from gateway.health import Endpoint, Readiness, start_endpoint
 from gateway.inbound import Sessions, start_server
+from gateway.metrics import EventMetrics, OutboxCollector, new_registry
 from gateway.mx import DnsMxResolver
 from gateway.notices import NoticeRenderer
 from gateway.outbox import Outbox
+from gateway.retention import purge_periodically
 from gateway.store import Store
 from gateway.transport import FileSender, MailSender, SmtpSender
 
@@ -62,6 +67,13 @@ class Parts:
     renderer: NoticeRenderer
     dkim_key: DkimKey
     dkim_created: bool
+    # This process's metrics, counted from the audit events; None when [metrics] is off.
+    metrics: EventMetrics | None = None
+
+    @property
+    def observers(self) -> tuple[Processor, ...]:
+        """The structlog processors to hand configure_logging()."""
+        return () if self.metrics is None else (self.metrics.observe,)
 
 
 def prepare(settings: GatewaySettings, *, as_of: str | None) -> Parts:
@@ -74,7 +86,9 @@ def prepare(settings: GatewaySettings, *, as_of: str | None) -> Parts:
     context = tls_context(settings.server)
     renderer = NoticeRenderer(settings)  # compiles and trial-renders every office's templates
     key, created = ensure_key(settings)
-    return Parts(clock, context, renderer, key, created)
+    # A registry of this process's own: prometheus_client's default REGISTRY is a global.
+    metrics = EventMetrics(new_registry()) if settings.metrics.listen is not None else None
+    return Parts(clock, context, renderer, key, created, metrics)
 
 
 def build_delivery(
@@ -106,7 +120,13 @@ def serve(settings: GatewaySettings, *, as_of: str | None = None) -> int:
     except ConfigError as exc:
         print(f"gateway: config error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.audit)
+    try:
+        chain = configure_logging(settings.audit, observers=parts.observers)
+    except OSError as exc:  # the log file cannot be opened, or another process writes it
+        print(f"gateway: cannot start: {exc}", file=sys.stderr)
+        return 1
+    if chain is not None:
+        log.info("gateway.log.opened", log=settings.audit.log, continued=not chain.is_new)
     if parts.dkim_created:
         log.warning(
             "dkim.key_created",
@@ -115,8 +135,11 @@ def serve(settings: GatewaySettings, *, as_of: str | None = None) -> int:
             path=str(parts.dkim_key.path),
             dns_record=zone_record(parts.dkim_key),
         )
+    every_s = settings.audit.checkpoint_interval
     try:
-        asyncio.run(_serve(settings, parts, as_of=as_of))
+        # The chain's first line and its head over time, in the store (see chain.py).
+        with anchored(chain, settings.storage.database, every_s=every_s):
+            asyncio.run(_serve(settings, parts, as_of=as_of))
     except (GatewayError, OSError) as exc:
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
         return 1
@@ -130,11 +153,16 @@ async def _serve(settings: GatewaySettings, parts: Parts, *, as_of: str | None) 
     store = Store(settings.storage.database)
     await store.open()
     sessions = Sessions(limit=settings.server.max_connections)
+    endpoint: Endpoint | None = None
     try:
         servers = await start_server(
             settings, store, clock=parts.clock, sessions=sessions, tls_context=parts.tls
         )
         worker = build_delivery(settings, store, parts.clock, parts.renderer, parts.dkim_key)
+        readiness = Readiness(
+            settings.metrics, servers=servers, store=store, worker=worker, clock=parts.clock
+        )
+        endpoint = await _start_endpoint(settings, parts, readiness, servers, sessions)
         log.info(
             "gateway.started",
             version=__version__,
@@ -143,13 +171,18 @@ async def _serve(settings: GatewaySettings, parts: Parts, *, as_of: str | None) 
             state_dir=str(settings.storage.state_dir),
             delivery=settings.delivery.mode,
         )
+        # Before gateway.listening, which tests and orchestrators take as "up".
+        if endpoint is not None:
+            log.info("gateway.metrics.listening", host=endpoint.host, port=endpoint.port)
         for server in servers:
             for sock in server.sockets:
                 host, port = sock.getsockname()[:2]
                 log.info("gateway.listening", host=host, port=port)
         async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(worker.run(), name="delivery")
-            housekeeping = tasks.create_task(_purge_raw_periodically(store, parts.clock))
+            readiness.delivery_task = tasks.create_task(worker.run(), name="delivery")
+            housekeeping = tasks.create_task(
+                purge_periodically(store, parts.clock, settings.storage), name="retention"
+            )
             reason = await stop.wait()
             log.info("gateway.stopping", reason=reason, sessions=len(sessions.live))
             for server in servers:
@@ -159,21 +192,36 @@ async def _serve(settings: GatewaySettings, parts: Parts, *, as_of: str | None) 
             housekeeping.cancel()
         log.info("gateway.stopped", sessions_cut=cut)
     finally:
+        if endpoint is not None:
+            await endpoint.close()
         stop.remove()
         await store.close()
 
 
-async def _purge_raw_periodically(store: Store, clock: Clock, *, every_s: float = 3600.0) -> None:
-    """Drop retained raw messages past their retention; the records themselves stay."""
-    while True:
-        try:
-            purged = await store.purge_expired_raw(clock())
-        except StoreError as exc:
-            log.error("store.purge_failed", error=str(exc))
-        else:
-            if purged:
-                log.info("store.raw_purged", count=purged)
-        await asyncio.sleep(every_s)
+async def _start_endpoint(
+    settings: GatewaySettings,
+    parts: Parts,
+    readiness: Readiness,
+    servers: list[asyncio.Server],
+    sessions: Sessions,
+) -> Endpoint | None:
+    """Serve /metrics, /healthz and /readyz, unless [metrics] listen is off.
+
+    Raises:
+        OSError: the metrics address cannot be bound; the SMTP servers are closed first.
+    """
+    if parts.metrics is None or settings.metrics.listen is None:
+        return None
+    outbox = OutboxCollector(
+        settings.storage.database, parts.clock, open_sessions=lambda: len(sessions.live)
+    )
+    parts.metrics.registry.register(outbox)
+    try:
+        return await start_endpoint(settings.metrics.listen, parts.metrics.registry, readiness)
+    except OSError:
+        for server in servers:
+            server.close()
+        raise
 
 
 class _StopSignal:

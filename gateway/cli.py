@@ -65,7 +65,62 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="write a new key to FILE instead (never overwrites), for [notices] dkim_key_file",
     )
+    _add_audit(
+        command(
+            "audit",
+            "Find and account for attempts: list (default), show REF, summary, report --out FILE,"
+            " senders, verify [FILE ...] (the log's hash chain).",
+        )
+    )
     return parser
+
+
+def _add_audit(audit: argparse.ArgumentParser) -> None:
+    audit.add_argument(
+        "action",
+        nargs="?",
+        default="list",
+        choices=["list", "show", "summary", "report", "senders", "verify"],
+    )
+    audit.add_argument(
+        "targets",
+        nargs="*",
+        metavar="REF|FILE",
+        help="show: a reference; verify: log files (default: the configured log and its rotations)",
+    )
+    find = audit.add_argument_group("which attempts (all when none is given)")
+    find.add_argument("--since", metavar="DATE", help="from this date or date-time on")
+    find.add_argument("--until", metavar="DATE", help="up to this date-time, or to the end of DATE")
+    find.add_argument(
+        "--tz",
+        default="UTC",
+        metavar="ZONE",
+        help="zone of --since/--until and of the times shown: UTC (default), office (the office's"
+        " own), or an IANA name",
+    )
+    find.add_argument("--sender", metavar="ADDRESS", help="envelope sender (<> for the null one)")
+    find.add_argument("--sender-domain", metavar="DOMAIN")
+    find.add_argument("--address", metavar="ADDRESS", help="retired address written to")
+    find.add_argument("--office", metavar="NAME")
+    find.add_argument(
+        "--decision", metavar="D", help="accepted, rejected, deferred, refused, or an action"
+    )
+    find.add_argument(
+        "--notice", metavar="S", help="none, suppressed[:why], queued, deferred, delivered, failed"
+    )
+    find.add_argument("--message-id", metavar="ID")
+    find.add_argument("--reference", metavar="REF", help="the queue id quoted in the reply")
+    audit.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    audit.add_argument("--out", type=Path, metavar="FILE.html", help="report: where to write")
+    audit.add_argument(
+        "--log", type=Path, action="append", default=[], metavar="FILE", help="show: log files"
+    )
+    audit.add_argument(
+        "--unredacted", action="store_true", help="show subjects and A-numbers as stored"
+    )
+    audit.add_argument(
+        "--no-store", action="store_true", help="verify: do not check against the store"
+    )
 
 
 def _add_preview(preview: argparse.ArgumentParser) -> None:
@@ -172,11 +227,41 @@ def _run(args: argparse.Namespace) -> int:
             out=sys.stdout.buffer,
             err=sys.stderr,
         )
+    if args.command == "audit":
+        return _audit(settings, args)
     if args.command == "dkim-keygen":
         from gateway.preview import run_dkim_keygen
 
         return run_dkim_keygen(settings, out_file=args.out, out=sys.stdout, err=sys.stderr)
     return EXIT_FAILED  # pragma: no cover - argparse rejects unknown commands
+
+
+def _audit(settings: GatewaySettings, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from gateway.auditcmd import AuditRequest, run_audit
+
+    request = AuditRequest(
+        action=args.action,
+        targets=tuple(args.targets),
+        since=args.since,
+        until=args.until,
+        tz=args.tz,
+        sender=args.sender,
+        sender_domain=args.sender_domain,
+        address=args.address,
+        office=args.office,
+        decision=args.decision,
+        notice=args.notice,
+        message_id=args.message_id,
+        reference=args.reference,
+        output=args.format,
+        out_file=args.out,
+        logs=tuple(args.log),
+        unredacted=args.unredacted,
+        use_store=not args.no_store,
+    )
+    return run_audit(settings, request, now=datetime.now(UTC), out=sys.stdout, err=sys.stderr)
 
 
 def _settings(path: Path | None) -> GatewaySettings:

@@ -48,6 +48,7 @@ __all__ = [
     "NoticeSettings",
     "OfficeSettings",
     "ResponseMode",
+    "SenderAuthSettings",
     "ServerSettings",
     "StorageSettings",
     "default_config_path",
@@ -55,6 +56,10 @@ __all__ = [
 ]
 
 ENV_PREFIX = "GATEWAY_"
+
+
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DNS_NAME = rf"^{_LABEL}(\.{_LABEL})*$"
 
 
 class _Model(BaseModel):
@@ -203,10 +208,32 @@ class StorageSettings(_Model):
         return days
 
 
+def _check_pattern(pattern: str) -> str:
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from exc
+    if compiled.fullmatch(""):
+        raise ValueError(f"{pattern!r} matches the empty string")
+    return pattern
+
+
 class AuditSettings(_Model):
     # "-" is standard output; anything else is a file appended to.
     log: str = "-"
     format: Literal["auto", "json", "console"] = "auto"
+    # Redact A-numbers (A and 8 or 9 digits) from subjects and attachment names in the log and
+    # in `gateway audit` output. On by default: they identify people in immigration
+    # proceedings, and the log travels further than the store (aggregators, `docker logs`);
+    # the store keeps them, and the message's reference and SHA-256 still identify it.
+    redact_a_numbers: bool = True
+    # More regular expressions (Python syntax) to redact the same way.
+    redact_patterns: list[Annotated[str, AfterValidator(_check_pattern)]] = Field(
+        default_factory=list
+    )
+    # Seconds between records of the hash chain's head in the state store: a log cut short
+    # after its last checkpoint can no longer be told from one that ended there.
+    checkpoint_interval: Seconds = 60.0
 
 
 class LimitSettings(_Model):
@@ -238,6 +265,21 @@ class MetricsSettings(_Model):
     @classmethod
     def _listen(cls, value: Any) -> ListenAddress | None:
         return None if value in (None, "") else _parse_listen(value)
+
+
+class SenderAuthSettings(_Model):
+    """`[sender_auth]`: SPF, DKIM and DMARC checks of senders outside trusted_networks."""
+
+    # Off: only clients from [server] trusted_networks count as authenticated senders.
+    enabled: bool = True
+    # The time budget for one message's SPF, DKIM and DMARC checks together; each query is
+    # also bounded by [dns] timeout.
+    timeout: Seconds = 20.0
+    # What a temporary DNS failure gets: "tempfail" answers 451 4.4.3 and the sender retries;
+    # "refuse" treats the sender as unauthenticated (the 5xx, no notice). Never a silent drop.
+    on_temperror: Literal["tempfail", "refuse"] = "tempfail"
+    # The RFC 8601 authserv-id in Authentication-Results; None means [server] hostname.
+    authserv_id: str | None = Field(default=None, max_length=253, pattern=_DNS_NAME)
 
 
 class DnsSettings(_Model):
@@ -315,8 +357,6 @@ class DeliverySettings(_Model):
         return self.password
 
 
-_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_DNS_NAME = rf"^{_LABEL}(\.{_LABEL})*$"
 # An ASCII addr-spec without display name or quoting: the notices' From must be a plain mailbox.
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _PLAIN_ADDRESS = rf"^{_ATOM}(\.{_ATOM})*@{_LABEL}(\.{_LABEL})*$"
@@ -462,6 +502,7 @@ class GatewaySettings(_Model):
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     dns: DnsSettings = Field(default_factory=DnsSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    sender_auth: SenderAuthSettings = Field(default_factory=SenderAuthSettings)
     notices: NoticeSettings = Field(default_factory=NoticeSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     offices: list[OfficeSettings] = Field(min_length=1)
@@ -586,6 +627,7 @@ def _section_field(section: str, key: str) -> Any | None:
         "delivery": DeliverySettings,
         "dns": DnsSettings,
         "limits": LimitSettings,
+        "sender_auth": SenderAuthSettings,
         "notices": NoticeSettings,
         "metrics": MetricsSettings,
     }

@@ -14,7 +14,7 @@ import secrets
 import ssl
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, AnyStr
 
@@ -36,6 +36,7 @@ from gateway.policy import (
     loop_reason,
     notice_suppression,
 )
+from gateway.senderauth import AuthResults, SenderAuthenticator, Verdict, header_from_domain
 from gateway.store import (
     JobRecord,
     MessageRecord,
@@ -152,6 +153,14 @@ def rate_limited_reply(scope: NoticeScope, reference: str) -> str:
     """The 451 for a message whose notice would pass a rate limit: try later, not refused."""
     return (
         f"451 4.7.1 Too many messages {_SCOPE_WORDS[scope]} this hour; not accepted,"
+        f" please try again later (ref {reference})"
+    )
+
+
+def sender_check_failed_reply(reference: str) -> str:
+    """The 451 when DNS trouble kept us from checking the sender: retried, never dropped."""
+    return (
+        "451 4.4.3 Could not check the sender's domain (DNS trouble); not accepted,"
         f" please try again later (ref {reference})"
     )
 
@@ -278,6 +287,12 @@ class InboundHandler:
         self.own_domains = self.book.served_domains | {settings.server.hostname.lower()}
         self.own_addresses = frozenset({notice_from_address(settings).lower()})
         self.notice_domain = notice_from_address(settings).rpartition("@")[2]
+        checks = settings.sender_auth
+        self.authenticator = (
+            SenderAuthenticator(settings.dns, timeout=checks.timeout) if checks.enabled else None
+        )
+        self.authserv_id = checks.authserv_id or settings.server.hostname
+        self._tempfail_on_dns = checks.on_temperror == "tempfail"
         limits = settings.limits
         self.notice_limits = {
             NoticeScope.SENDER: limits.notices_per_sender,
@@ -467,20 +482,32 @@ class InboundHandler:
         facts = extract_facts(raw)
         reference = new_reference(received_at)
         session.messages += 1
-        recipients = self._redecide(envelope, received_at)
+        loop = self._loop(facts)
+        automatic = None if loop else self._automatic(envelope, facts)
+        auth = (
+            None if loop or automatic else await self._authenticate(session, envelope, facts, raw)
+        )
+        authenticated = envelope.sender_authenticated or (
+            auth is not None and auth.verdict is Verdict.PASS
+        )
+        recipients = self._redecide(envelope, received_at, authenticated=authenticated)
         keys = {
             _group_key(_answer_key(a.kind, d))
             for a, d in zip(envelope.accepted, recipients, strict=True)
         }
         key = keys.pop() if len(keys) == 1 else None
-        loop = self._loop(facts)
         if loop is not None:
             reply, outcome, suppressed = REPLY_LOOP, "rejected", f"loop-{loop}"
+        elif auth is not None and auth.verdict is Verdict.TEMPERROR and self._tempfail_on_dns:
+            reply, outcome = sender_check_failed_reply(reference), "deferred"
+            suppressed = "sender-check-temperror"
         elif key is None:
             reply, outcome, suppressed = REPLY_CHANGED, "deferred", None
         else:
             reply, outcome = self._final_reply(key, reference)
-            suppressed = self._suppression(envelope, facts)
+            # Nothing is ever mailed to a sender we could not authenticate: a forged sender
+            # would turn the notice into backscatter. The SMTP reply is their answer.
+            suppressed = automatic or (None if authenticated else "sender-not-authenticated")
         answered = loop is None and outcome != "deferred"
         jobs = self._jobs(envelope, recipients, suppressed) if answered else ()
         record = self._record(
@@ -496,6 +523,7 @@ class InboundHandler:
             suppressed=suppressed,
             raw=raw,
         )
+        record = replace(record, auth=self._auth_text(envelope, auth))
         gate = self._gate(session, envelope, record, key) if loop is None else None
         try:
             record = await self.store.record_message(record, gate)
@@ -552,28 +580,46 @@ class InboundHandler:
             else None,
         )
 
-    def _redecide(self, envelope: GatewayEnvelope, at: datetime) -> list[Decision | None]:
+    def _redecide(
+        self, envelope: GatewayEnvelope, at: datetime, *, authenticated: bool
+    ) -> list[Decision | None]:
         # The decision on record is the one at arrival (end of DATA), not at RCPT time.
-        trusted = envelope.sender_authenticated
         return [
             None
             if a.decision is None
-            else decide(self.offices[a.decision.office], at, sender_authenticated=trusted)
+            else decide(self.offices[a.decision.office], at, sender_authenticated=authenticated)
             for a in envelope.accepted
         ]
 
-    def _suppression(self, envelope: GatewayEnvelope, facts: MessageFacts) -> str | None:
-        reason = notice_suppression(
+    async def _authenticate(
+        self, session: GatewaySession, envelope: GatewayEnvelope, facts: MessageFacts, raw: bytes
+    ) -> AuthResults | None:
+        """SPF, DKIM and DMARC for a sender who could be sent a notice, else None."""
+        if self.authenticator is None or envelope.sender_authenticated or not envelope.sender:
+            return None
+        if all(a.decision is None for a in envelope.accepted):
+            return None  # mail for postmaster only: nobody will be answered
+        return await self.authenticator.check(
+            client_ip=session.peer_ip,
+            helo=session.host_name,
+            mail_from=envelope.sender,
+            raw=raw,
+            from_header_domain=header_from_domain(facts.from_header),
+        )
+
+    def _auth_text(self, envelope: GatewayEnvelope, auth: AuthResults | None) -> str | None:
+        if auth is not None:
+            return auth.header_value(self.authserv_id)
+        return "trusted-network" if envelope.sender_authenticated else None
+
+    def _automatic(self, envelope: GatewayEnvelope, facts: MessageFacts) -> str | None:
+        """The RFC 3834 reason no notice may answer this message, or None."""
+        return notice_suppression(
             envelope.sender,
             facts.headers,
             own_domains=self.own_domains,
             own_addresses=self.own_addresses,
         )
-        if reason is None and not envelope.sender_authenticated:
-            # Nothing is ever mailed to a sender we could not authenticate: a forged sender
-            # would turn the notice into backscatter. The SMTP reply is their answer.
-            return "sender-not-authenticated"
-        return reason
 
     def _final_reply(self, key: tuple[str, ...], reference: str) -> tuple[str, str]:
         if key[0] == "accept":
@@ -699,6 +745,7 @@ class InboundHandler:
             sha256=facts.sha256,
             attachments=[{"filename": a.filename, "size": a.size} for a in facts.attachments],
             a_numbers=list(facts.a_numbers),
+            auth=record.auth,
         )
         for r in record.recipients:
             log.info(

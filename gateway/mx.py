@@ -32,7 +32,7 @@ from gateway.addresses import normalize_domain
 from gateway.config import DnsSettings, ListenAddress
 from gateway.errors import ConfigError, DeliveryDeferred, DeliveryError, DeliveryFailed
 
-__all__ = ["DnsMxResolver", "MailHost", "MxResolver", "order_exchangers"]
+__all__ = ["DnsMxResolver", "MailHost", "MxResolver", "make_resolver", "order_exchangers"]
 
 # RFC 5321 §5.1 lets a client limit how many exchangers it tries. Ten covers every real
 # domain and keeps a hostile MX set from turning one delivery into hundreds of queries.
@@ -97,7 +97,7 @@ class DnsMxResolver:
             ConfigError: a nameserver is not an IP address, or none is configured and the
                 system has no usable resolver configuration.
         """
-        self._resolver = _make_resolver(settings)
+        self._resolver = make_resolver(settings)
         # Spreading load over equal-preference exchangers needs no cryptographic randomness.
         self._rng = rng if rng is not None else random.Random()
         self._prefer_ipv6 = prefer_ipv6
@@ -271,7 +271,7 @@ def _usable_address(text: str) -> str | None:
 # Resolver configuration
 
 
-def _make_resolver(settings: DnsSettings) -> dns.asyncresolver.Resolver:
+def make_resolver(settings: DnsSettings) -> dns.asyncresolver.Resolver:
     if settings.nameservers:
         resolver = dns.asyncresolver.Resolver(configure=False)
         resolver.nameservers = [_nameserver(address) for address in settings.nameservers]

@@ -145,6 +145,24 @@ CREATE TABLE IF NOT EXISTS attempts (
     outcome     TEXT NOT NULL,
     PRIMARY KEY (job_id, attempt)
 );
+-- `gateway audit` finds attempts by Message-ID and refusals by sender.
+CREATE INDEX IF NOT EXISTS messages_message_id ON messages (message_id);
+CREATE INDEX IF NOT EXISTS refusals_sender ON refusals (mail_from);
+-- The audit log's hash chains (chain.py): each chain's first line, and its head over time.
+CREATE TABLE IF NOT EXISTS audit_chains (
+    chain       TEXT PRIMARY KEY,
+    started_at  TEXT NOT NULL,
+    log         TEXT NOT NULL,
+    first_hash  TEXT NOT NULL
+);
+-- No foreign key: a chain resumed from a file whose anchor is elsewhere still checkpoints.
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+    chain       TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    hash        TEXT NOT NULL,
+    at          TEXT NOT NULL,
+    PRIMARY KEY (chain, seq)
+);
 """
 
 # Crockford's base32: no I, L, O, U, so a reference read over the phone is unambiguous.
@@ -307,6 +325,15 @@ class Store:
         self._queue.put(None)
         await asyncio.to_thread(self._thread.join)
         self._thread = None
+        # Writes handed in while the thread was stopping were never run: fail them, or their
+        # callers would wait for ever.
+        stranded: list[_Pending] = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                item = self._queue.get_nowait()
+                if item is not None:
+                    stranded.append(item)
+        _resolve(stranded, [(None, StoreError("the store is closed"))] * len(stranded))
 
     async def record_message(
         self, record: MessageRecord, gate: NoticeGate | None = None

@@ -72,6 +72,9 @@ def make_settings(
     data: dict[str, Any] = {
         "server": {"listen": ["127.0.0.1:0"], "hostname": "mx.test.example"},
         "storage": {"state_dir": str(tmp_path / "state")},
+        # Sender checks need DNS; tests that check senders run their own DNS server and
+        # turn this on. Without it, only trusted clients (loopback) count as authenticated.
+        "sender_auth": {"enabled": False},
         "offices": offices if offices is not None else [office()],
     }
     for name, values in sections.items():

@@ -59,6 +59,9 @@ idle_timeout = 30
 [storage]
 state_dir = {q(state_dir)}
 
+[metrics]
+listen = "127.0.0.1:0"
+
 [audit]
 log = "-"
 format = "json"

@@ -1,0 +1,62 @@
+"""Redaction: what of a message's own words may appear in the log and in audit reports.
+
+Subjects and attachment names often carry an A-number (an Alien Registration Number, the
+identifier of a person in immigration proceedings) or other personal data. The state store
+keeps them unredacted: it is the evidence, and access to it is controlled. The audit log and
+the reports travel further, so they get the redacted text; the message's reference and SHA-256
+still identify it. This module only rewrites text; it reads no settings file and logs nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from gateway.config import AuditSettings
+
+__all__ = ["A_NUMBER_MARK", "PATTERN_MARK", "Redactor"]
+
+A_NUMBER_MARK = "[A-number]"
+PATTERN_MARK = "[redacted]"
+# An A-number as people write it: A (or a), an optional "#" or "-" (a space either side), then
+# 9 digits (3-3-3) or 8 digits (2-3-3), grouped with one separator used throughout or none.
+# The same shapes evidence.py recognises, so that whatever the record lists is also hidden.
+_A_NUMBER = re.compile(
+    r"(?<![0-9A-Za-z])[Aa] ?[#-]? ?"
+    r"(?:[0-9]{3}([- ]?)[0-9]{3}\1[0-9]{3}|[0-9]{2}([- ]?)[0-9]{3}\2[0-9]{3})(?![0-9])"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Redactor:
+    """Replaces A-numbers and configured patterns in text; a no-op when given none."""
+
+    a_numbers: bool = True
+    patterns: tuple[re.Pattern[str], ...] = ()
+
+    @classmethod
+    def from_settings(cls, settings: AuditSettings) -> Redactor:
+        """The redactor `[audit]` asks for (its patterns were checked when it was loaded)."""
+        return cls(
+            settings.redact_a_numbers, tuple(re.compile(p) for p in settings.redact_patterns)
+        )
+
+    @property
+    def is_active(self) -> bool:
+        return self.a_numbers or bool(self.patterns)
+
+    def text(self, value: str) -> str:
+        """`value` with every A-number and configured pattern replaced by a marker."""
+        if self.a_numbers:
+            value = _A_NUMBER.sub(A_NUMBER_MARK, value)
+        for pattern in self.patterns:
+            value = pattern.sub(PATTERN_MARK, value)
+        return value
+
+    def optional(self, value: str | None) -> str | None:
+        return None if value is None else self.text(value)
+
+    def a_number_list(self, found: Iterable[str]) -> list[str]:
+        """A message's A-numbers as the log may show them: one marker each, when redacting."""
+        return [A_NUMBER_MARK if self.a_numbers else self.text(a) for a in found]
