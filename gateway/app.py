@@ -28,12 +28,12 @@ from gateway.delivery import DeliveryWorker, MailBuilder
 from gateway.dkim import DkimKey, ensure_key, zone_record
 from gateway.errors import ConfigError, GatewayError
 from gateway.health import Endpoint, Readiness, start_endpoint
-from gateway.inbound import Sessions, start_server
 from gateway.metrics import EventMetrics, OutboxCollector, new_registry
 from gateway.mx import DnsMxResolver
 from gateway.notices import NoticeRenderer
 from gateway.outbox import Outbox
 from gateway.retention import purge_periodically
+from gateway.smtpserver import Sessions, start_server
 from gateway.store import Store
 from gateway.transport import FileSender, MailSender, SmtpSender
 

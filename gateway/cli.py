@@ -15,7 +15,7 @@ from pathlib import Path
 from gateway import __version__
 from gateway.config import GatewaySettings, load_settings
 from gateway.errors import ConfigError
-from gateway.inbound import check_replies
+from gateway.replies import check_replies
 
 __all__ = ["main"]
 

@@ -1,22 +1,21 @@
-"""The SMTP side: the aiosmtpd handler, its protocol subclass and start_server().
+"""The SMTP conversation's decisions: the aiosmtpd handler hooks.
 
-This is the only module that writes SMTP reply strings. It asks policy.py what to do with
-each recipient, asks evidence.py what the message is, hands the record to the store and
-answers only once the record is durable. It must not send mail or render notices.
+Per recipient it asks policy.py what to do; at the end of DATA it asks evidence.py what the
+message is and senderauth.py who sent it, hands the record to the store and answers only once
+the record is durable. It must not send mail, render notices or write reply text itself
+(replies.py does); the protocol and connection limits live in smtpserver.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import re
 import secrets
-import ssl
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, AnyStr
+from typing import Any
 
 import structlog
 from aiosmtpd.proxy_protocol import ProxyData
@@ -24,8 +23,8 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.addresses import AddressKind, normalize_sender, parse_address
 from gateway.clock import Clock
-from gateway.config import GatewaySettings, ListenAddress, OfficeSettings
-from gateway.errors import ConfigError, StoreError
+from gateway.config import GatewaySettings
+from gateway.errors import StoreError
 from gateway.evidence import MessageFacts, extract_facts
 from gateway.notices import notice_from_address
 from gateway.policy import (
@@ -35,6 +34,27 @@ from gateway.policy import (
     decide,
     loop_reason,
     notice_suppression,
+)
+from gateway.replies import (
+    REPLY_BAD_RECIPIENT,
+    REPLY_BAD_SENDER,
+    REPLY_CHANGED,
+    REPLY_GONE,
+    REPLY_INTERNAL,
+    REPLY_LOOP,
+    REPLY_NO_MAILBOX,
+    REPLY_RECIPIENT_OK,
+    REPLY_RELAY_DENIED,
+    REPLY_SENDER_OK,
+    REPLY_SEPARATE_TRANSACTION,
+    REPLY_STORE_FAILED,
+    REPLY_TOO_MANY_RECIPIENTS,
+    REPLY_VRFY,
+    accepted_reply,
+    rate_limited_reply,
+    reply_code,
+    retired_reply,
+    sender_check_failed_reply,
 )
 from gateway.senderauth import AuthResults, SenderAuthenticator, Verdict, header_from_domain
 from gateway.store import (
@@ -47,146 +67,9 @@ from gateway.store import (
     new_reference,
 )
 
-__all__ = ["InboundHandler", "Sessions", "start_server"]
+__all__ = ["GatewayEnvelope", "GatewaySession", "InboundHandler"]
 
 log = structlog.get_logger()
-
-# RFC 5321 §4.2: a reply line is at most 512 octets including CRLF.
-MAX_REPLY = 510
-_SAMPLE_REFERENCE = "20991231-ZZZZZZZZZZ"
-
-# aiosmtpd's own replies, rewritten to carry RFC 3463 enhanced codes (RFC 2034 §3: every
-# 2xx/4xx/5xx except the greeting and the HELO/EHLO replies).
-_STOCK_REPLIES = {
-    "250 OK": "250 2.0.0 OK",
-    "221 Bye": "221 2.0.0 Bye",
-    "220 Ready to start TLS": "220 2.0.0 Ready to start TLS",
-    "454 TLS not available": "454 4.7.0 TLS not available",
-    "500 Error: bad syntax": "500 5.5.2 Syntax error",
-    "500 Command line too long": "500 5.5.2 Command line too long",
-    "500 Line too long (see RFC5321 4.5.3.1.6)": "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6)",
-    "500 Error: strict ASCII mode": "500 5.6.7 Non-ASCII data needs SMTPUTF8",
-    "552 Error: Too much mail data": "552 5.3.4 Message too big for this system",
-    "552 Error: message size exceeds fixed maximum message size": (
-        "552 5.3.4 Message size exceeds the fixed limit"
-    ),
-    "503 Error: need MAIL command": "503 5.5.1 Need MAIL command first",
-    "503 Error: need RCPT command": "503 5.5.1 Need RCPT command first",
-    "503 Error: nested MAIL command": "503 5.5.1 Sender already given",
-    "503 Error: send HELO first": "503 5.5.1 Send HELO or EHLO first",
-    "503 Error: send EHLO first": "503 5.5.1 Send EHLO first",
-    "554 Command refused due to lack of security": "554 5.7.0 TLS negotiation failed",
-    "530 Must issue a STARTTLS command first": "530 5.7.0 Must issue a STARTTLS command first",
-    "502 EXPN not implemented": "502 5.5.1 EXPN not available",
-    "555 MAIL FROM parameters not recognized or not implemented": (
-        "555 5.5.4 MAIL FROM parameters not recognized"
-    ),
-    "555 RCPT TO parameters not recognized or not implemented": (
-        "555 5.5.4 RCPT TO parameters not recognized"
-    ),
-    "501 Error: BODY can only be one of 7BIT, 8BITMIME": "501 5.5.4 BODY must be 7BIT or 8BITMIME",
-    "501 Error: SMTPUTF8 takes no arguments": "501 5.5.4 SMTPUTF8 takes no arguments",
-    "501 Error: SMTPUTF8 disabled": "501 5.5.4 SMTPUTF8 not available",
-}
-_STOCK_PREFIXES = (
-    ("501 Syntax: ", "501 5.5.4 Syntax: "),
-    ('500 Error: command "', '500 5.5.1 Command not recognized: "'),
-    ("250 Syntax: ", "250 2.0.0 Syntax: "),
-    ("250 Supported commands: ", "250 2.0.0 Supported commands: "),
-    ("501 Supported commands: ", "501 5.5.4 Supported commands: "),
-)
-_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
-
-REPLY_SENDER_OK = "250 2.1.0 Sender OK"
-REPLY_RECIPIENT_OK = "250 2.1.5 Recipient OK"
-REPLY_BAD_SENDER = "553 5.1.7 Bad sender address syntax"
-REPLY_BAD_RECIPIENT = "501 5.1.3 Bad recipient address syntax"
-REPLY_RELAY_DENIED = "554 5.7.1 Relay access denied"
-REPLY_NO_MAILBOX = "550 5.1.1 No such mailbox here"
-REPLY_GONE = "550 5.1.1 This address no longer exists"
-REPLY_TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
-REPLY_SEPARATE_TRANSACTION = "452 4.5.3 Send to this recipient in a separate transaction"
-REPLY_NO_AUTH = "502 5.5.1 AUTH not available on this server"
-REPLY_VRFY = "252 2.5.0 Cannot VRFY; send a message and the reply will tell"
-REPLY_INTERNAL = "451 4.3.0 Temporary local problem, please try again later"
-REPLY_STORE_FAILED = "451 4.3.0 Temporary local problem, message not accepted; try again later"
-REPLY_CHANGED = "451 4.3.0 Recipient status changed during the transaction; please try again"
-# Seconds a load balancer has to send its PROXY header after connecting.
-_PROXY_TIMEOUT = 10.0
-
-REPLY_LOOP = "554 5.4.6 Mail loop detected; this message is not answered"
-REPLY_TOO_MANY_CONNECTIONS = "421 4.3.2 Too many connections, try again later"
-REPLY_SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
-REPLY_IDLE_TIMEOUT = "421 4.4.2 Idle too long, closing connection"
-REPLY_SESSION_TIMEOUT = "421 4.4.2 Session time limit reached, closing connection"
-
-
-def retired_reply(office: OfficeSettings, reference: str) -> str:
-    """The 550 for a retired address: what happened, where to file instead, our reference."""
-    retired_on = office.lifecycle.retires.astimezone(office.zone).date().isoformat()
-    return (
-        f"550 5.1.6 NOT FILED: this address was retired on {retired_on} and nothing was"
-        f" delivered. File or serve {office.short_name} only via {office.portal_url}"
-        f" (ref {reference})"
-    )
-
-
-def accepted_reply(reference: str, office: OfficeSettings | None) -> str:
-    """The 250 at the end of DATA; when the message is not filed, it says so."""
-    if office is None:
-        return f"250 2.0.0 Queued as {reference}"
-    return (
-        f"250 2.0.0 Received but NOT FILED: {office.short_name} takes filings only via"
-        f" {office.portal_url}; a notice follows (ref {reference})"
-    )
-
-
-_SCOPE_WORDS = {
-    NoticeScope.SENDER: "from this sender",
-    NoticeScope.DOMAIN: "from this sender's domain",
-    NoticeScope.CLIENT: "from this client address",
-    NoticeScope.TOTAL: "in all",
-}
-
-
-def rate_limited_reply(scope: NoticeScope, reference: str) -> str:
-    """The 451 for a message whose notice would pass a rate limit: try later, not refused."""
-    return (
-        f"451 4.7.1 Too many messages {_SCOPE_WORDS[scope]} this hour; not accepted,"
-        f" please try again later (ref {reference})"
-    )
-
-
-def sender_check_failed_reply(reference: str) -> str:
-    """The 451 when DNS trouble kept us from checking the sender: retried, never dropped."""
-    return (
-        "451 4.4.3 Could not check the sender's domain (DNS trouble); not accepted,"
-        f" please try again later (ref {reference})"
-    )
-
-
-def check_replies(settings: GatewaySettings) -> None:
-    """Refuse at startup any office whose replies would break RFC 5321's line limit.
-
-    Raises:
-        ConfigError: a reply would exceed 512 octets or is not ASCII.
-    """
-    for index, office in enumerate(settings.offices):
-        for reply in (
-            retired_reply(office, _SAMPLE_REFERENCE),
-            accepted_reply(_SAMPLE_REFERENCE, office),
-        ):
-            if len(reply) > MAX_REPLY or not reply.isascii():
-                raise ConfigError(
-                    f"offices[{index}]",
-                    f"SMTP reply would be {len(reply)} octets; shorten short_name or portal_url",
-                )
-
-
-def _reply_code(reply: str) -> int:
-    return int(reply[:3])
-
-
 # ---------------------------------------------------------------------------------------------
 # Per-session and per-transaction state
 
@@ -235,43 +118,6 @@ def _answer_key(kind: AddressKind, decision: Decision | None) -> tuple[str, ...]
 def _group_key(key: tuple[str, ...]) -> tuple[str, ...]:
     # Relayed mail and mail to postmaster both simply get "250 Queued".
     return ("accept",) if key[:2] in (("accept", "relay"), ("accept", "postmaster")) else key
-
-
-# ---------------------------------------------------------------------------------------------
-# The handler
-
-
-@dataclass(slots=True)
-class Sessions:
-    """Live sessions of this process: the connection cap and the drain on shutdown."""
-
-    limit: int
-    live: set[GatewaySMTP] = field(default_factory=set)
-    accepting: bool = True
-    _idle: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def add(self, protocol: GatewaySMTP) -> None:
-        self.live.add(protocol)
-        self._idle.clear()
-
-    def discard(self, protocol: GatewaySMTP) -> None:
-        self.live.discard(protocol)
-        if not self.live:
-            self._idle.set()
-
-    async def drain(self, deadline: float) -> int:
-        """Wait up to `deadline` seconds for sessions to end, cut the rest; returns how many."""
-        self.accepting = False
-        if self.live:
-            try:
-                async with asyncio.timeout(deadline):
-                    await self._idle.wait()
-            except TimeoutError:
-                pass
-        cut = list(self.live)
-        for protocol in cut:
-            protocol.close_with(REPLY_SHUTTING_DOWN)
-        return len(cut)
 
 
 class InboundHandler:
@@ -412,7 +258,7 @@ class InboundHandler:
             sender=envelope.sender,
             recipient=recipient,
             reason=reason,
-            reply_code=_reply_code(reply),
+            reply_code=reply_code(reply),
             reply=reply,
         )
         return reply
@@ -467,7 +313,7 @@ class InboundHandler:
             office=office.name,
             phase=decision.phase,
             reason=decision.reason,
-            reply_code=_reply_code(reply),
+            reply_code=reply_code(reply),
             reply=reply,
         )
         return reply
@@ -780,7 +626,7 @@ class InboundHandler:
             "smtp.reply.sent",
             reference=ref,
             outcome=record.outcome,
-            reply_code=_reply_code(record.reply),
+            reply_code=reply_code(record.reply),
             reply=record.reply,
         )
 
@@ -808,203 +654,3 @@ def _tls_summary(session: GatewaySession) -> str | None:
         return "tls"
     cipher = ssl_object.cipher()
     return f"{ssl_object.version()} {cipher[0]}" if cipher else str(ssl_object.version())
-
-
-# ---------------------------------------------------------------------------------------------
-# The protocol
-
-
-class GatewaySMTP(SMTP):
-    """aiosmtpd's SMTP with connection limits, enhanced codes everywhere and no AUTH."""
-
-    def __init__(
-        self,
-        handler: InboundHandler,
-        sessions: Sessions,
-        settings: GatewaySettings,
-        tls_context: ssl.SSLContext | None,
-    ) -> None:
-        server = settings.server
-        super().__init__(
-            handler,
-            hostname=server.hostname,  # never getfqdn() per connection
-            ident="ESMTP",  # the banner does not give away software or versions
-            data_size_limit=server.max_message_size,
-            enable_SMTPUTF8=True,
-            decode_data=False,
-            tls_context=tls_context,
-            timeout=server.idle_timeout,
-            command_call_limit=server.max_commands,
-            proxy_protocol_timeout=_PROXY_TIMEOUT if server.proxy_protocol else None,
-            auth_require_tls=True,
-        )
-        self._sessions = sessions
-        self._trust = settings.server.is_trusted
-        self._session_limit = server.session_timeout
-        self._deadline: asyncio.TimerHandle | None = None
-
-    async def _handle_client(self) -> None:
-        # This task's context is its own copy, so the binding stays with this session.
-        session = self._gateway_session()
-        structlog.contextvars.bind_contextvars(
-            session_id=session.session_id, peer_ip=session.peer_ip
-        )
-        await super()._handle_client()
-
-    def _gateway_session(self) -> GatewaySession:
-        # A method, not a property: aiosmtpd inspects every attribute at construction.
-        session = self.session
-        assert isinstance(session, GatewaySession)
-        return session
-
-    def _create_session(self) -> GatewaySession:
-        return GatewaySession(self.loop)
-
-    def _create_envelope(self) -> GatewayEnvelope:
-        return GatewayEnvelope()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        first = self.transport is None
-        super().connection_made(transport)
-        if not first:
-            return  # the same session, after STARTTLS
-        session = self._gateway_session()
-        peer = transport.get_extra_info("peername") or ("", None)
-        session.peer_ip, session.peer_port = str(peer[0]), peer[1]
-        session.trusted = self._trust(session.peer_ip)
-        if not self._sessions.accepting or len(self._sessions.live) >= self._sessions.limit:
-            reason = "shutting-down" if not self._sessions.accepting else "too-many-connections"
-            reply = (
-                REPLY_SHUTTING_DOWN if not self._sessions.accepting else REPLY_TOO_MANY_CONNECTIONS
-            )
-            log.warning("smtp.session.refused", peer_ip=session.peer_ip, reason=reason, reply=reply)
-            if self._handler_coroutine is not None:
-                self._handler_coroutine.cancel()
-            self.close_with(reply)
-            return
-        self._sessions.add(self)
-        self._deadline = self.loop.call_later(self._session_limit, self._session_expired)
-        log.info(
-            "smtp.session.opened",
-            session_id=session.session_id,
-            peer_ip=session.peer_ip,
-            peer_port=session.peer_port,
-        )
-
-    def connection_lost(self, error: Exception | None) -> None:
-        if self in self._sessions.live:
-            session = self._gateway_session()
-            log.info(
-                "smtp.session.closed",
-                session_id=session.session_id,
-                peer_ip=session.peer_ip,
-                messages=session.messages,
-                duration_s=round(time.monotonic() - session.opened, 3),
-            )
-            self._sessions.discard(self)
-        if self._deadline is not None:
-            self._deadline.cancel()
-        super().connection_lost(error)
-
-    def close_with(self, reply: str) -> None:
-        """Send a final reply and close, whatever the session is doing."""
-        transport = self.transport
-        if not isinstance(transport, asyncio.WriteTransport) or transport.is_closing():
-            return
-        transport.write(reply.encode("ascii") + b"\r\n")
-        transport.close()
-
-    def _timeout_cb(self) -> None:
-        self._log_timeout("idle", REPLY_IDLE_TIMEOUT)
-        self.close_with(REPLY_IDLE_TIMEOUT)
-
-    def _session_expired(self) -> None:
-        self._log_timeout("session", REPLY_SESSION_TIMEOUT)
-        self.close_with(REPLY_SESSION_TIMEOUT)
-
-    def _log_timeout(self, limit: str, reply: str) -> None:
-        session = self._gateway_session()
-        log.info(
-            "smtp.session.timed_out",
-            session_id=session.session_id,
-            peer_ip=session.peer_ip,
-            limit=limit,
-            reply=reply,
-        )
-
-    async def push(self, status: AnyStr) -> None:
-        if not isinstance(status, str):
-            await super().push(status)
-            return
-        reply = _with_enhanced_code(status)
-        if reply.startswith("421 4.7.0"):
-            # aiosmtpd is about to close the session for repeating a command too often.
-            log.warning("smtp.session.refused", reason="command-limit", reply=reply)
-        await super().push(reply)
-
-    async def smtp_AUTH(self, arg: str) -> None:
-        await self.push(REPLY_NO_AUTH)
-
-    async def smtp_DATA(self, arg: str) -> None:
-        try:
-            await super().smtp_DATA(arg)
-        except Exception:
-            # The end of data ends the transaction whatever the reply; aiosmtpd keeps the
-            # envelope when a hook raises, and the next MAIL would get 503.
-            self.envelope = self._create_envelope()
-            raise
-
-
-def _with_enhanced_code(status: str) -> str:
-    stock = _STOCK_REPLIES.get(status)
-    if stock is not None:
-        return stock
-    for prefix, replacement in _STOCK_PREFIXES:
-        if status.startswith(prefix):
-            return replacement + status[len(prefix) :]
-    return status
-
-
-# ---------------------------------------------------------------------------------------------
-
-
-async def start_server(
-    settings: GatewaySettings,
-    store: Store,
-    *,
-    clock: Clock,
-    sessions: Sessions,
-    tls_context: ssl.SSLContext | None = None,
-    listen: Sequence[ListenAddress] | None = None,
-    reuse_port: bool = False,
-) -> list[asyncio.Server]:
-    """Bind every listen address and start serving; returns the bound servers.
-
-    Port 0 binds a free port; read it from `server.sockets`.
-
-    Raises:
-        OSError: an address cannot be bound.
-    """
-    check_replies(settings)
-    handler = InboundHandler(settings, store, clock)
-    loop = asyncio.get_running_loop()
-
-    def factory() -> GatewaySMTP:
-        return GatewaySMTP(handler, sessions, settings, tls_context)
-
-    servers: list[asyncio.Server] = []
-    try:
-        for address in listen or settings.server.listen:
-            servers.append(
-                await loop.create_server(
-                    factory,
-                    host=address.host,
-                    port=address.port,
-                    reuse_port=reuse_port or None,
-                )
-            )
-    except OSError:
-        for server in servers:
-            server.close()
-        raise
-    return servers

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from gateway.config import GatewaySettings
-from gateway.inbound import Sessions, start_server
+from gateway.smtpserver import Sessions, start_server
 from gateway.store import Store
 
 # Chicago is UTC-5 in September (CDT): the founding cutoff is 2017-09-12T05:00:00Z.
