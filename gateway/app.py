@@ -23,8 +23,9 @@ from gateway import __version__
 from gateway.audit import configure_logging
 from gateway.chain import anchored
 from gateway.clock import Clock, make_clock
+from gateway.composer import make_composer
 from gateway.config import GatewaySettings, ServerSettings
-from gateway.delivery import DeliveryWorker, MailBuilder
+from gateway.delivery import DeliveryWorker
 from gateway.dkim import DkimKey, ensure_key, zone_record
 from gateway.errors import ConfigError, GatewayError
 from gateway.health import Endpoint, Readiness, start_endpoint
@@ -108,9 +109,8 @@ def build_delivery(
             settings.delivery, local_hostname=settings.server.hostname, resolver=resolver
         )
     owner = f"{socket.gethostname()}:{os.getpid()}:{id(store):x}"
-    return DeliveryWorker(
-        settings, Outbox(store, owner=owner), MailBuilder(settings, renderer, key), sender, clock
-    )
+    composer = make_composer(settings, renderer, key)
+    return DeliveryWorker(settings, Outbox(store, owner=owner), composer, sender, clock)
 
 
 def serve(settings: GatewaySettings, *, as_of: str | None = None) -> int:

@@ -323,6 +323,9 @@ class DeliverySettings(_Model):
     # Deliver to exchangers at loopback, private or link-local addresses. Off: a sender's
     # domain could otherwise point its MX at our own internal services.
     mx_internal_addresses: bool = False
+    # Processes that render and sign notices, so that work never stalls the SMTP side;
+    # 0 does it in a thread of the serving process instead.
+    composer_processes: int = Field(default=1, ge=0, le=16)
     concurrency: int = Field(default=20, ge=1, le=1000)
     per_domain_concurrency: int = Field(default=3, ge=1, le=100)
     connect_timeout: Seconds = 30.0

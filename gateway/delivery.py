@@ -14,117 +14,26 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import random
-import sqlite3
 import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from email.utils import format_datetime
 
 import structlog
 
 from gateway.clock import Clock
+from gateway.composer import Composer
 from gateway.config import GatewaySettings
-from gateway.dkim import DkimKey, sign
-from gateway.errors import DeliveryDeferred, DeliveryError, DeliveryFailed, StoreError
-from gateway.evidence import Attachment
-from gateway.notices import FailedMessage, NoticeError, NoticeKind, NoticeRenderer, notice_bytes
+from gateway.errors import DeliveryDeferred, DeliveryError, StoreError
 from gateway.outbox import Attempt, Job, JobState, Outbox
 from gateway.policy import next_attempt_at
-from gateway.store import connect, iso
-from gateway.transport import Answer, MailSender, OutgoingMail
+from gateway.store import iso
+from gateway.transport import Answer, MailSender
 
-__all__ = ["DeliveryWorker", "MailBuilder"]
+__all__ = ["DeliveryWorker"]
 
 log = structlog.get_logger()
-
-_NOTICE_KINDS = {"notice": NoticeKind.NOT_FILED, "advisory": NoticeKind.ADVISORY}
-
-
-class MailBuilder:
-    """Turns a job into the bytes to send, reading the record from the store file."""
-
-    def __init__(
-        self, settings: GatewaySettings, renderer: NoticeRenderer, key: DkimKey | None
-    ) -> None:
-        self.settings = settings
-        self.renderer = renderer
-        self.key = key
-        self.database = settings.storage.database
-
-    def build(self, job: Job, now: datetime) -> OutgoingMail:
-        """Blocking (SQLite, jinja2, RSA): run it in a thread.
-
-        Raises:
-            DeliveryFailed: the record is missing or no notice can be made for it.
-        """
-        conn = connect(self.database, readonly=True)
-        try:
-            if job.kind == "relay":
-                data = _relay_data(conn, job, self.settings.server.hostname)
-            else:
-                data = self._notice_data(conn, job, now)
-        finally:
-            conn.close()
-        name = f"{job.reference}-{job.id}-{job.kind}"
-        return OutgoingMail(job.mail_from, job.recipients, data, name, job.destination)
-
-    def _notice_data(self, conn: sqlite3.Connection, job: Job, now: datetime) -> bytes:
-        failed = _failed_message(conn, job)
-        assert job.office is not None, "notice jobs always name their office"
-        office = self.settings.office(job.office)
-        try:
-            message = self.renderer.render(_NOTICE_KINDS[job.kind], office, failed, now=now)
-        except NoticeError as exc:
-            raise DeliveryFailed(f"no notice can be made: {exc}") from exc
-        data = notice_bytes(message)
-        return data if self.key is None else sign(data, self.key)
-
-
-def _failed_message(conn: sqlite3.Connection, job: Job) -> FailedMessage:
-    row = conn.execute("SELECT * FROM messages WHERE reference = ?", (job.reference,)).fetchone()
-    if row is None:
-        raise DeliveryFailed(f"no record of message {job.reference}")
-    retired = conn.execute(
-        "SELECT recipient FROM message_recipients WHERE reference = ? AND office = ? LIMIT 1",
-        (job.reference, job.office),
-    ).fetchone()
-    attachments = tuple(
-        Attachment(a["filename"], a["content_type"], a["size"])
-        for a in json.loads(row["attachments"])
-    )
-    return FailedMessage(
-        reference=job.reference,
-        sender=job.recipients[0],
-        retired_address=retired["recipient"] if retired else "",
-        received_at=datetime.fromisoformat(row["received_at"]),
-        subject=row["subject"],
-        message_id=row["message_id"],
-        attachments=attachments,
-        a_numbers=tuple(json.loads(row["a_numbers"])),
-    )
-
-
-def _relay_data(conn: sqlite3.Connection, job: Job, hostname: str) -> bytes:
-    row = conn.execute(
-        "SELECT m.helo, m.peer_ip, m.tls, m.received_at, r.raw FROM messages m"
-        " JOIN raw_messages r USING (reference) WHERE reference = ?",
-        (job.reference,),
-    ).fetchone()
-    if row is None:
-        raise DeliveryFailed(f"the message {job.reference} to relay is not in the store")
-    # RFC 5321 §4.4: each relay prepends its Received line and changes nothing else.
-    received_at = format_datetime(datetime.fromisoformat(row["received_at"]))
-    protocol = "ESMTPS" if row["tls"] else "ESMTP"
-    received = (
-        f"Received: from {row['helo'] or 'unknown'} ([{row['peer_ip']}])\r\n"
-        f"\tby {hostname} (eservice-gateway) with {protocol} id {job.reference};\r\n"
-        f"\t{received_at}\r\n"
-    )
-    raw: bytes = row["raw"]
-    return received.encode("ascii", "replace") + raw
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +51,7 @@ class DeliveryWorker:
         self,
         settings: GatewaySettings,
         outbox: Outbox,
-        builder: MailBuilder,
+        composer: Composer,
         sender: MailSender,
         clock: Clock,
         *,
@@ -151,7 +60,7 @@ class DeliveryWorker:
         delivery = settings.delivery
         self.settings = delivery
         self.outbox = outbox
-        self.builder = builder
+        self.composer = composer
         self.sender = sender
         self.clock = clock
         self.rng = rng or random.Random()
@@ -200,6 +109,7 @@ class DeliveryWorker:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.to_thread(self.composer.close)
 
     async def _claim_and_start(self) -> None:
         free = self.limits.concurrency - len(self._in_flight)
@@ -237,7 +147,7 @@ class DeliveryWorker:
     async def _try(self, job: Job) -> None:
         started = self.clock()
         try:
-            mail = await asyncio.to_thread(self.builder.build, job, started)
+            mail = await self.composer.compose(job, started)
             answer = await self.sender.send(mail)
         except asyncio.CancelledError:
             await asyncio.shield(self.outbox.release(job, self.clock()))

@@ -47,6 +47,10 @@ class DeliveryError(GatewayError):
         self.host = host
         super().__init__(f"{host}: {code} {reply}" if host else reply)
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keep code and host when the error crosses from a composer process.
+        return (_rebuild_delivery_error, (type(self), self.reply, self.code, self.host))
+
 
 class DeliveryDeferred(DeliveryError):
     """A temporary failure (4xx, no answer, DNS trouble): the job is tried again later."""
@@ -54,3 +58,9 @@ class DeliveryDeferred(DeliveryError):
 
 class DeliveryFailed(DeliveryError):
     """A permanent failure (5xx, null MX, no such domain): the job is not tried again."""
+
+
+def _rebuild_delivery_error(
+    kind: type[DeliveryError], reply: str, code: int, host: str
+) -> DeliveryError:
+    return kind(reply, code=code, host=host)

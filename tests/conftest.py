@@ -75,6 +75,9 @@ def make_settings(
         # Sender checks need DNS; tests that check senders run their own DNS server and
         # turn this on. Without it, only trusted clients (loopback) count as authenticated.
         "sender_auth": {"enabled": False},
+        # Composer processes take a second to start; tests compose in a thread unless they
+        # test the processes themselves.
+        "delivery": {"composer_processes": 0},
         "offices": offices if offices is not None else [office()],
     }
     for name, values in sections.items():

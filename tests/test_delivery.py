@@ -10,6 +10,7 @@ import asyncio
 import email
 import email.policy
 import json
+import sqlite3
 import ssl
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
@@ -406,3 +407,28 @@ async def test_mx_at_an_internal_address_is_never_connected_to_by_default(
     job = await job_state(gw, "failed")
     assert "lawfirm.example are at internal addresses" in job["last_reply"]
     assert mx1.attempts == mx2.attempts == 0
+
+
+async def test_notices_composed_in_a_separate_process_arrive_signed(
+    start_gateway: GatewayFactory, run_worker: WorkerFactory, sink: Sink
+) -> None:
+    gw = await start_gateway(delivery=smarthost(sink, composer_processes=1))
+    reference = await file_a_filing(gw)
+    await run_worker(gw)
+    (received,) = await sink.wait_for(1, within=30)
+    assert reference.encode() in received.data
+    assert received.data.startswith(b"DKIM-Signature:")
+
+
+async def test_a_missing_record_fails_the_job_across_the_process_boundary(
+    start_gateway: GatewayFactory, run_worker: WorkerFactory, sink: Sink
+) -> None:
+    gw = await start_gateway(delivery=smarthost(sink, composer_processes=1))
+    await file_a_filing(gw)
+    with sqlite3.connect(gw.settings.storage.database) as conn:  # an operator's mistake
+        conn.execute("DELETE FROM message_recipients")
+        conn.execute("DELETE FROM messages")
+    await run_worker(gw)
+    job = await job_state(gw, "failed", within=30)
+    assert job["last_reply"].startswith("no record of message ")
+    assert sink.attempts == 0

@@ -1,0 +1,212 @@
+"""Composing outgoing mail: a job and its stored record in, the bytes to send out.
+
+Notices are rendered from the stored record (never from anything kept in memory) and signed
+with DKIM; relays are the original message, unchanged, below a Received line. Rendering and
+RSA signing are CPU work that would hold the interpreter lock for milliseconds at a time, so
+by default they run in a separate process (`[delivery] composer_processes`) and the SMTP side
+keeps answering while a backlog drains. Nothing here sends, queues or logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import os
+import sqlite3
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from datetime import datetime
+from email.utils import format_datetime
+from typing import Protocol
+
+from gateway.config import GatewaySettings
+from gateway.dkim import DkimKey, ensure_key, sign
+from gateway.errors import DeliveryDeferred, DeliveryFailed
+from gateway.evidence import Attachment
+from gateway.notices import FailedMessage, NoticeError, NoticeKind, NoticeRenderer, notice_bytes
+from gateway.outbox import Job
+from gateway.store import connect
+from gateway.transport import OutgoingMail
+
+__all__ = ["Composer", "MailBuilder", "ProcessComposer", "ThreadComposer", "make_composer"]
+
+_NOTICE_KINDS = {"notice": NoticeKind.NOT_FILED, "advisory": NoticeKind.ADVISORY}
+
+
+class Composer(Protocol):
+    async def compose(self, job: Job, now: datetime) -> OutgoingMail:
+        """Raises DeliveryFailed (no mail can be made) or DeliveryDeferred (try later)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class MailBuilder:
+    """Turns a job into the bytes to send, reading the record from the store file."""
+
+    def __init__(
+        self, settings: GatewaySettings, renderer: NoticeRenderer, key: DkimKey | None
+    ) -> None:
+        self.settings = settings
+        self.renderer = renderer
+        self.key = key
+        self.database = settings.storage.database
+
+    def build(self, job: Job, now: datetime) -> OutgoingMail:
+        """Blocking (SQLite, jinja2, RSA): run it in a thread.
+
+        Raises:
+            DeliveryFailed: the record is missing or no notice can be made for it.
+        """
+        conn = connect(self.database, readonly=True)
+        try:
+            if job.kind == "relay":
+                data = _relay_data(conn, job, self.settings.server.hostname)
+            else:
+                data = self._notice_data(conn, job, now)
+        finally:
+            conn.close()
+        name = f"{job.reference}-{job.id}-{job.kind}"
+        return OutgoingMail(job.mail_from, job.recipients, data, name, job.destination)
+
+    def _notice_data(self, conn: sqlite3.Connection, job: Job, now: datetime) -> bytes:
+        failed = _failed_message(conn, job)
+        assert job.office is not None, "notice jobs always name their office"
+        office = self.settings.office(job.office)
+        try:
+            message = self.renderer.render(_NOTICE_KINDS[job.kind], office, failed, now=now)
+        except NoticeError as exc:
+            raise DeliveryFailed(f"no notice can be made: {exc}") from exc
+        data = notice_bytes(message)
+        return data if self.key is None else sign(data, self.key)
+
+
+def _failed_message(conn: sqlite3.Connection, job: Job) -> FailedMessage:
+    row = conn.execute("SELECT * FROM messages WHERE reference = ?", (job.reference,)).fetchone()
+    if row is None:
+        raise DeliveryFailed(f"no record of message {job.reference}")
+    retired = conn.execute(
+        "SELECT recipient FROM message_recipients WHERE reference = ? AND office = ? LIMIT 1",
+        (job.reference, job.office),
+    ).fetchone()
+    attachments = tuple(
+        Attachment(a["filename"], a["content_type"], a["size"])
+        for a in json.loads(row["attachments"])
+    )
+    return FailedMessage(
+        reference=job.reference,
+        sender=job.recipients[0],
+        retired_address=retired["recipient"] if retired else "",
+        received_at=datetime.fromisoformat(row["received_at"]),
+        subject=row["subject"],
+        message_id=row["message_id"],
+        attachments=attachments,
+        a_numbers=tuple(json.loads(row["a_numbers"])),
+    )
+
+
+def _relay_data(conn: sqlite3.Connection, job: Job, hostname: str) -> bytes:
+    row = conn.execute(
+        "SELECT m.helo, m.peer_ip, m.tls, m.received_at, r.raw FROM messages m"
+        " JOIN raw_messages r USING (reference) WHERE reference = ?",
+        (job.reference,),
+    ).fetchone()
+    if row is None:
+        raise DeliveryFailed(f"the message {job.reference} to relay is not in the store")
+    # RFC 5321 §4.4: each relay prepends its Received line and changes nothing else.
+    received_at = format_datetime(datetime.fromisoformat(row["received_at"]))
+    protocol = "ESMTPS" if row["tls"] else "ESMTP"
+    received = (
+        f"Received: from {row['helo'] or 'unknown'} ([{row['peer_ip']}])\r\n"
+        f"\tby {hostname} (eservice-gateway) with {protocol} id {job.reference};\r\n"
+        f"\t{received_at}\r\n"
+    )
+    raw: bytes = row["raw"]
+    return received.encode("ascii", "replace") + raw
+
+
+class ThreadComposer:
+    """Composes in a thread of this process: simple, for tests and small installations."""
+
+    def __init__(self, builder: MailBuilder) -> None:
+        self.builder = builder
+
+    async def compose(self, job: Job, now: datetime) -> OutgoingMail:
+        return await asyncio.to_thread(self.builder.build, job, now)
+
+    def close(self) -> None:
+        pass
+
+
+# The builder of a composer process, made once by its initializer.
+_child_builder: MailBuilder | None = None
+
+
+def _start_child(settings: GatewaySettings, parent: int) -> None:
+    global _child_builder  # one per child process, by design
+    # The child writes nothing: let go of the parent's stdout and stderr, which may be the
+    # audit log's pipe, so that whoever reads it sees it close when the gateway ends.
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    key, _ = ensure_key(settings)
+    _child_builder = MailBuilder(settings, NoticeRenderer(settings), key)
+
+
+def _exit_with_parent(parent: int) -> None:
+    # A pool's children outlive a parent killed with SIGKILL (they hold their own queue's
+    # write end, so they never see EOF); without this they would linger forever.
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
+
+
+def _compose_in_child(job: Job, now: datetime) -> OutgoingMail:
+    assert _child_builder is not None, "the initializer runs first"
+    return _child_builder.build(job, now)
+
+
+class ProcessComposer:
+    """Composes in child processes, so rendering and signing never stall the event loop."""
+
+    def __init__(self, settings: GatewaySettings, processes: int) -> None:
+        self.settings = settings
+        self.processes = processes
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # spawn, not fork: this process has threads (the store writer) that fork would copy
+        # in whatever state they were in.
+        return ProcessPoolExecutor(
+            max_workers=self.processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_child,
+            initargs=(self.settings, os.getpid()),
+        )
+
+    async def compose(self, job: Job, now: datetime) -> OutgoingMail:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, _compose_in_child, job, now)
+        except BrokenProcessPool as exc:
+            # A child died (killed, out of memory): start afresh and try the job later.
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._new_pool()
+            raise DeliveryDeferred("the composer process died; will try again") from exc
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def make_composer(
+    settings: GatewaySettings, renderer: NoticeRenderer, key: DkimKey | None
+) -> Composer:
+    """The composer `[delivery] composer_processes` asks for (0: a thread of this process)."""
+    processes = settings.delivery.composer_processes
+    if processes == 0:
+        return ThreadComposer(MailBuilder(settings, renderer, key))
+    return ProcessComposer(settings, processes)
