@@ -64,7 +64,14 @@ EVENTS: dict[str, tuple[str, ...]] = {
         "reply_code",
         "reply",
     ),
-    "smtp.recipient.deferred": ("session_id", "sender", "recipient", "reason", "reply"),
+    "smtp.recipient.deferred": (
+        "session_id",
+        "sender",
+        "recipient",
+        "reason",
+        "reply_code",
+        "reply",
+    ),
     "smtp.message.received": (
         "session_id",
         "reference",

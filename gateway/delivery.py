@@ -165,18 +165,7 @@ class DeliveryWorker:
             started, self.clock(), answer.host, answer.code, answer.reply, JobState.DELIVERED
         )
         await self.outbox.finish(job, attempt)
-        log.info(
-            "delivery.succeeded",
-            job_id=job.id,
-            reference=job.reference,
-            kind=job.kind,
-            attempt=job.attempts + 1,
-            recipients=list(job.recipients),
-            host=answer.host,
-            reply_code=answer.code,
-            reply=answer.reply,
-            duration_s=round((attempt.finished_at - started).total_seconds(), 3),
-        )
+        _log_attempt("delivery.succeeded", job, attempt)
 
     async def _record_failure(self, job: Job, started: datetime, error: DeliveryError) -> None:
         finished = self.clock()
@@ -199,20 +188,27 @@ class DeliveryWorker:
         attempt = Attempt(started, finished, error.host, error.code, error.reply, state)
         await self.outbox.finish(job, attempt, next_attempt_at=due, note=note)
         event = "delivery.deferred" if state is JobState.DEFERRED else "delivery.failed"
-        log.warning(
-            event,
-            job_id=job.id,
-            reference=job.reference,
-            kind=job.kind,
-            attempt=job.attempts + 1,
-            recipients=list(job.recipients),
-            host=error.host,
-            reply_code=error.code,
-            reply=error.reply,
-            note=note,
-            duration_s=round((finished - started).total_seconds(), 3),
-            next_attempt_at=None if due is None else iso(due),
+        _log_attempt(
+            event, job, attempt, note=note, next_attempt_at=None if due is None else iso(due)
         )
+
+
+def _log_attempt(event: str, job: Job, attempt: Attempt, **extra: str | None) -> None:
+    """One audit event per attempt: who we talked to, what they said, how long it took."""
+    level = log.info if attempt.outcome is JobState.DELIVERED else log.warning
+    level(
+        event,
+        job_id=job.id,
+        reference=job.reference,
+        kind=job.kind,
+        attempt=job.attempts + 1,
+        recipients=list(job.recipients),
+        host=attempt.host,
+        reply_code=attempt.code,
+        reply=attempt.reply,
+        duration_s=round((attempt.finished_at - attempt.started_at).total_seconds(), 3),
+        **extra,
+    )
 
 
 def _age(job: Job, now: datetime) -> str:

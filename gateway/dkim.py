@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import errno
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from gateway.config import GatewaySettings
+from gateway.durable import write_durably
 from gateway.errors import ConfigError
 from gateway.notices import notice_from_address
 
@@ -160,28 +160,9 @@ def write_new_key(path: Path, *, selector: str, domain: str) -> DkimKey:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     except FileExistsError as exc:  # a file where the directory should be: not "key exists"
         raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(path.parent)) from exc
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(pem)
-            handle.flush()
-            os.fsync(handle.fileno())
-        # link() fails if the name exists, so a key that DNS may already publish is never
-        # overwritten, and the name appears only once the whole key is on disk.
-        os.link(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-    _fsync_directory(path.parent)
+    # Never overwritten: a key that DNS may already publish must not change under it.
+    write_durably(path, pem, mode=0o600, overwrite=False)
     return DkimKey(selector=selector, domain=domain, private_pem=pem, path=path)
-
-
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def ensure_key(settings: GatewaySettings) -> tuple[DkimKey, bool]:

@@ -253,15 +253,7 @@ class InboundHandler:
         reason: str,
         reply: str,
     ) -> str:
-        log.info(
-            "smtp.recipient.refused",
-            sender=envelope.sender,
-            recipient=recipient,
-            reason=reason,
-            reply_code=reply_code(reply),
-            reply=reply,
-        )
-        return reply
+        return _turned_away("smtp.recipient.refused", envelope, recipient, reason, reply)
 
     def _deferred(
         self,
@@ -271,14 +263,7 @@ class InboundHandler:
         reason: str,
         reply: str,
     ) -> str:
-        log.info(
-            "smtp.recipient.deferred",
-            sender=envelope.sender,
-            recipient=recipient,
-            reason=reason,
-            reply=reply,
-        )
-        return reply
+        return _turned_away("smtp.recipient.deferred", envelope, recipient, reason, reply)
 
     async def _refuse_retired(
         self, session: GatewaySession, envelope: GatewayEnvelope, recipient: str, decision: Decision
@@ -636,6 +621,20 @@ class InboundHandler:
         # Our bug is never a 5xx, and its text never reaches the peer.
         log.error("smtp.session.failed", reply=REPLY_INTERNAL, exc_info=error)
         return REPLY_INTERNAL
+
+
+def _turned_away(
+    event: str, envelope: GatewayEnvelope, recipient: str, reason: str, reply: str
+) -> str:
+    log.info(
+        event,
+        sender=envelope.sender,
+        recipient=recipient,
+        reason=reason,
+        reply_code=reply_code(reply),
+        reply=reply,
+    )
+    return reply
 
 
 _NOTICE_FOR = {

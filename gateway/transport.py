@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import os
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Protocol
 import aiosmtplib
 
 from gateway.config import DeliverySettings
+from gateway.durable import write_durably
 from gateway.errors import DeliveryDeferred, DeliveryError, DeliveryFailed
 from gateway.mx import MxResolver
 from gateway.policy import DeliveryOutcome, classify_reply
@@ -84,22 +84,9 @@ class FileSender:
         head = f"X-Envelope-From: <{mail.mail_from}>\r\nX-Envelope-To: {recipients}\r\n"
         self.directory.mkdir(parents=True, exist_ok=True)
         final = self.directory / f"{mail.name}.eml"
-        partial = self.directory / f".{mail.name}.eml.partial"
-        with partial.open("wb") as out:
-            out.write(head.encode("utf-8") + mail.data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(partial, final)  # atomic: readers see no file or the whole file
-        _fsync_directory(self.directory)
+        # Readers (a pickup script, an operator) see no file or the whole file.
+        write_durably(final, head.encode("utf-8") + mail.data)
         return final
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class SmtpSender:
