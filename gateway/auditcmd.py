@@ -24,26 +24,13 @@ from typing import Any, TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway import __version__
-from gateway.chain import (
-    Anchor,
-    ChainSpan,
-    Checkpoint,
-    LogLine,
-    Verification,
-    load_anchors,
-    load_checkpoints,
-    log_files,
-    order_files,
-    read_lines,
-    verify,
-)
+from gateway.chain import Anchor, Checkpoint, load_anchors, load_checkpoints
 from gateway.config import GatewaySettings
 from gateway.records import (
     AttemptRecord,
     DaySummary,
     Filters,
     SenderActivity,
-    Story,
     find_attempts,
     logged_events,
     parse_bound,
@@ -55,6 +42,16 @@ from gateway.records import (
 from gateway.redaction import Redactor
 from gateway.report import Report, render_report
 from gateway.store import connect
+from gateway.story import when, write_events, write_story
+from gateway.verification import (
+    ChainSpan,
+    LogLine,
+    Verification,
+    log_files,
+    order_files,
+    read_lines,
+    verify,
+)
 
 __all__ = ["ACTIONS", "AuditRequest", "run_audit"]
 
@@ -215,10 +212,6 @@ def _bound(option: str, text: str | None, zone: tzinfo, *, is_end: bool) -> date
         ) from exc
 
 
-def _local(at: datetime, zone: tzinfo) -> str:
-    return at.astimezone(zone).isoformat(sep=" ", timespec="seconds")
-
-
 # ---------------------------------------------------------------------------------------------
 # Output: tables, JSON lines, CSV
 
@@ -329,7 +322,7 @@ def _attempt_row(attempt: AttemptRecord, zones: _Zones) -> tuple[str, ...]:
     )
     subject = attempt.subject or ("-" if attempt.kind == "message" else "(refused at RCPT)")
     return (
-        _local(attempt.at, zones.of(attempt.office)),
+        when(attempt.at, zones.of(attempt.office)),
         attempt.reference,
         f"<{attempt.sender}>",
         to,
@@ -440,7 +433,7 @@ def _write_senders(
         (
             "DOMAIN / SENDER",
             "ATTEMPTS",
-            f"FIRST ({zones.label})",
+            f"FIRST ({zones.bounds})",
             "LAST",
             "NOTICES DELIVERED",
             "REACHED",
@@ -458,8 +451,8 @@ def _write_senders(
             (
                 name,
                 str(a.attempts),
-                _local(a.first, zone),
-                _local(a.last, zone),
+                when(a.first, zone),
+                when(a.last, zone),
                 str(a.notices_delivered),
                 reached,
             )
@@ -484,11 +477,13 @@ def _show(
         raise UsageError("audit show needs one reference (see gateway audit list)")
     reference = request.targets[0].strip().upper()
     story = tell_story(conn, reference)
-    if story is None:
-        err.write(f"gateway: no attempt {reference} in the store\n")
-        return EXIT_FOUND_PROBLEMS
     files, note = _logs_for_show(settings, request)
     events = logged_events(lambda: _lines(files), reference) if files else []
+    if story is None:
+        err.write(f"gateway: no attempt {reference} in the store\n")
+        if events:  # purged by retention, or recorded in another store: the log still tells
+            write_events(events, files, note, out)
+        return EXIT_FOUND_PROBLEMS
     story = replace(
         story,
         attempt=redacted(story.attempt, redactor),
@@ -497,8 +492,8 @@ def _show(
         ),
         events=tuple(events),
     )
-    _write_story(story, zones.of(story.attempt.office), out)
-    _write_events(story, files, note, out)
+    write_story(story, zones.of(story.attempt.office), out)
+    write_events(story.events, files, note, out)
     return EXIT_OK
 
 
@@ -513,127 +508,6 @@ def _logs_for_show(settings: GatewaySettings, request: AuditRequest) -> tuple[li
 def _lines(files: Sequence[Path]) -> Iterator[LogLine]:
     for path in files:
         yield from read_lines(path)
-
-
-def _write_fields(fields: Sequence[tuple[str, str | None]], out: TextIO) -> None:
-    for name, value in fields:
-        if value is not None:
-            out.write(f"  {name:<15} {value}\n")
-
-
-def _write_story(story: Story, zone: tzinfo, out: TextIO) -> None:
-    a = story.attempt
-    what = "message received to the end of DATA" if _is_message(a) else "refused at RCPT"
-    out.write(f"attempt {a.reference}: {what}, {a.decision}\n")
-    _write_fields(_story_fields(story, zone), out)
-    out.write("checks\n")
-    _write_fields(
-        [("notice", a.notice.replace(":", ": ", 1)), ("duplicate of", story.duplicate_of)], out
-    )
-    out.write("decision\n")
-    for recipient, office, phase, action, reason, at in _decisions(story):
-        decided = f"  (decided {_local(at, zone)})" if at else ""
-        out.write(f"  <{recipient}>  office {office}, phase {phase}, {action}: {reason}{decided}\n")
-    _write_fields([("answer", a.reply)], out)
-    _write_deliveries(story, zone, out)
-    out.write(f"timeline ({zone})\n")
-    for at, what_happened in _timeline(story):
-        out.write(f"  {_local(at, zone)}  {what_happened}\n")
-
-
-def _is_message(attempt: AttemptRecord) -> bool:
-    return attempt.kind == "message"
-
-
-def _story_fields(story: Story, zone: tzinfo) -> list[tuple[str, str | None]]:
-    a = story.attempt
-    is_message = _is_message(a)
-    client = a.peer_ip + (f" port {story.peer_port}" if story.peer_port else "")
-    client += f", HELO {a.helo or '-'}" + (f", {story.tls}" if story.tls else "")
-    attachments = "; ".join(
-        f"{x.filename} ({x.content_type}, {x.size:,} bytes)" for x in story.attachments
-    )
-    kept = "kept in the store" if story.raw_kept else "not kept"
-    return [
-        ("arrived" if is_message else "refused at", f"{_local(a.at, zone)}  ({_utc(a.at)})"),
-        ("client", client),
-        ("session", a.session_id),
-        ("envelope from", f"<{a.sender}>"),
-        ("envelope to", ", ".join(f"<{r}>" for r in a.recipients)),
-        ("message-id", a.message_id if is_message else None),
-        ("from header", story.from_header),
-        ("date header", f"{story.date_header} (as sent)" if story.date_header else None),
-        ("subject", a.subject if is_message else None),
-        ("size", f"{a.size:,} bytes" if a.size is not None else None),
-        ("sha-256", a.sha256),
-        ("attachments", attachments or None),
-        ("a-numbers", ", ".join(a.a_numbers) or None),
-        ("raw message", kept if is_message else None),
-    ]
-
-
-def _decisions(
-    story: Story,
-) -> list[tuple[str, str, str, str, str, datetime | None]]:
-    """(recipient, office, phase, action, reason, decided at) for each recipient."""
-    a = story.attempt
-    if not story.recipients:  # a refusal at RCPT: one recipient, decided as it was refused
-        return [(a.recipients[0], a.office or "-", a.phase or "-", a.action, a.reason, None)]
-    return [
-        (d.recipient, d.office or "-", d.phase or "-", d.action, d.reason, d.decided_at)
-        for d in story.recipients
-    ]
-
-
-def _write_deliveries(story: Story, zone: tzinfo, out: TextIO) -> None:
-    if story.jobs:
-        out.write("deliveries\n")
-    for job, attempts in story.jobs:
-        to = ", ".join(f"<{r}>" for r in job.recipients)
-        tries = f"{len(attempts)} attempt{'s' if len(attempts) != 1 else ''}"
-        out.write(f"  job {job.id}  {job.kind} to {to}: {job.state} after {tries}\n")
-        for number, tried in enumerate(attempts, start=1):
-            out.write(
-                f"    attempt {number}  {_local(tried.started_at, zone)}  {tried.outcome}"
-                f"  {tried.host or '-'}  {tried.code or '-'}  {tried.reply}\n"
-            )
-
-
-def _timeline(story: Story) -> list[tuple[datetime, str]]:
-    a = story.attempt
-    if not _is_message(a):
-        return [(a.at, f"refused <{a.recipients[0]}> at RCPT: {a.reply}")]
-    events = [(a.at, f"received from <{a.sender}> (end of DATA), {a.size or 0:,} bytes")]
-    events += [(d.decided_at, f"decided {d.action} for <{d.recipient}>") for d in story.recipients]
-    events.append((a.at, f"answered {a.reply}"))
-    for job, attempts in story.jobs:
-        events.append((job.created_at, f"{job.kind} job {job.id} queued"))
-        for number, tried in enumerate(attempts, start=1):
-            code = f" {tried.code}" if tried.code else ""
-            what = f"{job.kind} job {job.id} attempt {number}: {tried.outcome}{code} {tried.reply}"
-            events.append((tried.finished_at, what.rstrip()))
-    # Stable: events of the same instant keep the order they happen in.
-    return sorted(events, key=lambda e: e[0])
-
-
-def _write_events(story: Story, files: Sequence[Path], note: str, out: TextIO) -> None:
-    if note:
-        out.write(f"audit log: {note}\n")
-        return
-    if not files:
-        out.write("audit log: no log file found\n")
-        return
-    out.write(f"audit log ({', '.join(str(f) for f in files)})\n")
-    if not story.events:
-        out.write("  no line names this reference\n")
-    for event in story.events:
-        fields = " ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in event.fields)
-        seq = f"seq {event.seq}" if event.seq is not None else "unchained"
-        out.write(f"  {event.where} ({seq})  {event.timestamp}  {event.event}  {fields}\n")
-
-
-def _utc(at: datetime) -> str:
-    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f UTC")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -667,10 +541,8 @@ def _report(
         redaction=_redaction_note(redactor),
     )
     _write_atomically(request.out_file, render_report(report, rows))
-    total = sum(r.attempts for r in rows)
-    out.write(
-        f"wrote {request.out_file}: {total} attempts over {len({r.day for r in rows})} days\n"
-    )
+    total, days = sum(r.attempts for r in rows), len({r.day for r in rows})
+    out.write(f"wrote {request.out_file}: {total} attempts over {days} day{'s' * (days != 1)}\n")
     return EXIT_OK
 
 
@@ -683,7 +555,10 @@ def _period(request: AuditRequest, rows: Sequence[DaySummary], zones: _Zones) ->
 def _redaction_note(redactor: Redactor) -> str:
     if not redactor.is_active:
         return ""
-    return "Subjects and file names are not shown; A-numbers are redacted everywhere."
+    return (
+        "This page shows no subjects or file names; A-numbers are redacted in the audit log and"
+        " in what gateway audit prints (the state store keeps them)."
+    )
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -751,9 +626,10 @@ def _write_verification(
     for span in result.chains:
         out.write(f"  {_span_text(span)}\n")
     if result.unchained:
+        lines = "1 line carries" if result.unchained == 1 else f"{result.unchained} lines carry"
         out.write(
-            f"  note: {result.unchained} line{'s' if result.unchained != 1 else ''} before the"
-            " first chain carry no chain (written before the gateway chained its log)\n"
+            f"  note: {lines} no chain, before the first one (written before the gateway"
+            " chained its log)\n"
         )
     if not has_store:
         out.write("  note: no state store; the chains' beginnings and ends were not checked\n")

@@ -20,11 +20,12 @@ from enum import StrEnum
 from typing import Any
 
 from gateway.addresses import parse_address
-from gateway.chain import LogLine
 from gateway.outbox import Attempt, Job, JobState, job_attempts
 from gateway.redaction import Redactor
+from gateway.verification import LogLine
 
 __all__ = [
+    "Attachment",
     "AttemptRecord",
     "DaySummary",
     "Filters",
@@ -344,6 +345,7 @@ class Story:
     from_header: str | None = None
     attachments: tuple[Attachment, ...] = ()
     duplicate_of: str | None = None
+    auth: str | None = None  # how the sender was authenticated (Authentication-Results)
     raw_kept: bool = False
     recipients: tuple[RecipientDecision, ...] = ()
     jobs: tuple[tuple[Job, tuple[Attempt, ...]], ...] = ()
@@ -376,6 +378,7 @@ def tell_story(conn: sqlite3.Connection, reference: str) -> Story | None:
             for a in json.loads(row["attachments"])
         ),
         duplicate_of=row["duplicate_of"],
+        auth=row["auth"],
         raw_kept=raw is not None,
         recipients=tuple(_decision(d) for d in decisions),
         jobs=tuple(

@@ -32,7 +32,7 @@ _A_NUMBER = re.compile(
 class Redactor:
     """Replaces A-numbers and configured patterns in text; a no-op when given none."""
 
-    a_numbers: bool = True
+    a_numbers: bool = False
     patterns: tuple[re.Pattern[str], ...] = ()
 
     @classmethod

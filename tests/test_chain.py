@@ -23,19 +23,14 @@ from gateway.chain import (
     GENESIS,
     AuditLogBusy,
     ChainedLog,
-    Problem,
-    Verification,
     anchored,
     line_hash,
     link,
     load_anchors,
     load_checkpoints,
-    log_files,
-    order_files,
-    read_lines,
-    verify,
 )
 from gateway.store import connect
+from gateway.verification import Problem, Verification, log_files, order_files, read_lines, verify
 
 
 def event(n: int) -> str:
@@ -113,7 +108,7 @@ def test_each_line_names_the_hash_of_the_exact_bytes_before_it(tmp_path: Path) -
     assert third["event"] == "smtp.reply.sent"  # the event's own keys are untouched
 
 
-# -- the untouched log passes ------------------------------------------------------------------------
+# -- the untouched log passes -------------------------------------------------------------------
 
 
 def test_an_untouched_log_verifies(tmp_path: Path) -> None:
@@ -151,7 +146,7 @@ def test_a_copy_saved_with_windows_line_ends_still_verifies(tmp_path: Path) -> N
     assert check(copy).is_intact
 
 
-# -- tampering is caught, at the first bad line -----------------------------------------------------
+# -- tampering is caught, at the first bad line --------------------------------------------------
 
 
 def test_an_edited_line_is_named(tmp_path: Path) -> None:
@@ -174,6 +169,23 @@ def test_a_deleted_line_is_reported_missing(tmp_path: Path) -> None:
     assert first_problem(result) == (Problem.MISSING, f"{log}:5")
     assert "seq 5 " in result.findings[0].detail
     assert len(result.findings) == 1
+
+
+def test_a_deleted_stretch_is_one_finding_and_a_moved_block_is_not_missing(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "gateway.log"
+    write_log(log, 100)
+    lines = lines_of(log)
+    rewrite(log, lines[:10] + lines[60:])
+    result = check(log)
+    assert [(f.problem, f.where, f.detail) for f in result.findings] == [
+        (Problem.MISSING, f"{log}:11", "records seq 11-60 are not in the log")
+    ]
+    rewrite(log, lines[:10] + lines[30:] + lines[10:30])  # seq 11-30 moved to the end
+    result = check(log)
+    assert [(f.problem, f.where) for f in result.findings] == [(Problem.REORDERED, f"{log}:11")]
+    assert "records seq 11-30 come later" in result.findings[0].detail
 
 
 def test_swapped_lines_are_reported_reordered_not_missing(tmp_path: Path) -> None:
@@ -383,7 +395,9 @@ def test_rotation_by_rename_continues_the_chain_in_the_new_file(tmp_path: Path) 
     os.rename(log, tmp_path / "gateway.log.2")
     write(chain, 2, start=7)
     chain.close()
-    first, second, current = (tmp_path / n for n in ("gateway.log.1", "gateway.log.2", "gateway.log"))
+    first, second, current = (
+        tmp_path / n for n in ("gateway.log.1", "gateway.log.2", "gateway.log")
+    )
     assert [len(lines_of(p)) for p in (first, second, current)] == [3, 4, 2]
     assert json.loads(lines_of(second)[0])["prev"] == line_hash(lines_of(first)[-1])
     # A shell glob gives gateway.log first; the files are put back in the order written.
@@ -401,9 +415,10 @@ def test_a_rotated_file_verifies_alone_and_compressed(tmp_path: Path) -> None:
     os.rename(log, tmp_path / "gateway.log.1")
     write(chain, 3, start=3)
     chain.close()
-    with (tmp_path / "gateway.log.1").open("rb") as plain, gzip.open(
-        tmp_path / "gateway.log.1.gz", "wb"
-    ) as packed:
+    with (
+        (tmp_path / "gateway.log.1").open("rb") as plain,
+        gzip.open(tmp_path / "gateway.log.1.gz", "wb") as packed,
+    ):
         shutil.copyfileobj(plain, packed)
     (tmp_path / "gateway.log.1").unlink()
     alone = check(log)

@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from gateway.records import Filters, Kind, find_attempts, parse_bound, tell_story
+from gateway.records import (
+    AttemptRecord,
+    DaySummary,
+    Filters,
+    Kind,
+    find_attempts,
+    parse_bound,
+    redacted,
+    sender_activity,
+    summarize,
+    tell_story,
+)
+from gateway.redaction import Redactor
 from gateway.store import connect
 from tests.conftest import GatewayFactory
 from tests.filings import CLERK, FAR, Filed, fill_store
@@ -41,7 +55,9 @@ async def test_every_attempt_is_listed_oldest_first_refusals_at_rcpt_included(
     filed = await fill_store(start_gateway)
     with reading(filed) as conn:
         attempts = find_attempts(conn, Filters())
-    by_name = {name: next(a for a in attempts if a.reference == ref) for name, ref in filed.refs.items()}
+    by_name = {
+        name: next(a for a in attempts if a.reference == ref) for name, ref in filed.refs.items()
+    }
     assert [a.reference for a in attempts] == list(filed.refs.values())
     refusal = by_name["refusal"]
     assert (refusal.kind, refusal.decision, refusal.action, refusal.notice) == (
@@ -80,11 +96,17 @@ async def test_every_attempt_is_listed_oldest_first_refusals_at_rcpt_included(
 @pytest.mark.parametrize(
     ("filters", "expected"),
     [
-        (Filters(sender="paralegal@LAWFIRM.example"), ["motion", "postmaster", "refusal", "second"]),
+        (
+            Filters(sender="paralegal@LAWFIRM.example"),
+            ["motion", "postmaster", "refusal", "second"],
+        ),
         (Filters(sender="<>"), ["null"]),
         (Filters(sender_domain="other-firm.EXAMPLE"), ["clerk"]),
         (Filters(sender_domain="far.example"), ["untrusted"]),
-        (Filters(address="occ-chicago-filings@occ-chicago.example"), ["motion", "clerk", "null", "untrusted", "second"]),
+        (
+            Filters(address="occ-chicago-filings@occ-chicago.example"),
+            ["motion", "clerk", "null", "untrusted", "second"],
+        ),
         (Filters(address="eoir-filings@other.example"), ["refusal"]),
         (Filters(office="other-office"), ["refusal"]),
         (Filters(office="ice-occ-chicago", sender_domain="lawfirm.example"), ["motion", "second"]),
@@ -111,13 +133,26 @@ async def test_filters_find_exactly_the_matching_attempts(
 async def test_time_ranges_in_utc_and_in_the_offices_zone(start_gateway: GatewayFactory) -> None:
     filed = await fill_store(start_gateway)
     # Sep 13 22:30 in Chicago is Sep 14 in UTC: the day depends on whose day it is.
-    utc_day = Filters(since=parse_bound("2017-09-14", UTC), until=parse_bound("2017-09-14", UTC, is_end=True))
+    utc_day = Filters(
+        since=parse_bound("2017-09-14", UTC), until=parse_bound("2017-09-14", UTC, is_end=True)
+    )
     assert references(filed, utc_day) == ["untrusted", "second"]
     chicago_day = Filters(
-        since=parse_bound("2017-09-13", CHICAGO), until=parse_bound("2017-09-13", CHICAGO, is_end=True)
+        since=parse_bound("2017-09-13", CHICAGO),
+        until=parse_bound("2017-09-13", CHICAGO, is_end=True),
     )
-    assert references(filed, chicago_day) == ["motion", "clerk", "null", "postmaster", "refusal", "untrusted"]
-    minute = Filters(since=parse_bound("2017-09-13T10:01:00", CHICAGO), until=parse_bound("2017-09-13T10:03:00", CHICAGO))
+    assert references(filed, chicago_day) == [
+        "motion",
+        "clerk",
+        "null",
+        "postmaster",
+        "refusal",
+        "untrusted",
+    ]
+    minute = Filters(
+        since=parse_bound("2017-09-13T10:01:00", CHICAGO),
+        until=parse_bound("2017-09-13T10:03:00", CHICAGO),
+    )
     assert references(filed, minute) == ["clerk", "null"]
 
 
@@ -137,10 +172,15 @@ async def test_the_story_of_a_message_has_its_decision_and_each_delivery_attempt
         missing = tell_story(conn, "20170913-0000000000")
     assert story is not None
     (decision,) = story.recipients
-    assert (decision.office, decision.phase, decision.action) == ("ice-occ-chicago", "retired", "reject-after-data")
+    assert (decision.office, decision.phase, decision.action) == (
+        "ice-occ-chicago",
+        "retired",
+        "reject-after-data",
+    )
     assert decision.local_time == "2017-09-13T10:01:00-05:00"
     ((job, attempts),) = story.jobs
-    assert (job.kind, job.state, job.recipients) == ("notice", "deferred", (CLERK.lower(),) if job.recipients[0].islower() else (CLERK,))
+    # The sender as normalised at the inbound boundary: its domain in lower case.
+    assert (job.kind, job.state, job.recipients) == ("notice", "deferred", (CLERK.lower(),))
     (attempt,) = attempts
     assert (attempt.code, attempt.outcome) == (452, "deferred")
     assert "Mailbox full" in attempt.reply
@@ -162,11 +202,155 @@ async def test_the_story_of_a_message_has_its_decision_and_each_delivery_attempt
         ("2017-11-05", True, datetime(2017, 11, 6, 6, 0, tzinfo=UTC)),  # a 25-hour day
     ],
 )
-def test_time_bounds_are_read_in_the_given_zone(text: str, is_end: bool, expected: datetime) -> None:
+def test_time_bounds_are_read_in_the_given_zone(
+    text: str, is_end: bool, expected: datetime
+) -> None:
     assert parse_bound(text, CHICAGO, is_end=is_end) == expected
 
 
 def test_a_bound_that_is_not_a_time_is_refused() -> None:
     with pytest.raises(ValueError, match="Invalid isoformat"):
         parse_bound("last tuesday", UTC)
-    assert date(2017, 9, 13)  # keep the import honest
+
+
+# -- summaries ------------------------------------------------------------------------------------
+
+
+def attempt(
+    at: datetime,
+    *,
+    office: str | None = "ice-occ-chicago",
+    sender: str = "a@lawfirm.example",
+    kind: Kind = Kind.MESSAGE,
+    decision: str = "rejected",
+    reason: str = "address retired; refused after DATA",
+    notice: str = "delivered",
+) -> AttemptRecord:
+    return AttemptRecord(
+        reference=f"{at:%Y%m%d}-{abs(hash((at, sender))) % 10**10:010d}",
+        kind=kind,
+        at=at,
+        session_id="s",
+        peer_ip="192.0.2.1",
+        helo="client.example",
+        sender=sender,
+        recipients=("occ-chicago-filings@occ-chicago.example",),
+        office=office,
+        phase="retired",
+        action="reject-after-data",
+        decision=decision,
+        reason=reason,
+        notice=notice,
+        reply="550 5.1.6 NOT FILED",
+    )
+
+
+def utc(day: int, hour: int) -> datetime:
+    return datetime(2017, 9, day, hour, tzinfo=UTC)
+
+
+def test_a_day_counts_each_attempt_once_in_each_column_that_applies() -> None:
+    (row,) = summarize(
+        [
+            attempt(utc(13, 15), notice="delivered"),
+            attempt(utc(13, 16), notice="deferred"),
+            attempt(utc(13, 17), notice="failed"),
+            attempt(utc(13, 18), notice="queued"),
+            attempt(utc(13, 19), notice="suppressed:null-sender"),
+            attempt(utc(13, 20), decision="accepted", notice="none"),
+            attempt(
+                utc(13, 21), kind=Kind.REFUSAL, decision="refused", reason="at RCPT", notice="none"
+            ),
+        ],
+        zone_of=lambda office: UTC,
+    )
+    assert row == DaySummary(
+        day=date(2017, 9, 13),
+        office="ice-occ-chicago",
+        attempts=7,
+        received=6,
+        refused=6,
+        noticed=4,
+        suppressed=1,
+        delivered=1,
+        deferred=1,
+        failed=1,
+        refused_by_reason=(("address retired; refused after DATA", 5), ("at RCPT", 1)),
+    )
+
+
+def test_days_are_the_offices_own_when_asked() -> None:
+    late = [attempt(utc(14, 3)), attempt(utc(14, 15))]  # Sep 13 22:00 and Sep 14 10:00 CDT
+    in_utc = summarize(late, zone_of=lambda office: UTC)
+    in_chicago = summarize(late, zone_of=lambda office: CHICAGO)
+    assert [(r.day.day, r.attempts) for r in in_utc] == [(14, 2)]
+    assert [(r.day.day, r.attempts) for r in in_chicago] == [(13, 1), (14, 1)]
+
+
+def test_senders_are_grouped_by_domain_busiest_first_with_who_was_reached() -> None:
+    rows = sender_activity(
+        [
+            attempt(utc(13, 15), sender="a@big.example", notice="failed"),
+            attempt(utc(14, 15), sender="a@big.example", notice="delivered"),
+            attempt(
+                utc(15, 15), sender="b@big.example", notice="suppressed:sender-not-authenticated"
+            ),
+            attempt(utc(13, 16), sender="x@small.example", notice="none"),
+            attempt(utc(16, 16), sender="", notice="suppressed:null-sender"),
+        ]
+    )
+    assert [
+        (r.domain, r.sender, r.attempts, r.notices_delivered, r.senders, r.senders_reached)
+        for r in rows
+    ] == [
+        ("big.example", "", 3, 1, 2, 1),
+        ("big.example", "a@big.example", 2, 1, 1, 1),
+        ("big.example", "b@big.example", 1, 0, 1, 0),
+        ("", "", 1, 0, 1, 0),
+        ("", "<>", 1, 0, 1, 0),
+        ("small.example", "", 1, 0, 1, 0),
+        ("small.example", "x@small.example", 1, 0, 1, 0),
+    ]
+    assert (rows[0].first, rows[0].last) == (utc(13, 15), utc(15, 15))
+
+
+async def test_the_filled_stores_summary_per_office_day(start_gateway: GatewayFactory) -> None:
+    filed = await fill_store(start_gateway)
+    with reading(filed) as conn:
+        attempts = find_attempts(conn, Filters())
+    rows = summarize(attempts, zone_of=lambda office: CHICAGO)
+    assert [
+        (
+            r.day.isoformat(),
+            r.office,
+            r.attempts,
+            r.refused,
+            r.noticed,
+            r.suppressed,
+            r.delivered,
+            r.deferred,
+            r.failed,
+        )
+        for r in rows
+    ] == [
+        ("2017-09-13", "", 1, 0, 0, 0, 0, 0, 0),
+        ("2017-09-13", "ice-occ-chicago", 4, 4, 2, 2, 1, 1, 0),
+        ("2017-09-13", "other-office", 1, 1, 0, 0, 0, 0, 0),
+        ("2017-09-14", "ice-occ-chicago", 1, 1, 1, 0, 0, 0, 1),
+    ]
+
+
+def test_redaction_hides_a_numbers_in_subjects_and_file_names_not_the_digest() -> None:
+    record = replace(
+        attempt(utc(13, 15)),
+        subject="Motion A 123-456-789 and A98765432",
+        attachments=("A123456789.pdf", "brief.pdf"),
+        a_numbers=("A123456789", "A098765432"),
+        sha256="ab" * 32,
+    )
+    shown = redacted(record, Redactor(a_numbers=True, patterns=(re.compile(r"brief"),)))
+    assert shown.subject == "Motion [A-number] and [A-number]"
+    assert shown.attachments == ("[A-number].pdf", "[redacted].pdf")
+    assert shown.a_numbers == ("[A-number]", "[A-number]")
+    assert shown.sha256 == record.sha256
+    assert redacted(record, Redactor()) == record
