@@ -316,7 +316,7 @@ async def test_per_destination_concurrency_is_bounded(
                 await asyncio.sleep(0.01)
     finally:
         listener.close()
-    assert 1 <= peak <= 2
+    assert peak in (1, 2)  # never more than per_domain_concurrency at once
     assert json.loads(gw.rows("SELECT recipients FROM jobs LIMIT 1")[0]["recipients"]) == [SENDER]
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import email
-import shutil
-import subprocess
 from email import policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -13,11 +11,11 @@ import pytest
 
 from gateway.cli import main
 from gateway.config import default_config_path
+from tests.chromium import needs_chromium, run_chromium
 
 SAMPLES = Path(__file__).parent / "samples"
 CONFIG = str(default_config_path())
 PORTAL = "https://eservice.ice.gov/"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -197,25 +195,7 @@ def test_dkim_keygen_reports_unusable_destinations(
 # A real browser engine
 
 
-def run_chromium(page: Path, profile: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    assert CHROMIUM is not None
-    command = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={profile}",
-        *args,
-        page.as_uri(),
-    ]
-    return subprocess.run(command, capture_output=True, timeout=90, check=False)
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+@needs_chromium
 @pytest.mark.parametrize("languages", ["en", "es", "en,es"])
 @pytest.mark.parametrize("width", [1024, 390])
 def test_chromium_renders_the_html_preview_with_the_statement_and_the_portal(

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import re
-import shutil
-import subprocess
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -16,10 +14,10 @@ from gateway.auditcmd import AuditRequest, run_audit
 from gateway.config import GatewaySettings
 from gateway.records import DaySummary
 from gateway.report import Report, chart, render_report
+from tests.chromium import needs_chromium, run_chromium
 from tests.conftest import GatewayFactory
 from tests.filings import fill_store
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NOW = datetime(2017, 10, 1, 12, 0, tzinfo=UTC)
 
@@ -148,7 +146,7 @@ async def test_the_report_of_a_real_store_has_the_summarys_figures(
     assert "A123456789" not in page
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+@needs_chromium
 async def test_chromium_renders_the_report_with_its_chart(
     start_gateway: GatewayFactory, tmp_path: Path
 ) -> None:
@@ -172,21 +170,3 @@ async def test_chromium_renders_the_report_with_its_chart(
     dom = dump.stdout.decode("utf-8")
     assert "Attempts per day" in dom
     assert len(re.findall(r"<rect ", dom)) == 3  # Sep 13: refused and other; Sep 14: refused
-
-
-def run_chromium(page: Path, profile: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    assert CHROMIUM is not None
-    command = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={profile}",
-        *args,
-        page.as_uri(),
-    ]
-    return subprocess.run(command, capture_output=True, timeout=90, check=False)
