@@ -59,6 +59,8 @@ class DeliveryWorker:
     ) -> None:
         delivery = settings.delivery
         self.settings = delivery
+        # A relayed message's raw copy is kept this long once its relay is done.
+        self.raw_retention = timedelta(days=settings.storage.raw_retention_days)
         self.outbox = outbox
         self.composer = composer
         self.sender = sender
@@ -164,8 +166,14 @@ class DeliveryWorker:
         attempt = Attempt(
             started, self.clock(), answer.host, answer.code, answer.reply, JobState.DELIVERED
         )
-        await self.outbox.finish(job, attempt)
+        await self.outbox.finish(job, attempt, raw_keep_until=self._raw_release(job, attempt))
         _log_attempt("delivery.succeeded", job, attempt)
+
+    def _raw_release(self, job: Job, attempt: Attempt) -> datetime | None:
+        """When a finished relay's raw copy may go: it is evidence, but not for ever."""
+        if job.kind != "relay" or attempt.outcome is JobState.DEFERRED:
+            return None
+        return attempt.finished_at + self.raw_retention
 
     async def _record_failure(self, job: Job, started: datetime, error: DeliveryError) -> None:
         finished = self.clock()
@@ -186,7 +194,13 @@ class DeliveryWorker:
         if expired:
             note = f"gave up after {job.attempts + 1} attempts in {_age(job, finished)}"
         attempt = Attempt(started, finished, error.host, error.code, error.reply, state)
-        await self.outbox.finish(job, attempt, next_attempt_at=due, note=note)
+        await self.outbox.finish(
+            job,
+            attempt,
+            next_attempt_at=due,
+            note=note,
+            raw_keep_until=self._raw_release(job, attempt),
+        )
         event = "delivery.deferred" if state is JobState.DEFERRED else "delivery.failed"
         _log_attempt(
             event, job, attempt, note=note, next_attempt_at=None if due is None else iso(due)

@@ -148,10 +148,13 @@ class Outbox:
         *,
         next_attempt_at: datetime | None = None,
         note: str | None = None,
+        raw_keep_until: datetime | None = None,
     ) -> None:
         """Record an attempt and move the job to the attempt's outcome, in one transaction.
 
-        `note` goes in front of the job's last reply (why it was given up, say).
+        `note` goes in front of the job's last reply (why it was given up, say). A finished
+        relay hands its kept raw message over to retention with `raw_keep_until`, unless the
+        message is still needed (another relay pending, or mail for postmaster).
         """
 
         def record(conn: sqlite3.Connection) -> None:
@@ -182,6 +185,8 @@ class Outbox:
                     job.id,
                 ),
             )
+            if raw_keep_until is not None:
+                _release_raw(conn, job.reference, raw_keep_until)
 
         await self.store.write(record)
 
@@ -196,6 +201,17 @@ class Outbox:
             )
 
         await self.store.write(give_back)
+
+
+def _release_raw(conn: sqlite3.Connection, reference: str, keep_until: datetime) -> None:
+    conn.execute(
+        "UPDATE raw_messages SET keep_until = ? WHERE reference = ? AND keep_until IS NULL"
+        " AND NOT EXISTS (SELECT 1 FROM jobs WHERE reference = ? AND kind = 'relay'"
+        "  AND state IN ('queued', 'in-flight', 'deferred'))"
+        " AND NOT EXISTS (SELECT 1 FROM message_recipients WHERE reference = ?"
+        "  AND kind = 'postmaster')",
+        (iso(keep_until), reference, reference, reference),
+    )
 
 
 def _pick(

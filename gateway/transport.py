@@ -110,11 +110,21 @@ class SmtpSender:
         deferred: DeliveryDeferred | None = None
         for target in targets:
             try:
-                return await self._deliver(target, mail)
+                return await self._deliver_to(target, mail)
             except DeliveryDeferred as exc:
                 deferred = exc  # try the next exchanger (RFC 5321 §5.1)
         assert deferred is not None, "every route has at least one target"
         raise deferred
+
+    async def _deliver_to(self, target: Target, mail: OutgoingMail) -> Answer:
+        try:
+            return await self._deliver(target, mail, tls=True)
+        except _TlsFailed:
+            if self._tls_required(mail):
+                raise
+        # Opportunistic TLS (RFC 7435 §3): when the handshake fails, a clear-text session
+        # is still better than none, as Postfix's smtp_tls_security_level = may does.
+        return await self._deliver(target, mail, tls=False)
 
     async def _targets(self, mail: OutgoingMail) -> Sequence[Target]:
         if mail.destination is not None:
@@ -135,7 +145,7 @@ class SmtpSender:
             raise DeliveryFailed(f"the mail exchangers of {domain} are at internal addresses")
         return targets
 
-    async def _deliver(self, target: Target, mail: OutgoingMail) -> Answer:
+    async def _deliver(self, target: Target, mail: OutgoingMail, *, tls: bool) -> Answer:
         client = aiosmtplib.SMTP(
             hostname=target.address,
             port=target.port,
@@ -147,7 +157,7 @@ class SmtpSender:
             async with asyncio.timeout(self.settings.connect_timeout):
                 await client.connect()
             await client.ehlo()
-            await self._secure(client, target, mail)
+            await self._secure(client, target, mail, tls=tls)
             _errors, reply = await client.sendmail(mail.mail_from, list(mail.recipients), mail.data)
             return Answer(host=target.name, code=250, reply=_partial(reply, _errors))
         except aiosmtplib.SMTPRecipientsRefused as exc:
@@ -161,13 +171,24 @@ class SmtpSender:
         finally:
             client.close()
 
-    async def _secure(self, client: aiosmtplib.SMTP, target: Target, mail: OutgoingMail) -> None:
-        smarthost = mail.destination is None and self.settings.mode == "smarthost"
-        required = smarthost and self.settings.starttls == "required"
-        if client.supports_extension("starttls"):
+    def _is_smarthost(self, mail: OutgoingMail) -> bool:
+        return mail.destination is None and self.settings.mode == "smarthost"
+
+    def _tls_required(self, mail: OutgoingMail) -> bool:
+        return self._is_smarthost(mail) and self.settings.starttls == "required"
+
+    async def _secure(
+        self, client: aiosmtplib.SMTP, target: Target, mail: OutgoingMail, *, tls: bool
+    ) -> None:
+        smarthost = self._is_smarthost(mail)
+        if tls and client.supports_extension("starttls"):
             context = self._verified if smarthost else self._opportunistic
-            await client.starttls(server_hostname=target.name, tls_context=context)
-        elif required:
+            try:
+                await client.starttls(server_hostname=target.name, tls_context=context)
+            except (aiosmtplib.SMTPException, ssl.SSLError, OSError) as exc:
+                reason = str(exc) or type(exc).__name__
+                raise _TlsFailed(f"STARTTLS failed: {reason}", host=target.name) from exc
+        elif self._tls_required(mail):
             raise DeliveryDeferred("STARTTLS is required but not offered", host=target.name)
         if smarthost and self.settings.username:
             password = self.settings.smarthost_password() or ""
@@ -179,6 +200,10 @@ class SmtpSender:
                 raise DeliveryDeferred(
                     f"AUTH refused: {exc.code} {exc.message}", code=exc.code, host=target.name
                 ) from exc
+
+
+class _TlsFailed(DeliveryDeferred):
+    """STARTTLS was offered but no encrypted session could be had."""
 
 
 def _fixed_target(destination: str, *, default_port: int) -> Target:

@@ -277,6 +277,10 @@ async def test_before_the_cutoff_mail_is_relayed_unchanged_to_the_legacy_host(
     assert head.startswith(b"Received: from client.lawfirm.example ([127.0.0.1])")
     (raw,) = gw.rows("SELECT raw FROM raw_messages")
     assert received.data.endswith(raw["raw"])  # the original, byte for byte
+    # Relayed, its raw copy is handed to retention ([storage] raw_retention_days, 90).
+    await job_state(gw, "delivered")
+    (kept,) = gw.rows("SELECT keep_until FROM raw_messages")
+    assert kept["keep_until"].startswith((BEFORE_PORTAL + timedelta(days=90)).strftime("%Y-%m-%d"))
 
 
 async def test_file_mode_writes_each_notice_as_a_complete_eml_file(
@@ -432,3 +436,26 @@ async def test_a_missing_record_fails_the_job_across_the_process_boundary(
     job = await job_state(gw, "failed", within=30)
     assert job["last_reply"].startswith("no record of message ")
     assert sink.attempts == 0
+
+
+@pytest.mark.parametrize(("starttls", "delivered"), [("opportunistic", True), ("required", False)])
+async def test_a_failed_tls_handshake_falls_back_to_clear_text_only_when_opportunistic(
+    start_gateway: GatewayFactory, run_worker: WorkerFactory, starttls: str, delivered: bool
+) -> None:
+    # The listener offers STARTTLS with a certificate nobody trusts: the handshake fails.
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("127.0.0.1").configure_cert(server_context)
+    listener = await start_sink(tls=server_context)
+    try:
+        gw = await start_gateway(delivery=smarthost(listener, starttls=starttls))
+        await file_a_filing(gw)
+        await run_worker(gw)
+        if delivered:
+            (received,) = await listener.wait_for(1)
+            assert received.tls is False
+        else:
+            job = await job_state(gw, "deferred")
+            assert "STARTTLS failed" in job["last_reply"]
+            assert listener.accepted == []
+    finally:
+        listener.close()
