@@ -36,6 +36,7 @@ WORKDIR /var/lib/eservice-gateway
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9125/readyz', timeout=4)"]
 
-# Exec form: the gateway is PID 1's child-free process and receives SIGTERM to drain.
+# Exec form: the gateway is PID 1 and receives SIGTERM itself, to drain; its composer
+# process exits with it.
 ENTRYPOINT ["gateway"]
 CMD ["serve"]

@@ -24,6 +24,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from gateway.addresses import AddressKind, normalize_sender, parse_address
 from gateway.clock import Clock
 from gateway.config import GatewaySettings
+from gateway.dmarc import header_from_domain
 from gateway.errors import StoreError
 from gateway.evidence import MessageFacts, extract_facts
 from gateway.notices import notice_from_address
@@ -56,7 +57,7 @@ from gateway.replies import (
     retired_reply,
     sender_check_failed_reply,
 )
-from gateway.senderauth import AuthResults, SenderAuthenticator, Verdict, header_from_domain
+from gateway.senderauth import AuthResults, SenderAuthenticator, Verdict
 from gateway.store import (
     JobRecord,
     MessageRecord,

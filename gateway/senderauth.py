@@ -22,13 +22,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import enum
-import functools
 import re
 import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from email.utils import getaddresses
 from typing import Literal
 
 import dkim
@@ -43,10 +41,20 @@ import dns.rdtypes.ANY.TXT
 import dns.rdtypes.IN.A
 import dns.rdtypes.IN.AAAA
 import dns.resolver
-from publicsuffixlist import PublicSuffixList
 
-from gateway.addresses import normalize_domain
 from gateway.config import DnsSettings
+from gateway.dmarc import (
+    DISPOSITIONS,
+    DMARC_VERSION,
+    DOMAIN_TOKEN,
+    DmarcPolicy,
+    domain_token,
+    evaluate_dmarc,
+    header_from_domain,
+    is_aligned,
+    organizational_domain,
+    parse_dmarc_record,
+)
 from gateway.mx import make_resolver
 
 with warnings.catch_warnings():
@@ -85,11 +93,6 @@ _GRACE = 0.5
 _SPF_RESULTS = frozenset(
     {"pass", "fail", "softfail", "neutral", "none", "temperror", "permerror"}
 )  # RFC 7208 §2.6
-_DISPOSITIONS = frozenset({"none", "quarantine", "reject"})  # RFC 7489 §6.3 p= and sp=
-_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_DOMAIN_TOKEN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
-# RFC 7489 §6.4: the record begins with "v=DMARC1" (the version is case-sensitive).
-_DMARC_VERSION = re.compile(r"v[ \t]*=[ \t]*DMARC1[ \t]*(?:;|$)")
 _DKIM_SIGNATURE = re.compile(rb"(?im)^dkim-signature[ \t]*:")
 
 
@@ -132,14 +135,14 @@ class AuthResults:
         Raises:
             ValueError: `authserv_id` is not a domain name.
         """
-        if _DOMAIN_TOKEN.fullmatch(authserv_id.lower()) is None:
+        if DOMAIN_TOKEN.fullmatch(authserv_id.lower()) is None:
             raise ValueError(f"{authserv_id!r} is not a domain name")
         spf_property = "smtp.helo" if self.spf_identity == "helo" else "smtp.mailfrom"
         clauses = [authserv_id.lower(), _resinfo("spf", self.spf, spf_property, self.spf_domain)]
         for result, domain in self.dkim or (("none", ""),):
             clauses.append(_resinfo("dkim", result, "header.d", domain))
         # OpenDMARC writes the applied policy as a comment (RFC 8601 §2.3 allows comments).
-        policy = f"p={self.dmarc_policy}" if self.dmarc_policy in _DISPOSITIONS else ""
+        policy = f"p={self.dmarc_policy}" if self.dmarc_policy in DISPOSITIONS else ""
         clauses.append(_resinfo("dmarc", self.dmarc, "header.from", self.dmarc_domain, policy))
         return "; ".join(clauses)
 
@@ -152,7 +155,7 @@ def _resinfo(method: str, result: str, ptype_property: str, value: str, comment:
     if comment:
         words.append(f"({comment})")
     domain = value.lower()
-    if _DOMAIN_TOKEN.fullmatch(domain) and len(domain) <= 253:
+    if DOMAIN_TOKEN.fullmatch(domain) and len(domain) <= 253:
         words.append(f"{ptype_property}={domain}")
     return " ".join(words)
 
@@ -193,7 +196,7 @@ def decide_verdict(
     if mail_from_domain is None:
         return Verdict.NONE, "null sender"
     if dmarc == "fail":
-        shown = f" (p={dmarc_policy})" if dmarc_policy in _DISPOSITIONS else ""
+        shown = f" (p={dmarc_policy})" if dmarc_policy in DISPOSITIONS else ""
         return Verdict.FAIL, f"dmarc fail{shown}"
     aligned = [result for result, d in dkim if is_aligned(d, mail_from_domain)]
     if (spf == "pass" or "pass" in aligned) and dmarc == "temperror":
@@ -209,133 +212,6 @@ def decide_verdict(
     if spf in ("fail", "softfail"):
         return Verdict.FAIL, f"spf {spf}"
     return Verdict.FAIL, "no spf or aligned dkim pass"
-
-
-# ---------------------------------------------------------------------------------------------
-# DMARC (pure): organizational domains, alignment, the record and its evaluation
-
-
-@functools.cache
-def _suffix_list() -> PublicSuffixList:
-    # The list ships inside the publicsuffixlist package and is read once, on first use,
-    # never at import. It is not fetched from the network.
-    return PublicSuffixList()
-
-
-def organizational_domain(domain: str) -> str | None:
-    """The RFC 7489 §3.2 organizational domain: the public suffix plus one label.
-
-    Returns None for a public suffix itself. Uses the Public Suffix List shipped with
-    `publicsuffixlist`; an unknown TLD counts as a public suffix, as the list's "*" rule says.
-    """
-    found: str | None = _suffix_list().privatesuffix(domain.lower().rstrip("."))
-    return found
-
-
-def is_aligned(first: str, second: str, *, is_strict: bool = False) -> bool:
-    """Whether two domains are aligned (RFC 7489 §3.1): the same name, or (relaxed) the same
-    organizational domain. An empty domain is never aligned."""
-    first, second = first.lower().rstrip("."), second.lower().rstrip(".")
-    if not first or not second:
-        return False
-    if first == second:
-        return True
-    if is_strict:
-        return False
-    organization = organizational_domain(first)
-    return organization is not None and organization == organizational_domain(second)
-
-
-@dataclass(frozen=True, slots=True)
-class DmarcPolicy:
-    """A DMARC record (RFC 7489 §6.3) as it applies to one From domain."""
-
-    disposition: str  # none/quarantine/reject: p=, or sp= for a subdomain that has one
-    is_strict_dkim: bool  # adkim=s
-    is_strict_spf: bool  # aspf=s
-
-
-def parse_dmarc_record(text: str, *, is_subdomain: bool) -> DmarcPolicy | None:
-    """PURE: the policy in a DMARC TXT record, or None when the record is unusable.
-
-    `is_subdomain`: the record was found at the organizational domain for a From domain
-    below it, so sp= applies if it is present and valid (RFC 7489 §6.6.3 step 5).
-    """
-    if _DMARC_VERSION.match(text) is None:
-        return None
-    tags: dict[str, str] = {}
-    for part in text.split(";")[1:]:
-        name, is_tag, value = part.partition("=")
-        if is_tag:
-            tags.setdefault(name.strip().lower(), value.strip().lower())
-    disposition = tags.get("p", "")
-    if disposition not in _DISPOSITIONS:
-        # RFC 7489 §6.6.3 step 6: with a reporting address, act as if p=none; without one the
-        # record is unusable.
-        if "rua" not in tags:
-            return None
-        disposition = "none"
-    if is_subdomain and tags.get("sp") in _DISPOSITIONS:
-        disposition = tags["sp"]
-    return DmarcPolicy(
-        disposition=disposition,
-        is_strict_dkim=tags.get("adkim") == "s",
-        is_strict_spf=tags.get("aspf") == "s",
-    )
-
-
-def evaluate_dmarc(
-    policy: DmarcPolicy,
-    *,
-    from_domain: str,
-    spf: str,
-    spf_domain: str,
-    dkim: Sequence[tuple[str, str]],
-) -> str:
-    """PURE: the DMARC result (RFC 7489 §4.2) for `from_domain` under `policy`.
-
-    pass: an SPF pass for a domain aligned with `from_domain`, or a DKIM pass with an
-    aligned d=. temperror: neither, but an aligned check failed temporarily and might have
-    passed. fail: otherwise. The SPF-authenticated domain is `spf_domain`: the MAIL FROM
-    domain, or the HELO domain for the null sender.
-    """
-    spf_aligned = is_aligned(spf_domain, from_domain, is_strict=policy.is_strict_spf)
-    dkim_aligned = [
-        r for r, d in dkim if is_aligned(d, from_domain, is_strict=policy.is_strict_dkim)
-    ]
-    if (spf == "pass" and spf_aligned) or "pass" in dkim_aligned:
-        return "pass"
-    if (spf == "temperror" and spf_aligned) or "temperror" in dkim_aligned:
-        return "temperror"
-    return "fail"
-
-
-def header_from_domain(value: str | None) -> str | None:
-    """PURE: the RFC 5322.From domain DMARC is about, or None when there is none or no one.
-
-    RFC 7489 §6.6.1: a From with no address, or with addresses in more than one domain,
-    names no single domain to evaluate.
-    """
-    if not value:
-        return None
-    domains = {
-        _domain_token(address.rpartition("@")[2])
-        for _, address in getaddresses([value])
-        if "@" in address
-    }
-    domains.discard("")
-    return domains.pop() if len(domains) == 1 else None
-
-
-def _domain_token(text: str | None) -> str:
-    """`text` as a lowercase A-label domain name, or "" when it is not one."""
-    if not text:
-        return ""
-    try:
-        domain = normalize_domain(text)
-    except ValueError:
-        return ""
-    return domain if len(domain) <= 253 and _DOMAIN_TOKEN.fullmatch(domain) else ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -432,10 +308,10 @@ def _spf_identity(mail_from: str, helo: str | None) -> _SpfIdentity:
     helo_text = (helo or "").strip()
     if mail_from in ("", "<>"):
         # RFC 7208 §2.4: for the null sender, check postmaster@<HELO domain>.
-        domain = _domain_token(helo_text)
+        domain = domain_token(helo_text)
         return _SpfIdentity("helo", domain if "." in domain else "", "", domain)
     local, _, text = mail_from.rpartition("@")
-    domain = _domain_token(text)
+    domain = domain_token(text)
     # RFC 7208 §4.3: a domain that is malformed or not multi-label gives "none" at once.
     domain = domain if "." in domain else ""
     # pyspf splits s= at its first "@"; a quoted local part holding one would mislead it.
@@ -577,7 +453,7 @@ def _verify_one(verifier: dkim.DKIM, thread_dns: _ThreadDns, index: int) -> str:
 def _signing_domain(header_value: bytes) -> str:
     try:
         tags = dkim.util.parse_tag_value(header_value)
-        return _domain_token(tags.get(b"d", b"").decode("ascii"))
+        return domain_token(tags.get(b"d", b"").decode("ascii"))
     except (dkim.util.InvalidTagValueList, UnicodeDecodeError):
         return ""
 
@@ -628,7 +504,7 @@ class SenderAuthenticator:
         deadline = time.monotonic() + self._timeout
         thread_dns = _ThreadDns(self._resolver, asyncio.get_running_loop(), deadline)
         identity = _spf_identity(mail_from, helo)
-        from_domain = _domain_token(from_header_domain)
+        from_domain = domain_token(from_header_domain)
         async with asyncio.TaskGroup() as group:
             spf_task = group.create_task(self._spf(thread_dns, client_ip.split("%")[0], identity))
             dkim_task = group.create_task(asyncio.to_thread(_verify_dkim, thread_dns, raw))
@@ -687,7 +563,7 @@ class SenderAuthenticator:
             if isinstance(r, dns.rdtypes.ANY.TXT.TXT)
         ]
         # RFC 7489 §6.6.3 step 3: records that do not start with v=DMARC1 are discarded.
-        return [text for text in texts if _DMARC_VERSION.match(text)]
+        return [text for text in texts if DMARC_VERSION.match(text)]
 
 
 def _single(records: Sequence[str]) -> str | None:

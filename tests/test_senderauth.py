@@ -18,18 +18,15 @@ from pydantic import ValidationError
 
 from gateway.config import DnsSettings, SenderAuthSettings
 from gateway.dkim import generate_private_key, txt_record
-from gateway.senderauth import (
-    AuthResults,
+from gateway.dmarc import (
     DmarcPolicy,
-    SenderAuthenticator,
-    Verdict,
-    decide_verdict,
     evaluate_dmarc,
     header_from_domain,
     is_aligned,
     organizational_domain,
     parse_dmarc_record,
 )
+from gateway.senderauth import AuthResults, SenderAuthenticator, Verdict, decide_verdict
 from tests.dnsserver import DnsServer, Query, Zone
 
 AUTHORISED = "127.0.0.1"
