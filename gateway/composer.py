@@ -13,12 +13,18 @@ import asyncio
 import json
 import multiprocessing
 import os
+import re
 import sqlite3
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime
+from email import policy as email_policy
+from email.message import Message
+from email.mime.base import MIMEBase
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
 from email.utils import format_datetime
 from typing import Protocol
 
@@ -65,6 +71,8 @@ class MailBuilder:
         try:
             if job.kind == "relay":
                 data = _relay_data(conn, job, self.settings.server.hostname)
+            elif job.kind == "bounce":
+                data = _bounce_data(conn, job, self.settings.server.hostname, now)
             else:
                 data = self._notice_data(conn, job, now)
         finally:
@@ -210,3 +218,77 @@ def make_composer(
     if processes == 0:
         return ThreadComposer(MailBuilder(settings, renderer, key))
     return ProcessComposer(settings, processes)
+
+
+def _bounce_data(conn: sqlite3.Connection, job: Job, hostname: str, now: datetime) -> bytes:
+    """An RFC 3464 delivery status notification for a relay that failed for good."""
+    message = conn.execute(
+        "SELECT m.received_at, m.subject, r.raw FROM messages m"
+        " LEFT JOIN raw_messages r USING (reference) WHERE m.reference = ?",
+        (job.reference,),
+    ).fetchone()
+    relay = conn.execute("SELECT * FROM jobs WHERE id = ?", (job.about_job,)).fetchone()
+    last = conn.execute(
+        "SELECT * FROM attempts WHERE job_id = ? ORDER BY attempt DESC LIMIT 1", (job.about_job,)
+    ).fetchone()
+    if message is None or relay is None or last is None:
+        raise DeliveryFailed(f"nothing on record to report for {job.reference}")
+    recipients = json.loads(relay["recipients"])
+    arrived = datetime.fromisoformat(message["received_at"])
+    report = MIMEMultipart("report", report_type="delivery-status")
+    report["From"] = f"Mail Delivery System <MAILER-DAEMON@{hostname}>"
+    report["To"] = job.recipients[0]
+    report["Subject"] = "Undelivered Mail Returned to Sender"
+    report["Date"] = format_datetime(now)
+    report["Message-ID"] = f"<{job.reference}.bounce.{job.id}@{hostname}>"
+    report["Auto-Submitted"] = "auto-replied"  # RFC 3834 §5: never answered in turn
+    report["X-Eservice-Gateway-Reference"] = job.reference
+    report.attach(
+        MIMEText(_bounce_text(recipients, arrived, job.reference, last), "plain", "utf-8")
+    )
+    report.attach(_delivery_status(hostname, arrived, recipients, last))
+    headers = MIMEBase("text", "rfc822-headers")
+    headers.set_payload(_header_block(message["raw"] or b"").decode("ascii", "replace"))
+    report.attach(headers)
+    return report.as_bytes(policy=email_policy.SMTP)
+
+
+def _bounce_text(
+    recipients: list[str], arrived: datetime, reference: str, last: sqlite3.Row
+) -> str:
+    to = ", ".join(recipients)
+    reply = f"{last['code']} {last['reply']}" if last["code"] else last["reply"]
+    return (
+        f"Your message to {to}, received on {format_datetime(arrived)} (reference {reference}),"
+        " could not be delivered and was given up.\n\n"
+        f"The mail server {last['host'] or '(none)'} answered: {reply}\n\n"
+        "Nothing was filed or served by this message. Its headers follow.\n"
+    )
+
+
+def _delivery_status(
+    hostname: str, arrived: datetime, recipients: list[str], last: sqlite3.Row
+) -> MIMEBase:
+    per_message = Message()
+    per_message["Reporting-MTA"] = f"dns; {hostname}"
+    per_message["Arrival-Date"] = format_datetime(arrived)
+    blocks: list[Message | str] = [per_message]  # each block is written as a header section
+    enhanced = re.match(r"([245]\.\d{1,3}\.\d{1,3})\b", last["reply"] or "")
+    for recipient in recipients:
+        block = Message()
+        block["Final-Recipient"] = f"rfc822; {recipient}"
+        block["Action"] = "failed"
+        block["Status"] = enhanced.group(1) if enhanced else "5.0.0"
+        if last["host"]:
+            block["Remote-MTA"] = f"dns; {last['host']}"
+        if last["code"]:
+            block["Diagnostic-Code"] = f"smtp; {last['code']} {last['reply']}"
+        blocks.append(block)
+    status = MIMEBase("message", "delivery-status")
+    status.set_payload(blocks)
+    return status
+
+
+def _header_block(raw: bytes) -> bytes:
+    end = raw.find(b"\r\n\r\n")
+    return raw if end < 0 else raw[: end + 2]

@@ -194,17 +194,29 @@ class DeliveryWorker:
         if expired:
             note = f"gave up after {job.attempts + 1} attempts in {_age(job, finished)}"
         attempt = Attempt(started, finished, error.host, error.code, error.reply, state)
-        await self.outbox.finish(
+        bounce = await self.outbox.finish(
             job,
             attempt,
             next_attempt_at=due,
             note=note,
             raw_keep_until=self._raw_release(job, attempt),
+            bounce=job.kind == "relay" and state is JobState.FAILED,
         )
         event = "delivery.deferred" if state is JobState.DEFERRED else "delivery.failed"
         _log_attempt(
             event, job, attempt, note=note, next_attempt_at=None if due is None else iso(due)
         )
+        if bounce is not None:
+            log.info(
+                "outbox.enqueued",
+                reference=job.reference,
+                job_kind="bounce",
+                office=job.office,
+                recipients=[bounce.recipient],
+                destination=None,
+                job_id=bounce.job_id,
+                about_job=job.id,
+            )
 
 
 def _log_attempt(event: str, job: Job, attempt: Attempt, **extra: str | None) -> None:

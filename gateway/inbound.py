@@ -355,7 +355,9 @@ class InboundHandler:
             suppressed=suppressed,
             raw=raw,
         )
-        record = replace(record, auth=self._auth_text(envelope, auth))
+        record = replace(
+            record, auth=self._auth_text(envelope, auth), sender_authenticated=authenticated
+        )
         gate = self._gate(session, envelope, record, key) if loop is None else None
         try:
             record = await self.store.record_message(record, gate)

@@ -22,6 +22,7 @@ from gateway.store import Store, iso
 
 __all__ = [
     "Attempt",
+    "Bounce",
     "Job",
     "JobState",
     "Outbox",
@@ -60,6 +61,7 @@ class Job:
     next_attempt_at: datetime
     attempts: int
     last_reply: str | None
+    about_job: int | None = None  # a bounce's failed relay
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -77,6 +79,7 @@ class Job:
             next_attempt_at=datetime.fromisoformat(row["next_attempt_at"]),
             attempts=row["attempts"],
             last_reply=row["last_reply"],
+            about_job=row["about_job"],
         )
 
 
@@ -90,6 +93,14 @@ class Attempt:
     code: int  # 0 when no SMTP reply was had (DNS, connection, timeout)
     reply: str
     outcome: JobState  # delivered, deferred or failed
+
+
+@dataclass(frozen=True, slots=True)
+class Bounce:
+    """A delivery status notification queued for a failed relay."""
+
+    job_id: int
+    recipient: str
 
 
 class Outbox:
@@ -149,15 +160,18 @@ class Outbox:
         next_attempt_at: datetime | None = None,
         note: str | None = None,
         raw_keep_until: datetime | None = None,
-    ) -> None:
+        bounce: bool = False,
+    ) -> Bounce | None:
         """Record an attempt and move the job to the attempt's outcome, in one transaction.
 
         `note` goes in front of the job's last reply (why it was given up, say). A finished
         relay hands its kept raw message over to retention with `raw_keep_until`, unless the
-        message is still needed (another relay pending, or mail for postmaster).
+        message is still needed (another relay pending, or mail for postmaster). With
+        `bounce`, a failed relay queues a delivery status notification to the original sender
+        when, and only when, that sender was authenticated, and returns it.
         """
 
-        def record(conn: sqlite3.Connection) -> None:
+        def record(conn: sqlite3.Connection) -> Bounce | None:
             number = job.attempts + 1
             conn.execute(
                 "INSERT INTO attempts VALUES (?,?,?,?,?,?,?,?)",
@@ -187,8 +201,9 @@ class Outbox:
             )
             if raw_keep_until is not None:
                 _release_raw(conn, job.reference, raw_keep_until)
+            return _queue_bounce(conn, job, attempt.finished_at) if bounce else None
 
-        await self.store.write(record)
+        return await self.store.write(record)
 
     async def release(self, job: Job, now: datetime) -> None:
         """Give a leased job back untried (shutdown), due again at once."""
@@ -201,6 +216,37 @@ class Outbox:
             )
 
         await self.store.write(give_back)
+
+
+def _queue_bounce(conn: sqlite3.Connection, relay: Job, at: datetime) -> Bounce | None:
+    # RFC 5321 §6.1: mail we accepted and cannot deliver is reported to its sender, but
+    # never to a sender we could not authenticate (backscatter) nor to the null sender.
+    row = conn.execute(
+        "SELECT mail_from FROM messages WHERE reference = ? AND sender_authenticated = 1"
+        " AND mail_from != ''",
+        (relay.reference,),
+    ).fetchone()
+    if row is None:
+        return None
+    sender = str(row["mail_from"])
+    cursor = conn.execute(
+        "INSERT INTO jobs (reference, kind, office, mail_from, recipients, route, created_at,"
+        " next_attempt_at, updated_at, about_job) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        (
+            relay.reference,
+            "bounce",
+            relay.office,
+            "",
+            json.dumps([sender]),
+            sender.rpartition("@")[2].lower(),
+            iso(at),
+            iso(at),
+            iso(at),
+            relay.id,
+        ),
+    )
+    assert cursor.lastrowid is not None
+    return Bounce(cursor.lastrowid, sender)
 
 
 def _release_raw(conn: sqlite3.Connection, reference: str, keep_until: datetime) -> None:

@@ -65,7 +65,8 @@ CREATE TABLE IF NOT EXISTS messages (
     reply         TEXT NOT NULL,
     notice        TEXT NOT NULL,
     duplicate_of  TEXT,
-    auth          TEXT
+    auth          TEXT,
+    sender_authenticated INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS messages_received ON messages (received_at);
 CREATE INDEX IF NOT EXISTS messages_sender ON messages (mail_from);
@@ -128,7 +129,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     lease_owner     TEXT,
     lease_until     TEXT,
     last_reply      TEXT,
-    updated_at      TEXT NOT NULL
+    updated_at      TEXT NOT NULL,
+    about_job       INTEGER REFERENCES jobs (id)
 );
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (state, next_attempt_at);
 -- Retention looks up a message's jobs, and raw messages by their end of retention.
@@ -229,6 +231,8 @@ class MessageRecord:
     raw_keep_until: datetime | None = None
     duplicate_of: str | None = None  # the earlier message whose notice this one repeats
     auth: str | None = None  # Authentication-Results value of the sender checks
+    # Whether mail may be sent to the envelope sender: a notice, or a bounce if a relay fails.
+    sender_authenticated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -563,14 +567,14 @@ def _count_notice(conn: sqlite3.Connection, gate: NoticeGate) -> None:
 _MESSAGE_COLUMNS = (
     "reference, received_at, session_id, peer_ip, peer_port, helo, tls, mail_from, recipients,"
     " message_id, subject, date_header, from_header, size, sha256, attachments, a_numbers,"
-    " mime_truncated, outcome, reply, notice, duplicate_of, auth"
+    " mime_truncated, outcome, reply, notice, duplicate_of, auth, sender_authenticated"
 )
 
 
 def _insert_message(conn: sqlite3.Connection, r: MessageRecord) -> None:
     facts = r.facts
     conn.execute(
-        f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES ({','.join('?' * 23)})",
+        f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES ({','.join('?' * 24)})",
         (
             r.reference,
             iso(r.received_at),
@@ -595,6 +599,7 @@ def _insert_message(conn: sqlite3.Connection, r: MessageRecord) -> None:
             r.notice,
             r.duplicate_of,
             r.auth,
+            int(r.sender_authenticated),
         ),
     )
     conn.executemany(

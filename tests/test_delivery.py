@@ -459,3 +459,48 @@ async def test_a_failed_tls_handshake_falls_back_to_clear_text_only_when_opportu
             assert listener.accepted == []
     finally:
         listener.close()
+
+
+@pytest.mark.parametrize(("source", "bounced"), [(None, True), ("127.0.0.2", False)])
+async def test_a_relay_refused_for_good_is_reported_to_an_authenticated_sender_only(
+    start_gateway: GatewayFactory,
+    run_worker: WorkerFactory,
+    sink: Sink,
+    source: str | None,
+    bounced: bool,
+) -> None:
+    legacy = await start_sink(replies=["550 5.1.1 <occ-chicago-filings>: no such user"])
+    try:
+        gw = await start_gateway(
+            clock_at=BEFORE_PORTAL,
+            offices=[office(legacy_host=f"127.0.0.1:{legacy.port}")],
+            server={"trusted_networks": ["127.0.0.1/32"]},
+            delivery=smarthost(sink),
+        )
+        _, final = await transaction(gw.port, [RETIRED], message(), source=source)
+        assert final is not None
+        assert final.code == 250  # accepted for the legacy host, before the cutoff
+        await run_worker(gw)
+        await job_state(gw, "failed")
+        if bounced:
+            (received,) = await sink.wait_for(1)
+            assert received.recipients == (SENDER,)
+            assert received.mail_from == "<>"
+            report = email.message_from_bytes(received.data, policy=email.policy.default)
+            assert report.get_content_type() == "multipart/report"
+            human, status, headers = report.iter_parts()
+            assert "could not be delivered" in human.get_content()
+            assert status.get_content_type() == "message/delivery-status"
+            text = status.as_string()
+            assert "Final-Recipient: rfc822; occ-chicago-filings@occ-chicago.example" in text
+            assert "Status: 5.1.1" in text
+            assert "Diagnostic-Code: smtp; 550 5.1.1" in text
+            assert headers.get_content_type() == "text/rfc822-headers"
+            assert report["Auto-Submitted"] == "auto-replied"
+            await job_state(gw, "delivered")
+        else:
+            # A bounce is queued in the very write that failed the relay: it would be there.
+            assert gw.rows("SELECT * FROM jobs WHERE kind = 'bounce'") == []
+            assert sink.accepted == []
+    finally:
+        legacy.close()
