@@ -156,7 +156,6 @@ class ServerSettings(_Model):
         """Whether a peer at `address` may tell us, by PROXY protocol, who the client is."""
         return _within(address, self.proxy_from)
 
-
     @field_validator("listen", mode="before")
     @classmethod
     def _listen(cls, value: Any) -> list[ListenAddress]:
