@@ -285,6 +285,9 @@ class DnsSettings(_Model):
     # "host" or "host:port"; empty: the system's resolvers (/etc/resolv.conf).
     nameservers: list[ListenAddress] = Field(default_factory=list)
     timeout: Seconds = 5.0
+    # Answers kept for their TTL (dnspython's LRU cache): sender checks ask the same SPF,
+    # DKIM and DMARC records for every message from a firm. 0 turns the cache off.
+    cache_size: int = Field(default=10000, ge=0)
 
     @field_validator("nameservers", mode="before")
     @classmethod

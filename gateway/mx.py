@@ -5,8 +5,9 @@
 (permanent) or `DeliveryDeferred` (temporary). The delivery worker depends on the
 `MxResolver` protocol, so its tests can use a hand-written fake.
 
-This module must not connect to mail servers, log, cache answers or keep module-level state:
-the delivery worker decides how many hosts to try and logs each attempt.
+This module must not connect to mail servers, log or keep module-level state: the delivery
+worker decides how many hosts to try and logs each attempt. Answers are cached only by the
+resolver `make_resolver` builds (for their TTL, `[dns] cache_size`).
 """
 
 from __future__ import annotations
@@ -285,6 +286,8 @@ def make_resolver(settings: DnsSettings) -> dns.asyncresolver.Resolver:
     # The lifetime bounds each query end to end, across retries and nameservers; it is the
     # timeout the style guide asks for, and its expiry is told apart from SERVFAIL.
     resolver.lifetime = settings.timeout
+    if settings.cache_size:
+        resolver.cache = dns.resolver.LRUCache(max_size=settings.cache_size)
     return resolver
 
 

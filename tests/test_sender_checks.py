@@ -31,9 +31,14 @@ SENDER = "paralegal@lawfirm.example"
 
 
 @pytest.fixture
-async def dns() -> AsyncIterator[int]:
+async def dns_server() -> AsyncIterator[DnsServer]:
     async with DnsServer(ZONE) as server:
-        yield server.port
+        yield server
+
+
+@pytest.fixture
+def dns(dns_server: DnsServer) -> int:
+    return dns_server.port
 
 
 def checking(dns_port: int, **office_values: Any) -> dict[str, Any]:
@@ -151,3 +156,14 @@ async def test_accept_and_notify_accepts_only_an_authenticated_sender(
     assert accepted[1].startswith("250 2.0.0 Received but NOT FILED")
     assert refused[0] == 550
     assert notices(gw) == 1
+
+
+async def test_repeated_checks_of_one_firm_are_answered_from_the_dns_cache(
+    start_gateway: GatewayFactory, dns_server: DnsServer
+) -> None:
+    gw = await start_gateway(**checking(dns_server.port))
+    for n in range(3):
+        await send(gw, filing(message_id=f"<cached-{n}@lawfirm.example>"))
+    asked = [q for q in dns_server.queries if (q.name, q.rtype) == ("lawfirm.example", "TXT")]
+    assert len(asked) == 1  # SPF looked up once, kept for its TTL
+    assert notices(gw) == 3
