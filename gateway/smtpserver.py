@@ -8,6 +8,7 @@ business (inbound.py); this module only runs the conversation.
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import time
 from collections.abc import Sequence
@@ -34,6 +35,14 @@ from gateway.store import Store
 __all__ = ["GatewaySMTP", "Sessions", "start_server"]
 
 log = structlog.get_logger()
+
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+# <local@domain> with a dot-atom local part and an LDH domain, then the ESMTP parameters.
+_PLAIN_PATH = re.compile(
+    rf"<(?P<address>{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})*)>[ \t]*(?P<rest>.*)",
+    re.DOTALL,
+)
 
 # Seconds a load balancer has to send its PROXY header after connecting.
 _PROXY_TIMEOUT = 10.0
@@ -206,6 +215,17 @@ class GatewaySMTP(SMTP):
             # aiosmtpd is about to close the session for repeating a command too often.
             log.warning("smtp.session.refused", reason="command-limit", reply=reply)
         await super().push(reply)
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # aiosmtpd parses every MAIL and RCPT address with the email package's RFC 5322
+        # parser, a fifth of a session's time. Plain <dot-atom@domain> arguments, nearly all
+        # of them, parse to exactly the same result with one regular expression; anything
+        # else (quoted local parts, comments, source routes) still goes the long way.
+        match = _PLAIN_PATH.fullmatch(arg)
+        if match is not None and not self.local_part_limit:
+            return match["address"], match["rest"]
+        address, rest = super()._getaddr(arg)
+        return address, rest
 
     async def smtp_AUTH(self, arg: str) -> None:
         await self.push(REPLY_NO_AUTH)
