@@ -57,7 +57,6 @@ __all__ = ["ACTIONS", "AuditRequest", "run_audit"]
 
 EXIT_OK, EXIT_FOUND_PROBLEMS, EXIT_USAGE = 0, 1, 2
 ACTIONS = ("list", "show", "summary", "report", "senders", "verify")
-FORMATS = ("table", "json", "csv")
 
 
 class UsageError(Exception):

@@ -217,14 +217,22 @@ class InboundHandler:
         except ValueError:
             return REPLY_BAD_RECIPIENT
         if len(envelope.rcpt_tos) >= self.settings.server.max_recipients:
-            return self._deferred(
-                session, envelope, address, "too-many-recipients", REPLY_TOO_MANY_RECIPIENTS
+            return _turned_away(
+                "smtp.recipient.deferred",
+                envelope,
+                address,
+                "too-many-recipients",
+                REPLY_TOO_MANY_RECIPIENTS,
             )
         lookup = self.book.lookup(parsed)
         if lookup.kind is AddressKind.FOREIGN:
-            return self._refused(session, envelope, address, "relay-denied", REPLY_RELAY_DENIED)
+            return _turned_away(
+                "smtp.recipient.refused", envelope, address, "relay-denied", REPLY_RELAY_DENIED
+            )
         if lookup.kind is AddressKind.UNKNOWN_LOCAL:
-            return self._refused(session, envelope, address, "no-such-mailbox", REPLY_NO_MAILBOX)
+            return _turned_away(
+                "smtp.recipient.refused", envelope, address, "no-such-mailbox", REPLY_NO_MAILBOX
+            )
         decision = None
         if lookup.kind is AddressKind.RETIRED:
             assert lookup.office is not None
@@ -237,34 +245,18 @@ class InboundHandler:
                 return await self._refuse_retired(session, envelope, address, decision)
         key = _group_key(_answer_key(lookup.kind, decision))
         if envelope.answer is not None and key != envelope.answer:
-            return self._deferred(
-                session, envelope, address, "answer-differs", REPLY_SEPARATE_TRANSACTION
+            return _turned_away(
+                "smtp.recipient.deferred",
+                envelope,
+                address,
+                "answer-differs",
+                REPLY_SEPARATE_TRANSACTION,
             )
         envelope.answer = key
         envelope.accepted.append(_Accepted(address, str(parsed), lookup.kind, decision))
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return REPLY_RECIPIENT_OK
-
-    def _refused(
-        self,
-        session: GatewaySession,
-        envelope: GatewayEnvelope,
-        recipient: str,
-        reason: str,
-        reply: str,
-    ) -> str:
-        return _turned_away("smtp.recipient.refused", envelope, recipient, reason, reply)
-
-    def _deferred(
-        self,
-        session: GatewaySession,
-        envelope: GatewayEnvelope,
-        recipient: str,
-        reason: str,
-        reply: str,
-    ) -> str:
-        return _turned_away("smtp.recipient.deferred", envelope, recipient, reason, reply)
 
     async def _refuse_retired(
         self, session: GatewaySession, envelope: GatewayEnvelope, recipient: str, decision: Decision
@@ -364,7 +356,7 @@ class InboundHandler:
         except StoreError as exc:
             log.error("store.write_failed", reference=reference, error=str(exc))
             return REPLY_STORE_FAILED
-        self._log_message(session, record)
+        self._log_message(record)
         return record.reply
 
     def _loop(self, facts: MessageFacts) -> str | None:
@@ -562,7 +554,7 @@ class InboundHandler:
             local_time=at.astimezone(office.zone).isoformat(timespec="seconds"),
         )
 
-    def _log_message(self, session: GatewaySession, record: MessageRecord) -> None:
+    def _log_message(self, record: MessageRecord) -> None:
         facts = record.facts
         ref = record.reference
         log.info(
