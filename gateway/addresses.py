@@ -55,6 +55,16 @@ def normalize_domain(domain: str) -> str:
         raise ValueError(f"invalid domain {domain!r}: {exc}") from exc
 
 
+_CONTROLS = frozenset(chr(c) for c in (*range(0x20), 0x7F))
+
+
+def _refuse_controls(text: str) -> None:
+    # RFC 5321 §4.1.2 allows no control characters in a path, not even quoted; a NUL would
+    # cut the address short in C-based tools that read our records or logs.
+    if not _CONTROLS.isdisjoint(text):
+        raise ValueError(f"control character in address {text!r}")
+
+
 def _fold_local(local: str) -> str:
     # Retired mailboxes are matched the way people type them: case-insensitively, with a
     # "+tag" subaddress folded onto its base mailbox.
@@ -66,8 +76,9 @@ def parse_address(text: str) -> Address:
     """Parse `local@domain` (no angle brackets) into a normalised Address.
 
     Raises:
-        ValueError: no "@", an empty local part, or an invalid domain.
+        ValueError: no "@", an empty local part, a control character, or an invalid domain.
     """
+    _refuse_controls(text)
     local, at, domain = text.strip().rpartition("@")
     if not at or not local:
         raise ValueError(f"not a mail address: {text!r}")
@@ -81,10 +92,12 @@ def normalize_sender(text: str) -> str:
     sent the message; only the domain is put in canonical form.
 
     Raises:
-        ValueError: the address has no "@", an empty local part, or an invalid domain.
+        ValueError: the address has no "@", an empty local part, a control character, or
+            an invalid domain.
     """
     if text in ("", "<>"):
         return ""
+    _refuse_controls(text)
     local, at, domain = text.strip().rpartition("@")
     if not at or not local:
         raise ValueError(f"not a mail address: {text!r}")
@@ -132,6 +145,12 @@ class AddressBook:
             table[key] = office
         domains = frozenset(whole) | frozenset(k.rpartition("@")[2] for k in exact)
         return cls(exact=exact, whole_domains=whole, served_domains=domains)
+
+    def office_of_domain(self, domain: str) -> str | None:
+        """The office a served domain belongs to (the first listed, if several share it)."""
+        if domain in self.whole_domains:
+            return self.whole_domains[domain]
+        return next((o for k, o in self.exact.items() if k.rpartition("@")[2] == domain), None)
 
     def lookup(self, address: Address) -> Lookup:
         """Classify an address: retired (with its office), postmaster, unknown here, foreign."""

@@ -109,7 +109,8 @@ EVENTS: dict[str, tuple[str, ...]] = {
         "job_id",
         "about_job",
     ),
-    "smtp.reply.sent": ("session_id", "reference", "outcome", "reply_code", "reply"),
+    # reason: why a message was not accepted (rejected or deferred); absent when accepted.
+    "smtp.reply.sent": ("session_id", "reference", "outcome", "reason", "reply_code", "reply"),
     "store.write_failed": ("session_id", "reference", "error"),
     "store.raw_purged": ("count",),
     "store.purge_failed": ("error",),

@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,7 +23,8 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.addresses import AddressKind, normalize_sender, parse_address
 from gateway.clock import Clock
-from gateway.config import GatewaySettings
+from gateway.config import GatewaySettings, OfficeSettings
+from gateway.dataread import ReceivedData
 from gateway.dmarc import header_from_domain
 from gateway.errors import StoreError
 from gateway.evidence import MessageFacts, extract_facts
@@ -35,6 +36,7 @@ from gateway.policy import (
     decide,
     loop_reason,
     notice_suppression,
+    replies_to_own_notice,
 )
 from gateway.replies import (
     REPLY_BAD_RECIPIENT,
@@ -43,19 +45,22 @@ from gateway.replies import (
     REPLY_GONE,
     REPLY_INTERNAL,
     REPLY_LOOP,
-    REPLY_NO_MAILBOX,
     REPLY_RECIPIENT_OK,
     REPLY_RELAY_DENIED,
     REPLY_SENDER_OK,
     REPLY_SEPARATE_TRANSACTION,
+    REPLY_SIZE_EXCEEDED,
     REPLY_STORE_FAILED,
     REPLY_TOO_MANY_RECIPIENTS,
     REPLY_VRFY,
     accepted_reply,
+    line_too_long_reply,
+    oversize_reply,
     rate_limited_reply,
     reply_code,
     retired_reply,
     sender_check_failed_reply,
+    unknown_mailbox_reply,
 )
 from gateway.senderauth import AuthResults, SenderAuthenticator, Verdict
 from gateway.store import (
@@ -101,8 +106,10 @@ class GatewayEnvelope(Envelope):
         super().__init__()
         self.sender = ""
         self.sender_authenticated = False
+        self.declared_size: int | None = None  # MAIL FROM's SIZE= (RFC 1870)
         self.accepted: list[_Accepted] = []
         self.answer: tuple[str, ...] | None = None
+        self.received: ReceivedData | None = None  # set by the server at the end of DATA
 
 
 def _answer_key(kind: AddressKind, decision: Decision | None) -> tuple[str, ...]:
@@ -202,6 +209,7 @@ class InboundHandler:
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         envelope.sender_authenticated = session.trusted
+        envelope.declared_size = _declared_size(mail_options)
         return REPLY_SENDER_OK
 
     async def handle_RCPT(
@@ -224,15 +232,17 @@ class InboundHandler:
                 "too-many-recipients",
                 REPLY_TOO_MANY_RECIPIENTS,
             )
+        if any(a.address == str(parsed) for a in envelope.accepted):
+            # The same mailbox twice: one recipient, one record (RFC 5321 §3.3 lets the
+            # server treat duplicates as one); a second row would fail the transaction.
+            return REPLY_RECIPIENT_OK
         lookup = self.book.lookup(parsed)
         if lookup.kind is AddressKind.FOREIGN:
             return _turned_away(
                 "smtp.recipient.refused", envelope, address, "relay-denied", REPLY_RELAY_DENIED
             )
         if lookup.kind is AddressKind.UNKNOWN_LOCAL:
-            return _turned_away(
-                "smtp.recipient.refused", envelope, address, "no-such-mailbox", REPLY_NO_MAILBOX
-            )
+            return await self._refuse_unknown(session, envelope, address, parsed.domain)
         decision = None
         if lookup.kind is AddressKind.RETIRED:
             assert lookup.office is not None
@@ -243,6 +253,12 @@ class InboundHandler:
             )
             if decision.action.is_refused_at_rcpt:
                 return await self._refuse_retired(session, envelope, address, decision)
+            if self._is_declared_oversize(envelope):
+                return await self._refuse_oversize(session, envelope, address, decision)
+        elif self._is_declared_oversize(envelope):
+            return _turned_away(
+                "smtp.recipient.refused", envelope, address, "message-too-big", REPLY_SIZE_EXCEEDED
+            )
         key = _group_key(_answer_key(lookup.kind, decision))
         if envelope.answer is not None and key != envelope.answer:
             return _turned_away(
@@ -261,10 +277,74 @@ class InboundHandler:
     async def _refuse_retired(
         self, session: GatewaySession, envelope: GatewayEnvelope, recipient: str, decision: Decision
     ) -> str:
+        office = self.offices[decision.office]
+
+        def reply(reference: str) -> str:
+            if decision.action is Action.GONE:
+                return REPLY_GONE
+            return retired_reply(office, reference)
+
+        return await self._refuse(
+            session,
+            envelope,
+            recipient,
+            reply,
+            reason=decision.reason,
+            office=office,
+            phase=decision.phase,
+        )
+
+    async def _refuse_oversize(
+        self, session: GatewaySession, envelope: GatewayEnvelope, recipient: str, decision: Decision
+    ) -> str:
+        # Before the cutoff the address still works: the size is the only news.
+        office = None if decision.action in _RELAYING else self.offices[decision.office]
+        return await self._refuse(
+            session,
+            envelope,
+            recipient,
+            lambda ref: oversize_reply(office, ref),
+            reason="message-too-big",
+            office=self.offices[decision.office],
+            phase=decision.phase,
+        )
+
+    async def _refuse_unknown(
+        self, session: GatewaySession, envelope: GatewayEnvelope, recipient: str, domain: str
+    ) -> str:
+        # A typo in a retired address, or a reply to the notices' no-reply address: in an
+        # office's domain the refusal says where filings go now, and it is on record.
+        name = self.book.office_of_domain(domain)
+        office = None if name is None else self.offices[name]
+        return await self._refuse(
+            session,
+            envelope,
+            recipient,
+            lambda ref: unknown_mailbox_reply(office, ref),
+            reason="no-such-mailbox",
+            office=office,
+            phase=None,
+        )
+
+    def _is_declared_oversize(self, envelope: GatewayEnvelope) -> bool:
+        declared = envelope.declared_size
+        return declared is not None and declared > self.settings.server.max_message_size
+
+    async def _refuse(
+        self,
+        session: GatewaySession,
+        envelope: GatewayEnvelope,
+        recipient: str,
+        reply_for: Callable[[str], str],
+        *,
+        reason: str,
+        office: OfficeSettings | None,
+        phase: str | None,
+    ) -> str:
+        """Record a refusal at RCPT, then answer it; 451 if the record cannot be made."""
         now = self.clock()
         reference = new_reference(now)
-        office = self.offices[decision.office]
-        reply = REPLY_GONE if decision.action is Action.GONE else retired_reply(office, reference)
+        reply = reply_for(reference)
         record = RefusalRecord(
             reference=reference,
             at=now,
@@ -273,10 +353,10 @@ class InboundHandler:
             helo=session.host_name,
             mail_from=envelope.sender,
             recipient=recipient,
-            reason=decision.reason,
+            reason=reason,
             reply=reply,
-            office=office.name,
-            phase=decision.phase,
+            office=None if office is None else office.name,
+            phase=phase,
         )
         try:
             await self.store.record_refusal(record)
@@ -288,9 +368,9 @@ class InboundHandler:
             reference=reference,
             sender=envelope.sender,
             recipient=recipient,
-            office=office.name,
-            phase=decision.phase,
-            reason=decision.reason,
+            office=record.office,
+            phase=phase,
+            reason=reason,
             reply_code=reply_code(reply),
             reply=reply,
         )
@@ -302,14 +382,18 @@ class InboundHandler:
         self, server: SMTP, session: GatewaySession, envelope: GatewayEnvelope
     ) -> str:
         received_at = self.clock()
-        raw: bytes = envelope.original_content or b""
-        facts = extract_facts(raw)
+        data = envelope.received or _whole(envelope.original_content or b"")
+        facts = _facts_of(data)
+        raw = data.content
         reference = new_reference(received_at)
         session.messages += 1
-        loop = self._loop(facts)
-        automatic = None if loop else self._automatic(envelope, facts)
+        automatic = self._automatic(envelope, facts)
+        loop = self._loop(facts, is_automatic=automatic is not None)
+        automatic = None if loop else automatic
         auth = (
-            None if loop or automatic else await self._authenticate(session, envelope, facts, raw)
+            None
+            if loop or automatic
+            else await self._authenticate(session, envelope, facts, raw, complete=data.is_complete)
         )
         authenticated = envelope.sender_authenticated or (
             auth is not None and auth.verdict is Verdict.PASS
@@ -320,6 +404,15 @@ class InboundHandler:
             for a, d in zip(envelope.accepted, recipients, strict=True)
         }
         key = keys.pop() if len(keys) == 1 else None
+        problem = None if key is None else _problem(data, key)
+        # Nothing is ever mailed to a sender we could not authenticate: a forged sender
+        # would turn the notice into backscatter. The SMTP reply is their answer. A person
+        # answering our notice gets the refusal, but not a second notice.
+        suppressed = automatic or (None if authenticated else "sender-not-authenticated")
+        if suppressed is None and replies_to_own_notice(
+            facts.headers, own_domain=self.notice_domain
+        ):
+            suppressed = "reply-to-notice"
         if loop is not None:
             reply, outcome, suppressed = REPLY_LOOP, "rejected", f"loop-{loop}"
         elif auth is not None and auth.verdict is Verdict.TEMPERROR and self._tempfail_on_dns:
@@ -327,13 +420,16 @@ class InboundHandler:
             suppressed = "sender-check-temperror"
         elif key is None:
             reply, outcome, suppressed = REPLY_CHANGED, "deferred", None
+        elif problem is not None:
+            reply, outcome = self._problem_reply(problem, key, reference), "rejected"
         else:
-            reply, outcome = self._final_reply(key, reference)
-            # Nothing is ever mailed to a sender we could not authenticate: a forged sender
-            # would turn the notice into backscatter. The SMTP reply is their answer.
-            suppressed = automatic or (None if authenticated else "sender-not-authenticated")
+            reply, outcome = self._final_reply(key, reference, notice_follows=suppressed is None)
         answered = loop is None and outcome != "deferred"
-        jobs = self._jobs(envelope, recipients, suppressed) if answered else ()
+        jobs = (
+            self._jobs(envelope, recipients, suppressed, with_relays=problem is None)
+            if answered
+            else ()
+        )
         record = self._record(
             session,
             envelope,
@@ -348,7 +444,10 @@ class InboundHandler:
             raw=raw,
         )
         record = replace(
-            record, auth=self._auth_text(envelope, auth), sender_authenticated=authenticated
+            record,
+            auth=self._auth_text(envelope, auth),
+            sender_authenticated=authenticated,
+            refused_for=problem,
         )
         gate = self._gate(session, envelope, record, key) if loop is None else None
         try:
@@ -359,13 +458,21 @@ class InboundHandler:
         self._log_message(record)
         return record.reply
 
-    def _loop(self, facts: MessageFacts) -> str | None:
+    def _problem_reply(self, problem: str, key: tuple[str, ...], reference: str) -> str:
+        if problem == _LINE_TOO_LONG:
+            return line_too_long_reply(reference)
+        # Any key but ("accept",) names the office whose filings these were.
+        office = None if key == ("accept",) else self.offices[key[-1]]
+        return oversize_reply(office, reference)
+
+    def _loop(self, facts: MessageFacts, *, is_automatic: bool) -> str | None:
         return loop_reason(
             facts.headers,
             message_id=facts.message_id,
             received_count=facts.received_count,
             own_domain=self.notice_domain,
             max_received=self.settings.limits.max_received_headers,
+            is_automatic=is_automatic,
         )
 
     def _gate(
@@ -418,7 +525,13 @@ class InboundHandler:
         ]
 
     async def _authenticate(
-        self, session: GatewaySession, envelope: GatewayEnvelope, facts: MessageFacts, raw: bytes
+        self,
+        session: GatewaySession,
+        envelope: GatewayEnvelope,
+        facts: MessageFacts,
+        raw: bytes,
+        *,
+        complete: bool,
     ) -> AuthResults | None:
         """SPF, DKIM and DMARC for a sender who could be sent a notice, else None."""
         if self.authenticator is None or envelope.sender_authenticated or not envelope.sender:
@@ -431,6 +544,7 @@ class InboundHandler:
             mail_from=envelope.sender,
             raw=raw,
             from_header_domain=header_from_domain(facts.from_header),
+            has_body=complete,
         )
 
     def _auth_text(self, envelope: GatewayEnvelope, auth: AuthResults | None) -> str | None:
@@ -447,10 +561,12 @@ class InboundHandler:
             own_addresses=self.own_addresses,
         )
 
-    def _final_reply(self, key: tuple[str, ...], reference: str) -> tuple[str, str]:
+    def _final_reply(
+        self, key: tuple[str, ...], reference: str, *, notice_follows: bool
+    ) -> tuple[str, str]:
         if key[0] == "accept":
             office = self.offices[key[2]] if len(key) > 2 else None
-            return accepted_reply(reference, office), "accepted"
+            return accepted_reply(reference, office, notice_follows=notice_follows), "accepted"
         if key[0] == "gone":
             return REPLY_GONE, "rejected"
         return retired_reply(self.offices[key[1]], reference), "rejected"
@@ -460,13 +576,15 @@ class InboundHandler:
         envelope: GatewayEnvelope,
         decisions: Sequence[Decision | None],
         suppressed: str | None,
+        *,
+        with_relays: bool,
     ) -> tuple[JobRecord, ...]:
         relay: dict[str, list[str]] = {}
         notices: dict[str, str] = {}
         for accepted, decision in zip(envelope.accepted, decisions, strict=True):
             if decision is None:
                 continue
-            if decision.action in (Action.RELAY, Action.RELAY_AND_ADVISE):
+            if decision.action in _RELAYING and with_relays:
                 relay.setdefault(decision.office, []).append(accepted.given)
             kind = _NOTICE_FOR.get(decision.action)
             if kind is not None:
@@ -608,6 +726,7 @@ class InboundHandler:
             outcome=record.outcome,
             reply_code=reply_code(record.reply),
             reply=record.reply,
+            **({} if record.outcome == "accepted" else {"reason": _refusal_reason(record)}),
         )
 
     # -- our own failures -----------------------------------------------------------------------
@@ -630,6 +749,61 @@ def _turned_away(
         reply=reply,
     )
     return reply
+
+
+_RELAYING = frozenset({Action.RELAY, Action.RELAY_AND_ADVISE})
+_TOO_BIG = "message-too-big"
+_LINE_TOO_LONG = "line-too-long"
+
+
+def _declared_size(mail_options: Sequence[str]) -> int | None:
+    for option in mail_options:
+        name, _, value = option.partition("=")
+        if name.upper() == "SIZE" and value.isdigit():
+            return int(value)
+    return None
+
+
+def _whole(raw: bytes) -> ReceivedData:
+    return ReceivedData(
+        content=raw,
+        size=len(raw),
+        sha256=hashlib.sha256(raw).hexdigest(),
+        is_complete=True,
+        has_long_line=False,
+    )
+
+
+def _facts_of(data: ReceivedData) -> MessageFacts:
+    facts = extract_facts(data.content)
+    if data.is_complete:
+        return facts
+    # Only the header block was kept: the record has the size and hash of all that came.
+    return replace(facts, size=data.size, sha256=data.sha256, truncated=True)
+
+
+def _refusal_reason(record: MessageRecord) -> str:
+    """Why a message was rejected or deferred, in the words of the records and metrics."""
+    if record.refused_for:
+        return record.refused_for
+    why = record.notice.partition(":")[2]
+    if why.startswith(("loop-", "rate-limit-")) or why == "sender-check-temperror":
+        return why
+    if record.outcome == "deferred":
+        return "recipients-changed"
+    gone = all(r.action == Action.GONE for r in record.recipients)
+    return "address-decommissioned" if gone else "address-retired"
+
+
+def _problem(data: ReceivedData, key: tuple[str, ...]) -> str | None:
+    """What about the message itself refuses it, whatever the addresses say, or None."""
+    if not data.is_complete:
+        return _TOO_BIG
+    # A long line harms only a message we pass on (RFC 5321 §4.5.3.1.6); a filing that is
+    # refused or kept for postmaster is answered as any other.
+    if data.has_long_line and key == ("accept",):
+        return _LINE_TOO_LONG
+    return None
 
 
 _NOTICE_FOR = {

@@ -119,6 +119,12 @@ class EventMetrics:
             ["outcome"],
             registry=registry,
         )
+        self.messages_refused = Counter(
+            "gateway_smtp_messages_refused",
+            "Messages rejected or deferred at the end of DATA, by reason.",
+            ["reason"],
+            registry=registry,
+        )
         self.refusals = Counter(
             "gateway_smtp_recipients_refused",
             "Recipients refused at RCPT, by reason.",
@@ -219,6 +225,8 @@ class EventMetrics:
 
     def _reply_sent(self, event: EventDict) -> None:
         self.messages.labels(_label(event.get("outcome"))).inc()
+        if event.get("reason") is not None:
+            self.messages_refused.labels(_label(event.get("reason"))).inc()
 
     def _recipient_refused(self, event: EventDict) -> None:
         self.refusals.labels(_label(event.get("reason"))).inc()

@@ -29,6 +29,7 @@ __all__ = [
     "next_attempt_at",
     "notice_suppression",
     "phase_at",
+    "replies_to_own_notice",
 ]
 
 
@@ -256,12 +257,15 @@ def loop_reason(
     received_count: int,
     own_domain: str,
     max_received: int,
+    is_automatic: bool = True,
 ) -> str | None:
     """Why a message looks like part of a mail loop, or None.
 
     A loop is refused and never answered: another auto-responder answering our notice, our
     own notice coming back, or a message bounced around more than `max_received` hops
-    (RFC 5321 §6.3).
+    (RFC 5321 §6.3). A reply in our notice's thread is a loop only from an automatic sender
+    (`is_automatic`): an attorney who answers the notice, or resends the filing in its
+    thread, is a person and gets the refusal like any other filing.
     """
     if received_count > max_received:
         return "too-many-hops"
@@ -270,10 +274,15 @@ def loop_reason(
     marker = f"@{own_domain.lower()}>"
     if message_id is not None and message_id.lower().endswith(marker):
         return "own-message-id"
-    threads = (headers.get("in-reply-to", "") + headers.get("references", "")).lower()
-    if marker in threads:
+    if is_automatic and replies_to_own_notice(headers, own_domain=own_domain):
         return "reply-to-own-notice"
     return None
+
+
+def replies_to_own_notice(headers: Mapping[str, str], *, own_domain: str) -> bool:
+    """Whether the message answers one of our notices (In-Reply-To or References)."""
+    threads = (headers.get("in-reply-to", "") + headers.get("references", "")).lower()
+    return f"@{own_domain.lower()}>" in threads
 
 
 class NoticeScope(enum.StrEnum):

@@ -132,6 +132,7 @@ def parse_bound(text: str, zone: tzinfo, *, is_end: bool = False) -> datetime:
 _MESSAGES = """
 SELECT m.reference, m.received_at, m.session_id, m.peer_ip, m.helo, m.mail_from, m.message_id,
        m.subject, m.size, m.sha256, m.attachments, m.a_numbers, m.outcome, m.reply, m.notice,
+       m.refused_for,
        r.recipient, r.office, r.phase, r.action, r.reason,
        (SELECT j.state FROM jobs j WHERE j.reference = m.reference AND j.kind != 'relay'
         ORDER BY j.id DESC LIMIT 1) AS notice_state
@@ -225,7 +226,7 @@ def _message(rows: Sequence[sqlite3.Row]) -> AttemptRecord:
         phase=lead["phase"],
         action=lead["action"],
         decision=first["outcome"],
-        reason=_reason(first["outcome"], first["notice"], lead["reason"]),
+        reason=first["refused_for"] or _reason(first["outcome"], first["notice"], lead["reason"]),
         notice=notice,
         reply=first["reply"],
         message_id=first["message_id"],

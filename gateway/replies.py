@@ -28,16 +28,20 @@ __all__ = [
     "REPLY_SEPARATE_TRANSACTION",
     "REPLY_SESSION_TIMEOUT",
     "REPLY_SHUTTING_DOWN",
+    "REPLY_SIZE_EXCEEDED",
     "REPLY_STORE_FAILED",
     "REPLY_TOO_MANY_CONNECTIONS",
     "REPLY_TOO_MANY_RECIPIENTS",
     "REPLY_VRFY",
     "accepted_reply",
     "check_replies",
+    "line_too_long_reply",
+    "oversize_reply",
     "rate_limited_reply",
     "reply_code",
     "retired_reply",
     "sender_check_failed_reply",
+    "unknown_mailbox_reply",
     "with_enhanced_code",
 ]
 
@@ -101,6 +105,7 @@ REPLY_INTERNAL = "451 4.3.0 Temporary local problem, please try again later"
 REPLY_STORE_FAILED = "451 4.3.0 Temporary local problem, message not accepted; try again later"
 REPLY_CHANGED = "451 4.3.0 Recipient status changed during the transaction; please try again"
 
+REPLY_SIZE_EXCEEDED = "552 5.3.4 Message size exceeds the fixed limit"
 REPLY_LOOP = "554 5.4.6 Mail loop detected; this message is not answered"
 REPLY_TOO_MANY_CONNECTIONS = "421 4.3.2 Too many connections, try again later"
 REPLY_SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
@@ -118,13 +123,42 @@ def retired_reply(office: OfficeSettings, reference: str) -> str:
     )
 
 
-def accepted_reply(reference: str, office: OfficeSettings | None) -> str:
-    """The 250 at the end of DATA; when the message is not filed, it says so."""
+def accepted_reply(
+    reference: str, office: OfficeSettings | None, *, notice_follows: bool = True
+) -> str:
+    """The 250 at the end of DATA; when the message is not filed, it says so, and promises
+    a notice only when one was queued."""
     if office is None:
         return f"250 2.0.0 Queued as {reference}"
+    follows = "; a notice follows" if notice_follows else ""
     return (
         f"250 2.0.0 Received but NOT FILED: {office.short_name} takes filings only via"
-        f" {office.portal_url}; a notice follows (ref {reference})"
+        f" {office.portal_url}{follows} (ref {reference})"
+    )
+
+
+def oversize_reply(office: OfficeSettings | None, reference: str) -> str:
+    """The 552 for a message over the size limit, declared at MAIL or found in DATA."""
+    if office is None:
+        return f"552 5.3.4 Message too big for this system (ref {reference})"
+    return (
+        f"552 5.3.4 NOT FILED: message too big, and this address no longer takes filings."
+        f" File {office.short_name} electronically via {office.portal_url} (ref {reference})"
+    )
+
+
+def line_too_long_reply(reference: str) -> str:
+    """The 500 for a message to be relayed with a line over RFC 5321's 1,000 octets."""
+    return f"500 5.5.2 Line too long (RFC 5321 4.5.3.1.6) (ref {reference})"
+
+
+def unknown_mailbox_reply(office: OfficeSettings | None, reference: str) -> str:
+    """The 550 for an unknown mailbox: in an office's domain it says where filings go."""
+    if office is None:
+        return REPLY_NO_MAILBOX
+    return (
+        f"550 5.1.1 No such mailbox here; nothing was filed. File {office.short_name}"
+        f" electronically via {office.portal_url} (ref {reference})"
     )
 
 
@@ -162,6 +196,8 @@ def check_replies(settings: GatewaySettings) -> None:
         for reply in (
             retired_reply(office, _SAMPLE_REFERENCE),
             accepted_reply(_SAMPLE_REFERENCE, office),
+            oversize_reply(office, _SAMPLE_REFERENCE),
+            unknown_mailbox_reply(office, _SAMPLE_REFERENCE),
         ):
             if len(reply) > MAX_REPLY or not reply.isascii():
                 raise ConfigError(

@@ -417,6 +417,10 @@ class _KeyFetcher:
         return True
 
 
+async def _no_dkim() -> tuple[tuple[str, str], ...]:
+    return ()
+
+
 def _verify_dkim(thread_dns: _ThreadDns, raw: bytes) -> tuple[tuple[str, str], ...]:
     """Runs in a worker thread: (result, d=) for each DKIM-Signature, topmost first."""
     try:
@@ -494,12 +498,15 @@ class SenderAuthenticator:
         mail_from: str,
         raw: bytes,
         from_header_domain: str | None,
+        has_body: bool = True,
     ) -> AuthResults:
         """Authenticate the envelope sender of `raw`, received from `client_ip`.
 
         `mail_from` is the reverse-path without angle brackets ("" for the null sender).
         `from_header_domain` is the RFC 5322.From domain (see `header_from_domain`).
         Never raises for DNS or message problems: they become temperror/permerror results.
+        Without the body (`has_body` false: only the head of an oversize message was kept)
+        DKIM cannot be verified and is left out, so SPF alone can authenticate.
         """
         deadline = time.monotonic() + self._timeout
         thread_dns = _ThreadDns(self._resolver, asyncio.get_running_loop(), deadline)
@@ -507,7 +514,9 @@ class SenderAuthenticator:
         from_domain = domain_token(from_header_domain)
         async with asyncio.TaskGroup() as group:
             spf_task = group.create_task(self._spf(thread_dns, client_ip.split("%")[0], identity))
-            dkim_task = group.create_task(asyncio.to_thread(_verify_dkim, thread_dns, raw))
+            dkim_task = group.create_task(
+                asyncio.to_thread(_verify_dkim, thread_dns, raw) if has_body else _no_dkim()
+            )
             dmarc_task = group.create_task(self._discover_dmarc(from_domain, deadline))
         spf_result, dkim_results = spf_task.result(), dkim_task.result()
         dmarc, policy = _dmarc_outcome(

@@ -20,6 +20,7 @@ from aiosmtpd.smtp import SMTP
 
 from gateway.clock import Clock
 from gateway.config import GatewaySettings, ListenAddress
+from gateway.dataread import read_data
 from gateway.inbound import GatewayEnvelope, GatewaySession, InboundHandler
 from gateway.replies import (
     REPLY_IDLE_TIMEOUT,
@@ -112,6 +113,7 @@ class GatewaySMTP(SMTP):
             proxy_protocol_timeout=_PROXY_TIMEOUT if server.proxy_protocol else None,
             auth_require_tls=True,
         )
+        self._handler = handler
         self._sessions = sessions
         self._trust = settings.server.is_trusted
         self._session_limit = server.session_timeout
@@ -230,14 +232,45 @@ class GatewaySMTP(SMTP):
     async def smtp_AUTH(self, arg: str) -> None:
         await self.push(REPLY_NO_AUTH)
 
-    async def smtp_DATA(self, arg: str) -> None:
+    async def smtp_MAIL(self, arg: str) -> None:
+        # aiosmtpd answers a declared SIZE over the limit with 552 before any recipient is
+        # named, so a filing could never be told it was not filed. The limit is lifted for
+        # the MAIL command alone; the handler keeps the declared size and answers at RCPT.
+        limit = self.data_size_limit
+        self.data_size_limit = None
         try:
-            await super().smtp_DATA(arg)
-        except Exception:
-            # The end of data ends the transaction whatever the reply; aiosmtpd keeps the
-            # envelope when a hook raises, and the next MAIL would get 503.
-            self.envelope = self._create_envelope()
+            await super().smtp_MAIL(arg)
+        finally:
+            self.data_size_limit = limit
+
+    async def smtp_DATA(self, arg: str) -> None:
+        # Our own reading of DATA (dataread.py): an oversize message or an overlong line is
+        # read to its end and still answered by the handler, with its record.
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        envelope = self.envelope
+        assert isinstance(envelope, GatewayEnvelope)
+        if not envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            received = await read_data(self._reader, size_limit=self.data_size_limit or 1 << 62)
+        except (asyncio.CancelledError, asyncio.IncompleteReadError):
+            self._writer.close()
             raise
+        envelope.received = received
+        envelope.content = envelope.original_content = received.content
+        try:
+            reply = await self._handler.handle_DATA(self, self._gateway_session(), envelope)
+        finally:
+            # The end of data ends the transaction whatever the reply, even if a hook
+            # raised (aiosmtpd would keep the envelope and the next MAIL would get 503).
+            self.envelope = self._create_envelope()
+        await self.push(reply)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ __all__ = [
     "new_reference",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS messages (
@@ -66,7 +66,8 @@ CREATE TABLE IF NOT EXISTS messages (
     notice        TEXT NOT NULL,
     duplicate_of  TEXT,
     auth          TEXT,
-    sender_authenticated INTEGER NOT NULL DEFAULT 0
+    sender_authenticated INTEGER NOT NULL DEFAULT 0,
+    refused_for   TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_received ON messages (received_at);
 CREATE INDEX IF NOT EXISTS messages_sender ON messages (mail_from);
@@ -233,6 +234,8 @@ class MessageRecord:
     auth: str | None = None  # Authentication-Results value of the sender checks
     # Whether mail may be sent to the envelope sender: a notice, or a bounce if a relay fails.
     sender_authenticated: bool = False
+    # What about the message itself refused it ("message-too-big", "line-too-long"), if so.
+    refused_for: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -483,17 +486,25 @@ def _settle(outcomes: Iterable[_Outcome]) -> None:
             future.set_exception(error)
 
 
+# Columns added since schema 1, for stores made by an older gateway.
+_ADDED_COLUMNS = (("messages", "refused_for", "TEXT"),)
+
+
 def _migrate(conn: sqlite3.Connection) -> None:
     conn.executescript(_SCHEMA)
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    if row is None:
-        conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-        )
-    elif int(row[0]) > SCHEMA_VERSION:
+    if row is not None and int(row[0]) > SCHEMA_VERSION:
         raise sqlite3.DatabaseError(
             f"store schema {row[0]} is newer than this gateway ({SCHEMA_VERSION})"
         )
+    for table, column, kind in _ADDED_COLUMNS:
+        present = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    conn.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+        (str(SCHEMA_VERSION),),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -567,14 +578,15 @@ def _count_notice(conn: sqlite3.Connection, gate: NoticeGate) -> None:
 _MESSAGE_COLUMNS = (
     "reference, received_at, session_id, peer_ip, peer_port, helo, tls, mail_from, recipients,"
     " message_id, subject, date_header, from_header, size, sha256, attachments, a_numbers,"
-    " mime_truncated, outcome, reply, notice, duplicate_of, auth, sender_authenticated"
+    " mime_truncated, outcome, reply, notice, duplicate_of, auth, sender_authenticated,"
+    " refused_for"
 )
 
 
 def _insert_message(conn: sqlite3.Connection, r: MessageRecord) -> None:
     facts = r.facts
     conn.execute(
-        f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES ({','.join('?' * 24)})",
+        f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES ({','.join('?' * 25)})",
         (
             r.reference,
             iso(r.received_at),
@@ -600,6 +612,7 @@ def _insert_message(conn: sqlite3.Connection, r: MessageRecord) -> None:
             r.duplicate_of,
             r.auth,
             int(r.sender_authenticated),
+            r.refused_for,
         ),
     )
     conn.executemany(

@@ -177,7 +177,12 @@ async def test_an_auto_responder_answering_our_notice_is_refused_and_never_answe
 ) -> None:
     # What an out-of-office reply to our notice looks like: a reply to our Message-ID.
     ours = "<20170913-7K3QM9XD0A.not-filed.ice-occ-chicago@mx.test.example>"
-    content = message(subject="Out of office: Auto: NOT FILED", In_Reply_To=ours, References=ours)
+    content = message(
+        subject="Out of office: Auto: NOT FILED",
+        In_Reply_To=ours,
+        References=ours,
+        Auto_Submitted="auto-replied",
+    )
     code, reply = await file(gateway, content=content)
     assert (code, reply) == (554, "554 5.4.6 Mail loop detected; this message is not answered")
     (row,) = gateway.rows("SELECT notice, outcome FROM messages")
