@@ -416,7 +416,8 @@ class InboundHandler:
         if loop is not None:
             reply, outcome, suppressed = REPLY_LOOP, "rejected", f"loop-{loop}"
         elif auth is not None and auth.verdict is Verdict.TEMPERROR and self._tempfail_on_dns:
-            reply, outcome = sender_check_failed_reply(reference), "deferred"
+            office = None if key is None else self._office_of(key)
+            reply, outcome = sender_check_failed_reply(reference, office), "deferred"
             suppressed = "sender-check-temperror"
         elif key is None:
             reply, outcome, suppressed = REPLY_CHANGED, "deferred", None
@@ -461,9 +462,14 @@ class InboundHandler:
     def _problem_reply(self, problem: str, key: tuple[str, ...], reference: str) -> str:
         if problem == _LINE_TOO_LONG:
             return line_too_long_reply(reference)
-        # Any key but ("accept",) names the office whose filings these were.
-        office = None if key == ("accept",) else self.offices[key[-1]]
-        return oversize_reply(office, reference)
+        return oversize_reply(self._office_of(key), reference)
+
+    def _office_of(self, key: tuple[str, ...]) -> OfficeSettings | None:
+        """The office whose filings a transaction's answer is about; None for mail that is
+        relayed or kept for postmaster (not refused as a filing)."""
+        if key[0] == "gone" or key == ("accept",):
+            return None
+        return self.offices[key[-1]]
 
     def _loop(self, facts: MessageFacts, *, is_automatic: bool) -> str | None:
         return loop_reason(
@@ -501,6 +507,7 @@ class InboundHandler:
         # A relayed message keeps its 250 when only its advisory is over a limit; a refusal
         # or an accept-and-notify answer depends on the notice, so it becomes a 451.
         depends = key is not None and key != ("accept",)
+        office = None if key is None else self._office_of(key)
         reference = record.reference
         return NoticeGate(
             dedup_key=dedup_key,
@@ -508,7 +515,7 @@ class InboundHandler:
             hour=f"{at:%Y-%m-%dT%H}",
             counters=counters,
             limits=self.notice_limits,
-            limited_reply=(lambda scope: (rate_limited_reply(scope, reference), "deferred"))
+            limited_reply=(lambda scope: (rate_limited_reply(scope, reference, office), "deferred"))
             if depends
             else None,
         )

@@ -170,19 +170,28 @@ _SCOPE_WORDS = {
 }
 
 
-def rate_limited_reply(scope: NoticeScope, reference: str) -> str:
+def _not_filed(office: OfficeSettings | None) -> str:
+    # A temporary failure may be all a sender's MTA ever shows them (in a delay warning).
+    if office is None:
+        return ""
+    return f"; NOT FILED: file {office.short_name} electronically via {office.portal_url}"
+
+
+def rate_limited_reply(
+    scope: NoticeScope, reference: str, office: OfficeSettings | None = None
+) -> str:
     """The 451 for a message whose notice would pass a rate limit: try later, not refused."""
     return (
         f"451 4.7.1 Too many messages {_SCOPE_WORDS[scope]} this hour; not accepted,"
-        f" please try again later (ref {reference})"
+        f" please try again later{_not_filed(office)} (ref {reference})"
     )
 
 
-def sender_check_failed_reply(reference: str) -> str:
+def sender_check_failed_reply(reference: str, office: OfficeSettings | None = None) -> str:
     """The 451 when DNS trouble kept us from checking the sender: retried, never dropped."""
     return (
         "451 4.4.3 Could not check the sender's domain (DNS trouble); not accepted,"
-        f" please try again later (ref {reference})"
+        f" please try again later{_not_filed(office)} (ref {reference})"
     )
 
 
@@ -198,6 +207,8 @@ def check_replies(settings: GatewaySettings) -> None:
             accepted_reply(_SAMPLE_REFERENCE, office),
             oversize_reply(office, _SAMPLE_REFERENCE),
             unknown_mailbox_reply(office, _SAMPLE_REFERENCE),
+            rate_limited_reply(NoticeScope.DOMAIN, _SAMPLE_REFERENCE, office),
+            sender_check_failed_reply(_SAMPLE_REFERENCE, office),
         ):
             if len(reply) > MAX_REPLY or not reply.isascii():
                 raise ConfigError(

@@ -81,6 +81,9 @@ async def test_a_burst_from_one_sender_crosses_its_limit_and_gets_451(
     ]
     assert [code for code, _ in replies] == [550, 550, 550, 451, 451]
     assert replies[3][1].startswith("451 4.7.1 Too many messages from this sender this hour")
+    # A delay warning may be all the sender ever reads: it says not filed, and where to file.
+    assert "NOT FILED" in replies[3][1]
+    assert "https://eservice.ice.gov/" in replies[3][1]
     assert notices(gw) == 3
     limited = gw.rows("SELECT outcome, notice, reply FROM messages WHERE outcome = 'deferred'")
     assert {r["notice"] for r in limited} == {"suppressed:rate-limit-sender"}
