@@ -154,6 +154,7 @@ async def test_a_scrape_counts_the_mail_sent_and_the_queue_it_left(tmp_path: Pat
     assert value(during, "gateway_smtp_messages_total", outcome="rejected") == 4
     assert value(during, "gateway_smtp_messages_total", outcome="accepted") == 1
     assert value(during, "gateway_smtp_messages_total", outcome="deferred") == 0
+    assert value(during, "gateway_smtp_messages_refused_total", reason="address-retired") == 4
     assert value(during, "gateway_smtp_recipients_refused_total", reason="no-such-mailbox") == 1
     assert value(during, "gateway_smtp_recipients_refused_total", reason="relay-denied") == 2
     assert value(during, "gateway_notices_total", status="queued") == 3
