@@ -48,11 +48,17 @@ def write_story(story: Story, zone: tzinfo, out: TextIO) -> None:
     for recipient, office, phase, action, reason, at in _decisions(story):
         decided = f"  (decided {when(at, zone)})" if at else ""
         out.write(f"  <{recipient}>  office {office}, phase {phase}, {action}: {reason}{decided}\n")
-    _write_fields([("answer", a.reply)], out)
+    refused_for = a.reason if a.reason in _MESSAGE_PROBLEMS else None
+    _write_fields([("answer", a.reply), ("refused for", refused_for)], out)
     _write_deliveries(story, zone, out)
     out.write(f"timeline ({zone})\n")
     for at, what_happened in _timeline(story):
         out.write(f"  {when(at, zone)}  {what_happened}\n")
+
+
+# What about a message itself refused it (inbound.py); its record keeps only the header block
+# of an oversize message.
+_MESSAGE_PROBLEMS = frozenset({"message-too-big", "line-too-long"})
 
 
 def _is_message(attempt: AttemptRecord) -> bool:

@@ -5,12 +5,22 @@ senders, suppressed notices and people answering our notices."""
 from __future__ import annotations
 
 import hashlib
+import io
 import sqlite3
 
 import pytest
 
+from gateway.auditcmd import AuditRequest, run_audit
 from gateway.records import Filters, find_attempts
-from tests.conftest import BEFORE_PORTAL, RETIRED, SENDER, Gateway, GatewayFactory, office
+from tests.conftest import (
+    AFTER_CUTOFF,
+    BEFORE_PORTAL,
+    RETIRED,
+    SENDER,
+    Gateway,
+    GatewayFactory,
+    office,
+)
 from tests.smtpclient import RawClient, Reply, message, reference_of, transaction
 
 PORTAL = "https://eservice.ice.gov/"
@@ -80,6 +90,17 @@ async def test_an_oversize_filing_is_read_to_the_end_refused_not_filed_and_recor
     assert [j["kind"] for j in gw.rows("SELECT kind FROM jobs")] == ["notice"]
     (attempt,) = attempts(gw)
     assert attempt.reason == "message-too-big"  # type: ignore[attr-defined]
+    # What a records officer reads: the refusal, why, and the size that came.
+    out, err = io.StringIO(), io.StringIO()
+    request = AuditRequest(action="show", targets=(reference,))
+    assert run_audit(gw.settings, request, now=AFTER_CUTOFF, out=out, err=err) == 0
+    shown = out.getvalue()
+    assert "refused for     message-too-big" in shown
+    assert f"{len(whole):,} bytes" in shown
+    summary = io.StringIO()
+    request = AuditRequest(action="summary", output="json")
+    assert run_audit(gw.settings, request, now=AFTER_CUTOFF, out=summary, err=err) == 0
+    assert '"message-too-big": 1' in summary.getvalue()
 
 
 async def test_an_oversize_message_to_be_relayed_is_refused_with_a_reference_and_not_relayed(
