@@ -22,6 +22,7 @@ from typing import Any
 from gateway.addresses import parse_address
 from gateway.outbox import Attempt, Job, JobState, job_attempts
 from gateway.redaction import Redactor
+from gateway.sentmail import SentNotice, read_sent
 from gateway.verification import LogLine
 
 __all__ = [
@@ -350,6 +351,7 @@ class Story:
     recipients: tuple[RecipientDecision, ...] = ()
     jobs: tuple[tuple[Job, tuple[Attempt, ...]], ...] = ()
     events: tuple[LoggedEvent, ...] = ()
+    sent: tuple[SentNotice, ...] = ()  # the notices kept as sent (sentmail.py)
 
 
 def tell_story(conn: sqlite3.Connection, reference: str) -> Story | None:
@@ -384,6 +386,7 @@ def tell_story(conn: sqlite3.Connection, reference: str) -> Story | None:
         jobs=tuple(
             (job, tuple(job_attempts(conn, job.id))) for job in (Job.from_row(j) for j in jobs)
         ),
+        sent=tuple(read_sent(conn, ref)),
     )
 
 

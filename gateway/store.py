@@ -39,7 +39,9 @@ __all__ = [
     "new_reference",
 ]
 
-SCHEMA_VERSION = 1
+# 2: sent_notices. Opening an older store adds what it lacks (CREATE ... IF NOT EXISTS) and
+# records the new version, so an older gateway, which would not purge the new table, refuses it.
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS messages (
@@ -165,6 +167,21 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints (
     at          TEXT NOT NULL,
     PRIMARY KEY (chain, seq)
 );
+-- Each notice, advisory and bounce as sent, after DKIM signing: what the sender was told
+-- (sentmail.py). No foreign key: it has its own retention ([storage]
+-- notice_retention_days) and may outlive its job's record.
+CREATE TABLE IF NOT EXISTS sent_notices (
+    reference   TEXT NOT NULL,
+    job_id      INTEGER NOT NULL,
+    kind        TEXT NOT NULL,
+    message_id  TEXT,
+    sha256      TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    sent_at     TEXT NOT NULL,
+    data        BLOB NOT NULL,
+    PRIMARY KEY (reference, job_id)
+);
+CREATE INDEX IF NOT EXISTS sent_notices_sent_at ON sent_notices (sent_at);
 """
 
 # Crockford's base32: no I, L, O, U, so a reference read over the phone is unambiguous.
@@ -486,14 +503,15 @@ def _settle(outcomes: Iterable[_Outcome]) -> None:
 def _migrate(conn: sqlite3.Connection) -> None:
     conn.executescript(_SCHEMA)
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    if row is None:
-        conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-        )
-    elif int(row[0]) > SCHEMA_VERSION:
+    if row is not None and int(row[0]) > SCHEMA_VERSION:
         raise sqlite3.DatabaseError(
             f"store schema {row[0]} is newer than this gateway ({SCHEMA_VERSION})"
         )
+    # The script above has brought an older store up to date: say so.
+    conn.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+        (str(SCHEMA_VERSION),),
+    )
 
 
 @dataclass(frozen=True, slots=True)
