@@ -29,7 +29,7 @@ from gateway.sentmail import describe_sent, read_sent
 from gateway.store import SCHEMA_VERSION, Store, connect
 from tests.conftest import AFTER_CUTOFF, BEFORE_PORTAL, Gateway, GatewayFactory, office
 from tests.sink import Received, Sink, start_sink
-from tests.test_delivery import WorkerFactory, file_a_filing, job_state, smarthost
+from tests.test_delivery import FAST_RETRY, WorkerFactory, file_a_filing, job_state, smarthost
 from tests.test_delivery import run_worker as run_worker  # a fixture, shared
 from tests.test_delivery import sink as sink  # a fixture, shared
 
@@ -84,6 +84,20 @@ async def test_the_notice_is_kept_exactly_as_the_sink_received_it(
     assert kept["message_id"] == notice["Message-ID"]
     # Written in the transaction that marked the job delivered: one moment for all three.
     assert kept["sent_at"] == attempt["finished_at"] == job["updated_at"]
+
+
+async def test_in_file_mode_the_kept_notice_is_the_file_without_its_envelope_lines(
+    start_gateway: GatewayFactory, run_worker: WorkerFactory, tmp_path: Path
+) -> None:
+    outbox = tmp_path / "outbox"
+    gw = await start_gateway(delivery={"mode": "file", "outbox_dir": str(outbox), **FAST_RETRY})
+    await file_a_filing(gw)
+    await run_worker(gw)
+    await job_state(gw, "delivered")
+    (written,) = outbox.iterdir()
+    (kept,) = gw.rows("SELECT data FROM sent_notices")
+    envelope = b"X-Envelope-From: <>\r\nX-Envelope-To: <paralegal@lawfirm.example>\r\n"
+    assert written.read_bytes() == envelope + bytes(kept["data"])
 
 
 async def test_audit_notice_writes_the_eml_as_sent_and_show_names_its_id_and_hash(
