@@ -126,6 +126,8 @@ EVENTS: dict[str, tuple[str, ...]] = {
         "attempts",
         "refusals",
     ),
+    # Notices kept as sent past [storage] notice_retention_days: sent before `before`.
+    "store.notices_purged": ("before", "notice_retention_days", "count"),
     "dkim.key_created": ("selector", "domain", "path", "dns_record"),
     "outbox.recovered": ("jobs",),
     "outbox.claim_failed": ("error",),

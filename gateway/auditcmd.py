@@ -1,6 +1,7 @@
 """`gateway audit ...`: the operator's questions about attempts, answered from the record.
 
-list (the default), show REF, summary, report --out FILE, senders and verify [FILES]. Each
+list (the default), show REF, notice REF, summary, report --out FILE, senders and verify
+[FILES]. Each
 opens the state store read-only (it may run beside a serving gateway), asks records.py,
 chain.py or report.py, and formats the answer: an aligned table for a terminal, JSON lines or
 CSV for other tools. Subjects, file names and A-numbers are redacted as `[audit]` says unless
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import json
 import os
 import sqlite3
@@ -20,7 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway import __version__
@@ -41,6 +43,7 @@ from gateway.records import (
 )
 from gateway.redaction import Redactor
 from gateway.report import Report, render_report
+from gateway.sentmail import SentNotice, read_sent, sent_data
 from gateway.store import connect
 from gateway.story import when, write_events, write_story
 from gateway.verification import (
@@ -56,7 +59,7 @@ from gateway.verification import (
 __all__ = ["ACTIONS", "AuditRequest", "run_audit"]
 
 EXIT_OK, EXIT_FOUND_PROBLEMS, EXIT_USAGE = 0, 1, 2
-ACTIONS = ("list", "show", "summary", "report", "senders", "verify")
+ACTIONS = ("list", "show", "notice", "summary", "report", "senders", "verify")
 
 
 class UsageError(Exception):
@@ -85,6 +88,8 @@ class AuditRequest:
     logs: tuple[Path, ...] = ()
     unredacted: bool = False
     use_store: bool = True
+    job: int | None = None  # notice: which of the reference's notices, when it has several
+    notice_file: Path | None = None  # notice: where to write it (None: out_bytes)
 
 
 def run_audit(
@@ -94,12 +99,17 @@ def run_audit(
     now: datetime,
     out: TextIO,
     err: TextIO,
+    out_bytes: BinaryIO | None = None,
 ) -> int:
-    """Answer one audit command; returns the exit status."""
+    """Answer one audit command; returns the exit status. `out_bytes` takes what is
+    written byte for byte (audit notice) and defaults to `out`'s buffer."""
     try:
         if request.action == "verify":
             return _verify(settings, request, out)
         with _store(settings) as conn:
+            if request.action == "notice":
+                target = out_bytes if out_bytes is not None else out.buffer
+                return _notice(request, conn, out=out, out_bytes=target, err=err)
             return _answer(settings, request, conn, now=now, out=out, err=err)
     except UsageError as exc:
         err.write(f"gateway: {exc}\n")
@@ -510,6 +520,77 @@ def _lines(files: Sequence[Path]) -> Iterator[LogLine]:
 
 
 # ---------------------------------------------------------------------------------------------
+# notice: the exact bytes the sender was sent
+
+
+def _notice(
+    request: AuditRequest,
+    conn: sqlite3.Connection,
+    *,
+    out: TextIO,
+    out_bytes: BinaryIO,
+    err: TextIO,
+) -> int:
+    """Write one kept notice as sent: to --output FILE, or to standard output.
+
+    Not redacted: it is the evidence, and a redacted copy would not match its SHA-256.
+    """
+    if len(request.targets) != 1:
+        raise UsageError("audit notice needs one reference (see gateway audit list)")
+    reference = request.targets[0].strip().upper()
+    kept = _chosen_notice(read_sent(conn, reference), request.job)
+    if kept is None:
+        err.write(f"gateway: {_why_no_notice(conn, reference, request.job)}\n")
+        return EXIT_FOUND_PROBLEMS
+    data = sent_data(conn, reference, kept.job_id) or b""
+    if hashlib.sha256(data).hexdigest() != kept.sha256:
+        err.write(f"gateway: the notice kept for {reference} does not match its SHA-256\n")
+        return EXIT_FOUND_PROBLEMS
+    if request.notice_file is None:
+        out_bytes.write(data)
+        out_bytes.flush()
+        return EXIT_OK
+    _write_atomically(request.notice_file, data)
+    out.write(
+        f"wrote {request.notice_file}: {kept.kind} of job {kept.job_id}, {kept.size:,} bytes,"
+        f" Message-ID {kept.message_id or '(none)'}, SHA-256 {kept.sha256}\n"
+    )
+    return EXIT_OK
+
+
+def _chosen_notice(kept: Sequence[SentNotice], job: int | None) -> SentNotice | None:
+    """The notice asked for: the one with --job, or the only one.
+
+    Raises:
+        UsageError: there are several and no --job says which.
+    """
+    if job is not None:
+        return next((k for k in kept if k.job_id == job), None)
+    if len(kept) > 1:
+        which = ", ".join(f"job {k.job_id} ({k.kind})" for k in kept)
+        raise UsageError(f"{kept[0].reference} has {len(kept)} notices kept, {which}: give --job")
+    return kept[0] if kept else None
+
+
+def _why_no_notice(conn: sqlite3.Connection, reference: str, job: int | None) -> str:
+    known = conn.execute("SELECT 1 FROM messages WHERE reference = ?", (reference,)).fetchone()
+    if known is None:
+        return f"no attempt {reference} in the store (or its record and notice were purged)"
+    if job is not None:
+        return f"no notice of job {job} is kept for {reference}"
+    delivered = conn.execute(
+        "SELECT 1 FROM jobs WHERE reference = ? AND state = 'delivered' AND kind != 'relay'",
+        (reference,),
+    ).fetchone()
+    if delivered is not None:
+        return (
+            f"the notice sent for {reference} is no longer kept (purged after"
+            " [storage] notice_retention_days, or sent before notices were kept)"
+        )
+    return f"no notice has been sent for {reference} (see gateway audit show {reference})"
+
+
+# ---------------------------------------------------------------------------------------------
 # report: the HTML page
 
 
@@ -560,12 +641,13 @@ def _redaction_note(redactor: Redactor) -> str:
     )
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Write the whole file or nothing: a report half written would mislead."""
+def _write_atomically(path: Path, content: str | bytes) -> None:
+    """Write the whole file or nothing: a report or notice half written would mislead."""
     handle, temporary = tempfile.mkstemp(dir=path.parent or Path("."), prefix=f".{path.name}.")
+    data = content.encode("utf-8") if isinstance(content, str) else content
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

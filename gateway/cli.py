@@ -68,8 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_audit(
         command(
             "audit",
-            "Find and account for attempts: list (default), show REF, summary, report --out FILE,"
-            " senders, verify [FILE ...] (the log's hash chain).",
+            "Find and account for attempts: list (default), show REF, notice REF (the notice"
+            " as sent, .eml), summary, report --out FILE, senders, verify [FILE ...] (the log's"
+            " hash chain).",
         )
     )
     return parser
@@ -80,13 +81,14 @@ def _add_audit(audit: argparse.ArgumentParser) -> None:
         "action",
         nargs="?",
         default="list",
-        choices=["list", "show", "summary", "report", "senders", "verify"],
+        choices=["list", "show", "notice", "summary", "report", "senders", "verify"],
     )
     audit.add_argument(
         "targets",
         nargs="*",
         metavar="REF|FILE",
-        help="show: a reference; verify: log files (default: the configured log and its rotations)",
+        help="show, notice: a reference; verify: log files (default: the configured log and its"
+        " rotations)",
     )
     find = audit.add_argument_group("which attempts (all when none is given)")
     find.add_argument("--since", metavar="DATE", help="from this date or date-time on")
@@ -120,6 +122,16 @@ def _add_audit(audit: argparse.ArgumentParser) -> None:
     )
     audit.add_argument(
         "--no-store", action="store_true", help="verify: do not check against the store"
+    )
+    audit.add_argument(
+        "--output",
+        type=Path,
+        metavar="FILE",
+        dest="notice_file",
+        help="notice: write the .eml to FILE (default: standard output), exactly as sent",
+    )
+    audit.add_argument(
+        "--job", type=int, metavar="ID", help="notice: which job's, when a reference has several"
     )
 
 
@@ -260,8 +272,17 @@ def _audit(settings: GatewaySettings, args: argparse.Namespace) -> int:
         logs=tuple(args.log),
         unredacted=args.unredacted,
         use_store=not args.no_store,
+        job=args.job,
+        notice_file=args.notice_file,
     )
-    return run_audit(settings, request, now=datetime.now(UTC), out=sys.stdout, err=sys.stderr)
+    return run_audit(
+        settings,
+        request,
+        now=datetime.now(UTC),
+        out=sys.stdout,
+        err=sys.stderr,
+        out_bytes=sys.stdout.buffer,
+    )
 
 
 def _settings(path: Path | None) -> GatewaySettings:

@@ -250,7 +250,9 @@ def _bounce_data(conn: sqlite3.Connection, job: Job, hostname: str, now: datetim
     headers = MIMEBase("text", "rfc822-headers")
     headers.set_payload(_header_block(message["raw"] or b"").decode("ascii", "replace"))
     report.attach(headers)
-    return report.as_bytes(policy=email_policy.SMTP)
+    # A non-ASCII sender's address goes in To: as UTF-8 (RFC 6532 §3.2), sent with SMTPUTF8.
+    utf8 = not job.recipients[0].isascii()
+    return report.as_bytes(policy=email_policy.SMTPUTF8 if utf8 else email_policy.SMTP)
 
 
 def _bounce_text(

@@ -190,6 +190,10 @@ class StorageSettings(_Model):
     # Forever by default: they are an agency's records, whose disposal follows its own records
     # schedule, which the gateway cannot know; deleting them early cannot be undone.
     retention_days: int = Field(default=0, ge=0)
+    # Days each notice, advisory and bounce is kept as sent (its bytes, Message-ID, SHA-256),
+    # counted from when it was sent; 0 keeps them forever. Its own period: what the sender
+    # was told may have to be shown long after, or not at all after, the rest of the record.
+    notice_retention_days: int = Field(default=0, ge=0)
 
     @property
     def database(self) -> Path:

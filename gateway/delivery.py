@@ -6,8 +6,9 @@ original message unchanged below a Received header, to the office's legacy host.
 giving up are decided by policy.py; the queue lives in outbox.py; the wire in transport.py.
 
 Exactly once, in effect: a job is marked delivered in the one write right after the remote
-side's 250. A crash between that 250 and that write is the one window in which a mail may go
-out twice; the lease then expires (or the next start recovers it) and the job is sent again.
+side's 250, which also keeps a notice's bytes as sent (sentmail.py). A crash between that
+250 and that write is the one window in which a mail may go out twice; the lease then
+expires (or the next start recovers it) and the job is sent again.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from gateway.config import GatewaySettings
 from gateway.errors import DeliveryDeferred, DeliveryError, StoreError
 from gateway.outbox import Attempt, Job, JobState, Outbox
 from gateway.policy import next_attempt_at
+from gateway.sentmail import SentNotice, describe_sent, should_keep
 from gateway.store import iso
-from gateway.transport import Answer, MailSender
+from gateway.transport import Answer, MailSender, OutgoingMail
 
 __all__ = ["DeliveryWorker"]
 
@@ -160,13 +162,20 @@ class DeliveryWorker:
             log.exception("delivery.crashed", job_id=job.id, reference=job.reference)
             await self._record_failure(job, started, DeliveryDeferred(f"internal error: {exc!r}"))
         else:
-            await self._record_success(job, started, answer)
+            await self._record_success(job, started, answer, mail)
 
-    async def _record_success(self, job: Job, started: datetime, answer: Answer) -> None:
+    async def _record_success(
+        self, job: Job, started: datetime, answer: Answer, mail: OutgoingMail
+    ) -> None:
         attempt = Attempt(
             started, self.clock(), answer.host, answer.code, answer.reply, JobState.DELIVERED
         )
-        await self.outbox.finish(job, attempt, raw_keep_until=self._raw_release(job, attempt))
+        await self.outbox.finish(
+            job,
+            attempt,
+            raw_keep_until=self._raw_release(job, attempt),
+            sent=_kept(job, mail, attempt.finished_at),
+        )
         _log_attempt("delivery.succeeded", job, attempt)
 
     def _raw_release(self, job: Job, attempt: Attempt) -> datetime | None:
@@ -217,6 +226,16 @@ class DeliveryWorker:
                 job_id=bounce.job_id,
                 about_job=job.id,
             )
+
+
+def _kept(job: Job, mail: OutgoingMail, sent_at: datetime) -> tuple[SentNotice, bytes] | None:
+    """What to keep of a delivered mail: the bytes as sent, for notices, advisories, bounces."""
+    if not should_keep(job.kind):
+        return None
+    notice = describe_sent(
+        mail.data, job_id=job.id, reference=job.reference, kind=job.kind, sent_at=sent_at
+    )
+    return notice, mail.data
 
 
 def _log_attempt(event: str, job: Job, attempt: Attempt, **extra: str | None) -> None:

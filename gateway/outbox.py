@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from gateway.sentmail import SentNotice, insert_sent
 from gateway.store import Store, iso
 
 __all__ = [
@@ -161,6 +162,7 @@ class Outbox:
         note: str | None = None,
         raw_keep_until: datetime | None = None,
         bounce: bool = False,
+        sent: tuple[SentNotice, bytes] | None = None,
     ) -> Bounce | None:
         """Record an attempt and move the job to the attempt's outcome, in one transaction.
 
@@ -169,6 +171,8 @@ class Outbox:
         message is still needed (another relay pending, or mail for postmaster). With
         `bounce`, a failed relay queues a delivery status notification to the original sender
         when, and only when, that sender was authenticated, and returns it.
+        With `sent`, the mail as it was sent is kept (sentmail.py) in that same transaction:
+        the store never says delivered without saying what.
         """
 
         def record(conn: sqlite3.Connection) -> Bounce | None:
@@ -201,6 +205,8 @@ class Outbox:
             )
             if raw_keep_until is not None:
                 _release_raw(conn, job.reference, raw_keep_until)
+            if sent is not None:
+                insert_sent(conn, *sent)
             return _queue_bounce(conn, job, attempt.finished_at) if bounce else None
 
         return await self.store.write(record)

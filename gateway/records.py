@@ -22,6 +22,7 @@ from typing import Any
 from gateway.addresses import parse_address
 from gateway.outbox import Attempt, Job, JobState, job_attempts
 from gateway.redaction import Redactor
+from gateway.sentmail import SentNotice, read_sent
 from gateway.verification import LogLine
 
 __all__ = [
@@ -132,7 +133,7 @@ def parse_bound(text: str, zone: tzinfo, *, is_end: bool = False) -> datetime:
 _MESSAGES = """
 SELECT m.reference, m.received_at, m.session_id, m.peer_ip, m.helo, m.mail_from, m.message_id,
        m.subject, m.size, m.sha256, m.attachments, m.a_numbers, m.outcome, m.reply, m.notice,
-       m.refused_for,
+       {refused_for} AS refused_for,
        r.recipient, r.office, r.phase, r.action, r.reason,
        (SELECT j.state FROM jobs j WHERE j.reference = m.reference AND j.kind != 'relay'
         ORDER BY j.id DESC LIMIT 1) AS notice_state
@@ -189,7 +190,10 @@ def _messages(conn: sqlite3.Connection, filters: Filters) -> list[AttemptRecord]
         bare = filters.message_id.strip().strip("<>")
         where.append("m.message_id IN (?, ?)")
         params += [f"<{bare}>", bare]
-    sql = _MESSAGES.format(where=" AND ".join(where) or "1")
+    # A store an older gateway made has no refused_for until the gateway next opens it.
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(messages)")}
+    refused_for = "m.refused_for" if "refused_for" in columns else "NULL"
+    sql = _MESSAGES.format(where=" AND ".join(where) or "1", refused_for=refused_for)
     rows = conn.execute(sql, params).fetchall()
     return [_message(group) for group in _grouped(rows)]
 
@@ -351,6 +355,7 @@ class Story:
     recipients: tuple[RecipientDecision, ...] = ()
     jobs: tuple[tuple[Job, tuple[Attempt, ...]], ...] = ()
     events: tuple[LoggedEvent, ...] = ()
+    sent: tuple[SentNotice, ...] = ()  # the notices kept as sent (sentmail.py)
 
 
 def tell_story(conn: sqlite3.Connection, reference: str) -> Story | None:
@@ -385,6 +390,7 @@ def tell_story(conn: sqlite3.Connection, reference: str) -> Story | None:
         jobs=tuple(
             (job, tuple(job_attempts(conn, job.id))) for job in (Job.from_row(j) for j in jobs)
         ),
+        sent=tuple(read_sent(conn, ref)),
     )
 
 

@@ -1,10 +1,12 @@
 """Retention: the scheduled purge of records and raw messages past their period.
 
-Two periods, both in [storage]: `raw_retention_days` ends the keeping of a refused message's
+Three periods, all in [storage]: `raw_retention_days` ends the keeping of a refused message's
 raw bytes (set per message when it was received), and `retention_days` (0: forever) ends the
 record itself: the message with its recipients, raw bytes, jobs and their attempts, and
 refusals at RCPT. A message with a job still to be delivered (queued, in flight, deferred) is
-never purged, however old.
+never purged, however old. `notice_retention_days` (0: forever) ends the keeping of the
+notices, advisories and bounces as sent (sentmail.py), counted from when each was sent, on
+its own: a kept notice may outlive its message's record or go before it.
 
 Purges go through the store's writer a batch at a time, so no purge holds the write lock for
 long: sessions' records are committed between the batches. Each purge that deleted anything
@@ -16,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import sqlite3
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -25,11 +27,13 @@ from gateway.clock import Clock
 from gateway.config import StorageSettings
 from gateway.errors import StoreError
 from gateway.outbox import JobState
+from gateway.sentmail import purge_sent
 from gateway.store import Store, iso
 
 __all__ = [
     "BATCH",
     "Purged",
+    "purge_notices",
     "purge_once",
     "purge_periodically",
     "purge_raw",
@@ -57,6 +61,7 @@ class Purged:
     jobs: int = 0
     attempts: int = 0
     refusals: int = 0
+    sent_notices: int = 0
 
     def __add__(self, other: Purged) -> Purged:
         return Purged(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
@@ -142,8 +147,24 @@ async def purge_raw(store: Store, now: datetime, *, batch: int = BATCH) -> int:
             return total
 
 
+async def purge_notices(store: Store, *, before: datetime, batch: int = BATCH) -> int:
+    """Delete the notices kept as sent before `before`, `batch` per transaction; how many.
+
+    Raises:
+        StoreError: a batch could not be committed (the batches before it stay purged).
+    """
+    total = 0
+    while True:
+        count = await store.write(
+            functools.partial(purge_sent, before=before.astimezone(UTC), limit=batch)
+        )
+        total += count
+        if count < batch:
+            return total
+
+
 async def purge_once(store: Store, storage: StorageSettings, now: datetime) -> Purged:
-    """Run both purges as of `now` and log what they deleted; returns the records purged.
+    """Run the purges as of `now` and log what they deleted; returns the records purged.
 
     A failure is logged (store.purge_failed), not raised: the next run tries again.
     """
@@ -151,13 +172,34 @@ async def purge_once(store: Store, storage: StorageSettings, now: datetime) -> P
         raw = await purge_raw(store, now)
         if raw:
             log.info("store.raw_purged", count=raw)
-        before = records_cutoff(now, storage.retention_days)
-        if before is None:
-            return Purged()
-        purged = await purge_records(store, before=before)
+        purged = await _purge_records_due(store, storage, now)
+        notices = await _purge_notices_due(store, storage, now)
     except StoreError as exc:
         log.error("store.purge_failed", error=str(exc))
         return Purged()
+    return replace(purged, sent_notices=notices)
+
+
+async def _purge_notices_due(store: Store, storage: StorageSettings, now: datetime) -> int:
+    before = records_cutoff(now, storage.notice_retention_days)
+    if before is None:
+        return 0
+    count = await purge_notices(store, before=before)
+    if count:
+        log.info(
+            "store.notices_purged",
+            before=iso(before),
+            notice_retention_days=storage.notice_retention_days,
+            count=count,
+        )
+    return count
+
+
+async def _purge_records_due(store: Store, storage: StorageSettings, now: datetime) -> Purged:
+    before = records_cutoff(now, storage.retention_days)
+    if before is None:
+        return Purged()
+    purged = await purge_records(store, before=before)
     if purged.total:
         log.info(
             "store.records_purged",

@@ -39,6 +39,9 @@ __all__ = [
     "new_reference",
 ]
 
+# 2: sent_notices and messages.refused_for. Opening an older store adds what it lacks (CREATE
+# ... IF NOT EXISTS, ALTER TABLE for columns) and records the new version, so an older gateway,
+# which would neither fill nor purge them, refuses it.
 SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -166,6 +169,21 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints (
     at          TEXT NOT NULL,
     PRIMARY KEY (chain, seq)
 );
+-- Each notice, advisory and bounce as sent, after DKIM signing: what the sender was told
+-- (sentmail.py). No foreign key: it has its own retention ([storage]
+-- notice_retention_days) and may outlive its job's record.
+CREATE TABLE IF NOT EXISTS sent_notices (
+    reference   TEXT NOT NULL,
+    job_id      INTEGER NOT NULL,
+    kind        TEXT NOT NULL,
+    message_id  TEXT,
+    sha256      TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    sent_at     TEXT NOT NULL,
+    data        BLOB NOT NULL,
+    PRIMARY KEY (reference, job_id)
+);
+CREATE INDEX IF NOT EXISTS sent_notices_sent_at ON sent_notices (sent_at);
 """
 
 # Crockford's base32: no I, L, O, U, so a reference read over the phone is unambiguous.
@@ -501,6 +519,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
         present = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
         if column not in present:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    # The script and columns above have brought an older store up to date: say so.
     conn.execute(
         "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
         (str(SCHEMA_VERSION),),

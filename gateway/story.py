@@ -13,7 +13,9 @@ from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import TextIO
 
+from gateway.outbox import Job, JobState
 from gateway.records import AttemptRecord, Kind, LoggedEvent, Story
+from gateway.sentmail import SentNotice, should_keep
 
 __all__ = ["when", "write_events", "write_story"]
 
@@ -108,6 +110,7 @@ def _decisions(
 def _write_deliveries(story: Story, zone: tzinfo, out: TextIO) -> None:
     if story.jobs:
         out.write("deliveries\n")
+    sent = {kept.job_id: kept for kept in story.sent}
     for job, attempts in story.jobs:
         to = ", ".join(f"<{r}>" for r in job.recipients)
         tries = f"{len(attempts)} attempt{'s' if len(attempts) != 1 else ''}"
@@ -117,6 +120,18 @@ def _write_deliveries(story: Story, zone: tzinfo, out: TextIO) -> None:
                 f"    attempt {number}  {when(tried.started_at, zone)}  {tried.outcome}"
                 f"  {tried.host or '-'}  {tried.code or '-'}  {tried.reply}\n"
             )
+        _write_sent(job, sent.get(job.id), out)
+
+
+def _write_sent(job: Job, kept: SentNotice | None, out: TextIO) -> None:
+    """What the sender was told: the kept notice's Message-ID and hash, or why there is none."""
+    if kept is not None:
+        out.write(f"    message-id  {kept.message_id or '(none)'}\n")
+        out.write(f"    sha-256     {kept.sha256}  ({kept.size:,} bytes, kept as sent:")
+        out.write(f" gateway audit notice {kept.reference} --job {kept.job_id})\n")
+    elif job.state is JobState.DELIVERED and should_keep(job.kind):
+        out.write("    as sent     not kept (purged by notice_retention_days, or sent before")
+        out.write(" notices were kept)\n")
 
 
 def _timeline(story: Story) -> list[tuple[datetime, str]]:

@@ -41,6 +41,11 @@ class OutgoingMail:
     name: str  # a file-system-safe name for this mail, e.g. "20170913-ABC-12-notice"
     destination: str | None = None  # fixed "host:port" (relays to the legacy host)
 
+    @property
+    def has_utf8_envelope(self) -> bool:
+        """Whether an envelope address is non-ASCII, so the mail needs SMTPUTF8 (RFC 6531)."""
+        return not all(a.isascii() for a in (self.mail_from, *self.recipients))
+
 
 @dataclass(frozen=True, slots=True)
 class Answer:
@@ -158,7 +163,12 @@ class SmtpSender:
                 await client.connect()
             await client.ehlo()
             await self._secure(client, target, mail, tls=tls)
-            _errors, reply = await client.sendmail(mail.mail_from, list(mail.recipients), mail.data)
+            _errors, reply = await client.sendmail(
+                mail.mail_from,
+                list(mail.recipients),
+                mail.data,
+                mail_options=_mail_options(client, target, mail),
+            )
             return Answer(host=target.name, code=250, reply=_partial(reply, _errors))
         except aiosmtplib.SMTPRecipientsRefused as exc:
             first = exc.recipients[0]
@@ -204,6 +214,25 @@ class SmtpSender:
 
 class _TlsFailed(DeliveryDeferred):
     """STARTTLS was offered but no encrypted session could be had."""
+
+
+def _mail_options(client: aiosmtplib.SMTP, target: Target, mail: OutgoingMail) -> list[str]:
+    """MAIL FROM's parameters: SMTPUTF8 when an address needs it (after STARTTLS's new EHLO).
+
+    Raises:
+        DeliveryFailed: an address needs SMTPUTF8 and the server does not offer it.
+    """
+    if not mail.has_utf8_envelope:
+        return []
+    if not client.supports_extension("smtputf8"):
+        # RFC 6531 §3.2: such mail must not be sent to a server without SMTPUTF8; waiting
+        # would not change what the server offers, so the job fails at once, not at max_age.
+        raise DeliveryFailed(
+            "the server does not offer SMTPUTF8, which a non-ASCII address needs"
+            " (RFC 6531 §3.2); not retried",
+            host=target.name,
+        )
+    return ["SMTPUTF8"]
 
 
 def _fixed_target(destination: str, *, default_port: int) -> Target:

@@ -93,8 +93,10 @@ async def start_sink(
     tls: ssl.SSLContext | None = None,
     users: dict[str, str] | None = None,
     replies: list[str] | None = None,
+    smtputf8: bool = False,
 ) -> Sink:
-    """Listen on host:port (0: any free port); with `users`, AUTH is required after STARTTLS."""
+    """Listen on host:port (0: any free port); with `users`, AUTH is required after STARTTLS;
+    with `smtputf8`, SMTPUTF8 is offered (aiosmtpd's default is not to)."""
     sink = Sink(host=host, replies=list(replies or []))
 
     def factory() -> SMTP:
@@ -105,6 +107,7 @@ async def start_sink(
             authenticator=_authenticator(users) if users else None,
             auth_required=bool(users),
             auth_require_tls=True,
+            enable_SMTPUTF8=smtputf8,
         )
 
     loop = asyncio.get_running_loop()
