@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from receive import AS_OF, REPO, RETIRED, SENDER, start_server  # noqa: E402
+from receive import AS_OF, REPO, RETIRED, SENDER, start_server
 
 LIMIT = 26214400
 SIZES = (LIMIT // 2, LIMIT * 4, LIMIT * 16)
