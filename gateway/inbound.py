@@ -36,6 +36,7 @@ from gateway.policy import (
     loop_reason,
     notice_suppression,
 )
+from gateway.postmaster import forward_jobs
 from gateway.replies import (
     REPLY_BAD_RECIPIENT,
     REPLY_BAD_SENDER,
@@ -481,6 +482,9 @@ class InboundHandler:
             jobs += [
                 JobRecord(kind, "", (envelope.sender,), office) for office, kind in notices.items()
             ]
+        # Mail to postmaster goes on to the people who read it ([postmaster] forward_to).
+        if any(a.kind is AddressKind.POSTMASTER for a in envelope.accepted):
+            jobs += forward_jobs(self.settings.postmaster.forward_to)
         return tuple(jobs)
 
     def _record(
@@ -502,7 +506,7 @@ class InboundHandler:
             self._recipient_record(a, d, received_at)
             for a, d in zip(envelope.accepted, decisions, strict=True)
         )
-        has_notice = any(j.kind != "relay" for j in jobs)
+        has_notice = any(j.is_notice for j in jobs)
         notice = "queued" if has_notice else (f"suppressed:{suppressed}" if suppressed else "none")
         keep_raw, keep_until = self._retention(jobs, envelope, received_at)
         return MessageRecord(
