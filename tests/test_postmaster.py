@@ -10,7 +10,10 @@ import io
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
+
 from gateway.auditcmd import AuditRequest, run_audit
+from gateway.cli import main
 from gateway.config import GatewaySettings
 from gateway.postmaster import PostmasterRequest, forward_jobs, run_postmaster
 from gateway.retention import purge_raw
@@ -231,3 +234,12 @@ async def test_without_forward_to_postmaster_mail_is_only_kept(gateway: Gateway)
     (line,) = postmaster(gateway, "list").out.splitlines()[1:]
     assert line.split()[0] == reference
     assert line.split()[5] == "-"
+
+
+def test_the_command_line_needs_a_reference_and_forward_to(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["postmaster", "show"]) == 2
+    assert "postmaster show needs a reference" in capsys.readouterr().err
+    assert main(["postmaster", "forward", "20170913-0000000000"]) == 2
+    assert "forward_to is not set" in capsys.readouterr().err
