@@ -73,7 +73,24 @@ def _parser() -> argparse.ArgumentParser:
             " hash chain).",
         )
     )
+    _add_postmaster(
+        command(
+            "postmaster",
+            "Mail to postmaster: list, show REF, export REF [--output FILE], forward REF"
+            " (to [postmaster] forward_to).",
+        )
+    )
     return parser
+
+
+def _add_postmaster(postmaster: argparse.ArgumentParser) -> None:
+    postmaster.add_argument("action", choices=["list", "show", "export", "forward"])
+    postmaster.add_argument("reference", nargs="?", metavar="REF", help="a message reference")
+    postmaster.add_argument("--since", metavar="DATE", help="list: from this date (UTC) on")
+    postmaster.add_argument("--limit", type=int, default=50, help="list: at most this many")
+    postmaster.add_argument(
+        "--output", type=Path, metavar="FILE", help="export: write here (default: stdout)"
+    )
 
 
 def _add_audit(audit: argparse.ArgumentParser) -> None:
@@ -241,6 +258,8 @@ def _run(args: argparse.Namespace) -> int:
         )
     if args.command == "audit":
         return _audit(settings, args)
+    if args.command == "postmaster":
+        return _postmaster(settings, args)
     if args.command == "dkim-keygen":
         from gateway.preview import run_dkim_keygen
 
@@ -282,6 +301,34 @@ def _audit(settings: GatewaySettings, args: argparse.Namespace) -> int:
         out=sys.stdout,
         err=sys.stderr,
         out_bytes=sys.stdout.buffer,
+    )
+
+
+def _postmaster(settings: GatewaySettings, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from gateway.postmaster import PostmasterRequest, run_postmaster
+
+    if args.action != "list" and args.reference is None:
+        print(
+            f"gateway: postmaster {args.action} needs a reference (see gateway postmaster list)",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    request = PostmasterRequest(
+        action=args.action,
+        reference=args.reference,
+        since=args.since,
+        limit=args.limit,
+        output=args.output,
+    )
+    return run_postmaster(
+        settings,
+        request,
+        now=datetime.now(UTC),
+        out=sys.stdout,
+        out_bytes=sys.stdout.buffer,
+        err=sys.stderr,
     )
 
 

@@ -1,10 +1,11 @@
 """Composing outgoing mail: a job and its stored record in, the bytes to send out.
 
 Notices are rendered from the stored record (never from anything kept in memory) and signed
-with DKIM; relays are the original message, unchanged, below a Received line. Rendering and
-RSA signing are CPU work that would hold the interpreter lock for milliseconds at a time, so
-by default they run in a separate process (`[delivery] composer_processes`) and the SMTP side
-keeps answering while a backlog drains. Nothing here sends, queues or logs.
+with DKIM; relays (and forwards of postmaster mail) are the original message, unchanged,
+below a Received line. Rendering and RSA signing are CPU work that would hold the interpreter
+lock for milliseconds at a time, so by default they run in a separate process
+(`[delivery] composer_processes`) and the SMTP side keeps answering while a backlog drains.
+Nothing here sends, queues or logs.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class MailBuilder:
         """
         conn = connect(self.database, readonly=True)
         try:
-            if job.kind == "relay":
+            if job.kind in ("relay", "forward"):  # forward: postmaster mail, relayed the same
                 data = _relay_data(conn, job, self.settings.server.hostname)
             elif job.kind == "bounce":
                 data = _bounce_data(conn, job, self.settings.server.hostname, now)

@@ -47,6 +47,7 @@ __all__ = [
     "MetricsSettings",
     "NoticeSettings",
     "OfficeSettings",
+    "PostmasterSettings",
     "ResponseMode",
     "SenderAuthSettings",
     "ServerSettings",
@@ -423,6 +424,16 @@ class NoticeSettings(_Model):
         return domain
 
 
+class PostmasterSettings(_Model):
+    """`[postmaster]`: what becomes of mail to postmaster@ a served domain (RFC 5321 §4.5.1)."""
+
+    # People who read it: each message is relayed to them, unchanged below our Received line.
+    # Empty: it is only kept in the store (`gateway postmaster list`).
+    forward_to: list[Annotated[str, Field(pattern=_PLAIN_ADDRESS, max_length=254)]] = Field(
+        default_factory=list
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Lifecycle:
     """An office's phase boundaries as instants in UTC; each starts its phase, inclusive."""
@@ -514,6 +525,7 @@ class GatewaySettings(_Model):
     sender_auth: SenderAuthSettings = Field(default_factory=SenderAuthSettings)
     notices: NoticeSettings = Field(default_factory=NoticeSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    postmaster: PostmasterSettings = Field(default_factory=PostmasterSettings)
     offices: list[OfficeSettings] = Field(min_length=1)
 
     @cached_property
@@ -533,6 +545,18 @@ class GatewaySettings(_Model):
             self.address_book  # noqa: B018 -- building it checks addresses across offices
         except ValueError as exc:
             raise ValueError(f"offices: {exc}") from exc
+        return self
+
+    @model_validator(mode="after")
+    def _forward_leaves(self) -> GatewaySettings:
+        # Forwarding to a domain we serve would bring the copy back to us: a mail loop.
+        served = self.address_book.served_domains
+        for address in self.postmaster.forward_to:
+            if address.rpartition("@")[2].lower() in served:
+                raise ValueError(
+                    f"postmaster.forward_to: {address} is at a domain this gateway serves"
+                    " (the forwarded copy would come back: a loop)"
+                )
         return self
 
     @model_validator(mode="after")
@@ -620,7 +644,7 @@ def _apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None
             field = _section_field(section, key)
             value = _read_secret(variable, value)
         if field is None:
-            sections = "server, storage, audit, delivery, dns, notices, metrics"
+            sections = "server, storage, audit, delivery, dns, notices, metrics, postmaster"
             raise ConfigError(variable, f"no such setting (sections: {sections})")
         if typing.get_origin(field) is list:
             data.setdefault(section, {})[key] = [v.strip() for v in value.split(",") if v.strip()]
@@ -639,6 +663,7 @@ def _section_field(section: str, key: str) -> Any | None:
         "sender_auth": SenderAuthSettings,
         "notices": NoticeSettings,
         "metrics": MetricsSettings,
+        "postmaster": PostmasterSettings,
     }
     model = sections.get(section)
     if model is None or key not in model.model_fields:

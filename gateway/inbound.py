@@ -38,6 +38,7 @@ from gateway.policy import (
     notice_suppression,
     replies_to_own_notice,
 )
+from gateway.postmaster import forward_jobs
 from gateway.replies import (
     REPLY_BAD_RECIPIENT,
     REPLY_BAD_SENDER,
@@ -606,6 +607,10 @@ class InboundHandler:
             jobs += [
                 JobRecord(kind, "", (envelope.sender,), office) for office, kind in notices.items()
             ]
+        # Mail to postmaster goes on to the people who read it ([postmaster] forward_to),
+        # unless the message itself was refused (only its head was kept).
+        if with_relays and any(a.kind is AddressKind.POSTMASTER for a in envelope.accepted):
+            jobs += forward_jobs(self.settings.postmaster.forward_to)
         return tuple(jobs)
 
     def _record(
@@ -627,7 +632,7 @@ class InboundHandler:
             self._recipient_record(a, d, received_at)
             for a, d in zip(envelope.accepted, decisions, strict=True)
         )
-        has_notice = any(j.kind != "relay" for j in jobs)
+        has_notice = any(j.is_notice for j in jobs)
         notice = "queued" if has_notice else (f"suppressed:{suppressed}" if suppressed else "none")
         keep_raw, keep_until = self._retention(jobs, envelope, received_at)
         return MessageRecord(

@@ -50,7 +50,7 @@ __all__ = [
 # its connect_timeout and command_timeouts.
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
-_JOB_KINDS = ("relay", "notice", "advisory")
+_JOB_KINDS = ("relay", "forward", "notice", "advisory")
 _NOTICE_KINDS = frozenset({"notice", "advisory"})
 _OUTCOMES = ("accepted", "rejected", "deferred")
 _NOTICE_STATUSES = ("suppressed", "queued", "delivered", "deferred", "failed")
@@ -151,7 +151,7 @@ class EventMetrics:
         )
         self.enqueued = Counter(
             "gateway_outbox_enqueued",
-            "Jobs queued in the outbox, by kind (relay, notice, advisory).",
+            "Jobs queued in the outbox, by kind (relay, forward, notice, advisory).",
             ["kind"],
             registry=registry,
         )

@@ -135,8 +135,8 @@ SELECT m.reference, m.received_at, m.session_id, m.peer_ip, m.helo, m.mail_from,
        m.subject, m.size, m.sha256, m.attachments, m.a_numbers, m.outcome, m.reply, m.notice,
        {refused_for} AS refused_for,
        r.recipient, r.office, r.phase, r.action, r.reason,
-       (SELECT j.state FROM jobs j WHERE j.reference = m.reference AND j.kind != 'relay'
-        ORDER BY j.id DESC LIMIT 1) AS notice_state
+       (SELECT j.state FROM jobs j WHERE j.reference = m.reference
+        AND j.kind NOT IN ('relay', 'forward') ORDER BY j.id DESC LIMIT 1) AS notice_state
 FROM messages m JOIN message_recipients r ON r.reference = m.reference
 WHERE {where}
 ORDER BY m.received_at, m.reference, r.rowid

@@ -1,7 +1,8 @@
 """Retention: the scheduled purge of records and raw messages past their period.
 
 Three periods, all in [storage]: `raw_retention_days` ends the keeping of a refused message's
-raw bytes (set per message when it was received), and `retention_days` (0: forever) ends the
+raw bytes (set per message when it was received; a copy still to be relayed or forwarded
+stays until it is sent), and `retention_days` (0: forever) ends the
 record itself: the message with its recipients, raw bytes, jobs and their attempts, and
 refusals at RCPT. A message with a job still to be delivered (queued, in flight, deferred) is
 never purged, however old. `notice_retention_days` (0: forever) ends the keeping of the

@@ -28,6 +28,7 @@ from gateway.evidence import MessageFacts
 from gateway.policy import NoticeScope, exceeded_scope
 
 __all__ = [
+    "NOTICE_KINDS",
     "JobRecord",
     "MessageRecord",
     "NoticeGate",
@@ -214,13 +215,22 @@ class RecipientRecord:
     local_time: str | None = None  # decided_at in the office's zone, as the office reads it
 
 
+# Jobs that answer a sender, limited by the notice gate; relays, forwards and bounces are not.
+NOTICE_KINDS = frozenset({"notice", "advisory"})
+
+
 @dataclass(frozen=True, slots=True)
 class JobRecord:
-    kind: str  # "relay", "notice", "advisory"
+    kind: str  # "relay", "forward" (postmaster mail), "notice", "advisory"
     mail_from: str
     recipients: tuple[str, ...]
     office: str | None = None
     destination: str | None = None  # host:port for relays; None: by the delivery mode
+
+    @property
+    def is_notice(self) -> bool:
+        """Whether this job answers the sender, so that the notice limits apply to it."""
+        return self.kind in NOTICE_KINDS
 
     @property
     def route(self) -> str:
@@ -393,9 +403,13 @@ class Store:
         """
 
         def purge(conn: sqlite3.Connection) -> int:
+            # A copy still to be relayed or forwarded outlives its retention until it is sent.
             cursor = conn.execute(
-                "DELETE FROM raw_messages WHERE reference IN (SELECT reference FROM raw_messages"
-                " WHERE keep_until IS NOT NULL AND keep_until < ? LIMIT ?)",
+                "DELETE FROM raw_messages WHERE reference IN (SELECT r.reference"
+                " FROM raw_messages AS r WHERE r.keep_until IS NOT NULL AND r.keep_until < ?"
+                " AND NOT EXISTS (SELECT 1 FROM jobs AS j WHERE j.reference = r.reference"
+                "  AND j.kind IN ('relay', 'forward')"
+                "  AND j.state IN ('queued', 'in-flight', 'deferred')) LIMIT ?)",
                 (iso(now), limit),
             )
             return cursor.rowcount
@@ -543,7 +557,7 @@ class NoticeGate:
 def _insert_gated(
     conn: sqlite3.Connection, record: MessageRecord, gate: NoticeGate | None
 ) -> MessageRecord:
-    notices = [j for j in record.jobs if j.kind != "relay"]
+    notices = [j for j in record.jobs if j.is_notice]
     if gate is not None and notices:
         record = _gated(conn, record, gate)
     _insert_message(conn, record)
@@ -551,7 +565,7 @@ def _insert_gated(
 
 
 def _gated(conn: sqlite3.Connection, record: MessageRecord, gate: NoticeGate) -> MessageRecord:
-    relays = tuple(j for j in record.jobs if j.kind == "relay")
+    relays = tuple(j for j in record.jobs if not j.is_notice)
     earlier = conn.execute(
         "SELECT reference FROM notice_dedup WHERE key = ? AND at >= ?",
         (gate.dedup_key, iso(gate.dedup_since)),

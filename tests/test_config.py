@@ -142,3 +142,26 @@ def test_check_config_failure_is_one_line_and_exit_code_2(
     assert err.count("\n") == 1
     assert "offices[0].timezone" in err
     assert "Traceback" not in err
+
+
+def test_postmaster_forward_to_is_empty_by_default_and_read_from_the_environment() -> None:
+    assert load_settings(None, {}).postmaster.forward_to == []
+    settings = load_settings(
+        None, {"GATEWAY_POSTMASTER__FORWARD_TO": "ops@agency.example, noc@agency.example"}
+    )
+    assert settings.postmaster.forward_to == ["ops@agency.example", "noc@agency.example"]
+
+
+@pytest.mark.parametrize(
+    ("address", "problem"),
+    [
+        ("not an address", "should match pattern"),
+        ("postmaster@occ-chicago.example", "at a domain this gateway serves"),
+    ],
+)
+def test_postmaster_forward_to_must_be_plain_addresses_outside_our_domains(
+    tmp_path: Path, address: str, problem: str
+) -> None:
+    path = write(tmp_path, DEFAULT.replace("forward_to = []", f'forward_to = ["{address}"]'))
+    with pytest.raises(ConfigError, match=problem):
+        load_settings(path, {})
