@@ -34,10 +34,13 @@ __all__ = [
     "REPLY_VRFY",
     "accepted_reply",
     "check_replies",
+    "line_too_long_reply",
+    "oversize_reply",
     "rate_limited_reply",
     "reply_code",
     "retired_reply",
     "sender_check_failed_reply",
+    "unknown_mailbox_reply",
     "with_enhanced_code",
 ]
 
@@ -112,20 +115,80 @@ def retired_reply(office: OfficeSettings, reference: str) -> str:
     """The 550 for a retired address: what happened, where to file instead, our reference."""
     retired_on = office.lifecycle.retires.astimezone(office.zone).date().isoformat()
     return (
-        f"550 5.1.6 NOT FILED: this address was retired on {retired_on} and nothing was"
-        f" delivered. File or serve {office.short_name} only via {office.portal_url}"
-        f" (ref {reference})"
+        f"550 5.1.6 NOT FILED: this address was retired on {retired_on};"
+        f" {_nothing_filed(office)} {_file_electronically(office)} (ref {reference})"
     )
 
 
-def accepted_reply(reference: str, office: OfficeSettings | None) -> str:
-    """The 250 at the end of DATA; when the message is not filed, it says so."""
+def accepted_reply(
+    reference: str, office: OfficeSettings | None, *, notice_follows: bool = True
+) -> str:
+    """The 250 at the end of DATA; when the message is not filed, it says so.
+
+    `notice_follows` False: no notice will be sent (suppressed, say), so none is promised.
+    """
     if office is None:
         return f"250 2.0.0 Queued as {reference}"
+    promise = "; a notice follows" if notice_follows else ""
     return (
-        f"250 2.0.0 Received but NOT FILED: {office.short_name} takes filings only via"
-        f" {office.portal_url}; a notice follows (ref {reference})"
+        f"250 2.0.0 Received but NOT FILED: {office.short_name} takes electronic filings only"
+        f" via {office.portal_url}{promise} (ref {reference})"
     )
+
+
+def unknown_mailbox_reply(office: OfficeSettings | None) -> str:
+    """The 550 for an unknown local part in a served domain: perhaps a typo of a filing address."""
+    if office is None:
+        return REPLY_NO_MAILBOX
+    reply = (
+        f"{REPLY_NO_MAILBOX}; electronic filings to {office.short_name} go only via"
+        f" {office.portal_url}"
+    )
+    return _with_contact(reply, office)
+
+
+def oversize_reply(office: OfficeSettings, reference: str) -> str:
+    """The 552 for a message over the size limit at an office's address (RFC 5321 §4.5.3.1.10)."""
+    # RFC 3463 X.3.4 "Message too big for system": the limit is ours, not the mailbox's.
+    return (
+        f"552 5.3.4 NOT FILED: message too big for this system; {_nothing_filed(office)}"
+        f" {_file_electronically(office)} (ref {reference})"
+    )
+
+
+def line_too_long_reply(office: OfficeSettings, reference: str) -> str:
+    """The 554 for a message with a line over 1000 octets (RFC 5321 §4.5.3.1.6)."""
+    # Not 500 5.5.2: the fault is in the message content, not in a command's syntax, and it is
+    # answered after the end of DATA, where RFC 5321 §4.3.2 lists 554, not 500. RFC 3463 X.6.0
+    # "Other or undefined media error" is the content-format code that fits.
+    return (
+        f"554 5.6.0 NOT FILED: message has a line over 1000 octets; {_nothing_filed(office)}"
+        f" {_file_electronically(office)} (ref {reference})"
+    )
+
+
+def _nothing_filed(office: OfficeSettings) -> str:
+    return f"nothing was filed with or served on {office.short_name}."
+
+
+def _file_electronically(office: OfficeSettings) -> str:
+    # The portal is the only *electronic* way; paper service, when configured, still works.
+    text = f"File electronically only via {office.portal_url}"
+    return f"{text}; paper service still accepted" if any(office.paper_service.values()) else text
+
+
+def _with_contact(reply: str, office: OfficeSettings) -> str:
+    contact = _reply_contact(office)
+    longer = f"{reply}; questions: {contact}"
+    return longer if contact is not None and len(longer) <= MAX_REPLY else reply
+
+
+def _reply_contact(office: OfficeSettings) -> str | None:
+    """The contact as SMTP can carry it: English if given, else the first language; ASCII only."""
+    if office.contact is None:
+        return None
+    contact = office.contact.get("en") or office.contact[office.languages[0]]
+    return contact if contact.isascii() else None
 
 
 _SCOPE_WORDS = {
@@ -159,15 +222,23 @@ def check_replies(settings: GatewaySettings) -> None:
         ConfigError: a reply would exceed 512 octets or is not ASCII.
     """
     for index, office in enumerate(settings.offices):
-        for reply in (
-            retired_reply(office, _SAMPLE_REFERENCE),
-            accepted_reply(_SAMPLE_REFERENCE, office),
-        ):
+        for reply in _office_replies(office):
             if len(reply) > MAX_REPLY or not reply.isascii():
                 raise ConfigError(
                     f"offices[{index}]",
                     f"SMTP reply would be {len(reply)} octets; shorten short_name or portal_url",
                 )
+
+
+def _office_replies(office: OfficeSettings) -> tuple[str, ...]:
+    return (
+        retired_reply(office, _SAMPLE_REFERENCE),
+        accepted_reply(_SAMPLE_REFERENCE, office),
+        accepted_reply(_SAMPLE_REFERENCE, office, notice_follows=False),
+        unknown_mailbox_reply(office),
+        oversize_reply(office, _SAMPLE_REFERENCE),
+        line_too_long_reply(office, _SAMPLE_REFERENCE),
+    )
 
 
 def reply_code(reply: str) -> int:
