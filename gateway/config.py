@@ -411,11 +411,6 @@ class NoticeSettings(_Model):
     # A directory of template sets to use instead of the built-in templates/.
     templates_dir: Path | None = None
 
-    @property
-    def is_subject_prefix_plain(self) -> bool:
-        """Whether one prefix was given for every language (only right for one-language offices)."""
-        return isinstance(self.subject_prefix, str)
-
     def subject_prefix_in(self, lang: Language) -> str:
         """The Subject prefix for a notice whose first language is `lang`.
 
