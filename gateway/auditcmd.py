@@ -607,7 +607,7 @@ def _report(
     if request.out_file is None:
         raise UsageError("audit report needs --out FILE.html")
     rows = summarize(attempts, zone_of=zones.of)
-    offices = {o.name: o.display_name for o in settings.offices}
+    offices = {o.name: o.title for o in settings.offices}
     if request.office:
         offices = {k: v for k, v in offices.items() if k == request.office} or {
             request.office: request.office

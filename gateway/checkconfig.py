@@ -38,7 +38,7 @@ def print_check(settings: GatewaySettings, *, out: TextIO) -> None:
 
 def _office(office: OfficeSettings, out: TextIO) -> None:
     cycle = office.lifecycle
-    out.write(f"office {office.name}: {office.display_name}\n")
+    out.write(f"office {office.name}: {office.title}\n")
     out.write(f"  time zone {office.timezone}, response after cutoff: {office.response}\n")
     out.write(f"  portal {office.portal_url}\n")
     if office.legacy_host is None:

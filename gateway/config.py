@@ -25,7 +25,9 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -47,6 +49,7 @@ __all__ = [
     "MetricsSettings",
     "NoticeSettings",
     "OfficeSettings",
+    "OfficeTexts",
     "PostmasterSettings",
     "ResponseMode",
     "SenderAuthSettings",
@@ -131,7 +134,8 @@ class ServerSettings(_Model):
     )
     hostname: str = Field(default="localhost", pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
     max_message_size: int = Field(default=25 * 1024 * 1024, ge=1024)
-    max_recipients: int = Field(default=50, ge=1)
+    # RFC 5321 §4.5.3.1.8: a server must accept at least 100 recipients per transaction.
+    max_recipients: int = Field(default=100, ge=1)
     max_connections: int = Field(default=200, ge=1)
     max_commands: int = Field(default=1000, ge=5)
     idle_timeout: Seconds = 300.0
@@ -374,6 +378,20 @@ _PLAIN_ADDRESS = rf"^{_ATOM}(\.{_ATOM})*@{_LABEL}(\.{_LABEL})*$"
 _HEADER_TEXT = r"^[^\x00-\x1f\x7f\u2028\u2029]*$"
 
 
+_Prefix = Annotated[str, Field(max_length=60, pattern=_HEADER_TEXT)]
+_SUBJECT_PREFIXES: dict[Language, str] = {
+    "en": "Auto: NOT FILED - ",
+    "es": "Auto: NO PRESENTADO - ",
+}
+
+# One prefix for every language, or a table of them. The discriminator validates a value as
+# one or the other, so that an error names only the problem with what was given.
+_PrefixSetting = Annotated[
+    Annotated[_Prefix, Tag("plain")] | Annotated[dict[Language, _Prefix], Tag("per-language")],
+    Discriminator(lambda value: "per-language" if isinstance(value, Mapping) else "plain"),
+]
+
+
 class NoticeSettings(_Model):
     # The notices' From. None means no-reply@<server.hostname>; RFC 3834 §5.1 asks for an
     # address whose replies do no harm, so it should be a mailbox that nobody reads.
@@ -385,7 +403,9 @@ class NoticeSettings(_Model):
         pattern=_HEADER_TEXT,
     )
     # RFC 3834 §3.1.5 suggests the "Auto:" prefix so that people and filters see a reply.
-    subject_prefix: str = Field(default="Auto: NOT FILED - ", max_length=60, pattern=_HEADER_TEXT)
+    # One value, or one per language ({en = "...", es = "..."}); the subject is in the first
+    # of an office's languages, and every office language needs a prefix (see GatewaySettings).
+    subject_prefix: _PrefixSetting = Field(default_factory=lambda: dict(_SUBJECT_PREFIXES))
     # How much of the original Subject is quoted in the notice's Subject and body.
     subject_max_chars: int = Field(default=150, ge=20, le=400)
     dkim_selector: str = Field(default="gateway", max_length=63, pattern=_DNS_NAME)
@@ -395,6 +415,15 @@ class NoticeSettings(_Model):
     dkim_key_file: Path | None = None
     # A directory of template sets to use instead of the built-in templates/.
     templates_dir: Path | None = None
+
+    def subject_prefix_in(self, lang: Language) -> str:
+        """The Subject prefix for a notice whose first language is `lang`.
+
+        Raises:
+            KeyError: no prefix for `lang` (load_settings() refuses such a configuration).
+        """
+        prefix = self.subject_prefix
+        return prefix if isinstance(prefix, str) else prefix[lang]
 
     @field_validator("dkim_key_file")
     @classmethod
@@ -453,9 +482,35 @@ def _to_utc(boundary: Boundary, zone: ZoneInfo) -> datetime:
     return boundary.astimezone(UTC)
 
 
+_DisplayName = Annotated[str, Field(min_length=1, max_length=120, pattern=_HEADER_TEXT)]
+_PortalName = Annotated[str, Field(min_length=1, max_length=80, pattern=_HEADER_TEXT)]
+_Contact = Annotated[str, Field(min_length=1, max_length=200, pattern=_HEADER_TEXT)]
+_PaperLine = Annotated[str, Field(min_length=1, max_length=300, pattern=_HEADER_TEXT)]
+_PORTAL_NAMES: dict[Language, str] = {
+    "en": "online filing portal",
+    "es": "portal de presentación en línea",
+}
+# The office texts that the notices show: each is given once for a one-language office, or as
+# a table with a value for every language the office's notices are in.
+_PER_LANGUAGE = ("display_name", "portal_name", "paper_service", "contact")
+
+
+@dataclass(frozen=True, slots=True)
+class OfficeTexts:
+    """An office's texts in one language, as a notice in that language shows them."""
+
+    display_name: str
+    portal_name: str
+    paper_service: tuple[str, ...]
+    contact: str | None
+
+
 class OfficeSettings(_Model):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
-    display_name: str = Field(min_length=1, max_length=120)
+    # Languages of the notices, in the order shown; more than one makes a bilingual notice.
+    # Declared before the texts below, whose validation needs them.
+    languages: list[Language] = Field(default_factory=lambda: _ENGLISH.copy(), min_length=1)
+    display_name: dict[Language, _DisplayName]
     # Plain ASCII name used inside SMTP replies, which must stay 7-bit.
     short_name: str = Field(min_length=1, max_length=40, pattern=r"^[\x20-\x7e]+$")
     timezone: Annotated[str, AfterValidator(_check_zone)]
@@ -466,14 +521,65 @@ class OfficeSettings(_Model):
     portal_url: Url
     registration_url: Url | None = None
     instructions_url: Url | None = None
-    paper_service: list[str] = Field(default_factory=list)
+    paper_service: dict[Language, list[_PaperLine]] = Field(
+        default_factory=list, validate_default=True
+    )
+    # Whom to ask (an e-mail address, a phone number, a URL or a sentence); shown in the
+    # notices, and in SMTP replies when it is ASCII and fits. None: the notices name nobody.
+    contact: dict[Language, _Contact] | None = None
     addresses: list[str] = Field(min_length=1)
     legacy_host: str | None = None
     templates: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_-]*$")
     # The portal as the notices name it: "... through the <portal_name>".
-    portal_name: str = Field(default="online filing portal", min_length=1, max_length=80)
-    # Languages of the notices, in the order shown; more than one makes a bilingual notice.
-    languages: list[Language] = Field(default_factory=lambda: _ENGLISH.copy(), min_length=1)
+    portal_name: dict[Language, _PortalName] = Field(
+        default_factory=lambda: dict(_PORTAL_NAMES), validate_default=True
+    )
+
+    @field_validator(*_PER_LANGUAGE, mode="before")
+    @classmethod
+    def _one_value_per_language(cls, value: Any, info: ValidationInfo) -> Any:
+        # A plain value is the office's text in its only language. With more languages it
+        # would show one language's words in another's notice, so a table is needed.
+        languages = info.data.get("languages")
+        if value is None or isinstance(value, Mapping) or languages is None:
+            return value  # without languages, their error is the one to fix
+        if value == []:
+            return {lang: [] for lang in languages}  # no paper service, in any language
+        if len(languages) > 1:
+            raise ValueError(
+                f"the notices are in {', '.join(languages)}: give one text per language,"
+                f" as {info.field_name} = {{{' = ..., '.join(languages)} = ...}}"
+            )
+        return {languages[0]: value}
+
+    @field_validator(*_PER_LANGUAGE)
+    @classmethod
+    def _every_language(cls, value: Any, info: ValidationInfo) -> Any:
+        languages = info.data.get("languages") or []
+        missing = [lang for lang in languages if value is not None and lang not in value]
+        if missing:
+            raise ValueError(
+                f"no text in {missing[0]!r}, one of the office's languages ({', '.join(languages)})"
+            )
+        return value
+
+    def texts(self, lang: Language) -> OfficeTexts:
+        """The office's texts for a notice in `lang`.
+
+        Raises:
+            KeyError: `lang` is not one of the languages the settings were validated for.
+        """
+        return OfficeTexts(
+            display_name=self.display_name[lang],
+            portal_name=self.portal_name[lang],
+            paper_service=tuple(self.paper_service[lang]),
+            contact=None if self.contact is None else self.contact[lang],
+        )
+
+    @property
+    def title(self) -> str:
+        """The display name in the office's first language: for reports and check-config."""
+        return self.display_name[self.languages[0]]
 
     @field_validator("addresses")
     @classmethod
@@ -560,6 +666,27 @@ class GatewaySettings(_Model):
         return self
 
     @model_validator(mode="after")
+    def _subject_prefix_per_language(self) -> GatewaySettings:
+        # The notices' Subject is in an office's first language; previews may put any of its
+        # languages first, so each needs a prefix.
+        prefix = self.notices.subject_prefix
+        for office in self.offices:
+            languages = ", ".join(office.languages)
+            if isinstance(prefix, str) and len(office.languages) > 1:
+                raise ValueError(
+                    f"notices.subject_prefix: office {office.name!r} sends notices in"
+                    f' {languages}; give one prefix per language, as subject_prefix = {{en = "...",'
+                    ' es = "..."}'
+                )
+            missing = [] if isinstance(prefix, str) else set(office.languages) - set(prefix)
+            if missing:
+                raise ValueError(
+                    f"notices.subject_prefix: no prefix in {min(missing)!r}, one of the"
+                    f" languages of office {office.name!r} ({languages})"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _stall_after_polls(self) -> GatewaySettings:
         # The worker looks at the queue once per poll_interval; fewer than two intervals would
         # call a healthy worker stalled.
@@ -624,7 +751,10 @@ def _first_problem(exc: ValidationError) -> ConfigError:
 def _dotted(location: tuple[int | str, ...]) -> str:
     key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in location).lstrip(".")
     # Union types add their member names to the location; they mean nothing to an operator.
-    return re.sub(r"\.(date|datetime|str|function-after\[[^\]]*\])", "", key)
+    # So do a table's bad keys ("[key]") and the tags of a per-language text.
+    return re.sub(
+        r"\.(date|datetime|str|function-after\[[^\]]*\]|\[key\]|plain|per-language)", "", key
+    )
 
 
 def _apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None:

@@ -28,7 +28,7 @@ from typing import cast
 
 import jinja2
 
-from gateway.config import GatewaySettings, OfficeSettings
+from gateway.config import GatewaySettings, Language, OfficeSettings
 from gateway.errors import ConfigError, GatewayError
 from gateway.evidence import Attachment, MessageFacts
 from gateway.policy import is_replyable_address, notice_suppression
@@ -205,19 +205,23 @@ class OfficeView:
     registration_url: str | None
     instructions_url: str | None
     paper_service: tuple[str, ...]
+    contact: str | None
     retires: datetime  # in the office's zone
 
 
-def _office_view(office: OfficeSettings) -> OfficeView:
+def _office_view(office: OfficeSettings, lang: Language) -> OfficeView:
+    """The office as a notice in `lang` shows it: its texts in that language."""
+    texts = office.texts(lang)
     return OfficeView(
         name=office.name,
-        display_name=office.display_name,
+        display_name=texts.display_name,
         short_name=office.short_name,
-        portal_name=office.portal_name,
+        portal_name=texts.portal_name,
         portal_url=office.portal_url,
         registration_url=office.registration_url,
         instructions_url=office.instructions_url,
-        paper_service=tuple(office.paper_service),
+        paper_service=texts.paper_service,
+        contact=texts.contact,
         retires=office.lifecycle.retires.astimezone(office.zone),
     )
 
@@ -442,11 +446,14 @@ class NoticeRenderer:
             raise NoticeError(f"malformed reference {failed.reference!r}")
         templates = self._template_set(office.templates, kind)
         message_view = _message_view(failed, office, self._settings.notices.subject_max_chars)
+        views = {lang: _office_view(office, lang) for lang in office.languages}
+        first = office.languages[0]
         variables: dict[str, object] = {
-            "office": _office_view(office),
+            "office": views[first],  # in the first language; offices[lang] for the others
+            "offices": views,
             "message": message_view,
             "languages": tuple(office.languages),
-            "subject_prefix": self._settings.notices.subject_prefix,
+            "subject_prefix": self._settings.notices.subject_prefix_in(first),
         }
         subject = clean_text(templates.subject.render(variables), limit=_SUBJECT_LIMIT)
         message = self._headers(

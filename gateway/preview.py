@@ -19,6 +19,8 @@ from email.utils import getaddresses, parsedate_to_datetime
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
+from pydantic import ValidationError
+
 from gateway import dkim
 from gateway.addresses import AddressKind, parse_address
 from gateway.config import GatewaySettings, Language, OfficeSettings
@@ -115,7 +117,14 @@ def _office(
     unknown = [lang for lang in languages if lang not in _SUPPORTED_LANGUAGES]
     if unknown:
         raise PreviewError(f"no templates in {unknown[0]!r} (languages: en, es)")
-    return office.model_copy(update={"languages": list(languages)})
+    # Validated again: each of the languages needs the office's texts in it.
+    try:
+        return OfficeSettings.model_validate({**office.model_dump(), "languages": list(languages)})
+    except ValidationError as exc:
+        problem = exc.errors(include_url=False)[0]
+        key = ".".join(str(part) for part in problem["loc"])
+        message = problem["msg"].removeprefix("Value error, ")
+        raise PreviewError(f"--languages {','.join(languages)}: {key}: {message}") from exc
 
 
 def _read(path: Path) -> bytes:

@@ -117,49 +117,82 @@ def retired_reply(office: OfficeSettings, reference: str) -> str:
     """The 550 for a retired address: what happened, where to file instead, our reference."""
     retired_on = office.lifecycle.retires.astimezone(office.zone).date().isoformat()
     return (
-        f"550 5.1.6 NOT FILED: this address was retired on {retired_on} and nothing was"
-        f" delivered. File or serve {office.short_name} only via {office.portal_url}"
-        f" (ref {reference})"
+        f"550 5.1.6 NOT FILED: this address was retired on {retired_on};"
+        f" {_nothing_filed(office)} {_file_electronically(office)} (ref {reference})"
     )
 
 
 def accepted_reply(
     reference: str, office: OfficeSettings | None, *, notice_follows: bool = True
 ) -> str:
-    """The 250 at the end of DATA; when the message is not filed, it says so, and promises
-    a notice only when one was queued."""
+    """The 250 at the end of DATA; when the message is not filed, it says so.
+
+    `notice_follows` False: no notice will be sent (suppressed, say), so none is promised.
+    """
     if office is None:
         return f"250 2.0.0 Queued as {reference}"
-    follows = "; a notice follows" if notice_follows else ""
+    promise = "; a notice follows" if notice_follows else ""
     return (
-        f"250 2.0.0 Received but NOT FILED: {office.short_name} takes filings only via"
-        f" {office.portal_url}{follows} (ref {reference})"
+        f"250 2.0.0 Received but NOT FILED: {office.short_name} takes electronic filings only"
+        f" via {office.portal_url}{promise} (ref {reference})"
     )
 
 
+def unknown_mailbox_reply(office: OfficeSettings | None, reference: str) -> str:
+    """The 550 for an unknown local part in a served domain: perhaps a typo of a filing
+    address, or a reply to the notices' no-reply address. It is on record, hence `reference`."""
+    if office is None:
+        return REPLY_NO_MAILBOX
+    reply = (
+        f"{REPLY_NO_MAILBOX}; nothing was filed. Electronic filings to {office.short_name} go"
+        f" only via {office.portal_url} (ref {reference})"
+    )
+    return _with_contact(reply, office)
+
+
 def oversize_reply(office: OfficeSettings | None, reference: str) -> str:
-    """The 552 for a message over the size limit, declared at MAIL or found in DATA."""
+    """The 552 for a message over the size limit (RFC 5321 §4.5.3.1.10), declared at MAIL and
+    answered at RCPT, or found in DATA; None: not a filing (relayed or postmaster mail)."""
+    # RFC 3463 X.3.4 "Message too big for system": the limit is ours, not the mailbox's.
     if office is None:
         return f"552 5.3.4 Message too big for this system (ref {reference})"
     return (
-        f"552 5.3.4 NOT FILED: message too big, and this address no longer takes filings."
-        f" File {office.short_name} electronically via {office.portal_url} (ref {reference})"
+        f"552 5.3.4 NOT FILED: message too big for this system; {_nothing_filed(office)}"
+        f" {_file_electronically(office)} (ref {reference})"
     )
 
 
 def line_too_long_reply(reference: str) -> str:
-    """The 500 for a message to be relayed with a line over RFC 5321's 1,000 octets."""
-    return f"500 5.5.2 Line too long (RFC 5321 4.5.3.1.6) (ref {reference})"
+    """The 554 for mail to be relayed with a line over 1000 octets (RFC 5321 §4.5.3.1.6)."""
+    # Not 500 5.5.2: the fault is in the message content, not in a command's syntax, and it is
+    # answered after the end of DATA, where RFC 5321 §4.3.2 lists 554, not 500. RFC 3463 X.6.0
+    # "Other or undefined media error" is the content-format code that fits. Filings with a
+    # long line are not refused for it (nothing is passed on), so this names no portal.
+    return f"554 5.6.0 Line over 1000 octets (RFC 5321 4.5.3.1.6); not relayed (ref {reference})"
 
 
-def unknown_mailbox_reply(office: OfficeSettings | None, reference: str) -> str:
-    """The 550 for an unknown mailbox: in an office's domain it says where filings go."""
-    if office is None:
-        return REPLY_NO_MAILBOX
-    return (
-        f"550 5.1.1 No such mailbox here; nothing was filed. File {office.short_name}"
-        f" electronically via {office.portal_url} (ref {reference})"
-    )
+def _nothing_filed(office: OfficeSettings) -> str:
+    return f"nothing was filed with or served on {office.short_name}."
+
+
+def _file_electronically(office: OfficeSettings) -> str:
+    # The portal is the only *electronic* way; paper service, when configured, still works.
+    text = f"File electronically only via {office.portal_url}"
+    return f"{text}; paper service still accepted" if any(office.paper_service.values()) else text
+
+
+def _with_contact(reply: str, office: OfficeSettings) -> str:
+    contact = _reply_contact(office)
+    longer = f"{reply}; questions: {contact}"
+    return longer if contact is not None and len(longer) <= MAX_REPLY else reply
+
+
+def _reply_contact(office: OfficeSettings) -> str | None:
+    """The contact as SMTP can carry it: English if given, else the first language; ASCII only."""
+    if office.contact is None:
+        return None
+    contact = office.contact.get("en") or office.contact[office.languages[0]]
+    return contact if contact.isascii() else None
 
 
 _SCOPE_WORDS = {
@@ -202,19 +235,24 @@ def check_replies(settings: GatewaySettings) -> None:
         ConfigError: a reply would exceed 512 octets or is not ASCII.
     """
     for index, office in enumerate(settings.offices):
-        for reply in (
-            retired_reply(office, _SAMPLE_REFERENCE),
-            accepted_reply(_SAMPLE_REFERENCE, office),
-            oversize_reply(office, _SAMPLE_REFERENCE),
-            unknown_mailbox_reply(office, _SAMPLE_REFERENCE),
-            rate_limited_reply(NoticeScope.DOMAIN, _SAMPLE_REFERENCE, office),
-            sender_check_failed_reply(_SAMPLE_REFERENCE, office),
-        ):
+        for reply in _office_replies(office):
             if len(reply) > MAX_REPLY or not reply.isascii():
                 raise ConfigError(
                     f"offices[{index}]",
                     f"SMTP reply would be {len(reply)} octets; shorten short_name or portal_url",
                 )
+
+
+def _office_replies(office: OfficeSettings) -> tuple[str, ...]:
+    return (
+        retired_reply(office, _SAMPLE_REFERENCE),
+        accepted_reply(_SAMPLE_REFERENCE, office),
+        accepted_reply(_SAMPLE_REFERENCE, office, notice_follows=False),
+        unknown_mailbox_reply(office, _SAMPLE_REFERENCE),
+        oversize_reply(office, _SAMPLE_REFERENCE),
+        rate_limited_reply(NoticeScope.DOMAIN, _SAMPLE_REFERENCE, office),
+        sender_check_failed_reply(_SAMPLE_REFERENCE, office),
+    )
 
 
 def reply_code(reply: str) -> int:

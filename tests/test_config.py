@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from gateway.config import ListenAddress, ResponseMode, default_config_path, load_settings
+from gateway.config import (
+    ListenAddress,
+    ResponseMode,
+    ServerSettings,
+    default_config_path,
+    load_settings,
+)
 from gateway.errors import ConfigError
 
 DEFAULT = default_config_path().read_text(encoding="utf-8")
@@ -27,8 +33,17 @@ def test_built_in_default_describes_the_founding_case() -> None:
     assert chicago.timezone == "America/Chicago"
     assert chicago.response is ResponseMode.REJECT_AFTER_DATA
     assert chicago.lifecycle.retires == datetime(2017, 9, 12, 5, 0, tzinfo=UTC)
-    assert any("525 W. Van Buren" in line for line in chicago.paper_service)
+    assert any("525 W. Van Buren" in line for line in chicago.paper_service["en"])
+    assert any("525 W. Van Buren" in line for line in chicago.paper_service["es"])
+    assert chicago.contact is not None
+    assert ".example" in chicago.contact["en"]
     assert all(a.endswith(".example") for a in chicago.addresses)
+
+
+def test_max_recipients_defaults_to_the_rfc_5321_minimum_of_100() -> None:
+    # RFC 5321 §4.5.3.1.8: a server must accept at least 100 recipients per transaction.
+    assert ServerSettings().max_recipients == 100
+    assert load_settings(None, {}).server.max_recipients == 100
 
 
 def test_environment_overrides_scalars_and_comma_separated_lists() -> None:
@@ -63,7 +78,7 @@ def test_a_setting_can_be_read_from_a_secret_file(tmp_path: Path) -> None:
             "unknown IANA time zone",
         ),
         ('listen = ["127.0.0.1:2525"]', 'listen = ["localhost"]', "server.listen", "host:port"),
-        ("max_recipients = 50 ", "max_recipients = 0 ", "server.max_recipients", "greater than"),
+        ("max_recipients = 100 ", "max_recipients = 0 ", "server.max_recipients", "greater than"),
         (
             "retires = 2017-09-12",
             "retires = 2017-09-10",
@@ -165,3 +180,82 @@ def test_postmaster_forward_to_must_be_plain_addresses_outside_our_domains(
     path = write(tmp_path, DEFAULT.replace("forward_to = []", f'forward_to = ["{address}"]'))
     with pytest.raises(ConfigError, match=problem):
         load_settings(path, {})
+
+
+BILINGUAL = DEFAULT.replace('languages = ["en"]', 'languages = ["en", "es"]')
+ES_CONTACT = (
+    'es = "Línea principal de ICE OCC Chicago, indicada en https://occ-chicago.example/contact"\n'
+)
+
+
+def test_built_in_texts_cover_both_languages(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, BILINGUAL), {})
+    office = settings.offices[0]
+    assert office.texts("es").paper_service[0].startswith("Por correo postal")
+    assert settings.notices.subject_prefix_in("es") == "Auto: NO PRESENTADO - "
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "problem"),
+    [
+        (ES_CONTACT, "", "offices[0].contact", "no text in 'es'"),
+        (
+            'portal_name = { en = "ICE eService portal", es = "portal eService de ICE" }',
+            'portal_name = "ICE eService portal"',
+            "offices[0].portal_name",
+            "give one text per language",
+        ),
+        (
+            "\nes = [\n",
+            "\nfr = [\n",
+            "offices[0].paper_service.fr",
+            "'en' or 'es'",
+        ),
+    ],
+)
+def test_an_office_text_missing_a_notice_language_names_the_key_and_the_language(
+    tmp_path: Path, old: str, new: str, key: str, problem: str
+) -> None:
+    assert old in BILINGUAL
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, BILINGUAL.replace(old, new, 1)), {})
+    assert caught.value.key == key
+    assert problem in caught.value.problem
+
+
+def test_a_plain_text_is_enough_for_a_one_language_office(tmp_path: Path) -> None:
+    text = DEFAULT.replace(ES_CONTACT, "").replace(
+        'portal_name = { en = "ICE eService portal", es = "portal eService de ICE" }',
+        'portal_name = "ICE eService portal"',
+    )
+    office = load_settings(write(tmp_path, text), {}).offices[0]
+    assert office.texts("en").portal_name == "ICE eService portal"
+    assert office.texts("en").contact is not None
+
+
+@pytest.mark.parametrize(
+    ("prefix", "problem"),
+    [
+        ('"Auto: NOT FILED - "', "give one prefix per language"),
+        ('{ en = "Auto: NOT FILED - " }', "no prefix in 'es'"),
+    ],
+)
+def test_a_subject_prefix_missing_a_notice_language_is_an_error(
+    tmp_path: Path, prefix: str, problem: str
+) -> None:
+    old = 'subject_prefix = { en = "Auto: NOT FILED - ", es = "Auto: NO PRESENTADO - " }'
+    assert old in BILINGUAL
+    text = BILINGUAL.replace(old, f"subject_prefix = {prefix}")
+    with pytest.raises(ConfigError, match=rf"^notices\.subject_prefix: .*{problem}"):
+        load_settings(write(tmp_path, text), {})
+
+
+def test_check_config_names_the_key_and_language_of_a_missing_text_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = write(tmp_path, BILINGUAL.replace(ES_CONTACT, ""))
+    assert main(["check-config", "--config", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "offices[0].contact" in err
+    assert "'es'" in err

@@ -157,7 +157,7 @@ async def test_a_line_over_1000_octets_in_mail_to_be_relayed_is_refused_on_recor
     gw = await start_gateway(clock_at=BEFORE_PORTAL)
     _, final = await transaction(gw.port, [RETIRED], long_line_message(3000))
     assert final is not None
-    assert final.last.startswith("500 5.5.2 Line too long")
+    assert final.last.startswith("554 5.6.0 Line over 1000 octets")
     reference = reference_of(final)
     (row,) = gw.rows("SELECT reference, refused_for FROM messages")
     assert tuple(row) == (reference, "line-too-long")

@@ -534,7 +534,9 @@ async def test_accept_and_notify_accepts_a_trusted_sender_and_says_not_filed(
     _, final = await transaction(gw, [RETIRED])
     assert final is not None
     assert final.code == 250
-    assert final.text.startswith("2.0.0 Received but NOT FILED: ICE OCC Chicago takes filings")
+    assert final.text.startswith(
+        "2.0.0 Received but NOT FILED: ICE OCC Chicago takes electronic filings only"
+    )
     (job,) = gw.rows("SELECT kind, mail_from, recipients FROM jobs")
     assert (job["kind"], job["mail_from"]) == ("notice", "")
     assert json.loads(job["recipients"]) == [SENDER]

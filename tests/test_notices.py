@@ -487,7 +487,7 @@ def test_default_set_carries_the_founding_cases_guidance(
         assert "do not have to list every client" in body
         assert "E-28" in body
         assert "USCIS" in body
-        for line in office.paper_service:
+        for line in office.paper_service["en"]:
             assert line.replace("'", "&#39;") in body or line in body
 
 
@@ -504,6 +504,7 @@ def test_office_facts_come_from_the_config_not_the_templates(settings: GatewaySe
                 "registration_url": None,
                 "instructions_url": "https://portal.springfield.example/howto",
                 "paper_service": ["At the front desk, 1 Main St."],
+                "contact": "the clerk, +1 555 0100",
                 "retires": date(2031, 3, 4),
                 "portal_opens": None,
                 "timezone": "Europe/Madrid",
@@ -524,6 +525,147 @@ def test_office_facts_come_from_the_config_not_the_templates(settings: GatewaySe
         assert "CET" in body
         for founding_fact in ("ice.gov", "Van Buren", "2017", "Chicago", "OCC", "ICE "):
             assert founding_fact not in body
+
+
+SEPARATOR = "=" * 70
+CONTACT = {
+    "en": "ICE OCC Chicago main line, listed at https://occ-chicago.example/contact",
+    "es": "Línea principal de ICE OCC Chicago, indicada en https://occ-chicago.example/contact",
+}
+QUESTIONS = {"en": "Questions: ", "es": "Consultas: "}
+TIPS = {
+    "en": (
+        "Before your first filing",
+        "read the ICE eService portal's instruction sheet",
+        "Whenever you serve a document on the immigration court, you must also serve a copy on"
+        " ICE OCC Chicago",
+    ),
+    "es": (
+        "Antes de su primera presentación",
+        "lea la hoja de instrucciones del portal eService de ICE",
+        "Siempre que notifique un documento al tribunal de inmigración, debe notificar también"
+        " una copia a ICE OCC Chicago",
+    ),
+}
+
+
+def shown(body: str, text: str) -> bool:
+    """Whether `text` is in a text or HTML part (where jinja escapes quotes)."""
+    return text in body or text.replace("'", "&#39;") in body
+
+
+@pytest.mark.parametrize("kind", list(NoticeKind))
+@pytest.mark.parametrize("lang", ["en", "es"])
+def test_notice_names_whom_to_ask_next_to_the_reference(
+    settings: GatewaySettings, renderer: NoticeRenderer, kind: NoticeKind, lang: str
+) -> None:
+    office = office_in(settings, lang)
+    failed = sample_message(office, kind)
+    text, html = parts(sent(renderer, office, failed, kind))
+    footer = text[text.rindex("\n--\n") :]
+    assert failed.reference in footer
+    assert QUESTIONS[lang] + CONTACT[lang] in footer
+    assert QUESTIONS[lang] + CONTACT[lang] in html
+    assert html.index(failed.reference, html.index(QUESTIONS[lang]) - 400) < html.index(
+        QUESTIONS[lang]
+    )
+
+
+def test_notice_without_a_contact_names_nobody(settings: GatewaySettings) -> None:
+    office = settings.offices[0].model_copy(update={"contact": None})
+    renderer = NoticeRenderer(settings.model_copy(update={"offices": [office]}))
+    text, html = parts(sent(renderer, office, sample_message(office)))
+    for body in (text, html):
+        assert "Questions:" not in body
+        assert "occ-chicago.example/contact" not in body
+
+
+@pytest.mark.parametrize("kind", list(NoticeKind))
+@pytest.mark.parametrize("lang", ["en", "es"])
+def test_notice_gives_the_instruction_sheet_and_court_service_tips(
+    settings: GatewaySettings, renderer: NoticeRenderer, kind: NoticeKind, lang: str
+) -> None:
+    office = office_in(settings, lang)
+    text, html = parts(sent(renderer, office, sample_message(office, kind), kind))
+    for body in (text, html):
+        for tip in TIPS[lang]:
+            assert shown(body, tip), tip
+
+
+@pytest.mark.parametrize(
+    ("lang", "said", "untrue"),
+    [
+        (
+            "en",
+            "Your e-mail was received, but nothing in it was filed or served.",
+            "has been received",
+        ),
+        (
+            "es",
+            "Su correo se recibió, pero nada de lo que contiene se presentó ni se notificó.",
+            "se ha recibido",
+        ),
+    ],
+)
+def test_not_filed_notice_says_the_email_was_received_but_nothing_filed_or_served(
+    settings: GatewaySettings, renderer: NoticeRenderer, lang: str, said: str, untrue: str
+) -> None:
+    office = office_in(settings, lang)
+    text, html = parts(sent(renderer, office, sample_message(office)))
+    for body in (text, html):
+        assert said in body
+        assert untrue not in body
+
+
+def test_spanish_notice_shows_the_spanish_office_texts_and_subject_prefix(
+    settings: GatewaySettings, renderer: NoticeRenderer
+) -> None:
+    office = office_in(settings, "es")
+    message = sent(renderer, office, sample_message(office))
+    assert str(message["Subject"]).strip().startswith("Auto: NO PRESENTADO - Motion to Continue")
+    text, html = parts(message)
+    for body in (text, html):
+        assert "Oficina del Asesor Jurídico Principal de ICE en Chicago" in body
+        assert "a través del portal eService de ICE" in body
+        for line in (
+            "Por correo postal a ICE Office of the Chief Counsel, 525 W. Van Buren St., Suite 701",
+            "En el buzón de la OCC en la planta baja de 525 W. Van Buren St., Chicago",
+            "En la sala del tribunal, durante la audiencia de la persona demandada",
+        ):
+            assert line in body
+
+
+def english_office_texts(settings: GatewaySettings) -> list[str]:
+    """The built-in office's English texts that its notices' bodies show."""
+    texts = settings.offices[0].texts("en")
+    assert texts.contact is not None
+    return [texts.display_name, texts.portal_name, *texts.paper_service, texts.contact]
+
+
+@pytest.mark.parametrize("kind", list(NoticeKind))
+def test_no_english_office_text_leaks_into_the_spanish_notice(
+    settings: GatewaySettings, renderer: NoticeRenderer, kind: NoticeKind
+) -> None:
+    office = office_in(settings, "es")
+    message = sent(renderer, office, sample_message(office, kind), kind)
+    text, html = parts(message)
+    english_prefix = settings.notices.subject_prefix_in("en").strip()
+    for english in [*english_office_texts(settings), english_prefix]:
+        for where in (text, html, str(message["Subject"])):
+            assert not shown(where, english), english
+
+
+def test_no_english_office_text_leaks_into_the_spanish_half_of_a_bilingual_notice(
+    settings: GatewaySettings, renderer: NoticeRenderer
+) -> None:
+    office = office_in(settings, "en", "es")
+    text, html = parts(sent(renderer, office, sample_message(office)))
+    english_half, spanish_half = text.split(SEPARATOR)
+    spanish_html = html[html.index('<div lang="es"') :]
+    for english in english_office_texts(settings):
+        assert shown(english_half, english), english
+        assert not shown(spanish_half, english), english
+        assert not shown(spanish_html, english), english
 
 
 def test_templates_hold_no_office_specific_facts() -> None:

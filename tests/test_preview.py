@@ -232,3 +232,31 @@ def test_chromium_renders_the_html_preview_with_the_statement_and_the_portal(
         assert statement[language] in dom
     assert f'href="{PORTAL}"' in dom
     assert f">{PORTAL}<" in dom
+
+
+def test_preview_in_spanish_shows_the_offices_spanish_texts(
+    capsysbinary: pytest.CaptureFixture[bytes],
+) -> None:
+    status, out, _ = preview(capsysbinary, "--languages", "es")
+    assert status == 0
+    text = out.decode("utf-8")
+    assert "Por correo postal a ICE Office of the Chief Counsel" in text
+    assert "Consultas: Línea principal de ICE OCC Chicago" in text
+    assert "By mail to" not in text
+
+
+def test_preview_in_a_language_an_office_text_lacks_names_the_key(
+    capsysbinary: pytest.CaptureFixture[bytes], tmp_path: Path
+) -> None:
+    text = default_config_path().read_text(encoding="utf-8")
+    spanish = 'es = "Línea principal de ICE OCC Chicago, indicada en https://occ-chicago.example/contact"\n'
+    assert spanish in text
+    config = tmp_path / "gateway.toml"
+    config.write_text(text.replace(spanish, ""), encoding="utf-8")
+    status = main(["preview", "--config", str(config), "--languages", "en,es"])
+    captured = capsysbinary.readouterr()
+    assert status == 2
+    assert captured.out == b""
+    err = captured.err.decode("utf-8")
+    assert "contact" in err
+    assert "no text in 'es'" in err
