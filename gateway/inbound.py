@@ -490,7 +490,7 @@ class InboundHandler:
         key: tuple[str, ...] | None,
     ) -> NoticeGate | None:
         """The limits on this message's notice; they are applied as the record is written."""
-        if not any(job.kind != "relay" for job in record.jobs):
+        if not any(job.is_notice for job in record.jobs):
             return None
         limits = self.settings.limits
         facts = record.facts
