@@ -20,23 +20,23 @@ import structlog
 from structlog.typing import Processor
 
 from gateway import __version__
-from gateway.audit import configure_logging
-from gateway.chain import anchored
+from gateway.audit.chain import anchored
+from gateway.audit.log import configure_logging
 from gateway.clock import Clock, make_clock
-from gateway.composer import make_composer
 from gateway.config import GatewaySettings, ServerSettings
-from gateway.delivery import DeliveryWorker
-from gateway.dkim import DkimKey, ensure_key, zone_record
+from gateway.delivery.composer import make_composer
+from gateway.delivery.transport import FileSender, MailSender, SmtpSender
+from gateway.delivery.worker import DeliveryWorker
 from gateway.errors import ConfigError, GatewayError
-from gateway.health import Endpoint, Readiness, start_endpoint
-from gateway.metrics import EventMetrics, OutboxCollector, new_registry
-from gateway.mx import DnsMxResolver
-from gateway.notices import NoticeRenderer
-from gateway.outbox import Outbox
-from gateway.retention import purge_periodically
-from gateway.smtpserver import Sessions, start_server
-from gateway.store import Store
-from gateway.transport import FileSender, MailSender, SmtpSender
+from gateway.http.health import Endpoint, Readiness, start_endpoint
+from gateway.http.metrics import EventMetrics, OutboxCollector, new_registry
+from gateway.mail.mx import DnsMxResolver
+from gateway.notices.dkim import DkimKey, ensure_key, zone_record
+from gateway.notices.render import NoticeRenderer
+from gateway.smtp.server import Sessions, start_server
+from gateway.store.db import Store
+from gateway.store.outbox import Outbox
+from gateway.store.retention import purge_periodically
 
 __all__ = ["Parts", "build_delivery", "serve", "tls_context"]
 

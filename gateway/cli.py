@@ -15,7 +15,7 @@ from pathlib import Path
 from gateway import __version__
 from gateway.config import GatewaySettings, load_settings
 from gateway.errors import ConfigError
-from gateway.replies import check_replies
+from gateway.smtp.replies import check_replies
 
 __all__ = ["main"]
 
@@ -214,7 +214,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"gateway: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "check-config":
-        from gateway.checkconfig import print_check
+        from gateway.ops.checkconfig import print_check
 
         print_check(settings, out=sys.stdout)
         return EXIT_OK
@@ -224,7 +224,7 @@ def _run(args: argparse.Namespace) -> int:
         return serve(settings, as_of=args.as_of)
     if args.command == "queue":
         from gateway.clock import make_clock
-        from gateway.mailq import run_queue
+        from gateway.ops.queue import run_queue
 
         if args.action != "list" and args.job_id is None:
             print(
@@ -241,7 +241,7 @@ def _run(args: argparse.Namespace) -> int:
             err=sys.stderr,
         )
     if args.command == "preview":
-        from gateway.preview import run_preview
+        from gateway.ops.preview import run_preview
 
         return run_preview(
             settings,
@@ -261,7 +261,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "postmaster":
         return _postmaster(settings, args)
     if args.command == "dkim-keygen":
-        from gateway.preview import run_dkim_keygen
+        from gateway.ops.preview import run_dkim_keygen
 
         return run_dkim_keygen(settings, out_file=args.out, out=sys.stdout, err=sys.stderr)
     return EXIT_FAILED  # pragma: no cover - argparse rejects unknown commands
@@ -270,7 +270,7 @@ def _run(args: argparse.Namespace) -> int:
 def _audit(settings: GatewaySettings, args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from gateway.auditcmd import AuditRequest, run_audit
+    from gateway.ops.auditcmd import AuditRequest, run_audit
 
     request = AuditRequest(
         action=args.action,
@@ -307,7 +307,7 @@ def _audit(settings: GatewaySettings, args: argparse.Namespace) -> int:
 def _postmaster(settings: GatewaySettings, args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from gateway.postmaster import PostmasterRequest, run_postmaster
+    from gateway.smtp.postmaster import PostmasterRequest, run_postmaster
 
     if args.action != "list" and args.reference is None:
         print(

@@ -34,8 +34,8 @@ from pydantic import (
     model_validator,
 )
 
-from gateway.addresses import AddressBook, normalize_domain, parse_address
 from gateway.errors import ConfigError
+from gateway.mail.addresses import AddressBook, normalize_domain, parse_address
 
 __all__ = [
     "AuditSettings",

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from gateway.config import GatewaySettings
-from gateway.smtpserver import Sessions, start_server
-from gateway.store import Store
+from gateway.smtp.server import Sessions, start_server
+from gateway.store.db import Store
 
 # Chicago is UTC-5 in September (CDT): the founding cutoff is 2017-09-12T05:00:00Z.
 CUTOFF_UTC = datetime(2017, 9, 12, 5, 0, tzinfo=UTC)

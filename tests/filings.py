@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from gateway.app import build_delivery
-from gateway.dkim import ensure_key
-from gateway.notices import NoticeRenderer
+from gateway.notices.dkim import ensure_key
+from gateway.notices.render import NoticeRenderer
 from tests.conftest import OTHER_RETIRED, RETIRED, SENDER, Gateway, GatewayFactory, office
 from tests.conftest import other_office as second_office
 from tests.polling import eventually

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.addresses import AddressBook, AddressKind, normalize_sender, parse_address
+from gateway.mail.addresses import AddressBook, AddressKind, normalize_sender, parse_address
 
 BOOK = AddressBook.build(
     [

@@ -10,10 +10,10 @@ from pathlib import Path
 import structlog
 
 import gateway
-from gateway.audit import EVENTS, configure_logging
+from gateway.audit.log import EVENTS, configure_logging
 from gateway.config import AuditSettings
 
-SOURCES = sorted(Path(gateway.__file__).parent.glob("*.py"))
+SOURCES = sorted(Path(gateway.__file__).parent.rglob("*.py"))
 # Bound per connection or added by structlog itself.
 CONTEXT_KEYS = {"session_id", "peer_ip", "exc_info"}
 

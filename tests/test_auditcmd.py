@@ -25,10 +25,10 @@ from typing import Any
 import aiosmtplib
 import pytest
 
-from gateway.auditcmd import AuditRequest, run_audit
-from gateway.chain import ChainedLog
+from gateway.audit.chain import ChainedLog
 from gateway.cli import main
 from gateway.config import GatewaySettings, load_settings
+from gateway.ops.auditcmd import AuditRequest, run_audit
 from tests.conftest import GatewayFactory, make_settings
 from tests.filings import CLERK, Filed, fill_store
 from tests.polling import eventually

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.chain import (
+from gateway.audit.chain import (
     GENESIS,
     AuditLogBusy,
     ChainedLog,
@@ -29,8 +29,8 @@ from gateway.chain import (
     load_anchors,
     load_checkpoints,
 )
-from gateway.store import connect
-from gateway.verification import Problem, Verification, log_files, order_files, read_lines, verify
+from gateway.audit.verify import Problem, Verification, log_files, order_files, read_lines, verify
+from gateway.store.db import connect
 
 
 def event(n: int) -> str:

@@ -23,9 +23,9 @@ import trustme
 from structlog.testing import capture_logs
 
 from gateway.app import build_delivery
-from gateway.delivery import DeliveryWorker
-from gateway.dkim import ensure_key, txt_record
-from gateway.notices import NoticeRenderer
+from gateway.delivery.worker import DeliveryWorker
+from gateway.notices.dkim import ensure_key, txt_record
+from gateway.notices.render import NoticeRenderer
 from tests.conftest import BEFORE_PORTAL, RETIRED, SENDER, Gateway, GatewayFactory, office
 from tests.dnsserver import DnsServer, Zone
 from tests.polling import eventually

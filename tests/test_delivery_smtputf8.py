@@ -18,9 +18,9 @@ import dkim as dkimpy
 import pytest
 
 from gateway.clock import make_clock
-from gateway.dkim import ensure_key, txt_record
-from gateway.mailq import run_queue
-from gateway.transport import OutgoingMail
+from gateway.delivery.transport import OutgoingMail
+from gateway.notices.dkim import ensure_key, txt_record
+from gateway.ops.queue import run_queue
 from tests.conftest import BEFORE_PORTAL, RETIRED, Gateway, GatewayFactory, office
 from tests.dnsserver import DnsServer, Zone
 from tests.sink import Sink, start_sink

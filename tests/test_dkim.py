@@ -19,11 +19,11 @@ from cryptography.hazmat.primitives.serialization import (
     load_der_public_key,
 )
 
-from gateway import dkim
 from gateway.cli import main
 from gateway.config import GatewaySettings, default_config_path, load_settings
 from gateway.errors import ConfigError
-from gateway.notices import NoticeKind, NoticeRenderer, notice_bytes, sample_message
+from gateway.notices import dkim
+from gateway.notices.render import NoticeKind, NoticeRenderer, notice_bytes, sample_message
 
 NOW = datetime(2017, 9, 12, 17, 0, tzinfo=UTC)
 

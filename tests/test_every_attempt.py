@@ -10,8 +10,8 @@ import sqlite3
 
 import pytest
 
-from gateway.auditcmd import AuditRequest, run_audit
-from gateway.records import Filters, find_attempts
+from gateway.ops.auditcmd import AuditRequest, run_audit
+from gateway.store.records import Filters, find_attempts
 from tests.conftest import (
     AFTER_CUTOFF,
     BEFORE_PORTAL,

@@ -9,7 +9,7 @@ from email.message import EmailMessage
 
 import pytest
 
-from gateway.evidence import Attachment, MessageFacts, extract_facts
+from gateway.mail.evidence import Attachment, MessageFacts, extract_facts
 
 PDF = b"%PDF-1.7\n" + bytes(range(256)) * 37  # 9,481 bytes: base64 ends in "=" padding
 DOCX = b"PK\x03\x04" + bytes(range(251, -1, -1)) * 20  # 5,044 bytes

@@ -13,7 +13,7 @@ from datetime import timedelta
 import pytest
 from structlog.testing import capture_logs
 
-from gateway.policy import NoticeScope, exceeded_scope, loop_reason
+from gateway.policy.decision import NoticeScope, exceeded_scope, loop_reason
 from tests.conftest import RETIRED, SENDER, Gateway, GatewayFactory
 from tests.smtpclient import RawClient, message, reference_of, transaction
 

@@ -29,13 +29,13 @@ import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import build_delivery
-from gateway.audit import configure_logging
+from gateway.audit.log import configure_logging
 from gateway.config import AuditSettings, load_settings
-from gateway.delivery import DeliveryWorker
+from gateway.delivery.worker import DeliveryWorker
 from gateway.errors import ConfigError
-from gateway.health import Endpoint, Readiness, start_endpoint
-from gateway.metrics import EventMetrics, new_registry
-from gateway.notices import NoticeRenderer
+from gateway.http.health import Endpoint, Readiness, start_endpoint
+from gateway.http.metrics import EventMetrics, new_registry
+from gateway.notices.render import NoticeRenderer
 from tests.conftest import Gateway, GatewayFactory
 from tests.polling import eventually
 from tests.test_serve_process import (

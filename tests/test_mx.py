@@ -17,7 +17,7 @@ import pytest
 
 from gateway.config import DnsSettings
 from gateway.errors import ConfigError, DeliveryDeferred, DeliveryFailed
-from gateway.mx import DnsMxResolver, MailHost, MxResolver, order_exchangers
+from gateway.mail.mx import DnsMxResolver, MailHost, MxResolver, order_exchangers
 from tests.dnsserver import DnsServer, Zone
 
 # A DKIM-sized TXT record: longer than one 255-byte string and than a 512-byte UDP answer.

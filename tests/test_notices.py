@@ -21,8 +21,8 @@ from gateway.config import (
     load_settings,
 )
 from gateway.errors import ConfigError
-from gateway.evidence import Attachment, MessageFacts
-from gateway.notices import (
+from gateway.mail.evidence import Attachment, MessageFacts
+from gateway.notices.render import (
     FailedMessage,
     NoticeError,
     NoticeKind,
@@ -37,7 +37,7 @@ from gateway.notices import (
     size_text,
     templates_dir,
 )
-from gateway.preview import failed_message_from_eml
+from gateway.ops.preview import failed_message_from_eml
 
 SAMPLES = Path(__file__).parent / "samples"
 NOTICE_SAMPLES = ("plain", "multipart-attachments", "encoded-subject", "no-subject", "injection")

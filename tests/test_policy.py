@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from gateway.config import OfficeSettings, ResponseMode
-from gateway.policy import Action, Phase, decide, phase_at
+from gateway.policy.decision import Action, Phase, decide, phase_at
 from tests.conftest import office
 
 CHICAGO = OfficeSettings.model_validate(office(decommissions="2027-09-12"))

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from gateway.auditcmd import AuditRequest, run_audit
 from gateway.cli import main
 from gateway.config import GatewaySettings
-from gateway.postmaster import PostmasterRequest, forward_jobs, run_postmaster
-from gateway.retention import purge_raw
-from gateway.store import JobRecord
+from gateway.ops.auditcmd import AuditRequest, run_audit
+from gateway.smtp.postmaster import PostmasterRequest, forward_jobs, run_postmaster
+from gateway.store.db import JobRecord
+from gateway.store.retention import purge_raw
 from tests.conftest import AFTER_CUTOFF, RETIRED, SENDER, Gateway, GatewayFactory
 from tests.polling import eventually
 from tests.sink import Sink

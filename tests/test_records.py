@@ -12,7 +12,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from gateway.records import (
+from gateway.mail.redaction import Redactor
+from gateway.store.db import connect
+from gateway.store.records import (
     AttemptRecord,
     DaySummary,
     Filters,
@@ -24,8 +26,6 @@ from gateway.records import (
     summarize,
     tell_story,
 )
-from gateway.redaction import Redactor
-from gateway.store import connect
 from tests.conftest import GatewayFactory
 from tests.filings import CLERK, FAR, Filed, fill_store
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import structlog
 
-from gateway.audit import configure_logging
+from gateway.audit.log import configure_logging
 from gateway.config import AuditSettings, load_settings
 from gateway.errors import ConfigError
-from gateway.redaction import Redactor
+from gateway.mail.redaction import Redactor
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pytest
 
 from gateway.config import OfficeSettings
 from gateway.errors import ConfigError
-from gateway.replies import (
+from gateway.smtp.replies import (
     MAX_REPLY,
     REPLY_NO_MAILBOX,
     accepted_reply,

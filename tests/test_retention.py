@@ -20,10 +20,10 @@ from structlog.testing import capture_logs
 from gateway.app import build_delivery
 from gateway.config import load_settings
 from gateway.errors import ConfigError
-from gateway.notices import NoticeRenderer
-from gateway.outbox import Attempt, JobState, Outbox, list_jobs
-from gateway.retention import Purged, purge_once, purge_records, records_cutoff
-from gateway.store import connect, iso
+from gateway.notices.render import NoticeRenderer
+from gateway.store.db import connect, iso
+from gateway.store.outbox import Attempt, JobState, Outbox, list_jobs
+from gateway.store.retention import Purged, purge_once, purge_records, records_cutoff
 from tests.conftest import (
     AFTER_CUTOFF,
     BEFORE_PORTAL,

@@ -14,7 +14,7 @@ import dkim as dkimpy
 import pytest
 from structlog.testing import capture_logs
 
-from gateway.dkim import generate_private_key, txt_record
+from gateway.notices.dkim import generate_private_key, txt_record
 from tests.conftest import RETIRED, Gateway, GatewayFactory, office
 from tests.dnsserver import DnsServer
 from tests.smtpclient import message, transaction

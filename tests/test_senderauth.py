@@ -17,8 +17,7 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.config import DnsSettings, SenderAuthSettings
-from gateway.dkim import generate_private_key, txt_record
-from gateway.dmarc import (
+from gateway.mail.dmarc import (
     DmarcPolicy,
     evaluate_dmarc,
     header_from_domain,
@@ -26,7 +25,8 @@ from gateway.dmarc import (
     organizational_domain,
     parse_dmarc_record,
 )
-from gateway.senderauth import AuthResults, SenderAuthenticator, Verdict, decide_verdict
+from gateway.notices.dkim import generate_private_key, txt_record
+from gateway.smtp.senderauth import AuthResults, SenderAuthenticator, Verdict, decide_verdict
 from tests.dnsserver import DnsServer, Query, Zone
 
 AUTHORISED = "127.0.0.1"

@@ -21,12 +21,12 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from gateway.auditcmd import AuditRequest, run_audit
 from gateway.cli import main
 from gateway.config import GatewaySettings, default_config_path
-from gateway.retention import Purged, purge_once
-from gateway.sentmail import describe_sent, read_sent
-from gateway.store import SCHEMA_VERSION, Store, connect
+from gateway.ops.auditcmd import AuditRequest, run_audit
+from gateway.store.db import SCHEMA_VERSION, Store, connect
+from gateway.store.retention import Purged, purge_once
+from gateway.store.sentmail import describe_sent, read_sent
 from tests.conftest import AFTER_CUTOFF, BEFORE_PORTAL, Gateway, GatewayFactory, office
 from tests.sink import Received, Sink, start_sink
 from tests.test_delivery import FAST_RETRY, WorkerFactory, file_a_filing, job_state, smarthost

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from aiosmtpd.smtp import SMTP
 
-from gateway.smtpserver import GatewaySMTP, Sessions
+from gateway.smtp.server import GatewaySMTP, Sessions
 from tests.conftest import make_settings
 
 SAMPLES = [

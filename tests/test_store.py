@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import StoreError
-from gateway.evidence import Attachment, MessageFacts
-from gateway.store import JobRecord, MessageRecord, RecipientRecord, Store, new_reference
+from gateway.mail.evidence import Attachment, MessageFacts
+from gateway.store.db import JobRecord, MessageRecord, RecipientRecord, Store, new_reference
 
 AT = datetime(2017, 9, 13, 15, 0, tzinfo=UTC)
 

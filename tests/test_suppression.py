@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from gateway.config import default_config_path, load_settings
-from gateway.notices import suppression_reason
-from gateway.policy import is_replyable_address, notice_suppression
+from gateway.notices.render import suppression_reason
+from gateway.policy.decision import is_replyable_address, notice_suppression
 
 SAMPLES = Path(__file__).parent / "samples"
 OWN_DOMAINS = frozenset({"occ-chicago.example", "mx.occ-chicago.example"})

@@ -1,0 +1,425 @@
+"""The audit log's hash chain: each JSON line carries the SHA-256 of the line before it.
+
+Every line the audit logger writes ends with three keys: `chain` (16 hex digits naming the
+chain), `seq` (1 for a chain's first line, then +1 per line) and `prev` (the SHA-256, in hex,
+of the previous line's exact bytes without its newline; 64 zeros on the first line). Editing,
+deleting, inserting or moving a line therefore breaks a link that `gateway audit verify`
+finds. A chain outlives its file:
+
+- a restart appending to the same file continues the chain from the file's last line;
+- rotation (logrotate's default `create`: rename, then the new file appears) is noticed by
+  the writer within a second; it reopens the path and the new file's first line links to
+  the old file's last one. `copytruncate` loses the lines written between the copy and the
+  truncation (logrotate says so), and verify reports them missing;
+- standard output (Docker) cannot be read back, so each start begins a new chain; the saved
+  stream (`docker logs gateway > saved.log`) verifies like a file.
+
+Each chain is anchored in the state store: `audit_chains` holds its id and the hash of its
+first line (a forged or replaced beginning is caught), `audit_checkpoints` its head, recorded
+at start, every `checkpoint_interval` and at stop (a tail that was cut off is caught).
+
+This module links and writes lines and keeps the anchors; verification.py checks them. It
+never decides what is logged (audit.py), nor touches the store but for those two tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+import structlog
+
+from gateway.errors import GatewayError
+from gateway.store.db import Store, connect, iso
+
+__all__ = [
+    "GENESIS",
+    "Anchor",
+    "AuditLogBusy",
+    "ChainedLog",
+    "Checkpoint",
+    "Head",
+    "Link",
+    "anchored",
+    "line_hash",
+    "link",
+    "load_anchors",
+    "load_checkpoints",
+    "parse_line",
+    "read_link",
+]
+
+GENESIS = "0" * 64
+# How often the file writer looks whether its path still names the file it writes.
+ROTATION_CHECK_S = 1.0
+
+
+log = structlog.get_logger()
+
+
+class AuditLogBusy(GatewayError, OSError):
+    """Another process holds the audit log file: two writers would fork its chain."""
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """Where a chain stands: its id, the seq of its last line and that line's hash."""
+
+    chain: str
+    seq: int
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Anchor:
+    chain: str
+    started_at: datetime
+    log: str  # the file, or "-" for standard output
+    first_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    chain: str
+    seq: int
+    hash: str
+    at: datetime
+
+
+# ---------------------------------------------------------------------------------------------
+# Linking: pure
+
+
+def line_hash(line: bytes) -> str:
+    """The SHA-256 (hex) of one log line, without its newline: what the next `prev` holds."""
+    return hashlib.sha256(line).hexdigest()
+
+
+def link(rendered: str, *, chain: str, seq: int, prev: str) -> str:
+    """`rendered` (one JSON object) with the chain's keys appended, as the line to write."""
+    body = rendered[:-1] if rendered[-1:] == "}" else rendered.rstrip()[:-1].rstrip()
+    separator = ", " if body != "{" else ""
+    return f'{body}{separator}"chain": "{chain}", "seq": {seq}, "prev": "{prev}"}}'
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """What a line says of its place in the chain."""
+
+    chain: str
+    seq: int
+    prev: str
+
+
+def parse_line(line: bytes) -> object:
+    """The JSON value of a log line, or None when it is not JSON (damaged, or cut short)."""
+    try:
+        return json.loads(line)
+    except ValueError:  # also UnicodeDecodeError
+        return None
+
+
+def read_link(record: object) -> Link | None:
+    """The chain keys of a parsed line, or None when it has none (or they are malformed)."""
+    if not isinstance(record, dict):
+        return None
+    chain, seq, prev = record.get("chain"), record.get("seq"), record.get("prev")
+    if isinstance(chain, str) and isinstance(seq, int) and isinstance(prev, str) and seq >= 1:
+        return Link(chain, seq, prev)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+class ChainedLog:
+    """The structlog logger of the audit log: links each rendered line and writes it whole.
+
+    Thread-safe: linking and writing happen under one lock, so the order of the lines in the
+    file is the order of the chain. Build it with `to_stream()` or `to_file()`.
+    """
+
+    def __init__(
+        self,
+        head: Head,
+        *,
+        stream: TextIO | None = None,
+        path: Path | None = None,
+        fd: int | None = None,
+        check_every_s: float = ROTATION_CHECK_S,
+    ) -> None:
+        self._chain, self._seq, self._hash = head.chain, head.seq, head.hash
+        self._stream = stream
+        self._path = path
+        self._fd = fd
+        self._file_id = _file_id(fd) if fd is not None else None
+        self._check_every_s = check_every_s
+        self._next_check = time.monotonic() + check_every_s
+        self._lock = threading.Lock()
+        self.is_new = head.seq == 0
+        self.started_at = datetime.now(UTC)
+        self.first_hash: str | None = None
+
+    @classmethod
+    def to_stream(cls, stream: TextIO) -> ChainedLog:
+        """A new chain written to `stream` (standard output, or a test's buffer)."""
+        return cls(_new_head(), stream=stream)
+
+    @classmethod
+    def to_file(cls, path: Path, *, check_every_s: float = ROTATION_CHECK_S) -> ChainedLog:
+        """Append to `path`, continuing the chain of its last line, else starting one.
+
+        Raises:
+            AuditLogBusy: another process is writing the file.
+            OSError: it cannot be opened.
+        """
+        fd = _open_locked(path)
+        try:
+            head = _resume(path, fd)
+        except OSError:
+            os.close(fd)
+            raise
+        return cls(head, path=path, fd=fd, check_every_s=check_every_s)
+
+    @property
+    def head(self) -> Head:
+        with self._lock:
+            return Head(self._chain, self._seq, self._hash)
+
+    @property
+    def destination(self) -> str:
+        """Where the chain began: standard output, or the file's absolute path."""
+        return "-" if self._path is None else os.path.abspath(self._path)
+
+    def msg(self, message: str) -> None:
+        """Link and write one rendered event."""
+        # The hot path of every audit event: a few microseconds, measured in the README.
+        with self._lock:
+            if self._fd is not None and time.monotonic() >= self._next_check:
+                self._follow_rotation()
+            seq = self._seq + 1
+            line = link(message, chain=self._chain, seq=seq, prev=self._hash).encode()
+            self._write(line + b"\n")
+            self._seq, self._hash = seq, hashlib.sha256(line).hexdigest()
+            if seq == 1:
+                self.first_hash = self._hash
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    def _write(self, data: bytes) -> None:
+        if self._stream is not None:
+            # The JSON renderer escapes everything outside ASCII, so text and bytes agree.
+            self._stream.write(data.decode())
+            self._stream.flush()
+            return
+        assert self._fd is not None
+        written = os.write(self._fd, data)  # one write(2), so the line lands whole (O_APPEND)
+        while written < len(data):  # only when the disk is (nearly) full
+            written += os.write(self._fd, data[written:])
+
+    def _follow_rotation(self) -> None:
+        assert self._path is not None
+        self._next_check = time.monotonic() + self._check_every_s
+        try:
+            current = _file_id_of(self._path)
+        except FileNotFoundError:
+            current = None
+        if current == self._file_id:
+            return
+        try:
+            fd = _open_locked(self._path)
+        except OSError:
+            return  # keep writing to the renamed file; the lines stay in order, try again later
+        old, self._fd, self._file_id = self._fd, fd, _file_id(fd)
+        if old is not None:
+            os.close(old)
+
+
+def _new_head() -> Head:
+    return Head(secrets.token_hex(8), 0, GENESIS)
+
+
+def _open_locked(path: Path) -> int:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        os.close(fd)
+        raise AuditLogBusy(f"audit log {path} is being written by another process") from exc
+    return fd
+
+
+def _file_id(fd: int) -> tuple[int, int]:
+    stat = os.fstat(fd)
+    return stat.st_dev, stat.st_ino
+
+
+def _file_id_of(path: Path) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
+
+
+def _resume(path: Path, fd: int) -> Head:
+    """The head of the chain the file ends with, or a new chain's when it ends otherwise."""
+    last, has_newline = _tail(path)
+    if not last:
+        return _new_head()
+    if not has_newline:
+        # A line cut short (the disk filled, or a crash inside a write): end it, so that the
+        # new chain starts on a line of its own; verify reports the damaged one.
+        os.write(fd, b"\n")
+        return _new_head()
+    found = read_link(parse_line(last))
+    if found is None:
+        return _new_head()  # a log from before the chain, or a damaged last line
+    return Head(found.chain, found.seq, line_hash(last))
+
+
+def _tail(path: Path, *, chunk: int = 65536) -> tuple[bytes, bool]:
+    """The file's last line (without newline) and whether the file ends with a newline."""
+    with open(path, "rb") as reader:
+        end = reader.seek(0, os.SEEK_END)
+        if end == 0:
+            return b"", True
+        reader.seek(end - 1)
+        has_newline = reader.read(1) == b"\n"
+        stop = end - 1 if has_newline else end
+        start, data = stop, b""
+        while start > 0 and b"\n" not in data:
+            start = max(0, start - chunk)
+            reader.seek(start)
+            data = reader.read(stop - start)
+        return data.rpartition(b"\n")[2], has_newline
+
+
+# ---------------------------------------------------------------------------------------------
+# Anchoring in the state store
+
+
+def _save_anchor(conn: sqlite3.Connection, anchor: Anchor) -> None:
+    conn.execute(
+        "INSERT OR IGNORE INTO audit_chains (chain, started_at, log, first_hash) VALUES (?,?,?,?)",
+        (anchor.chain, iso(anchor.started_at), anchor.log, anchor.first_hash),
+    )
+
+
+def _save_checkpoint(conn: sqlite3.Connection, point: Checkpoint) -> None:
+    conn.execute(
+        "INSERT OR IGNORE INTO audit_checkpoints (chain, seq, hash, at) VALUES (?,?,?,?)",
+        (point.chain, point.seq, point.hash, iso(point.at)),
+    )
+
+
+def _save_head(conn: sqlite3.Connection, chain: ChainedLog, head: Head) -> None:
+    """The chain's anchor once its first line is written (again: ignored), and its head."""
+    if chain.is_new and chain.first_hash is not None:
+        first = Anchor(head.chain, chain.started_at, chain.destination, chain.first_hash)
+        _save_anchor(conn, first)
+    if head.seq:
+        _save_checkpoint(conn, Checkpoint(head.chain, head.seq, head.hash, datetime.now(UTC)))
+
+
+async def _write_start(database: Path, chain: ChainedLog) -> None:
+    store = Store(database)  # creates the file and the tables on a first start
+    await store.open()
+    try:
+        await store.write(lambda conn: _save_head(conn, chain, chain.head))
+    finally:
+        await store.close()
+
+
+class _Checkpoints:
+    """A thread that records the chain's head in the store every `every_s` seconds."""
+
+    def __init__(self, chain: ChainedLog, database: Path, *, every_s: float) -> None:
+        self._chain = chain
+        self._database = database
+        self._every_s = every_s
+        self._stop = threading.Event()
+        self._saved = chain.head
+        self._thread = threading.Thread(target=self._run, name="audit-checkpoints", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop the thread and record the head one last time."""
+        self._stop.set()
+        self._thread.join()
+        self._save()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every_s):
+            self._save()
+
+    def _save(self) -> None:
+        head = self._chain.head
+        if head == self._saved or head.seq == 0:
+            return
+        try:
+            with contextlib.closing(connect(self._database)) as conn:
+                conn.execute("BEGIN IMMEDIATE")
+                _save_head(conn, self._chain, head)
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            log.error("store.checkpoint_failed", error=str(exc))
+            return
+        self._saved = head
+
+
+@contextlib.contextmanager
+def anchored(chain: ChainedLog | None, database: Path, *, every_s: float) -> Iterator[None]:
+    """Anchor `chain` in the store, checkpoint its head while the body runs and once more
+    when it ends. Does nothing for a log without a chain (the console format).
+
+    Raises:
+        StoreError: the store cannot be opened or written.
+    """
+    if chain is None:
+        yield
+        return
+    asyncio.run(_write_start(database, chain))
+    checkpoints = _Checkpoints(chain, database, every_s=every_s)
+    checkpoints.start()
+    try:
+        yield
+    finally:
+        checkpoints.close()
+
+
+def load_anchors(conn: sqlite3.Connection) -> dict[str, Anchor]:
+    """Every chain anchored in the store, by id."""
+    rows = conn.execute("SELECT chain, started_at, log, first_hash FROM audit_chains")
+    return {r[0]: Anchor(r[0], datetime.fromisoformat(r[1]), r[2], r[3]) for r in rows.fetchall()}
+
+
+def load_checkpoints(conn: sqlite3.Connection) -> dict[str, list[Checkpoint]]:
+    """Every chain's checkpoints, by id, in seq order."""
+    found: dict[str, list[Checkpoint]] = {}
+    rows = conn.execute("SELECT chain, seq, hash, at FROM audit_checkpoints ORDER BY chain, seq")
+    for chain, seq, digest, at in rows.fetchall():
+        found.setdefault(chain, []).append(
+            Checkpoint(chain, seq, digest, datetime.fromisoformat(at))
+        )
+    return found

@@ -1,0 +1,236 @@
+"""The audit log: structlog set-up and the vocabulary of events operators rely on.
+
+One JSON object per line, UTC ISO-8601 `timestamp`, `event` naming the fact, values in keys.
+Events of one message share its `reference`, the id quoted in the SMTP reply. The names and
+keys below are a contract with log tools: add to them, do not rename. Bodies and credentials
+are never logged; A-numbers and other configured patterns are redacted from subjects and
+attachment names (redaction.py). Every JSON line is linked to the one before it by a hash
+chain (chain.py), so that an edited, deleted or reordered line can be found.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+from gateway.audit.chain import ChainedLog
+from gateway.config import AuditSettings
+from gateway.mail.redaction import Redactor
+
+__all__ = ["EVENTS", "configure_logging", "get_logger"]
+
+_DELIVERY_KEYS = (
+    "job_id",
+    "reference",
+    "kind",
+    "attempt",
+    "recipients",
+    "host",
+    "reply_code",
+    "reply",
+    "duration_s",
+)
+# event name -> the keys it carries (besides timestamp, level and event).
+EVENTS: dict[str, tuple[str, ...]] = {
+    "gateway.started": ("version", "offices", "as_of", "state_dir", "delivery"),
+    "gateway.listening": ("host", "port"),
+    "gateway.metrics.listening": ("host", "port"),  # the HTTP /metrics, /healthz, /readyz
+    "gateway.stopping": ("reason", "sessions"),
+    "gateway.stopped": ("sessions_cut",),
+    # The first event a serving process logs: where the audit log goes and whether this line
+    # continues the chain the file ended with (else it starts a new one, anchored in the store).
+    "gateway.log.opened": ("log", "continued"),
+    "smtp.session.opened": ("session_id", "peer_ip", "peer_port"),
+    "smtp.session.closed": ("session_id", "peer_ip", "messages", "duration_s"),
+    # Connections turned away: too many, shutting down, a command limit, a bad PROXY header.
+    "smtp.session.refused": ("peer_ip", "reason", "reply"),
+    "smtp.session.proxied": ("session_id", "peer_ip", "peer_port", "trusted"),
+    "smtp.session.timed_out": ("session_id", "peer_ip", "limit", "reply"),
+    "smtp.session.failed": ("session_id", "peer_ip", "reply", "exc_info"),
+    "smtp.recipient.refused": (
+        "session_id",
+        "reference",
+        "sender",
+        "recipient",
+        "office",
+        "phase",
+        "reason",
+        "reply_code",
+        "reply",
+    ),
+    "smtp.recipient.deferred": (
+        "session_id",
+        "sender",
+        "recipient",
+        "reason",
+        "reply_code",
+        "reply",
+    ),
+    "smtp.message.received": (
+        "session_id",
+        "reference",
+        "peer_ip",
+        "helo",
+        "tls",
+        "sender",
+        "recipients",
+        "message_id",
+        "subject",
+        "date_header",
+        "size",
+        "sha256",
+        "attachments",
+        "a_numbers",
+        "auth",
+    ),
+    "policy.decided": (
+        "reference",
+        "recipient",
+        "office",
+        "phase",
+        "action",
+        "reason",
+        "arrival_utc",
+        "arrival_local",
+    ),
+    "notice.suppressed": ("reference", "sender", "reason", "duplicate_of"),
+    "outbox.enqueued": (
+        "reference",
+        "job_kind",
+        "office",
+        "recipients",
+        "destination",
+        "job_id",
+        "about_job",
+    ),
+    # reason: why a message was not accepted (rejected or deferred); absent when accepted.
+    "smtp.reply.sent": ("session_id", "reference", "outcome", "reason", "reply_code", "reply"),
+    "store.write_failed": ("session_id", "reference", "error"),
+    "store.raw_purged": ("count",),
+    "store.purge_failed": ("error",),
+    "store.checkpoint_failed": ("error",),  # the audit chain's head could not be recorded
+    # Records past [storage] retention_days: received before `before`; rows per table.
+    "store.records_purged": (
+        "before",
+        "retention_days",
+        "messages",
+        "message_recipients",
+        "raw_messages",
+        "jobs",
+        "attempts",
+        "refusals",
+    ),
+    # Notices kept as sent past [storage] notice_retention_days: sent before `before`.
+    "store.notices_purged": ("before", "notice_retention_days", "count"),
+    "dkim.key_created": ("selector", "domain", "path", "dns_record"),
+    "outbox.recovered": ("jobs",),
+    "outbox.claim_failed": ("error",),
+    "outbox.update_failed": ("job_id", "reference", "error"),
+    "delivery.succeeded": _DELIVERY_KEYS,
+    "delivery.deferred": (*_DELIVERY_KEYS, "note", "next_attempt_at"),
+    "delivery.failed": (*_DELIVERY_KEYS, "note", "next_attempt_at"),
+    "delivery.crashed": ("job_id", "reference", "exception"),
+}
+
+
+def configure_logging(
+    settings: AuditSettings,
+    *,
+    stream: TextIO | None = None,
+    observers: Sequence[Processor] = (),
+) -> ChainedLog | None:
+    """Route structlog to the configured destination; returns the chained log written to,
+    or None for the console format (for people at a terminal, not chained).
+
+    Called once by the CLI. `stream` overrides the destination (tests). `observers` are
+    processors that see every event dict (with its timestamp, after redaction) just before it
+    is rendered, e.g. to count events as metrics; they must return the event dict unchanged.
+
+    Raises:
+        AuditLogBusy: another process is writing the log file.
+        OSError: the log file cannot be opened.
+    """
+    out = stream if stream is not None else (sys.stdout if settings.log == "-" else None)
+    console = settings.format == "console" or (
+        settings.format == "auto" and out is not None and out.isatty()
+    )
+    chain: ChainedLog | None = None
+    if console:
+        renderer: Any = structlog.dev.ConsoleRenderer()
+        factory: Any = structlog.WriteLoggerFactory(file=out or _open_destination(settings.log))
+    else:
+        renderer = structlog.processors.JSONRenderer()
+        chain = (
+            ChainedLog.to_stream(out) if out is not None else ChainedLog.to_file(Path(settings.log))
+        )
+        factory = _ChainFactory(chain)
+    redactor = Redactor.from_settings(settings)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            *([_Redaction(redactor)] if redactor.is_active else []),
+            *observers,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=factory,
+        cache_logger_on_first_use=True,
+    )
+    # aiosmtpd narrates sessions through stdlib logging as plain text; everything of it that
+    # matters is an audit event of ours, so its lines would only be noise outside the log.
+    library_log = logging.getLogger("mail.log")
+    library_log.propagate = False
+    library_log.addHandler(logging.NullHandler())
+    return chain
+
+
+def _open_destination(log: str) -> TextIO:
+    # Line-buffered: each event reaches the file as one whole line.
+    return open(log, "a", encoding="utf-8", buffering=1)
+
+
+class _ChainFactory:
+    """structlog's logger factory: every logger writes through the one chained log."""
+
+    def __init__(self, chain: ChainedLog) -> None:
+        self.chain = chain
+
+    def __call__(self, *args: Any) -> ChainedLog:
+        return self.chain
+
+
+class _Redaction:
+    """The processor that redacts a message's subject, attachment names and A-numbers."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        self.redactor = redactor
+
+    def __call__(self, logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
+        # Only smtp.message.received carries these keys; every other event passes untouched.
+        if "subject" in event and isinstance(event["subject"], str):
+            event["subject"] = self.redactor.text(event["subject"])
+        if "a_numbers" in event and isinstance(event["a_numbers"], list):
+            event["a_numbers"] = self.redactor.a_number_list(event["a_numbers"])
+        if "attachments" in event and isinstance(event["attachments"], list):
+            event["attachments"] = [self._attachment(a) for a in event["attachments"]]
+        return event
+
+    def _attachment(self, attachment: object) -> object:
+        if isinstance(attachment, MutableMapping) and isinstance(attachment.get("filename"), str):
+            return {**attachment, "filename": self.redactor.text(attachment["filename"])}
+        return attachment
+
+
+def get_logger(**context: Any) -> structlog.typing.FilteringBoundLogger:
+    """A logger carrying `context` in every event."""
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger().bind(**context)
+    return logger

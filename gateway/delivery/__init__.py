@@ -1,0 +1,1 @@
+"""Delivery: claim a job, compose it, resolve and send, record the outcome."""

@@ -1,0 +1,303 @@
+"""Composing outgoing mail: a job and its stored record in, the bytes to send out.
+
+Notices are rendered from the stored record (never from anything kept in memory) and signed
+with DKIM; relays (and forwards of postmaster mail) are the original message, unchanged,
+below a Received line. Rendering and RSA signing are CPU work that would hold the interpreter
+lock for milliseconds at a time, so by default they run in a separate process
+(`[delivery] composer_processes`) and the SMTP side keeps answering while a backlog drains.
+Nothing here sends, queues or logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import os
+import re
+import sqlite3
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from datetime import datetime
+from email import policy as email_policy
+from email.message import Message
+from email.mime.base import MIMEBase
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.utils import format_datetime
+from typing import Protocol
+
+from gateway.config import GatewaySettings
+from gateway.delivery.transport import OutgoingMail
+from gateway.errors import DeliveryDeferred, DeliveryFailed
+from gateway.mail.evidence import Attachment
+from gateway.notices.dkim import DkimKey, ensure_key, sign
+from gateway.notices.render import (
+    FailedMessage,
+    NoticeError,
+    NoticeKind,
+    NoticeRenderer,
+    notice_bytes,
+)
+from gateway.store.db import connect
+from gateway.store.outbox import Job
+
+__all__ = ["Composer", "MailBuilder", "ProcessComposer", "ThreadComposer", "make_composer"]
+
+_NOTICE_KINDS = {"notice": NoticeKind.NOT_FILED, "advisory": NoticeKind.ADVISORY}
+
+
+class Composer(Protocol):
+    async def compose(self, job: Job, now: datetime) -> OutgoingMail:
+        """Raises DeliveryFailed (no mail can be made) or DeliveryDeferred (try later)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class MailBuilder:
+    """Turns a job into the bytes to send, reading the record from the store file."""
+
+    def __init__(
+        self, settings: GatewaySettings, renderer: NoticeRenderer, key: DkimKey | None
+    ) -> None:
+        self.settings = settings
+        self.renderer = renderer
+        self.key = key
+        self.database = settings.storage.database
+
+    def build(self, job: Job, now: datetime) -> OutgoingMail:
+        """Blocking (SQLite, jinja2, RSA): run it in a thread.
+
+        Raises:
+            DeliveryFailed: the record is missing or no notice can be made for it.
+        """
+        conn = connect(self.database, readonly=True)
+        try:
+            if job.kind in ("relay", "forward"):  # forward: postmaster mail, relayed the same
+                data = _relay_data(conn, job, self.settings.server.hostname)
+            elif job.kind == "bounce":
+                data = _bounce_data(conn, job, self.settings.server.hostname, now)
+            else:
+                data = self._notice_data(conn, job, now)
+        finally:
+            conn.close()
+        name = f"{job.reference}-{job.id}-{job.kind}"
+        return OutgoingMail(job.mail_from, job.recipients, data, name, job.destination)
+
+    def _notice_data(self, conn: sqlite3.Connection, job: Job, now: datetime) -> bytes:
+        failed = _failed_message(conn, job)
+        assert job.office is not None, "notice jobs always name their office"
+        office = self.settings.office(job.office)
+        try:
+            message = self.renderer.render(_NOTICE_KINDS[job.kind], office, failed, now=now)
+        except NoticeError as exc:
+            raise DeliveryFailed(f"no notice can be made: {exc}") from exc
+        data = notice_bytes(message)
+        return data if self.key is None else sign(data, self.key)
+
+
+def _failed_message(conn: sqlite3.Connection, job: Job) -> FailedMessage:
+    row = conn.execute("SELECT * FROM messages WHERE reference = ?", (job.reference,)).fetchone()
+    if row is None:
+        raise DeliveryFailed(f"no record of message {job.reference}")
+    retired = conn.execute(
+        "SELECT recipient FROM message_recipients WHERE reference = ? AND office = ? LIMIT 1",
+        (job.reference, job.office),
+    ).fetchone()
+    attachments = tuple(
+        Attachment(a["filename"], a["content_type"], a["size"])
+        for a in json.loads(row["attachments"])
+    )
+    return FailedMessage(
+        reference=job.reference,
+        sender=job.recipients[0],
+        retired_address=retired["recipient"] if retired else "",
+        received_at=datetime.fromisoformat(row["received_at"]),
+        subject=row["subject"],
+        message_id=row["message_id"],
+        attachments=attachments,
+        a_numbers=tuple(json.loads(row["a_numbers"])),
+    )
+
+
+def _relay_data(conn: sqlite3.Connection, job: Job, hostname: str) -> bytes:
+    row = conn.execute(
+        "SELECT m.helo, m.peer_ip, m.tls, m.received_at, r.raw FROM messages m"
+        " JOIN raw_messages r USING (reference) WHERE reference = ?",
+        (job.reference,),
+    ).fetchone()
+    if row is None:
+        raise DeliveryFailed(f"the message {job.reference} to relay is not in the store")
+    # RFC 5321 §4.4: each relay prepends its Received line and changes nothing else.
+    received_at = format_datetime(datetime.fromisoformat(row["received_at"]))
+    protocol = "ESMTPS" if row["tls"] else "ESMTP"
+    received = (
+        f"Received: from {row['helo'] or 'unknown'} ([{row['peer_ip']}])\r\n"
+        f"\tby {hostname} (eservice-gateway) with {protocol} id {job.reference};\r\n"
+        f"\t{received_at}\r\n"
+    )
+    raw: bytes = row["raw"]
+    return received.encode("ascii", "replace") + raw
+
+
+class ThreadComposer:
+    """Composes in a thread of this process: simple, for tests and small installations."""
+
+    def __init__(self, builder: MailBuilder) -> None:
+        self.builder = builder
+
+    async def compose(self, job: Job, now: datetime) -> OutgoingMail:
+        return await asyncio.to_thread(self.builder.build, job, now)
+
+    def close(self) -> None:
+        pass
+
+
+# The builder of a composer process, made once by its initializer.
+_child_builder: MailBuilder | None = None
+
+
+def _start_child(settings: GatewaySettings, parent: int) -> None:
+    global _child_builder  # one per child process, by design
+    # The child writes nothing: let go of the parent's stdout and stderr, which may be the
+    # audit log's pipe, so that whoever reads it sees it close when the gateway ends.
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    key, _ = ensure_key(settings)
+    _child_builder = MailBuilder(settings, NoticeRenderer(settings), key)
+
+
+def _exit_with_parent(parent: int) -> None:
+    # A pool's children outlive a parent killed with SIGKILL (they hold their own queue's
+    # write end, so they never see EOF); without this they would linger forever.
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
+
+
+def _compose_in_child(job: Job, now: datetime) -> OutgoingMail:
+    assert _child_builder is not None, "the initializer runs first"
+    return _child_builder.build(job, now)
+
+
+class ProcessComposer:
+    """Composes in child processes, so rendering and signing never stall the event loop."""
+
+    def __init__(self, settings: GatewaySettings, processes: int) -> None:
+        self.settings = settings
+        self.processes = processes
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # spawn, not fork: this process has threads (the store writer) that fork would copy
+        # in whatever state they were in.
+        return ProcessPoolExecutor(
+            max_workers=self.processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_child,
+            initargs=(self.settings, os.getpid()),
+        )
+
+    async def compose(self, job: Job, now: datetime) -> OutgoingMail:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, _compose_in_child, job, now)
+        except BrokenProcessPool as exc:
+            # A child died (killed, out of memory): start afresh and try the job later.
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._new_pool()
+            raise DeliveryDeferred("the composer process died; will try again") from exc
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def make_composer(
+    settings: GatewaySettings, renderer: NoticeRenderer, key: DkimKey | None
+) -> Composer:
+    """The composer `[delivery] composer_processes` asks for (0: a thread of this process)."""
+    processes = settings.delivery.composer_processes
+    if processes == 0:
+        return ThreadComposer(MailBuilder(settings, renderer, key))
+    return ProcessComposer(settings, processes)
+
+
+def _bounce_data(conn: sqlite3.Connection, job: Job, hostname: str, now: datetime) -> bytes:
+    """An RFC 3464 delivery status notification for a relay that failed for good."""
+    message = conn.execute(
+        "SELECT m.received_at, m.subject, r.raw FROM messages m"
+        " LEFT JOIN raw_messages r USING (reference) WHERE m.reference = ?",
+        (job.reference,),
+    ).fetchone()
+    relay = conn.execute("SELECT * FROM jobs WHERE id = ?", (job.about_job,)).fetchone()
+    last = conn.execute(
+        "SELECT * FROM attempts WHERE job_id = ? ORDER BY attempt DESC LIMIT 1", (job.about_job,)
+    ).fetchone()
+    if message is None or relay is None or last is None:
+        raise DeliveryFailed(f"nothing on record to report for {job.reference}")
+    recipients = json.loads(relay["recipients"])
+    arrived = datetime.fromisoformat(message["received_at"])
+    report = MIMEMultipart("report", report_type="delivery-status")
+    report["From"] = f"Mail Delivery System <MAILER-DAEMON@{hostname}>"
+    report["To"] = job.recipients[0]
+    report["Subject"] = "Undelivered Mail Returned to Sender"
+    report["Date"] = format_datetime(now)
+    report["Message-ID"] = f"<{job.reference}.bounce.{job.id}@{hostname}>"
+    report["Auto-Submitted"] = "auto-replied"  # RFC 3834 §5: never answered in turn
+    report["X-Eservice-Gateway-Reference"] = job.reference
+    report.attach(
+        MIMEText(_bounce_text(recipients, arrived, job.reference, last), "plain", "utf-8")
+    )
+    report.attach(_delivery_status(hostname, arrived, recipients, last))
+    headers = MIMEBase("text", "rfc822-headers")
+    headers.set_payload(_header_block(message["raw"] or b"").decode("ascii", "replace"))
+    report.attach(headers)
+    # A non-ASCII sender's address goes in To: as UTF-8 (RFC 6532 §3.2), sent with SMTPUTF8.
+    utf8 = not job.recipients[0].isascii()
+    return report.as_bytes(policy=email_policy.SMTPUTF8 if utf8 else email_policy.SMTP)
+
+
+def _bounce_text(
+    recipients: list[str], arrived: datetime, reference: str, last: sqlite3.Row
+) -> str:
+    to = ", ".join(recipients)
+    reply = f"{last['code']} {last['reply']}" if last["code"] else last["reply"]
+    return (
+        f"Your message to {to}, received on {format_datetime(arrived)} (reference {reference}),"
+        " could not be delivered and was given up.\n\n"
+        f"The mail server {last['host'] or '(none)'} answered: {reply}\n\n"
+        "Nothing was filed or served by this message. Its headers follow.\n"
+    )
+
+
+def _delivery_status(
+    hostname: str, arrived: datetime, recipients: list[str], last: sqlite3.Row
+) -> MIMEBase:
+    per_message = Message()
+    per_message["Reporting-MTA"] = f"dns; {hostname}"
+    per_message["Arrival-Date"] = format_datetime(arrived)
+    blocks: list[Message | str] = [per_message]  # each block is written as a header section
+    enhanced = re.match(r"([245]\.\d{1,3}\.\d{1,3})\b", last["reply"] or "")
+    for recipient in recipients:
+        block = Message()
+        block["Final-Recipient"] = f"rfc822; {recipient}"
+        block["Action"] = "failed"
+        block["Status"] = enhanced.group(1) if enhanced else "5.0.0"
+        if last["host"]:
+            block["Remote-MTA"] = f"dns; {last['host']}"
+        if last["code"]:
+            block["Diagnostic-Code"] = f"smtp; {last['code']} {last['reply']}"
+        blocks.append(block)
+    status = MIMEBase("message", "delivery-status")
+    status.set_payload(blocks)
+    return status
+
+
+def _header_block(raw: bytes) -> bytes:
+    end = raw.find(b"\r\n\r\n")
+    return raw if end < 0 else raw[: end + 2]

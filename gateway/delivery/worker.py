@@ -1,0 +1,261 @@
+"""The delivery worker: claim a job, build its mail, send it, record the outcome.
+
+Notices are rendered from the stored record (never from anything kept in memory), signed
+with DKIM and sent with the null reverse path to the envelope sender alone. Relays carry the
+original message unchanged below a Received header, to the office's legacy host. Retries and
+giving up are decided by policy.py; the queue lives in outbox.py; the wire in transport.py.
+
+Exactly once, in effect: a job is marked delivered in the one write right after the remote
+side's 250, which also keeps a notice's bytes as sent (sentmail.py). A crash between that
+250 and that write is the one window in which a mail may go out twice; the lease then
+expires (or the next start recovers it) and the job is sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import structlog
+
+from gateway.clock import Clock
+from gateway.config import GatewaySettings
+from gateway.delivery.composer import Composer
+from gateway.delivery.transport import Answer, MailSender, OutgoingMail
+from gateway.errors import DeliveryDeferred, DeliveryError, StoreError
+from gateway.policy.decision import next_attempt_at
+from gateway.store.db import iso
+from gateway.store.outbox import Attempt, Job, JobState, Outbox
+from gateway.store.sentmail import SentNotice, describe_sent, should_keep
+
+__all__ = ["DeliveryWorker"]
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True, slots=True)
+class _Limits:
+    concurrency: int
+    per_route: int
+    lease_s: float
+    poll_s: float
+
+
+class DeliveryWorker:
+    """Runs until stop(): claims due jobs within the concurrency limits and delivers them."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        outbox: Outbox,
+        composer: Composer,
+        sender: MailSender,
+        clock: Clock,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        delivery = settings.delivery
+        self.settings = delivery
+        # A relayed message's raw copy is kept this long once its relay is done.
+        self.raw_retention = timedelta(days=settings.storage.raw_retention_days)
+        self.outbox = outbox
+        self.composer = composer
+        self.sender = sender
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.limits = _Limits(
+            delivery.concurrency,
+            delivery.per_domain_concurrency,
+            delivery.lease,
+            delivery.poll_interval,
+        )
+        self._busy: Counter[str] = Counter()
+        self._in_flight: dict[int, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        # time.monotonic() of the last look at the queue, for the health check: a worker that
+        # stops looking (a claim that never returns) is wedged even though its task runs.
+        self.last_poll = time.monotonic()
+
+    def wake(self) -> None:
+        """New work may be due: look now rather than at the next poll."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        recovered = await self.outbox.recover()
+        if recovered:
+            log.warning("outbox.recovered", jobs=recovered)
+        while not self._stopping:
+            try:
+                await self._claim_and_start()
+            except StoreError as exc:
+                log.error("outbox.claim_failed", error=str(exc))
+            self.last_poll = time.monotonic()
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(self.limits.poll_s):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    async def stop(self, deadline: float) -> None:
+        """Stop claiming; give jobs in flight `deadline` seconds, then put them back."""
+        self._stopping = True
+        self._wake.set()
+        tasks = list(self._in_flight.values())
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=deadline)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.to_thread(self.composer.close)
+
+    async def _claim_and_start(self) -> None:
+        free = self.limits.concurrency - len(self._in_flight)
+        jobs = await self.outbox.claim(
+            self.clock(),
+            limit=free,
+            lease_s=self.limits.lease_s,
+            busy=self._busy,
+            per_route=self.limits.per_route,
+        )
+        for job in jobs:
+            self._busy[job.route] += 1
+            task = asyncio.create_task(self._attempt(job), name=f"deliver-{job.id}")
+            self._in_flight[job.id] = task
+            task.add_done_callback(functools.partial(self._finished, job))
+
+    def _finished(self, job: Job, _task: asyncio.Task[None]) -> None:
+        self._in_flight.pop(job.id, None)
+        self._busy[job.route] -= 1
+        if self._busy[job.route] <= 0:
+            del self._busy[job.route]
+        self._wake.set()  # a slot is free
+
+    async def _attempt(self, job: Job) -> None:
+        try:
+            await self._try(job)
+        except StoreError as exc:
+            # The outcome could not be recorded: the lease runs out and the job is tried again.
+            log.error(
+                "outbox.update_failed", job_id=job.id, reference=job.reference, error=str(exc)
+            )
+        except Exception:  # our bug: the job stays leased, and is tried again when that ends
+            log.exception("delivery.crashed", job_id=job.id, reference=job.reference)
+
+    async def _try(self, job: Job) -> None:
+        started = self.clock()
+        try:
+            mail = await self.composer.compose(job, started)
+            answer = await self.sender.send(mail)
+        except asyncio.CancelledError:
+            await asyncio.shield(self.outbox.release(job, self.clock()))
+            raise
+        except DeliveryError as exc:
+            await self._record_failure(job, started, exc)
+        except Exception as exc:  # a bug of ours: keep the job, retry later, say so
+            log.exception("delivery.crashed", job_id=job.id, reference=job.reference)
+            await self._record_failure(job, started, DeliveryDeferred(f"internal error: {exc!r}"))
+        else:
+            await self._record_success(job, started, answer, mail)
+
+    async def _record_success(
+        self, job: Job, started: datetime, answer: Answer, mail: OutgoingMail
+    ) -> None:
+        attempt = Attempt(
+            started, self.clock(), answer.host, answer.code, answer.reply, JobState.DELIVERED
+        )
+        await self.outbox.finish(
+            job,
+            attempt,
+            raw_keep_until=self._raw_release(job, attempt),
+            sent=_kept(job, mail, attempt.finished_at),
+        )
+        _log_attempt("delivery.succeeded", job, attempt)
+
+    def _raw_release(self, job: Job, attempt: Attempt) -> datetime | None:
+        """When a finished relay's raw copy may go: it is evidence, but not for ever."""
+        if job.kind != "relay" or attempt.outcome is JobState.DEFERRED:
+            return None
+        return attempt.finished_at + self.raw_retention
+
+    async def _record_failure(self, job: Job, started: datetime, error: DeliveryError) -> None:
+        finished = self.clock()
+        due = None
+        if isinstance(error, DeliveryDeferred):
+            due = next_attempt_at(
+                job.attempts + 1,
+                created_at=job.created_at,
+                now=finished,
+                schedule=self.settings.retry_schedule,
+                max_age_s=self.settings.max_age,
+                jitter=self.settings.retry_jitter,
+                spread=self.rng.uniform(-1.0, 1.0),
+            )
+        state = JobState.DEFERRED if due is not None else JobState.FAILED
+        expired = state is JobState.FAILED and isinstance(error, DeliveryDeferred)
+        note = None
+        if expired:
+            note = f"gave up after {job.attempts + 1} attempts in {_age(job, finished)}"
+        attempt = Attempt(started, finished, error.host, error.code, error.reply, state)
+        bounce = await self.outbox.finish(
+            job,
+            attempt,
+            next_attempt_at=due,
+            note=note,
+            raw_keep_until=self._raw_release(job, attempt),
+            bounce=job.kind == "relay" and state is JobState.FAILED,
+        )
+        event = "delivery.deferred" if state is JobState.DEFERRED else "delivery.failed"
+        _log_attempt(
+            event, job, attempt, note=note, next_attempt_at=None if due is None else iso(due)
+        )
+        if bounce is not None:
+            log.info(
+                "outbox.enqueued",
+                reference=job.reference,
+                job_kind="bounce",
+                office=job.office,
+                recipients=[bounce.recipient],
+                destination=None,
+                job_id=bounce.job_id,
+                about_job=job.id,
+            )
+
+
+def _kept(job: Job, mail: OutgoingMail, sent_at: datetime) -> tuple[SentNotice, bytes] | None:
+    """What to keep of a delivered mail: the bytes as sent, for notices, advisories, bounces."""
+    if not should_keep(job.kind):
+        return None
+    notice = describe_sent(
+        mail.data, job_id=job.id, reference=job.reference, kind=job.kind, sent_at=sent_at
+    )
+    return notice, mail.data
+
+
+def _log_attempt(event: str, job: Job, attempt: Attempt, **extra: str | None) -> None:
+    """One audit event per attempt: who we talked to, what they said, how long it took."""
+    level = log.info if attempt.outcome is JobState.DELIVERED else log.warning
+    level(
+        event,
+        job_id=job.id,
+        reference=job.reference,
+        kind=job.kind,
+        attempt=job.attempts + 1,
+        recipients=list(job.recipients),
+        host=attempt.host,
+        reply_code=attempt.code,
+        reply=attempt.reply,
+        duration_s=round((attempt.finished_at - attempt.started_at).total_seconds(), 3),
+        **extra,
+    )
+
+
+def _age(job: Job, now: datetime) -> str:
+    age = now - job.created_at
+    return f"{age.days}d {age.seconds // 3600}h" if age >= timedelta(days=1) else f"{age}"

@@ -1,0 +1,346 @@
+"""Metrics: what the gateway counts, in Prometheus terms.
+
+Counters are fed by the audit log: `EventMetrics.observe` is a structlog processor that sees
+every event, so the SMTP and delivery code make no metrics calls and a count can never
+disagree with the audit log it came from. The outbox gauges are read from the store file when
+scraped, on a read-only connection; the scrape runs in a thread (health.py), never on the event
+loop. Everything goes into the CollectorRegistry given, one per process (app.py builds it), never
+prometheus_client's global REGISTRY.
+
+This module serves nothing (health.py does) and never writes to the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from structlog.typing import EventDict, WrappedLogger
+
+from gateway import __version__
+from gateway.clock import Clock
+from gateway.store.db import connect
+from gateway.store.outbox import JobState
+
+__all__ = [
+    "DURATION_BUCKETS",
+    "EventMetrics",
+    "OutboxCollector",
+    "QueueState",
+    "new_registry",
+    "read_queue",
+]
+
+# Seconds one delivery attempt takes: a local file write, up to a slow remote MX that uses
+# its connect_timeout and command_timeouts.
+DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+_JOB_KINDS = ("relay", "forward", "notice", "advisory")
+_NOTICE_KINDS = frozenset({"notice", "advisory"})
+_OUTCOMES = ("accepted", "rejected", "deferred")
+_NOTICE_STATUSES = ("suppressed", "queued", "delivered", "deferred", "failed")
+# delivery event -> (deliveries outcome, notices status)
+_DELIVERY_EVENTS = {
+    "delivery.succeeded": ("succeeded", "delivered"),
+    "delivery.deferred": ("deferred", "deferred"),
+    "delivery.failed": ("failed", "failed"),
+}
+# Events that mean something of ours went wrong; each is alert-worthy.
+_ERROR_EVENTS = (
+    "smtp.session.failed",
+    "store.write_failed",
+    "store.purge_failed",
+    "outbox.claim_failed",
+    "outbox.update_failed",
+    "delivery.crashed",
+)
+# store.records_purged keys that count rows, which are the store's table names.
+_PURGED_TABLES = (
+    "messages",
+    "message_recipients",
+    "raw_messages",
+    "jobs",
+    "attempts",
+    "refusals",
+)
+
+
+def new_registry() -> CollectorRegistry:
+    """A registry for one process, with the usual process_* and python_info metrics."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry
+
+
+def _label(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+class EventMetrics:
+    """The counters, and the structlog processor that keeps them from the audit events."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        Info("gateway_build", "The running gateway.", registry=registry).info(
+            {"version": __version__}
+        )
+        self.connections = Counter(
+            "gateway_smtp_connections", "SMTP connections opened.", registry=registry
+        )
+        self.connections_refused = Counter(
+            "gateway_smtp_connections_refused",
+            "SMTP connections cut by a limit or the shutdown, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.messages = Counter(
+            "gateway_smtp_messages",
+            "Messages answered at the end of DATA, by outcome (accepted, rejected, deferred).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.messages_refused = Counter(
+            "gateway_smtp_messages_refused",
+            "Messages rejected or deferred at the end of DATA, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.refusals = Counter(
+            "gateway_smtp_recipients_refused",
+            "Recipients refused at RCPT, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.recipients_deferred = Counter(
+            "gateway_smtp_recipients_deferred",
+            "Recipients answered 452 at RCPT (to be sent again), by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.notices = Counter(
+            "gateway_notices",
+            "Notices and advisories by status (suppressed, queued, delivered, deferred, failed).",
+            ["status"],
+            registry=registry,
+        )
+        self.suppressions = Counter(
+            "gateway_notices_suppressed",
+            "Notices not sent, by reason (RFC 3834, unauthenticated sender, limits).",
+            ["reason"],
+            registry=registry,
+        )
+        self.enqueued = Counter(
+            "gateway_outbox_enqueued",
+            "Jobs queued in the outbox, by kind (relay, forward, notice, advisory).",
+            ["kind"],
+            registry=registry,
+        )
+        self.deliveries = Counter(
+            "gateway_deliveries",
+            "Delivery attempts by job kind and outcome (succeeded, deferred, failed).",
+            ["kind", "outcome"],
+            registry=registry,
+        )
+        self.delivery_seconds = Histogram(
+            "gateway_delivery_duration_seconds",
+            "Time one delivery attempt took, by job kind and outcome.",
+            ["kind", "outcome"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.errors = Counter(
+            "gateway_errors",
+            "Failures of the gateway's own (each also an audit event), by event.",
+            ["event"],
+            registry=registry,
+        )
+        self.purged = Counter(
+            "gateway_store_purged_rows",
+            "Rows deleted by retention, by table.",
+            ["table"],
+            registry=registry,
+        )
+        self._handlers: Mapping[str, Callable[[EventDict], None]] = {
+            "smtp.session.opened": lambda _event: self.connections.inc(),
+            "smtp.session.refused": self._connection_refused,
+            "smtp.reply.sent": self._reply_sent,
+            "smtp.recipient.refused": self._recipient_refused,
+            "smtp.recipient.deferred": self._recipient_deferred,
+            "notice.suppressed": self._notice_suppressed,
+            "outbox.enqueued": self._enqueued,
+            **dict.fromkeys(_DELIVERY_EVENTS, self._delivered),
+            **dict.fromkeys(_ERROR_EVENTS, self._error),
+            "store.raw_purged": self._raw_purged,
+            "store.records_purged": self._records_purged,
+        }
+        self._start_at_zero()
+
+    def _start_at_zero(self) -> None:
+        # Series that exist from the start read 0, not "no data", until the first event.
+        for outcome in _OUTCOMES:
+            self.messages.labels(outcome)
+        for status in _NOTICE_STATUSES:
+            self.notices.labels(status)
+        for kind in _JOB_KINDS:
+            self.enqueued.labels(kind)
+            for outcome, _status in _DELIVERY_EVENTS.values():
+                self.deliveries.labels(kind, outcome)
+                self.delivery_seconds.labels(kind, outcome)
+        for event in _ERROR_EVENTS:
+            self.errors.labels(event)
+
+    def observe(self, _logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+        """A structlog processor: count the event, pass it on unchanged.
+
+        It runs inside every log call, on whatever thread logs, so it must never raise:
+        values are checked, never assumed.
+        """
+        handle = self._handlers.get(_label(event_dict.get("event")))
+        if handle is not None:
+            handle(event_dict)
+        return event_dict
+
+    def _connection_refused(self, event: EventDict) -> None:
+        self.connections_refused.labels(_label(event.get("reason"))).inc()
+
+    def _reply_sent(self, event: EventDict) -> None:
+        self.messages.labels(_label(event.get("outcome"))).inc()
+        if event.get("reason") is not None:
+            self.messages_refused.labels(_label(event.get("reason"))).inc()
+
+    def _recipient_refused(self, event: EventDict) -> None:
+        self.refusals.labels(_label(event.get("reason"))).inc()
+
+    def _recipient_deferred(self, event: EventDict) -> None:
+        self.recipients_deferred.labels(_label(event.get("reason"))).inc()
+
+    def _notice_suppressed(self, event: EventDict) -> None:
+        self.notices.labels("suppressed").inc()
+        self.suppressions.labels(_label(event.get("reason"))).inc()
+
+    def _enqueued(self, event: EventDict) -> None:
+        kind = _label(event.get("job_kind"))
+        self.enqueued.labels(kind).inc()
+        if kind in _NOTICE_KINDS:
+            self.notices.labels("queued").inc()
+
+    def _delivered(self, event: EventDict) -> None:
+        outcome, status = _DELIVERY_EVENTS[_label(event.get("event"))]
+        kind = _label(event.get("kind"))
+        self.deliveries.labels(kind, outcome).inc()
+        if kind in _NOTICE_KINDS:
+            self.notices.labels(status).inc()
+        duration = event.get("duration_s")
+        if isinstance(duration, int | float) and duration >= 0:
+            self.delivery_seconds.labels(kind, outcome).observe(duration)
+
+    def _error(self, event: EventDict) -> None:
+        self.errors.labels(_label(event.get("event"))).inc()
+
+    def _raw_purged(self, event: EventDict) -> None:
+        self.purged.labels("raw_messages").inc(_count(event.get("count")))
+
+    def _records_purged(self, event: EventDict) -> None:
+        for table in _PURGED_TABLES:
+            self.purged.labels(table).inc(_count(event.get(table)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Read at scrape time
+
+# Jobs still to be delivered: the queue proper.
+_WAITING = (JobState.QUEUED, JobState.IN_FLIGHT, JobState.DEFERRED)
+# What the depth gauge shows: the waiting jobs, and failed ones (dead letters an operator may
+# retry). Delivered and deleted jobs are history, not queue.
+_DEPTH_STATES = (*_WAITING, JobState.FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueState:
+    depth: Mapping[JobState, int]
+    oldest_waiting: datetime | None  # created_at of the oldest job still to be delivered
+
+
+def read_queue(conn: sqlite3.Connection) -> QueueState:
+    """Jobs per state and the oldest waiting job, from one read transaction."""
+    marks = ",".join("?" * len(_DEPTH_STATES))
+    rows = conn.execute(
+        f"SELECT state, count(*), min(created_at) FROM jobs WHERE state IN ({marks})"
+        " GROUP BY state",
+        _DEPTH_STATES,
+    ).fetchall()
+    depth = dict.fromkeys(_DEPTH_STATES, 0)
+    waiting: list[str] = []
+    for state, count, oldest in rows:
+        depth[JobState(state)] = count
+        if JobState(state) in _WAITING:
+            waiting.append(oldest)
+    oldest_waiting = datetime.fromisoformat(min(waiting)) if waiting else None
+    return QueueState(depth, oldest_waiting)
+
+
+class OutboxCollector(Collector):
+    """Gauges read when scraped: jobs by state, the oldest waiting job's age, open sessions.
+
+    collect() blocks on SQLite; call it (generate_latest) in a thread.
+
+    Raises (from collect):
+        sqlite3.Error: the store file cannot be read.
+    """
+
+    def __init__(self, database: Path, clock: Clock, *, open_sessions: Callable[[], int]) -> None:
+        self.database = database
+        self.clock = clock
+        self.open_sessions = open_sessions
+
+    def describe(self) -> Iterable[Metric]:
+        # Declared without reading the store, so registering does no I/O.
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        with contextlib.closing(connect(self.database, readonly=True)) as conn:
+            queue = read_queue(conn)
+        jobs, oldest, sessions = self._families()
+        for state, count in queue.depth.items():
+            jobs.add_metric([state.value], count)
+        age = 0.0
+        if queue.oldest_waiting is not None:
+            age = max(0.0, (self.clock() - queue.oldest_waiting).total_seconds())
+        oldest.add_metric([], age)
+        sessions.add_metric([], self.open_sessions())
+        return [jobs, oldest, sessions]
+
+    @staticmethod
+    def _families() -> list[GaugeMetricFamily]:
+        return [
+            GaugeMetricFamily(
+                "gateway_outbox_jobs",
+                "Jobs in the outbox by state (queued, in-flight, deferred, failed).",
+                labels=["state"],
+            ),
+            GaugeMetricFamily(
+                "gateway_outbox_oldest_job_age_seconds",
+                "Age of the oldest job still to be delivered (0: none waiting).",
+            ),
+            GaugeMetricFamily("gateway_smtp_sessions_open", "SMTP sessions open now."),
+        ]

@@ -1,0 +1,1 @@
+"""Notices: templates and context to an EmailMessage, and DKIM signing. Never sends."""

@@ -1,0 +1,537 @@
+"""Notices: what the sender of a message to a retired address is told, as an EmailMessage.
+
+templates/<set>/<kind>/ and a FailedMessage make a multipart/alternative RFC 3834 auto-reply
+to the envelope sender. Every value taken from the incoming message is cleaned here before a
+template sees it, and headers are built only from validated values, so no Subject, filename
+or Message-ID can add or split a header, inject markup or add a recipient.
+
+This module never sends, signs or logs, and reads nothing but the templates (once, when a
+NoticeRenderer is built): delivery.py sends the message with MAIL FROM:<> to its one To
+address, dkim.py signs the bytes that `notice_bytes()` returns.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import unicodedata
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from email import policy as email_policy
+from email.headerregistry import Address, BaseHeader, HeaderRegistry, MessageIDHeader
+from email.message import EmailMessage
+from email.utils import format_datetime
+from importlib import resources
+from pathlib import Path
+from typing import cast
+
+import jinja2
+
+from gateway.config import GatewaySettings, Language, OfficeSettings
+from gateway.errors import ConfigError, GatewayError
+from gateway.mail.evidence import Attachment, MessageFacts
+from gateway.policy.decision import is_replyable_address, notice_suppression
+
+__all__ = [
+    "FailedMessage",
+    "NoticeError",
+    "NoticeKind",
+    "NoticeRenderer",
+    "clean_text",
+    "decode_header_text",
+    "notice_bytes",
+    "notice_from_address",
+    "sample_message",
+    "suppression_reason",
+    "templates_dir",
+]
+
+_SUBJECT_LIMIT = 250  # the whole Subject line; RFC 5322 allows 998, readers see ~80
+_FILENAME_LIMIT = 100
+_MAX_DOCUMENTS = 25
+_MAX_A_NUMBERS = 5
+_MESSAGE_ID = re.compile(r"<[\x21-\x7e]{1,250}>")
+_MESSAGE_ID_FORBIDDEN = re.compile(r"[<>\"\\(),;:\s]")
+_REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_A_NUMBER = re.compile(r"[A-Za-z0-9 -]{1,20}")
+_FOLDING = re.compile(r"\r?\n(?=[ \t])")
+_BLANK_RUNS = re.compile(r"\n{3,}")
+_TEMPLATE_FILES = ("subject.txt.j2", "body.txt.j2", "body.html.j2")
+
+
+class NoticeError(GatewayError, ValueError):
+    """No notice can be made: not one replyable recipient, or a bad value from the gateway."""
+
+
+class NoticeKind(enum.StrEnum):
+    NOT_FILED = "not-filed"  # after the cutoff: the document was not filed or served
+    ADVISORY = "advisory"  # the warn phase: delivered, but the address retires soon
+
+    @property
+    def directory(self) -> str:
+        return self.value.replace("-", "_")
+
+
+@dataclass(frozen=True, slots=True)
+class FailedMessage:
+    """What the notice says about the message that was not filed; all of it may be hostile."""
+
+    reference: str  # gateway reference id, the same as in the SMTP reply and the audit log
+    sender: str  # envelope sender, normalised; the notice's only recipient
+    retired_address: str
+    received_at: datetime  # aware; shown in the office's zone
+    subject: str | None
+    message_id: str | None
+    attachments: tuple[Attachment, ...]
+    a_numbers: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.received_at.tzinfo is None:
+            raise ValueError("received_at must be timezone-aware")
+
+    @classmethod
+    def from_facts(
+        cls,
+        facts: MessageFacts,
+        *,
+        reference: str,
+        sender: str,
+        retired_address: str,
+        received_at: datetime,
+    ) -> FailedMessage:
+        """The notice's view of a recorded message."""
+        return cls(
+            reference=reference,
+            sender=sender,
+            retired_address=retired_address,
+            received_at=received_at,
+            subject=facts.subject,
+            message_id=facts.message_id,
+            attachments=facts.attachments,
+            a_numbers=facts.a_numbers,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Cleaning hostile text
+
+
+def clean_text(value: str, *, limit: int) -> str:
+    """One line of displayable text: no controls, separators, bidi overrides; capped with '…'."""
+    kept: list[str] = []
+    for char in value:
+        category = unicodedata.category(char)
+        if category in ("Cc", "Zl", "Zp"):
+            kept.append(" ")  # CR, LF, NEL, U+2028...: each could start a new line somewhere
+        elif category not in ("Cf", "Cs"):  # bidi overrides, zero-width text, lone surrogates
+            kept.append(char)
+    text = " ".join("".join(kept).split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def decode_header_text(raw: str) -> str:
+    """Decode RFC 2047 encoded-words the way a mail reader shows them; never raises."""
+    unfolded = _FOLDING.sub("", raw)
+    if "=?" not in unfolded:
+        return unfolded
+    # The registry decodes leniently: unknown charsets and bad bytes become defects, not errors.
+    return str(HeaderRegistry()("subject", unfolded))
+
+
+def _clean_filename(raw: str) -> str:
+    name = clean_text(decode_header_text(raw), limit=10 * _FILENAME_LIMIT)
+    if len(name) <= _FILENAME_LIMIT:
+        return name
+    stem, dot, extension = name.rpartition(".")
+    if not dot or len(extension) > 10:
+        return clean_text(name, limit=_FILENAME_LIMIT)
+    # Keep the extension: "….pdf" still tells the reader which document it was.
+    return stem[: _FILENAME_LIMIT - len(extension) - 2].rstrip() + "…." + extension
+
+
+def _clean_message_id(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    candidate = _FOLDING.sub("", raw).strip()
+    if _MESSAGE_ID.fullmatch(candidate) is None or "@" not in candidate:
+        return None
+    return None if _MESSAGE_ID_FORBIDDEN.search(candidate[1:-1]) else candidate
+
+
+def _a_number_text(value: str) -> str:
+    """An A-number as people write it, "A123-456-789", whatever form it was recorded in."""
+    digits = _digits(value)
+    if len(digits) in (8, 9):
+        digits = digits.zfill(9)
+        return f"A{digits[:3]}-{digits[3:6]}-{digits[6:]}"
+    return value
+
+
+def _digits(text: str) -> str:
+    return re.sub(r"\D", "", text).lstrip("0")
+
+
+# ---------------------------------------------------------------------------------------------
+# What the templates see
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    name: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class MessageView:
+    subject: str  # decoded, cleaned and capped; "" when there was none
+    retired_address: str
+    received: datetime  # in the office's zone
+    message_id: str | None  # only a well-formed one
+    documents: tuple[Document, ...]
+    documents_omitted: int
+    a_numbers: tuple[str, ...]
+    a_numbers_not_in_subject: tuple[str, ...]
+    reference: str
+
+
+@dataclass(frozen=True, slots=True)
+class OfficeView:
+    name: str
+    display_name: str
+    short_name: str
+    portal_name: str
+    portal_url: str
+    registration_url: str | None
+    instructions_url: str | None
+    paper_service: tuple[str, ...]
+    contact: str | None
+    retires: datetime  # in the office's zone
+
+
+def _office_view(office: OfficeSettings, lang: Language) -> OfficeView:
+    """The office as a notice in `lang` shows it: its texts in that language."""
+    texts = office.texts(lang)
+    return OfficeView(
+        name=office.name,
+        display_name=texts.display_name,
+        short_name=office.short_name,
+        portal_name=texts.portal_name,
+        portal_url=office.portal_url,
+        registration_url=office.registration_url,
+        instructions_url=office.instructions_url,
+        paper_service=texts.paper_service,
+        contact=texts.contact,
+        retires=office.lifecycle.retires.astimezone(office.zone),
+    )
+
+
+def _message_view(failed: FailedMessage, office: OfficeSettings, subject_limit: int) -> MessageView:
+    subject = clean_text(decode_header_text(failed.subject or ""), limit=subject_limit)
+    a_numbers = tuple(
+        _a_number_text(a)
+        for a in (clean_text(n, limit=20) for n in failed.a_numbers[:_MAX_A_NUMBERS])
+        if _A_NUMBER.fullmatch(a)
+    )
+    documents = tuple(
+        Document(_clean_filename(a.filename) or "(unnamed)", max(a.size, 0))
+        for a in failed.attachments[:_MAX_DOCUMENTS]
+    )
+    return MessageView(
+        subject=subject,
+        retired_address=clean_text(failed.retired_address, limit=254),
+        received=failed.received_at.astimezone(office.zone),
+        message_id=_clean_message_id(failed.message_id),
+        documents=documents,
+        documents_omitted=max(len(failed.attachments) - _MAX_DOCUMENTS, 0),
+        a_numbers=a_numbers,
+        # A capped or missing subject may have lost the A-number; the notice's subject adds it.
+        a_numbers_not_in_subject=tuple(a for a in a_numbers if _digits(a) not in _digits(subject)),
+        reference=failed.reference,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Dates and sizes as the reader writes them (no locale module: it is process-global state)
+
+_MONTHS = {
+    "en": "January February March April May June July August September October November December",
+    "es": "enero febrero marzo abril mayo junio julio agosto septiembre octubre noviembre"
+    " diciembre",
+}
+_WEEKDAYS = {
+    "en": "Monday Tuesday Wednesday Thursday Friday Saturday Sunday",
+    "es": "lunes martes miércoles jueves viernes sábado domingo",
+}
+
+
+def date_text(value: date, lang: str) -> str:
+    """'September 12, 2017' / '12 de septiembre de 2017'."""
+    month = _MONTHS[lang].split()[value.month - 1]
+    if lang == "es":
+        return f"{value.day} de {month} de {value.year}"
+    return f"{month} {value.day}, {value.year}"
+
+
+def datetime_text(value: datetime, lang: str) -> str:
+    """'Tuesday, September 12, 2017, 9:14 AM CDT'; 'martes, 12 de septiembre de 2017, 9:14 (CDT)'"""
+    weekday = _WEEKDAYS[lang].split()[value.weekday()]
+    zone = value.tzname() or "UTC"
+    if lang == "es":
+        return f"{weekday}, {date_text(value, lang)}, {value.hour}:{value.minute:02d} ({zone})"
+    hour = value.hour % 12 or 12
+    meridiem = "AM" if value.hour < 12 else "PM"
+    return f"{weekday}, {date_text(value, lang)}, {hour}:{value.minute:02d} {meridiem} {zone}"
+
+
+def cutoff_text(value: datetime, lang: str) -> str:
+    """A phase boundary: the date alone when it is at midnight, as configured boundaries are."""
+    if (value.hour, value.minute) == (0, 0):
+        return date_text(value, lang)
+    return datetime_text(value, lang)
+
+
+def size_text(size: int, lang: str) -> str:
+    """'512 bytes', '245 KB', '1.2 MB' (1,2 MB in Spanish), in the 1024 units mail readers use."""
+    if size < 1024:
+        return f"{size} bytes"
+    value, unit = (size / 1024, "KB") if size < 1024 * 1024 else (size / 1024 / 1024, "MB")
+    text = f"{value:.0f}" if value >= 10 else f"{value:.1f}"
+    return f"{text.replace('.', ',') if lang == 'es' else text} {unit}"
+
+
+_FILTERS: Mapping[str, Callable[..., str]] = {
+    "date_text": date_text,
+    "datetime_text": datetime_text,
+    "cutoff_text": cutoff_text,
+    "size_text": size_text,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Addresses and suppression
+
+
+def notice_from_address(settings: GatewaySettings) -> str:
+    """The notices' From address: the configured one, else no-reply@<server.hostname>."""
+    return settings.notices.from_address or f"no-reply@{settings.server.hostname}"
+
+
+def suppression_reason(
+    settings: GatewaySettings, *, sender: str, headers: Mapping[str, str]
+) -> str | None:
+    """policy.notice_suppression() with the gateway's own domains and addresses filled in."""
+    own_domains = settings.address_book.served_domains | {settings.server.hostname.lower()}
+    return notice_suppression(
+        sender,
+        headers,
+        own_domains=own_domains,
+        own_addresses=frozenset({notice_from_address(settings).lower()}),
+    )
+
+
+def notice_bytes(message: EmailMessage) -> bytes:
+    """The notice as it goes on the wire (CRLF line ends): what DKIM signs and SMTP sends."""
+    return message.as_bytes()
+
+
+def _email_policy(*, utf8: bool) -> email_policy.EmailPolicy[EmailMessage]:
+    registry = HeaderRegistry()
+    # As unstructured headers, a long msg-id would be RFC 2047-encoded, which breaks threading.
+    # (The registry mixes BaseHeader into the class; the stubs do not know that.)
+    msg_id = cast("type[BaseHeader]", MessageIDHeader)
+    registry.map_to_type("in-reply-to", msg_id)
+    registry.map_to_type("references", msg_id)
+    base = email_policy.SMTPUTF8 if utf8 else email_policy.SMTP
+    return base.clone(header_factory=registry)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+
+
+def templates_dir() -> Path:
+    """The notice templates: packaged with the wheel, or templates/ in a source checkout."""
+    packaged = resources.files("gateway").joinpath("_data/templates")
+    if packaged.is_dir():  # pragma: no cover - only in an installed wheel
+        return Path(str(packaged))
+    return Path(__file__).resolve().parents[2] / "templates"
+
+
+def _is_html(name: str | None) -> bool:
+    return name is not None and name.endswith(".html.j2")
+
+
+def _environment(root: Path) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(root),
+        undefined=jinja2.StrictUndefined,
+        autoescape=_is_html,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        auto_reload=False,  # compiled once at startup; edits take effect on restart
+    )
+    env.filters.update(_FILTERS)
+    return env
+
+
+@dataclass(frozen=True, slots=True)
+class _TemplateSet:
+    subject: jinja2.Template
+    text: jinja2.Template
+    html: jinja2.Template
+
+
+class NoticeRenderer:
+    """Renders notices from compiled templates; built once at startup."""
+
+    def __init__(self, settings: GatewaySettings, templates: Path | None = None) -> None:
+        """Compile every office's templates and render each once with a sample message.
+
+        Raises:
+            ConfigError: an office's template set is missing, or fails to render.
+        """
+        self._settings = settings
+        self._root = templates or settings.notices.templates_dir or templates_dir()
+        self._from = Address(
+            display_name=settings.notices.from_name, addr_spec=notice_from_address(settings)
+        )
+        self._environments: dict[str, jinja2.Environment] = {}
+        self._sets: dict[tuple[str, NoticeKind], _TemplateSet] = {}
+        for index, office in enumerate(settings.offices):
+            self._check_office(index, office)
+
+    def _check_office(self, index: int, office: OfficeSettings) -> None:
+        key = f"offices[{index}].templates"
+        if not (self._root / office.templates).is_dir():
+            raise ConfigError(key, f"no template set {office.templates!r} in {self._root}")
+        for kind in NoticeKind:
+            sample = sample_message(office, kind)
+            try:
+                self._template_set(office.templates, kind)
+                self.render(kind, office, sample, now=sample.received_at)
+            except jinja2.TemplateSyntaxError as exc:
+                where = f"{exc.filename}:{exc.lineno}"
+                raise ConfigError(key, f"{kind} notice: {where}: {exc.message or exc}") from exc
+            # A template can fail in its own ways too: an undefined name, a filter given an
+            # unknown language. Any of them is the operator's to fix before the first notice.
+            except (jinja2.TemplateError, LookupError, TypeError, ValueError) as exc:
+                raise ConfigError(key, f"{kind} notice: {exc}") from exc
+
+    def _template_set(self, name: str, kind: NoticeKind) -> _TemplateSet:
+        cached = self._sets.get((name, kind))
+        if cached is None:
+            env = self._environments.get(name) or _environment(self._root / name)
+            self._environments[name] = env
+            subject, text, html = (
+                env.get_template(f"{kind.directory}/{file}") for file in _TEMPLATE_FILES
+            )
+            cached = self._sets[(name, kind)] = _TemplateSet(subject, text, html)
+        return cached
+
+    def render(
+        self, kind: NoticeKind, office: OfficeSettings, failed: FailedMessage, *, now: datetime
+    ) -> EmailMessage:
+        """The notice for `failed`, addressed to its envelope sender and nobody else.
+
+        Raises:
+            NoticeError: the sender is not one replyable address, `now` is naive, or the
+                reference is malformed.
+        """
+        if not is_replyable_address(failed.sender):
+            raise NoticeError(f"cannot address a notice to {failed.sender!r}")
+        if now.tzinfo is None:
+            raise NoticeError("now must be timezone-aware")
+        if _REFERENCE.fullmatch(failed.reference) is None:
+            raise NoticeError(f"malformed reference {failed.reference!r}")
+        templates = self._template_set(office.templates, kind)
+        message_view = _message_view(failed, office, self._settings.notices.subject_max_chars)
+        views = {lang: _office_view(office, lang) for lang in office.languages}
+        first = office.languages[0]
+        variables: dict[str, object] = {
+            "office": views[first],  # in the first language; offices[lang] for the others
+            "offices": views,
+            "message": message_view,
+            "languages": tuple(office.languages),
+            "subject_prefix": self._settings.notices.subject_prefix_in(first),
+        }
+        subject = clean_text(templates.subject.render(variables), limit=_SUBJECT_LIMIT)
+        message = self._headers(
+            kind, office, failed, subject=subject, now=now, in_reply_to=message_view.message_id
+        )
+        # Quoted-printable keeps both parts 7-bit clean (no 8BITMIME needed) and readable raw.
+        message.set_content(_tidy_text(templates.text.render(variables)), cte="quoted-printable")
+        message.add_alternative(
+            templates.html.render(variables), subtype="html", cte="quoted-printable"
+        )
+        # A boundary from the reference makes the notice reproducible byte for byte, and "=_"
+        # cannot occur in quoted-printable text, so it can never collide with a part.
+        message.set_boundary(f"=_{failed.reference}.{kind}")
+        # After the parts: set_content() clears every Content-* header it finds.
+        message["Content-Language"] = ", ".join(office.languages)
+        return message
+
+    def _headers(
+        self,
+        kind: NoticeKind,
+        office: OfficeSettings,
+        failed: FailedMessage,
+        *,
+        subject: str,
+        now: datetime,
+        in_reply_to: str | None,
+    ) -> EmailMessage:
+        message = EmailMessage(policy=_email_policy(utf8=not failed.sender.isascii()))
+        message["From"] = self._from
+        # RFC 3834 §4: to the envelope sender only, never to addresses from the headers. It
+        # is one dot-atom address (checked in render()), so it parses only one way.
+        message["To"] = failed.sender
+        message["Subject"] = subject
+        message["Date"] = format_datetime(now.astimezone(office.zone))
+        domain = self._from.domain
+        message["Message-ID"] = f"<{failed.reference}.{kind}.{office.name}@{domain}>"
+        if in_reply_to is not None:  # RFC 3834 §3.1.5: lands in the sender's thread
+            message["In-Reply-To"] = in_reply_to
+            message["References"] = in_reply_to
+        message["Auto-Submitted"] = "auto-replied"  # RFC 3834 §5
+        message["X-Auto-Response-Suppress"] = "All"  # Exchange: no out-of-office reply to us
+        message["Precedence"] = "bulk"  # for responders that predate RFC 3834
+        message["X-Eservice-Gateway-Reference"] = failed.reference
+        return message
+
+
+def _tidy_text(text: str) -> str:
+    lines = [line.rstrip() for line in text.replace("\r\n", "\n").split("\n")]
+    return _BLANK_RUNS.sub("\n\n", "\n".join(lines)).strip("\n") + "\n"
+
+
+def sample_message(
+    office: OfficeSettings,
+    kind: NoticeKind = NoticeKind.NOT_FILED,
+    *,
+    sender: str = "paralegal@lawfirm.example",
+) -> FailedMessage:
+    """A realistic filing for `office`, for previews and the startup check.
+
+    It arrives at 9:14 on the day the address retires, or, for an advisory, the day before.
+    """
+    day = office.lifecycle.retires.astimezone(office.zone)
+    if kind is NoticeKind.ADVISORY:
+        day -= timedelta(days=1)
+    received = (day + timedelta(hours=9, minutes=14)).astimezone(UTC)
+    address = next(
+        (a for a in office.addresses if not a.startswith("@")), "filings" + office.addresses[0]
+    )
+    return FailedMessage(
+        reference=f"{received:%Y%m%d}-7K3QM9XD0A",
+        sender=sender,
+        retired_address=address,
+        received_at=received,
+        subject="Motion to Continue - GARCIA LOPEZ, Maria - A123-456-789",
+        message_id="<CAF3xV2k9Q+7mT@mail.lawfirm.example>",
+        attachments=(
+            Attachment("Motion to Continue.pdf", "application/pdf", 251_904),
+            Attachment("Exhibit A - Medical records.pdf", "application/pdf", 1_363_148),
+        ),
+        a_numbers=("A123-456-789",),
+    )

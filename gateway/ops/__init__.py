@@ -1,0 +1,1 @@
+"""Operator commands: audit, queue, check-config, preview."""

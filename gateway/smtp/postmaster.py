@@ -1,0 +1,314 @@
+"""Mail to postmaster: the forward jobs and `gateway postmaster list|show|export|forward`.
+
+Mail to postmaster@ a served domain (RFC 5321 §4.5.1) is kept in the store and, with
+`[postmaster] forward_to`, relayed to the people who read it as "forward" jobs: the original
+bytes below our Received line, with the null reverse path (RFC 5321 §4.5.5), so that a
+failed forward is never reported to the message's (possibly forged) sender. The commands work
+on the store file directly, beside a serving gateway. This module sends nothing and
+renders no notice.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO, TextIO
+
+from gateway.config import GatewaySettings
+from gateway.store.db import JobRecord, connect, iso
+from gateway.store.records import parse_bound
+
+__all__ = [
+    "FORWARD",
+    "PostmasterMail",
+    "PostmasterRequest",
+    "find_postmaster_mail",
+    "forward_jobs",
+    "queue_forward",
+    "read_mail",
+    "read_raw",
+    "run_postmaster",
+]
+
+FORWARD = "forward"
+EXIT_OK, EXIT_NOT_FOUND, EXIT_CONFIG, EXIT_NO_RAW = 0, 1, 2, 3
+
+
+def forward_jobs(forward_to: Sequence[str]) -> tuple[JobRecord, ...]:
+    """The forward jobs for one message: one per recipient domain (MX delivery goes by it).
+
+    MAIL FROM is the null sender: a forward that fails is seen in the queue, and no bounce
+    can reach the original sender, who may be forged (RFC 5321 §4.5.5).
+    """
+    by_domain: dict[str, list[str]] = {}
+    for address in forward_to:
+        by_domain.setdefault(address.rpartition("@")[2].lower(), []).append(address)
+    return tuple(JobRecord(FORWARD, "", tuple(rcpts)) for rcpts in by_domain.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# The store side: synchronous queries on a connection of the command's own
+
+
+@dataclass(frozen=True, slots=True)
+class PostmasterMail:
+    """A received message as these commands show it."""
+
+    reference: str
+    received_at: datetime
+    peer_ip: str
+    helo: str | None
+    sender: str
+    recipients: tuple[str, ...]
+    subject: str | None
+    size: int
+    sha256: str
+    outcome: str
+    has_raw: bool
+    forwards: tuple[tuple[int, str, str], ...]  # (job id, state, recipients)
+
+    @property
+    def forward_state(self) -> str:
+        """ "-" when never forwarded, else the states of its forward jobs."""
+        return ",".join(dict.fromkeys(state for _, state, _ in self.forwards)) or "-"
+
+
+_MAIL = """
+SELECT m.reference, m.received_at, m.peer_ip, m.helo, m.mail_from, m.recipients, m.subject,
+       m.size, m.sha256, m.outcome,
+       EXISTS (SELECT 1 FROM raw_messages r WHERE r.reference = m.reference) AS has_raw
+FROM messages m WHERE {where}
+"""
+_TO_POSTMASTER = (
+    "EXISTS (SELECT 1 FROM message_recipients p WHERE p.reference = m.reference"
+    " AND p.kind = 'postmaster')"
+)
+
+
+def find_postmaster_mail(
+    conn: sqlite3.Connection, *, since: datetime | None, limit: int
+) -> list[PostmasterMail]:
+    """Messages to postmaster, newest first, received at or after `since`."""
+    where, params = _TO_POSTMASTER, [] if since is None else [iso(since.astimezone(UTC))]
+    if since is not None:
+        where += " AND m.received_at >= ?"
+    sql = _MAIL.format(where=where) + " ORDER BY m.received_at DESC, m.reference LIMIT ?"
+    rows = conn.execute(sql, (*params, limit)).fetchall()
+    return [_mail(conn, row) for row in rows]
+
+
+def read_mail(conn: sqlite3.Connection, reference: str) -> PostmasterMail | None:
+    """Any received message by its reference, or None."""
+    row = conn.execute(_MAIL.format(where="m.reference = ?"), (reference,)).fetchone()
+    return None if row is None else _mail(conn, row)
+
+
+def read_raw(conn: sqlite3.Connection, reference: str) -> bytes | None:
+    """The message's bytes exactly as received, or None when they are not (or no longer) kept."""
+    row = conn.execute("SELECT raw FROM raw_messages WHERE reference = ?", (reference,)).fetchone()
+    return None if row is None else bytes(row["raw"])
+
+
+def queue_forward(
+    conn: sqlite3.Connection, reference: str, jobs: Sequence[JobRecord], now: datetime
+) -> list[int]:
+    """Queue forward jobs for a kept message in one transaction; returns their ids.
+
+    Due at once: at the message's arrival, not `now`, so that a gateway serving with --as-of
+    finds them due as well.
+    """
+    row = conn.execute(
+        "SELECT received_at FROM messages WHERE reference = ?", (reference,)
+    ).fetchone()
+    due = min(iso(now), row["received_at"])
+    ids: list[int] = []
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")
+        for job in jobs:
+            cursor = conn.execute(
+                "INSERT INTO jobs (reference, kind, office, mail_from, recipients, route,"
+                " created_at, next_attempt_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    reference,
+                    job.kind,
+                    job.office,
+                    job.mail_from,
+                    json.dumps(list(job.recipients)),
+                    job.route,
+                    iso(now),
+                    due,
+                    iso(now),
+                ),
+            )
+            assert cursor.lastrowid is not None
+            ids.append(cursor.lastrowid)
+    return ids
+
+
+def _mail(conn: sqlite3.Connection, row: sqlite3.Row) -> PostmasterMail:
+    jobs = conn.execute(
+        "SELECT id, state, recipients FROM jobs WHERE reference = ? AND kind = ? ORDER BY id",
+        (row["reference"], FORWARD),
+    ).fetchall()
+    return PostmasterMail(
+        reference=row["reference"],
+        received_at=datetime.fromisoformat(row["received_at"]),
+        peer_ip=row["peer_ip"],
+        helo=row["helo"],
+        sender=row["mail_from"],
+        recipients=tuple(json.loads(row["recipients"])),
+        subject=row["subject"],
+        size=row["size"],
+        sha256=row["sha256"],
+        outcome=row["outcome"],
+        has_raw=bool(row["has_raw"]),
+        forwards=tuple((j["id"], j["state"], ", ".join(json.loads(j["recipients"]))) for j in jobs),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting: plain values in, text out
+
+
+def format_list(mails: Sequence[PostmasterMail]) -> str:
+    """The table of `postmaster list`, columns lined up."""
+    if not mails:
+        return "no mail to postmaster\n"
+    rows = [("REFERENCE", "RECEIVED (UTC)", "SENDER", "SIZE", "FORWARD", "SUBJECT")]
+    rows += [
+        (
+            m.reference,
+            _when(m.received_at),
+            m.sender or "<>",
+            str(m.size),
+            m.forward_state,
+            m.subject or "",
+        )
+        for m in mails
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = [
+        "  ".join([*(c.ljust(w) for c, w in zip(r, widths, strict=False)), r[-1]]).rstrip()
+        for r in rows
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def format_show(mail: PostmasterMail, raw: bytes | None) -> str:
+    """The summary of one message, then its header section as received."""
+    fields = [
+        ("reference", mail.reference),
+        ("received", f"{_when(mail.received_at)} UTC"),
+        ("from client", f"{mail.helo or 'unknown'} [{mail.peer_ip}]"),
+        ("envelope from", f"<{mail.sender}>"),
+        ("envelope to", ", ".join(f"<{r}>" for r in mail.recipients)),
+        ("subject", mail.subject or ""),
+        ("size", f"{mail.size} bytes"),
+        ("sha256", mail.sha256),
+        ("outcome", mail.outcome),
+        ("raw message", "kept" if raw is not None else "purged (not kept)"),
+    ]
+    fields += [(f"forward job {i}", f"{state} to {to}") for i, state, to in mail.forwards]
+    if not mail.forwards:
+        fields.append(("forwarded", "no"))
+    text = "".join(f"{name:>14}: {value}\n" for name, value in fields)
+    if raw is not None:
+        text += "\n" + _header_block(raw).decode("utf-8", "replace")
+    return text
+
+
+def _header_block(raw: bytes) -> bytes:
+    end = raw.find(b"\r\n\r\n")
+    return raw if end < 0 else raw[: end + 2]
+
+
+def _when(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+@dataclass(frozen=True, slots=True)
+class PostmasterRequest:
+    action: str  # list, show, export, forward
+    reference: str | None = None
+    since: str | None = None
+    limit: int = 50
+    output: Path | None = None  # export: the file (default: standard output)
+
+
+def run_postmaster(
+    settings: GatewaySettings,
+    request: PostmasterRequest,
+    *,
+    now: datetime,
+    out: TextIO,
+    out_bytes: BinaryIO,
+    err: TextIO,
+) -> int:
+    """Carry out one postmaster command; returns the exit status."""
+    if request.action == "forward" and not settings.postmaster.forward_to:
+        err.write("gateway: [postmaster] forward_to is not set; there is nobody to forward to\n")
+        return EXIT_CONFIG
+    path = settings.storage.database
+    if not path.is_file():
+        err.write(f"gateway: no state store at {path} (has the gateway run with this config?)\n")
+        return EXIT_CONFIG
+    conn = connect(path, readonly=request.action != "forward")
+    try:
+        if request.action == "list":
+            return _list(conn, request, out, err)
+        return _one(conn, settings, request, now=now, out=out, out_bytes=out_bytes, err=err)
+    finally:
+        conn.close()
+
+
+def _list(conn: sqlite3.Connection, request: PostmasterRequest, out: TextIO, err: TextIO) -> int:
+    try:
+        since = None if request.since is None else parse_bound(request.since, UTC)
+    except ValueError:
+        err.write(f"gateway: --since {request.since!r} is not a date or date-time\n")
+        return EXIT_CONFIG
+    out.write(format_list(find_postmaster_mail(conn, since=since, limit=request.limit)))
+    return EXIT_OK
+
+
+def _one(
+    conn: sqlite3.Connection,
+    settings: GatewaySettings,
+    request: PostmasterRequest,
+    *,
+    now: datetime,
+    out: TextIO,
+    out_bytes: BinaryIO,
+    err: TextIO,
+) -> int:
+    reference = request.reference or ""
+    mail = read_mail(conn, reference)
+    if mail is None:
+        err.write(f"gateway: no message with reference {reference} (see gateway postmaster list)\n")
+        return EXIT_NOT_FOUND
+    raw = read_raw(conn, reference)
+    if request.action == "show":
+        out.write(format_show(mail, raw))
+        return EXIT_OK
+    if raw is None:
+        err.write(f"gateway: the raw message {reference} is not kept (purged, or never kept)\n")
+        return EXIT_NO_RAW
+    if request.action == "export":
+        if request.output is None:
+            out_bytes.write(raw)
+            out_bytes.flush()
+        else:
+            request.output.write_bytes(raw)
+        return EXIT_OK
+    ids = queue_forward(conn, reference, forward_jobs(settings.postmaster.forward_to), now)
+    for job_id, job in zip(ids, forward_jobs(settings.postmaster.forward_to), strict=True):
+        out.write(f"{reference}: forward queued as job {job_id} to {', '.join(job.recipients)}\n")
+    return EXIT_OK

@@ -1,0 +1,348 @@
+"""The outbox: the durable queue of notices and relays in the state store.
+
+A job moves queued -> in-flight (leased to one worker) -> delivered | deferred | failed;
+deferred jobs become due again at next_attempt_at. Every state change, with the attempt it
+records, is one transaction through the store's writer, so a crash leaves each job either
+before or after an attempt, never half way. Operators' commands (`gateway queue ...`) use the
+synchronous functions at the end, on a connection of their own.
+
+This module decides nothing about retries (policy.py does) and sends nothing (delivery.py).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from gateway.store.db import Store, iso
+from gateway.store.sentmail import SentNotice, insert_sent
+
+__all__ = [
+    "Attempt",
+    "Bounce",
+    "Job",
+    "JobState",
+    "Outbox",
+    "delete_job",
+    "job_attempts",
+    "list_jobs",
+    "read_job",
+    "retry_job",
+]
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    IN_FLIGHT = "in-flight"
+    DEFERRED = "deferred"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    DELETED = "deleted"  # by an operator; the row stays as evidence
+
+
+_DUE_STATES = (JobState.QUEUED, JobState.DEFERRED)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: int
+    reference: str
+    kind: str
+    office: str | None
+    mail_from: str
+    recipients: tuple[str, ...]
+    destination: str | None
+    route: str
+    state: JobState
+    created_at: datetime
+    next_attempt_at: datetime
+    attempts: int
+    last_reply: str | None
+    about_job: int | None = None  # a bounce's failed relay
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Job:
+        return cls(
+            id=row["id"],
+            reference=row["reference"],
+            kind=row["kind"],
+            office=row["office"],
+            mail_from=row["mail_from"],
+            recipients=tuple(json.loads(row["recipients"])),
+            destination=row["destination"],
+            route=row["route"],
+            state=JobState(row["state"]),
+            created_at=datetime.fromisoformat(row["created_at"]),
+            next_attempt_at=datetime.fromisoformat(row["next_attempt_at"]),
+            attempts=row["attempts"],
+            last_reply=row["last_reply"],
+            about_job=row["about_job"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One delivery attempt, as recorded: who we talked to and what they said."""
+
+    started_at: datetime
+    finished_at: datetime
+    host: str
+    code: int  # 0 when no SMTP reply was had (DNS, connection, timeout)
+    reply: str
+    outcome: JobState  # delivered, deferred or failed
+
+
+@dataclass(frozen=True, slots=True)
+class Bounce:
+    """A delivery status notification queued for a failed relay."""
+
+    job_id: int
+    recipient: str
+
+
+class Outbox:
+    """The queue operations the delivery worker needs; each returns once it is durable."""
+
+    def __init__(self, store: Store, *, owner: str) -> None:
+        self.store = store
+        # Who holds leases taken here; recover() frees leases of earlier owners.
+        self.owner = owner
+
+    async def recover(self) -> int:
+        """Return jobs in flight under an earlier owner (a crashed worker) to the queue.
+
+        There is one delivery worker per store, so any other owner's lease is stale.
+        """
+
+        def release(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
+                "UPDATE jobs SET state = ?, lease_owner = NULL, lease_until = NULL"
+                " WHERE state = ? AND lease_owner IS NOT ?",
+                (JobState.QUEUED, JobState.IN_FLIGHT, self.owner),
+            )
+            return cursor.rowcount
+
+        return await self.store.write(release)
+
+    async def claim(
+        self, now: datetime, *, limit: int, lease_s: float, busy: Mapping[str, int], per_route: int
+    ) -> list[Job]:
+        """Lease up to `limit` due jobs, at most `per_route` in flight per route (counting
+        `busy`, the routes' jobs this worker already has in flight), oldest due first."""
+        if limit <= 0:
+            return []
+
+        def take(conn: sqlite3.Connection) -> list[Job]:
+            rows = conn.execute(
+                "SELECT * FROM jobs WHERE (state IN (?, ?) AND next_attempt_at <= ?)"
+                " OR (state = ? AND lease_until < ?) ORDER BY next_attempt_at, id LIMIT ?",
+                (*_DUE_STATES, iso(now), JobState.IN_FLIGHT, iso(now), limit * 10),
+            ).fetchall()
+            chosen = _pick(rows, limit=limit, busy=busy, per_route=per_route)
+            until = iso(now + timedelta(seconds=lease_s))
+            conn.executemany(
+                "UPDATE jobs SET state = ?, lease_owner = ?, lease_until = ?, updated_at = ?"
+                " WHERE id = ?",
+                [(JobState.IN_FLIGHT, self.owner, until, iso(now), row["id"]) for row in chosen],
+            )
+            return [Job.from_row(row) for row in chosen]
+
+        return await self.store.write(take)
+
+    async def finish(
+        self,
+        job: Job,
+        attempt: Attempt,
+        *,
+        next_attempt_at: datetime | None = None,
+        note: str | None = None,
+        raw_keep_until: datetime | None = None,
+        bounce: bool = False,
+        sent: tuple[SentNotice, bytes] | None = None,
+    ) -> Bounce | None:
+        """Record an attempt and move the job to the attempt's outcome, in one transaction.
+
+        `note` goes in front of the job's last reply (why it was given up, say). A finished
+        relay hands its kept raw message over to retention with `raw_keep_until`, unless the
+        message is still needed (another relay pending, or mail for postmaster). With
+        `bounce`, a failed relay queues a delivery status notification to the original sender
+        when, and only when, that sender was authenticated, and returns it.
+        With `sent`, the mail as it was sent is kept (sentmail.py) in that same transaction:
+        the store never says delivered without saying what.
+        """
+
+        def record(conn: sqlite3.Connection) -> Bounce | None:
+            number = job.attempts + 1
+            conn.execute(
+                "INSERT INTO attempts VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    job.id,
+                    number,
+                    iso(attempt.started_at),
+                    iso(attempt.finished_at),
+                    attempt.host,
+                    attempt.code,
+                    attempt.reply,
+                    attempt.outcome,
+                ),
+            )
+            due = next_attempt_at or attempt.finished_at
+            conn.execute(
+                "UPDATE jobs SET state = ?, attempts = ?, next_attempt_at = ?, last_reply = ?,"
+                " lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ?",
+                (
+                    attempt.outcome,
+                    number,
+                    iso(due),
+                    f"{note}; last: {_summary(attempt)}" if note else _summary(attempt),
+                    iso(attempt.finished_at),
+                    job.id,
+                ),
+            )
+            if raw_keep_until is not None:
+                _release_raw(conn, job.reference, raw_keep_until)
+            if sent is not None:
+                insert_sent(conn, *sent)
+            return _queue_bounce(conn, job, attempt.finished_at) if bounce else None
+
+        return await self.store.write(record)
+
+    async def release(self, job: Job, now: datetime) -> None:
+        """Give a leased job back untried (shutdown), due again at once."""
+
+        def give_back(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE jobs SET state = ?, lease_owner = NULL, lease_until = NULL,"
+                " updated_at = ? WHERE id = ? AND state = ?",
+                (JobState.QUEUED, iso(now), job.id, JobState.IN_FLIGHT),
+            )
+
+        await self.store.write(give_back)
+
+
+def _queue_bounce(conn: sqlite3.Connection, relay: Job, at: datetime) -> Bounce | None:
+    # RFC 5321 §6.1: mail we accepted and cannot deliver is reported to its sender, but
+    # never to a sender we could not authenticate (backscatter) nor to the null sender.
+    row = conn.execute(
+        "SELECT mail_from FROM messages WHERE reference = ? AND sender_authenticated = 1"
+        " AND mail_from != ''",
+        (relay.reference,),
+    ).fetchone()
+    if row is None:
+        return None
+    sender = str(row["mail_from"])
+    cursor = conn.execute(
+        "INSERT INTO jobs (reference, kind, office, mail_from, recipients, route, created_at,"
+        " next_attempt_at, updated_at, about_job) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        (
+            relay.reference,
+            "bounce",
+            relay.office,
+            "",
+            json.dumps([sender]),
+            sender.rpartition("@")[2].lower(),
+            iso(at),
+            iso(at),
+            iso(at),
+            relay.id,
+        ),
+    )
+    assert cursor.lastrowid is not None
+    return Bounce(cursor.lastrowid, sender)
+
+
+def _release_raw(conn: sqlite3.Connection, reference: str, keep_until: datetime) -> None:
+    conn.execute(
+        "UPDATE raw_messages SET keep_until = ? WHERE reference = ? AND keep_until IS NULL"
+        " AND NOT EXISTS (SELECT 1 FROM jobs WHERE reference = ? AND kind = 'relay'"
+        "  AND state IN ('queued', 'in-flight', 'deferred'))"
+        " AND NOT EXISTS (SELECT 1 FROM message_recipients WHERE reference = ?"
+        "  AND kind = 'postmaster')",
+        (iso(keep_until), reference, reference, reference),
+    )
+
+
+def _pick(
+    rows: list[sqlite3.Row], *, limit: int, busy: Mapping[str, int], per_route: int
+) -> list[sqlite3.Row]:
+    taken: dict[str, int] = dict(busy)
+    chosen: list[sqlite3.Row] = []
+    for row in rows:
+        route = row["route"]
+        if taken.get(route, 0) >= per_route:
+            continue
+        taken[route] = taken.get(route, 0) + 1
+        chosen.append(row)
+        if len(chosen) == limit:
+            break
+    return chosen
+
+
+def _summary(attempt: Attempt) -> str:
+    host = f"{attempt.host}: " if attempt.host else ""
+    code = f"{attempt.code} " if attempt.code else ""
+    return f"{host}{code}{attempt.reply}"[:1000]
+
+
+# ---------------------------------------------------------------------------------------------
+# Operators' commands: synchronous, on a connection of their own (another process may be
+# serving). Writes here are single statements; SQLite's locking orders them with the server.
+
+
+def list_jobs(conn: sqlite3.Connection, *, states: tuple[str, ...] = ()) -> list[Job]:
+    """Jobs, oldest first; all states but deleted, or just `states`."""
+    if states:
+        marks = ",".join("?" * len(states))
+        rows = conn.execute(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY id", states)
+    else:
+        rows = conn.execute("SELECT * FROM jobs WHERE state != ? ORDER BY id", (JobState.DELETED,))
+    return [Job.from_row(row) for row in rows]
+
+
+def read_job(conn: sqlite3.Connection, job_id: int) -> Job | None:
+    row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return None if row is None else Job.from_row(row)
+
+
+def job_attempts(conn: sqlite3.Connection, job_id: int) -> list[Attempt]:
+    rows = conn.execute("SELECT * FROM attempts WHERE job_id = ? ORDER BY attempt", (job_id,))
+    return [
+        Attempt(
+            started_at=datetime.fromisoformat(r["started_at"]),
+            finished_at=datetime.fromisoformat(r["finished_at"]),
+            host=r["host"],
+            code=r["code"],
+            reply=r["reply"],
+            outcome=JobState(r["outcome"]),
+        )
+        for r in rows
+    ]
+
+
+def retry_job(conn: sqlite3.Connection, job_id: int, now: datetime) -> bool:
+    """Make a deferred or failed job due at once (like `postqueue -i`); False if it cannot be.
+
+    Due "at once" is its creation time, not `now`: a gateway running with --as-of must find
+    it due as well.
+    """
+    cursor = conn.execute(
+        "UPDATE jobs SET state = ?, next_attempt_at = created_at, updated_at = ?"
+        " WHERE id = ? AND state IN (?, ?, ?)",
+        (JobState.QUEUED, iso(now), job_id, JobState.QUEUED, JobState.DEFERRED, JobState.FAILED),
+    )
+    conn.commit()
+    return cursor.rowcount == 1
+
+
+def delete_job(conn: sqlite3.Connection, job_id: int, now: datetime) -> bool:
+    """Take a job out of the queue (like `postsuper -d`); its row stays, marked deleted."""
+    cursor = conn.execute(
+        "UPDATE jobs SET state = ?, updated_at = ? WHERE id = ? AND state IN (?, ?, ?)",
+        (JobState.DELETED, iso(now), job_id, JobState.QUEUED, JobState.DEFERRED, JobState.FAILED),
+    )
+    conn.commit()
+    return cursor.rowcount == 1
