@@ -1,6 +1,7 @@
 """Side-by-side receive benchmark: the gateway's full receive path against bare aiosmtpd.
 
     python bench/receive.py [--messages N] [--rounds R] [--sessions S] [--size BYTES]
+                            [--baseline CHECKOUT]
 
 Both servers run as child processes on 127.0.0.1 and are driven by Postfix's `smtp-source`
 (C, so the client is never the bottleneck) with the same load, in interleaved rounds:
@@ -15,6 +16,10 @@ The machine drifts by up to 40 % over an hour (bench/README.md), so only the rat
 interleaved run means anything. The script fails (exit 1) when something did not work: a
 server that does not start, smtp-source failing or timing out, or a gateway that recorded a
 different number of messages than it was sent. A low ratio is a measurement, not a failure.
+
+With `--baseline CHECKOUT` a third server joins the same interleaved rounds: the gateway of
+another checkout (an earlier commit, say), run by that checkout's own `.venv/bin/python`, so a
+change is measured against the code before it side by side, on the same load and minute.
 
 If `smtp-source` is not on PATH nor in the cache, the Debian postfix package is fetched with
 `apt-get download postfix` and unpacked (not installed) into the cache directory.
@@ -342,33 +347,46 @@ def run_rounds(
 def report(
     results: Sequence[Measurement], scenarios: Sequence[str], *, sessions: int, size: int
 ) -> None:
+    names = list(dict.fromkeys(m.server for m in results))
     print()
     print(f"{sessions} sessions, {size}-byte messages; msgs/s per round, then the medians")
-    print(
-        f"{'scenario':<28} {'round':>5} {'bare':>9} {'gateway':>9} {'ratio':>6}"
-        f" {'gw cpu s':>9} {'gw µs/msg':>10} {'bare µs/msg':>11}"
-    )
+    header = f"{'scenario':<28} {'round':>5}" + "".join(f" {n:>9}" for n in names)
+    header += f" {'gw/bare':>7}"
+    if "baseline" in names:
+        header += f" {'gw/base':>7}"
+    print(header + f" {'gw cpu s':>9} {'gw µs/msg':>10}")
     for scenario in scenarios:
-        mine = [m for m in results if m.scenario == scenario]
-        bare = {m.round: m for m in mine if m.server == "bare"}
-        gateway = {m.round: m for m in mine if m.server == "gateway"}
-        for round_ in sorted(bare):
-            b, g = bare[round_], gateway[round_]
-            print(
-                f"{scenario:<28} {round_:>5} {b.rate:9.0f} {g.rate:9.0f} {g.rate / b.rate:6.2f}"
-                f" {g.cpu_seconds:9.2f} {1e6 * g.cpu_seconds / g.messages:10.0f}"
-                f" {1e6 * b.cpu_seconds / b.messages:11.0f}"
-            )
-        b_med = statistics.median(m.rate for m in bare.values())
-        g_med = statistics.median(m.rate for m in gateway.values())
-        g_cpu = statistics.median(m.cpu_seconds / m.messages for m in gateway.values())
-        b_cpu = statistics.median(m.cpu_seconds / m.messages for m in bare.values())
-        ratio = g_med / b_med
-        print(
-            f"{scenario:<28} {'med':>5} {b_med:9.0f} {g_med:9.0f} {ratio:6.2f}"
-            f" {'':>9} {1e6 * g_cpu:10.0f} {1e6 * b_cpu:11.0f}"
-            f"   target ≥ {TARGET:.2f}: {'met' if ratio >= TARGET else 'NOT met'}"
-        )
+        by = {
+            n: {m.round: m for m in results if m.scenario == scenario and m.server == n}
+            for n in names
+        }
+        for round_ in sorted(by["gateway"]):
+            rates = {n: by[n][round_].rate for n in names}
+            g = by["gateway"][round_]
+            print(_row(scenario, str(round_), rates, f"{g.cpu_seconds:9.2f}", g))
+        medians = {n: statistics.median(m.rate for m in by[n].values()) for n in names}
+        g_cpu = statistics.median(m.cpu_seconds / m.messages for m in by["gateway"].values())
+        ratio = medians["gateway"] / medians["bare"]
+        line = _row(scenario, "med", medians, f"{'':>9}", None, cpu_per_message=g_cpu)
+        print(f"{line}   target ≥ {TARGET:.2f}: {'met' if ratio >= TARGET else 'NOT met'}")
+
+
+def _row(
+    scenario: str,
+    label: str,
+    rates: dict[str, float],
+    cpu: str,
+    gateway: Measurement | None,
+    *,
+    cpu_per_message: float | None = None,
+) -> str:
+    line = f"{scenario:<28} {label:>5}" + "".join(f" {r:9.0f}" for r in rates.values())
+    line += f" {rates['gateway'] / rates['bare']:7.2f}"
+    if "baseline" in rates:
+        line += f" {rates['gateway'] / rates['baseline']:7.2f}"
+    if cpu_per_message is None and gateway is not None:
+        cpu_per_message = gateway.cpu_seconds / gateway.messages
+    return line + f" {cpu} {1e6 * (cpu_per_message or 0.0):10.0f}"
 
 
 def gateway_rows(database: Path) -> int:
@@ -398,6 +416,11 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         / "eservice-gateway-bench",
     )
     parser.add_argument("--keep", action="store_true", help="keep the state and logs directory")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout (with its own .venv) whose gateway runs in the same rounds",
+    )
     parser.add_argument("--bare-server", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -427,7 +450,69 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, load: Load, scenarios: Sequence[str], work: Path) -> int:
-    state = work / "state"
+    servers: list[Server] = []
+    failures: list[str] = []
+    try:
+        servers.append(
+            start_server(
+                "bare",
+                [sys.executable, __file__, "--bare-server"],
+                ready_event="bare.listening",
+                log_path=work / "bare.log",
+            )
+        )
+        for name, checkout, python in _gateways(args):
+            servers.append(
+                start_server(
+                    name,
+                    [python, "-m", "gateway", "serve", "--as-of", AS_OF],
+                    ready_event="gateway.listening",
+                    log_path=work / f"{name}.log",
+                    env=_gateway_env(args, work / f"{name}-state"),
+                    cwd=checkout,
+                )
+            )
+        print(f"smtp-source: {load.binary}")
+        ports = ", ".join(f"{s.name} on port {s.port}" for s in servers)
+        print(
+            f"python {sys.version.split()[0]}; {os.cpu_count()} CPUs; {ports};"
+            f" warm-up {args.warmup}; gateway: built-in config, --as-of {AS_OF}"
+        )
+        for server in servers:
+            if args.warmup:
+                drive(load, server, messages=args.warmup, options=["-d"])
+        results = run_rounds(
+            load, servers, rounds=args.rounds, messages=args.messages, scenarios=scenarios
+        )
+    except RuntimeError as exc:
+        failures.append(str(exc))
+        results = []
+    finally:
+        statuses = {s.name: s.stop() for s in servers}
+    for name, status in statuses.items():
+        if status != 0:
+            failures.append(f"{name} server exited {status}")
+    if results:
+        report(results, scenarios, sessions=args.sessions, size=args.size)
+        failures += _sanity(args, scenarios, work, [s.name for s in servers])
+    for failure in failures:
+        print(f"FAILED: {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _gateways(args: argparse.Namespace) -> list[tuple[str, Path, str]]:
+    """(name, checkout, python) of each gateway to measure: this one, then the baseline."""
+    found = [("gateway", REPO, sys.executable)]
+    if args.baseline is not None:
+        checkout = args.baseline.resolve()
+        python = checkout / ".venv" / "bin" / "python"
+        if not python.exists():
+            raise SystemExit(f"--baseline {checkout}: no {python}; make its venv first")
+        found.append(("baseline", checkout, str(python)))
+    return found
+
+
+def _gateway_env(args: argparse.Namespace, state: Path) -> dict[str, str]:
     gateway_env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     # server.max_commands (default 1000 of any one command per session) would cut a reused
     # session after 100 messages with 421 4.7.0; raise it so that each -d session can carry
@@ -449,74 +534,26 @@ def _run(args: argparse.Namespace, load: Load, scenarios: Sequence[str], work: P
             "GATEWAY_METRICS__LISTEN": "127.0.0.1:0",
         }
     )
-    servers: list[Server] = []
-    failures: list[str] = []
-    try:
-        servers.append(
-            start_server(
-                "bare",
-                [sys.executable, __file__, "--bare-server"],
-                ready_event="bare.listening",
-                log_path=work / "bare.log",
-            )
-        )
-        servers.append(
-            start_server(
-                "gateway",
-                [sys.executable, "-m", "gateway", "serve", "--as-of", AS_OF],
-                ready_event="gateway.listening",
-                log_path=work / "gateway.log",
-                env=gateway_env,
-                cwd=REPO,
-            )
-        )
-        print(f"smtp-source: {load.binary}")
-        print(
-            f"python {sys.version.split()[0]}; {os.cpu_count()} CPUs; bare on port"
-            f" {servers[0].port}, gateway on port {servers[1].port}; warm-up {args.warmup};"
-            f" gateway: built-in config, --as-of {AS_OF}, max_commands {max_commands}"
-        )
-        for server in servers:
-            if args.warmup:
-                drive(load, server, messages=args.warmup, options=["-d"])
-        results = run_rounds(
-            load, servers, rounds=args.rounds, messages=args.messages, scenarios=scenarios
-        )
-    except RuntimeError as exc:
-        failures.append(str(exc))
-        results = []
-    finally:
-        statuses = {s.name: s.stop() for s in servers}
-    for name, status in statuses.items():
-        if status != 0:
-            failures.append(f"{name} server exited {status}")
-    if results:
-        report(results, scenarios, sessions=args.sessions, size=args.size)
-        failures += _sanity(args, scenarios, work, state)
-    for failure in failures:
-        print(f"FAILED: {failure}", file=sys.stderr)
-    return 1 if failures else 0
+    return gateway_env
 
 
 def _sanity(
-    args: argparse.Namespace, scenarios: Sequence[str], work: Path, state: Path
+    args: argparse.Namespace, scenarios: Sequence[str], work: Path, names: Sequence[str]
 ) -> list[str]:
-    """Both servers really handled every message; the gateway recorded each one."""
+    """Every server really handled every message; each gateway recorded each one."""
     sent = args.warmup + args.rounds * len(scenarios) * args.messages
     problems: list[str] = []
-    rows = gateway_rows(state / "gateway.sqlite3")
-    replies = count_events(work / "gateway.log", "smtp.reply.sent")
-    bare = last_event(work / "bare.log", "bare.stopped").get("messages")
     print()
-    print(
-        f"sent to each server: {sent}; bare answered 250 to: {bare};"
-        f" gateway rows in messages: {rows}; gateway smtp.reply.sent events: {replies}"
-    )
-    if rows != sent:
-        problems.append(f"gateway recorded {rows} messages, {sent} were sent")
-    if bare != sent:
-        problems.append(f"bare server handled {bare} messages, {sent} were sent")
-    for name in ("bare", "gateway"):
+    for name in names:
+        if name == "bare":
+            handled = last_event(work / "bare.log", "bare.stopped").get("messages")
+            print(f"sent to each server: {sent}; bare answered 250 to: {handled}")
+        else:
+            handled = gateway_rows(work / f"{name}-state" / "gateway.sqlite3")
+            replies = count_events(work / f"{name}.log", "smtp.reply.sent")
+            print(f"{name}: rows in messages {handled}; smtp.reply.sent events {replies}")
+        if handled != sent:
+            problems.append(f"{name} handled {handled} messages, {sent} were sent")
         stderr = (work / f"{name}.stderr").read_text(errors="replace").splitlines()
         if stderr:
             print(f"{name} wrote {len(stderr)} lines to stderr, the first: {stderr[0]}")
