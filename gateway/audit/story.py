@@ -2,7 +2,8 @@
 
 Arrival, client and message facts, the checks, each recipient's decision and the reply, each
 delivery attempt, a timeline in one zone, and the audit log's lines about it. Only text is
-made here: records.py gathers the story, auditcmd.py decides what to show and where.
+made here: records.py gathers the story, events.py the log lines, auditcmd.py decides
+what to show and where.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import TextIO
 
+from gateway.audit.events import LoggedEvent
 from gateway.store.outbox import Job, JobState
-from gateway.store.records import AttemptRecord, Kind, LoggedEvent, Story
+from gateway.store.records import AttemptRecord, Kind, Story
 from gateway.store.sentmail import SentNotice, should_keep
 
 __all__ = ["when", "write_events", "write_story"]

@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway import __version__
 from gateway.audit.chain import Anchor, Checkpoint, load_anchors, load_checkpoints
+from gateway.audit.events import logged_events
 from gateway.audit.report import Report, render_report
 from gateway.audit.story import when, write_events, write_story
 from gateway.audit.verify import (
@@ -47,7 +48,6 @@ from gateway.store.records import (
     Filters,
     SenderActivity,
     find_attempts,
-    logged_events,
     parse_bound,
     redacted,
     sender_activity,
@@ -499,10 +499,9 @@ def _show(
         attachments=tuple(
             replace(a, filename=redactor.text(a.filename)) for a in story.attachments
         ),
-        events=tuple(events),
     )
     write_story(story, zones.of(story.attempt.office), out)
-    write_events(story.events, files, note, out)
+    write_events(events, files, note, out)
     return EXIT_OK
 
 

@@ -1,9 +1,10 @@
-"""The record of attempts: what operators ask of the state store and the audit log.
+"""The record of attempts: what operators ask of the state store.
 
 An attempt is one try to file by e-mail: a message received to the end of DATA (`messages`,
 with its recipients' decisions and its jobs) or a recipient refused at RCPT (`refusals`).
-The store is the source (indexed, and the evidence); the log adds what only it holds, such as
-when the session opened and closed. Queries take an open connection and return values;
+The store is the source (indexed, and the evidence); the audit log adds what only it holds,
+such as when the session opened and closed, and is read by audit/events.py, not here (the
+store knows nothing of the log). Queries take an open connection and return values;
 summaries are pure functions of the attempts. Nothing here writes, formats for a terminal or
 decides anything about mail.
 """
@@ -19,7 +20,6 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from enum import StrEnum
 from typing import Any
 
-from gateway.audit.verify import LogLine
 from gateway.mail.addresses import parse_address
 from gateway.mail.redaction import Redactor
 from gateway.store.outbox import Attempt, Job, JobState, job_attempts
@@ -31,12 +31,10 @@ __all__ = [
     "DaySummary",
     "Filters",
     "Kind",
-    "LoggedEvent",
     "RecipientDecision",
     "SenderActivity",
     "Story",
     "find_attempts",
-    "logged_events",
     "parse_bound",
     "redacted",
     "sender_activity",
@@ -341,7 +339,7 @@ class Attachment:
 
 @dataclass(frozen=True, slots=True)
 class Story:
-    """Everything the store holds about one attempt, and the log lines that mention it."""
+    """Everything the store holds about one attempt (the log's lines are audit/events.py's)."""
 
     attempt: AttemptRecord
     peer_port: int | None = None
@@ -354,7 +352,6 @@ class Story:
     raw_kept: bool = False
     recipients: tuple[RecipientDecision, ...] = ()
     jobs: tuple[tuple[Job, tuple[Attempt, ...]], ...] = ()
-    events: tuple[LoggedEvent, ...] = ()
     sent: tuple[SentNotice, ...] = ()  # the notices kept as sent (sentmail.py)
 
 
@@ -404,59 +401,6 @@ def _decision(row: sqlite3.Row) -> RecipientDecision:
         reason=row["reason"],
         decided_at=datetime.fromisoformat(row["decided_at"]),
         local_time=row["local_time"],
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class LoggedEvent:
-    """One audit log line about an attempt."""
-
-    where: str  # file:line
-    seq: int | None
-    timestamp: str
-    event: str
-    fields: tuple[tuple[str, Any], ...]  # the other keys, in the line's order
-
-
-# Keys every line has, shown apart from the event's own.
-_LINE_KEYS = frozenset({"timestamp", "level", "event", "chain", "seq", "prev"})
-
-
-def logged_events(lines: Callable[[], Iterable[LogLine]], reference: str) -> list[LoggedEvent]:
-    """The log lines naming `reference`, and the opening and closing of its SMTP session.
-
-    `lines` is called twice (two passes over the files): once to find the reference and its
-    session, once for the session's own events.
-    """
-    needle = reference.encode()
-    mentions = [e for e in (_event(line) for line in lines() if needle in line.raw) if e]
-    sessions = {str(v) for e in mentions for k, v in e.fields if k == "session_id"}
-    if not sessions:
-        return mentions
-    found: list[LoggedEvent] = []
-    keys = [s.encode() for s in sessions]
-    for line in lines():
-        if needle in line.raw or any(k in line.raw for k in keys):
-            event = _event(line)
-            if event is not None and (needle in line.raw or event.event.startswith("smtp.session")):
-                found.append(event)
-    return found
-
-
-def _event(line: LogLine) -> LoggedEvent | None:
-    try:
-        record = json.loads(line.raw)
-    except ValueError:
-        return None
-    if not isinstance(record, dict) or not isinstance(record.get("event"), str):
-        return None
-    seq = record.get("seq")
-    return LoggedEvent(
-        where=line.where,
-        seq=seq if isinstance(seq, int) else None,
-        timestamp=str(record.get("timestamp", "")),
-        event=record["event"],
-        fields=tuple((k, v) for k, v in record.items() if k not in _LINE_KEYS),
     )
 
 
