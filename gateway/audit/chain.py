@@ -19,7 +19,7 @@ first line (a forged or replaced beginning is caught), `audit_checkpoints` its h
 at start, every `checkpoint_interval` and at stop (a tail that was cut off is caught).
 
 This module links and writes lines and keeps the anchors; verification.py checks them. It
-never decides what is logged (audit.py), nor touches the store but for those two tables.
+never decides what is logged (audit.py); the two tables are store/anchors.py's.
 """
 
 from __future__ import annotations
@@ -43,7 +43,15 @@ from typing import TextIO
 import structlog
 
 from gateway.errors import GatewayError
-from gateway.store.db import Store, connect, iso
+from gateway.store.anchors import (
+    Anchor,
+    Checkpoint,
+    load_anchors,
+    load_checkpoints,
+    save_head,
+    save_head_now,
+)
+from gateway.store.db import Store
 
 __all__ = [
     "GENESIS",
@@ -81,22 +89,6 @@ class Head:
     chain: str
     seq: int
     hash: str
-
-
-@dataclass(frozen=True, slots=True)
-class Anchor:
-    chain: str
-    started_at: datetime
-    log: str  # the file, or "-" for standard output
-    first_hash: str
-
-
-@dataclass(frozen=True, slots=True)
-class Checkpoint:
-    chain: str
-    seq: int
-    hash: str
-    at: datetime
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,34 +309,21 @@ def _tail(path: Path, *, chunk: int = 65536) -> tuple[bytes, bool]:
 # Anchoring in the state store
 
 
-def _save_anchor(conn: sqlite3.Connection, anchor: Anchor) -> None:
-    conn.execute(
-        "INSERT OR IGNORE INTO audit_chains (chain, started_at, log, first_hash) VALUES (?,?,?,?)",
-        (anchor.chain, iso(anchor.started_at), anchor.log, anchor.first_hash),
-    )
-
-
-def _save_checkpoint(conn: sqlite3.Connection, point: Checkpoint) -> None:
-    conn.execute(
-        "INSERT OR IGNORE INTO audit_checkpoints (chain, seq, hash, at) VALUES (?,?,?,?)",
-        (point.chain, point.seq, point.hash, iso(point.at)),
-    )
-
-
-def _save_head(conn: sqlite3.Connection, chain: ChainedLog, head: Head) -> None:
-    """The chain's anchor once its first line is written (again: ignored), and its head."""
+def _head_rows(chain: ChainedLog, head: Head) -> tuple[Anchor | None, Checkpoint | None]:
+    """The chain's anchor once its first line is written (saved again: ignored), and its head."""
+    anchor = None
     if chain.is_new and chain.first_hash is not None:
-        first = Anchor(head.chain, chain.started_at, chain.destination, chain.first_hash)
-        _save_anchor(conn, first)
-    if head.seq:
-        _save_checkpoint(conn, Checkpoint(head.chain, head.seq, head.hash, datetime.now(UTC)))
+        anchor = Anchor(head.chain, chain.started_at, chain.destination, chain.first_hash)
+    point = Checkpoint(head.chain, head.seq, head.hash, datetime.now(UTC)) if head.seq else None
+    return anchor, point
 
 
 async def _write_start(database: Path, chain: ChainedLog) -> None:
     store = Store(database)  # creates the file and the tables on a first start
     await store.open()
     try:
-        await store.write(lambda conn: _save_head(conn, chain, chain.head))
+        anchor, point = _head_rows(chain, chain.head)
+        await store.write(lambda conn: save_head(conn, anchor, point))
     finally:
         await store.close()
 
@@ -378,10 +357,7 @@ class _Checkpoints:
         if head == self._saved or head.seq == 0:
             return
         try:
-            with contextlib.closing(connect(self._database)) as conn:
-                conn.execute("BEGIN IMMEDIATE")
-                _save_head(conn, self._chain, head)
-                conn.execute("COMMIT")
+            save_head_now(self._database, *_head_rows(self._chain, head))
         except sqlite3.Error as exc:
             log.error("store.checkpoint_failed", error=str(exc))
             return
@@ -406,20 +382,3 @@ def anchored(chain: ChainedLog | None, database: Path, *, every_s: float) -> Ite
         yield
     finally:
         checkpoints.close()
-
-
-def load_anchors(conn: sqlite3.Connection) -> dict[str, Anchor]:
-    """Every chain anchored in the store, by id."""
-    rows = conn.execute("SELECT chain, started_at, log, first_hash FROM audit_chains")
-    return {r[0]: Anchor(r[0], datetime.fromisoformat(r[1]), r[2], r[3]) for r in rows.fetchall()}
-
-
-def load_checkpoints(conn: sqlite3.Connection) -> dict[str, list[Checkpoint]]:
-    """Every chain's checkpoints, by id, in seq order."""
-    found: dict[str, list[Checkpoint]] = {}
-    rows = conn.execute("SELECT chain, seq, hash, at FROM audit_checkpoints ORDER BY chain, seq")
-    for chain, seq, digest, at in rows.fetchall():
-        found.setdefault(chain, []).append(
-            Checkpoint(chain, seq, digest, datetime.fromisoformat(at))
-        )
-    return found

@@ -11,7 +11,6 @@ Nothing here sends, queues or logs.
 from __future__ import annotations
 
 import asyncio
-import json
 import multiprocessing
 import os
 import re
@@ -32,7 +31,6 @@ from typing import Protocol
 from gateway.config import GatewaySettings
 from gateway.delivery.transport import OutgoingMail
 from gateway.errors import DeliveryDeferred, DeliveryFailed
-from gateway.mail.evidence import Attachment
 from gateway.notices.dkim import DkimKey, ensure_key, sign
 from gateway.notices.render import (
     FailedMessage,
@@ -42,7 +40,8 @@ from gateway.notices.render import (
     notice_bytes,
 )
 from gateway.store.db import connect
-from gateway.store.outbox import Job
+from gateway.store.outbox import Attempt, Job, job_attempts, read_job
+from gateway.store.queries import list_decisions, read_message, read_raw
 
 __all__ = ["Composer", "MailBuilder", "ProcessComposer", "ThreadComposer", "make_composer"]
 
@@ -100,46 +99,35 @@ class MailBuilder:
 
 
 def _failed_message(conn: sqlite3.Connection, job: Job) -> FailedMessage:
-    row = conn.execute("SELECT * FROM messages WHERE reference = ?", (job.reference,)).fetchone()
-    if row is None:
+    message = read_message(conn, job.reference)
+    if message is None:
         raise DeliveryFailed(f"no record of message {job.reference}")
-    retired = conn.execute(
-        "SELECT recipient FROM message_recipients WHERE reference = ? AND office = ? LIMIT 1",
-        (job.reference, job.office),
-    ).fetchone()
-    attachments = tuple(
-        Attachment(a["filename"], a["content_type"], a["size"])
-        for a in json.loads(row["attachments"])
-    )
+    # A notice names the office it answers for; the first of its recipients is the address.
+    retired = [] if job.office is None else list_decisions(conn, job.reference, office=job.office)
     return FailedMessage(
         reference=job.reference,
         sender=job.recipients[0],
-        retired_address=retired["recipient"] if retired else "",
-        received_at=datetime.fromisoformat(row["received_at"]),
-        subject=row["subject"],
-        message_id=row["message_id"],
-        attachments=attachments,
-        a_numbers=tuple(json.loads(row["a_numbers"])),
+        retired_address=retired[0].recipient if retired else "",
+        received_at=message.received_at,
+        subject=message.subject,
+        message_id=message.message_id,
+        attachments=message.attachments,
+        a_numbers=message.a_numbers,
     )
 
 
 def _relay_data(conn: sqlite3.Connection, job: Job, hostname: str) -> bytes:
-    row = conn.execute(
-        "SELECT m.helo, m.peer_ip, m.tls, m.received_at, r.raw FROM messages m"
-        " JOIN raw_messages r USING (reference) WHERE reference = ?",
-        (job.reference,),
-    ).fetchone()
-    if row is None:
+    message, raw = read_message(conn, job.reference), read_raw(conn, job.reference)
+    if message is None or raw is None:
         raise DeliveryFailed(f"the message {job.reference} to relay is not in the store")
     # RFC 5321 §4.4: each relay prepends its Received line and changes nothing else.
-    received_at = format_datetime(datetime.fromisoformat(row["received_at"]))
-    protocol = "ESMTPS" if row["tls"] else "ESMTP"
+    received_at = format_datetime(message.received_at)
+    protocol = "ESMTPS" if message.tls else "ESMTP"
     received = (
-        f"Received: from {row['helo'] or 'unknown'} ([{row['peer_ip']}])\r\n"
+        f"Received: from {message.helo or 'unknown'} ([{message.peer_ip}])\r\n"
         f"\tby {hostname} (eservice-gateway) with {protocol} id {job.reference};\r\n"
         f"\t{received_at}\r\n"
     )
-    raw: bytes = row["raw"]
     return received.encode("ascii", "replace") + raw
 
 
@@ -229,19 +217,13 @@ def make_composer(
 
 def _bounce_data(conn: sqlite3.Connection, job: Job, hostname: str, now: datetime) -> bytes:
     """An RFC 3464 delivery status notification for a relay that failed for good."""
-    message = conn.execute(
-        "SELECT m.received_at, m.subject, r.raw FROM messages m"
-        " LEFT JOIN raw_messages r USING (reference) WHERE m.reference = ?",
-        (job.reference,),
-    ).fetchone()
-    relay = conn.execute("SELECT * FROM jobs WHERE id = ?", (job.about_job,)).fetchone()
-    last = conn.execute(
-        "SELECT * FROM attempts WHERE job_id = ? ORDER BY attempt DESC LIMIT 1", (job.about_job,)
-    ).fetchone()
-    if message is None or relay is None or last is None:
+    message = read_message(conn, job.reference)
+    relay = None if job.about_job is None else read_job(conn, job.about_job)
+    tried = [] if relay is None else job_attempts(conn, relay.id)
+    if message is None or relay is None or not tried:
         raise DeliveryFailed(f"nothing on record to report for {job.reference}")
-    recipients = json.loads(relay["recipients"])
-    arrived = datetime.fromisoformat(message["received_at"])
+    recipients, last = list(relay.recipients), tried[-1]
+    arrived = message.received_at
     report = MIMEMultipart("report", report_type="delivery-status")
     report["From"] = f"Mail Delivery System <MAILER-DAEMON@{hostname}>"
     report["To"] = job.recipients[0]
@@ -255,43 +237,43 @@ def _bounce_data(conn: sqlite3.Connection, job: Job, hostname: str, now: datetim
     )
     report.attach(_delivery_status(hostname, arrived, recipients, last))
     headers = MIMEBase("text", "rfc822-headers")
-    headers.set_payload(_header_block(message["raw"] or b"").decode("ascii", "replace"))
+    headers.set_payload(
+        _header_block(read_raw(conn, job.reference) or b"").decode("ascii", "replace")
+    )
     report.attach(headers)
     # A non-ASCII sender's address goes in To: as UTF-8 (RFC 6532 §3.2), sent with SMTPUTF8.
     utf8 = not job.recipients[0].isascii()
     return report.as_bytes(policy=email_policy.SMTPUTF8 if utf8 else email_policy.SMTP)
 
 
-def _bounce_text(
-    recipients: list[str], arrived: datetime, reference: str, last: sqlite3.Row
-) -> str:
+def _bounce_text(recipients: list[str], arrived: datetime, reference: str, last: Attempt) -> str:
     to = ", ".join(recipients)
-    reply = f"{last['code']} {last['reply']}" if last["code"] else last["reply"]
+    reply = f"{last.code} {last.reply}" if last.code else last.reply
     return (
         f"Your message to {to}, received on {format_datetime(arrived)} (reference {reference}),"
         " could not be delivered and was given up.\n\n"
-        f"The mail server {last['host'] or '(none)'} answered: {reply}\n\n"
+        f"The mail server {last.host or '(none)'} answered: {reply}\n\n"
         "Nothing was filed or served by this message. Its headers follow.\n"
     )
 
 
 def _delivery_status(
-    hostname: str, arrived: datetime, recipients: list[str], last: sqlite3.Row
+    hostname: str, arrived: datetime, recipients: list[str], last: Attempt
 ) -> MIMEBase:
     per_message = Message()
     per_message["Reporting-MTA"] = f"dns; {hostname}"
     per_message["Arrival-Date"] = format_datetime(arrived)
     blocks: list[Message | str] = [per_message]  # each block is written as a header section
-    enhanced = re.match(r"([245]\.\d{1,3}\.\d{1,3})\b", last["reply"] or "")
+    enhanced = re.match(r"([245]\.\d{1,3}\.\d{1,3})\b", last.reply or "")
     for recipient in recipients:
         block = Message()
         block["Final-Recipient"] = f"rfc822; {recipient}"
         block["Action"] = "failed"
         block["Status"] = enhanced.group(1) if enhanced else "5.0.0"
-        if last["host"]:
-            block["Remote-MTA"] = f"dns; {last['host']}"
-        if last["code"]:
-            block["Diagnostic-Code"] = f"smtp; {last['code']} {last['reply']}"
+        if last.host:
+            block["Remote-MTA"] = f"dns; {last.host}"
+        if last.code:
+            block["Diagnostic-Code"] = f"smtp; {last.code} {last.reply}"
         blocks.append(block)
     status = MIMEBase("message", "delivery-status")
     status.set_payload(blocks)

@@ -35,7 +35,7 @@ from structlog.typing import EventDict, WrappedLogger
 from gateway import __version__
 from gateway.clock import Clock
 from gateway.store.db import connect
-from gateway.store.outbox import JobState
+from gateway.store.outbox import JobState, count_jobs
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -283,20 +283,10 @@ class QueueState:
 
 def read_queue(conn: sqlite3.Connection) -> QueueState:
     """Jobs per state and the oldest waiting job, from one read transaction."""
-    marks = ",".join("?" * len(_DEPTH_STATES))
-    rows = conn.execute(
-        f"SELECT state, count(*), min(created_at) FROM jobs WHERE state IN ({marks})"
-        " GROUP BY state",
-        _DEPTH_STATES,
-    ).fetchall()
-    depth = dict.fromkeys(_DEPTH_STATES, 0)
-    waiting: list[str] = []
-    for state, count, oldest in rows:
-        depth[JobState(state)] = count
-        if JobState(state) in _WAITING:
-            waiting.append(oldest)
-    oldest_waiting = datetime.fromisoformat(min(waiting)) if waiting else None
-    return QueueState(depth, oldest_waiting)
+    counts = count_jobs(conn, _DEPTH_STATES)
+    depth = {state: counts[state].count if state in counts else 0 for state in _DEPTH_STATES}
+    waiting = [counts[state].oldest for state in _WAITING if state in counts]
+    return QueueState(depth, min(waiting, default=None))
 
 
 class OutboxCollector(Collector):

@@ -42,6 +42,8 @@ from gateway.audit.verify import (
 from gateway.config import GatewaySettings
 from gateway.mail.redaction import Redactor
 from gateway.store.db import connect
+from gateway.store.outbox import JobState, find_jobs
+from gateway.store.queries import read_message
 from gateway.store.records import (
     AttemptRecord,
     DaySummary,
@@ -572,16 +574,12 @@ def _chosen_notice(kept: Sequence[SentNotice], job: int | None) -> SentNotice | 
 
 
 def _why_no_notice(conn: sqlite3.Connection, reference: str, job: int | None) -> str:
-    known = conn.execute("SELECT 1 FROM messages WHERE reference = ?", (reference,)).fetchone()
-    if known is None:
+    if read_message(conn, reference) is None:
         return f"no attempt {reference} in the store (or its record and notice were purged)"
     if job is not None:
         return f"no notice of job {job} is kept for {reference}"
-    delivered = conn.execute(
-        "SELECT 1 FROM jobs WHERE reference = ? AND state = 'delivered' AND kind != 'relay'",
-        (reference,),
-    ).fetchone()
-    if delivered is not None:
+    delivered = find_jobs(conn, reference=reference, state=JobState.DELIVERED)
+    if any(job.kind != "relay" for job in delivered):
         return (
             f"the notice sent for {reference} is no longer kept (purged after"
             " [storage] notice_retention_days, or sent before notices were kept)"

@@ -10,7 +10,6 @@ renders no notice.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +18,10 @@ from pathlib import Path
 from typing import BinaryIO, TextIO
 
 from gateway.config import GatewaySettings
-from gateway.store.db import JobRecord, connect, iso
+from gateway.store.db import JobRecord, connect
+from gateway.store.mailbox import FORWARD, PostmasterMail, find_postmaster_mail, read_mail
+from gateway.store.outbox import queue_jobs
+from gateway.store.queries import read_raw
 from gateway.store.records import parse_bound
 
 __all__ = [
@@ -34,7 +36,6 @@ __all__ = [
     "run_postmaster",
 ]
 
-FORWARD = "forward"
 EXIT_OK, EXIT_NOT_FOUND, EXIT_CONFIG, EXIT_NO_RAW = 0, 1, 2, 3
 
 
@@ -50,124 +51,11 @@ def forward_jobs(forward_to: Sequence[str]) -> tuple[JobRecord, ...]:
     return tuple(JobRecord(FORWARD, "", tuple(rcpts)) for rcpts in by_domain.values())
 
 
-# ---------------------------------------------------------------------------------------------
-# The store side: synchronous queries on a connection of the command's own
-
-
-@dataclass(frozen=True, slots=True)
-class PostmasterMail:
-    """A received message as these commands show it."""
-
-    reference: str
-    received_at: datetime
-    peer_ip: str
-    helo: str | None
-    sender: str
-    recipients: tuple[str, ...]
-    subject: str | None
-    size: int
-    sha256: str
-    outcome: str
-    has_raw: bool
-    forwards: tuple[tuple[int, str, str], ...]  # (job id, state, recipients)
-
-    @property
-    def forward_state(self) -> str:
-        """ "-" when never forwarded, else the states of its forward jobs."""
-        return ",".join(dict.fromkeys(state for _, state, _ in self.forwards)) or "-"
-
-
-_MAIL = """
-SELECT m.reference, m.received_at, m.peer_ip, m.helo, m.mail_from, m.recipients, m.subject,
-       m.size, m.sha256, m.outcome,
-       EXISTS (SELECT 1 FROM raw_messages r WHERE r.reference = m.reference) AS has_raw
-FROM messages m WHERE {where}
-"""
-_TO_POSTMASTER = (
-    "EXISTS (SELECT 1 FROM message_recipients p WHERE p.reference = m.reference"
-    " AND p.kind = 'postmaster')"
-)
-
-
-def find_postmaster_mail(
-    conn: sqlite3.Connection, *, since: datetime | None, limit: int
-) -> list[PostmasterMail]:
-    """Messages to postmaster, newest first, received at or after `since`."""
-    where, params = _TO_POSTMASTER, [] if since is None else [iso(since.astimezone(UTC))]
-    if since is not None:
-        where += " AND m.received_at >= ?"
-    sql = _MAIL.format(where=where) + " ORDER BY m.received_at DESC, m.reference LIMIT ?"
-    rows = conn.execute(sql, (*params, limit)).fetchall()
-    return [_mail(conn, row) for row in rows]
-
-
-def read_mail(conn: sqlite3.Connection, reference: str) -> PostmasterMail | None:
-    """Any received message by its reference, or None."""
-    row = conn.execute(_MAIL.format(where="m.reference = ?"), (reference,)).fetchone()
-    return None if row is None else _mail(conn, row)
-
-
-def read_raw(conn: sqlite3.Connection, reference: str) -> bytes | None:
-    """The message's bytes exactly as received, or None when they are not (or no longer) kept."""
-    row = conn.execute("SELECT raw FROM raw_messages WHERE reference = ?", (reference,)).fetchone()
-    return None if row is None else bytes(row["raw"])
-
-
 def queue_forward(
     conn: sqlite3.Connection, reference: str, jobs: Sequence[JobRecord], now: datetime
 ) -> list[int]:
-    """Queue forward jobs for a kept message in one transaction; returns their ids.
-
-    Due at once: at the message's arrival, not `now`, so that a gateway serving with --as-of
-    finds them due as well.
-    """
-    row = conn.execute(
-        "SELECT received_at FROM messages WHERE reference = ?", (reference,)
-    ).fetchone()
-    due = min(iso(now), row["received_at"])
-    ids: list[int] = []
-    with conn:
-        conn.execute("BEGIN IMMEDIATE")
-        for job in jobs:
-            cursor = conn.execute(
-                "INSERT INTO jobs (reference, kind, office, mail_from, recipients, route,"
-                " created_at, next_attempt_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
-                (
-                    reference,
-                    job.kind,
-                    job.office,
-                    job.mail_from,
-                    json.dumps(list(job.recipients)),
-                    job.route,
-                    iso(now),
-                    due,
-                    iso(now),
-                ),
-            )
-            assert cursor.lastrowid is not None
-            ids.append(cursor.lastrowid)
-    return ids
-
-
-def _mail(conn: sqlite3.Connection, row: sqlite3.Row) -> PostmasterMail:
-    jobs = conn.execute(
-        "SELECT id, state, recipients FROM jobs WHERE reference = ? AND kind = ? ORDER BY id",
-        (row["reference"], FORWARD),
-    ).fetchall()
-    return PostmasterMail(
-        reference=row["reference"],
-        received_at=datetime.fromisoformat(row["received_at"]),
-        peer_ip=row["peer_ip"],
-        helo=row["helo"],
-        sender=row["mail_from"],
-        recipients=tuple(json.loads(row["recipients"])),
-        subject=row["subject"],
-        size=row["size"],
-        sha256=row["sha256"],
-        outcome=row["outcome"],
-        has_raw=bool(row["has_raw"]),
-        forwards=tuple((j["id"], j["state"], ", ".join(json.loads(j["recipients"]))) for j in jobs),
-    )
+    """Queue forward jobs for a kept message in one transaction; returns their ids."""
+    return queue_jobs(conn, reference, jobs, now) or []
 
 
 # ---------------------------------------------------------------------------------------------

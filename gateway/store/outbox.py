@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from gateway.store.db import Store, iso
+from gateway.store.db import JobRecord, Store, iso
 from gateway.store.sentmail import SentNotice, insert_sent
 
 __all__ = [
@@ -27,9 +27,13 @@ __all__ = [
     "Job",
     "JobState",
     "Outbox",
+    "StateCount",
+    "count_jobs",
     "delete_job",
+    "find_jobs",
     "job_attempts",
     "list_jobs",
+    "queue_jobs",
     "read_job",
     "retry_job",
 ]
@@ -301,6 +305,84 @@ def list_jobs(conn: sqlite3.Connection, *, states: tuple[str, ...] = ()) -> list
     else:
         rows = conn.execute("SELECT * FROM jobs WHERE state != ? ORDER BY id", (JobState.DELETED,))
     return [Job.from_row(row) for row in rows]
+
+
+def find_jobs(
+    conn: sqlite3.Connection,
+    *,
+    reference: str | None = None,
+    kind: str | None = None,
+    state: str | None = None,
+) -> list[Job]:
+    """Jobs of any state (deleted ones too), oldest first; each argument given narrows it."""
+    where, params = ["1"], []
+    for column, value in (("reference", reference), ("kind", kind), ("state", state)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    rows = conn.execute(f"SELECT * FROM jobs WHERE {' AND '.join(where)} ORDER BY id", params)
+    return [Job.from_row(row) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class StateCount:
+    """How many jobs are in one state, and when the oldest of them was created."""
+
+    count: int
+    oldest: datetime
+
+
+def count_jobs(conn: sqlite3.Connection, states: Sequence[JobState]) -> dict[JobState, StateCount]:
+    """Each of `states` that has jobs, with their count and oldest, in one read."""
+    marks = ",".join("?" * len(states))
+    rows = conn.execute(
+        f"SELECT state, count(*), min(created_at) FROM jobs WHERE state IN ({marks})"
+        " GROUP BY state",
+        tuple(states),
+    ).fetchall()
+    return {
+        JobState(state): StateCount(count, datetime.fromisoformat(oldest))
+        for state, count, oldest in rows
+    }
+
+
+def queue_jobs(
+    conn: sqlite3.Connection, reference: str, jobs: Sequence[JobRecord], now: datetime
+) -> list[int] | None:
+    """Queue jobs about a received message in one transaction; returns their ids, or None
+    when the store has no such message.
+
+    Due at once: at the message's arrival, not `now`, so that a gateway serving with --as-of
+    finds them due as well.
+    """
+    row = conn.execute(
+        "SELECT received_at FROM messages WHERE reference = ?", (reference,)
+    ).fetchone()
+    if row is None:
+        return None
+    due = min(iso(now), row["received_at"])
+    ids: list[int] = []
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")
+        for job in jobs:
+            cursor = conn.execute(
+                "INSERT INTO jobs (reference, kind, office, mail_from, recipients, route,"
+                " created_at, next_attempt_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    reference,
+                    job.kind,
+                    job.office,
+                    job.mail_from,
+                    json.dumps(list(job.recipients)),
+                    job.route,
+                    iso(now),
+                    due,
+                    iso(now),
+                ),
+            )
+            assert cursor.lastrowid is not None
+            ids.append(cursor.lastrowid)
+    return ids
 
 
 def read_job(conn: sqlite3.Connection, job_id: int) -> Job | None:
