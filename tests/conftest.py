@@ -7,18 +7,32 @@ store in tmp_path; tests talk to it over loopback sockets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from gateway.config import GatewaySettings
 from gateway.smtp.server import Sessions, start_server
-from gateway.store.db import Store
+from gateway.store.db import RefusalRecord, Store, connect
+from gateway.store.outbox import Attempt, Job, find_jobs, job_attempts
+from gateway.store.queries import (
+    RawCopy,
+    StoredDecision,
+    StoredMessage,
+    list_decisions,
+    list_messages,
+    list_raw_copies,
+    list_refusals,
+    read_message,
+)
+
+T = TypeVar("T")
 
 # Chicago is UTC-5 in September (CDT): the founding cutoff is 2017-09-12T05:00:00Z.
 CUTOFF_UTC = datetime(2017, 9, 12, 5, 0, tzinfo=UTC)
@@ -111,14 +125,37 @@ class Gateway:
         port: int = self.servers[0].sockets[0].getsockname()[1]
         return port
 
-    def rows(self, sql: str, *params: Any) -> list[sqlite3.Row]:
-        """Read the store file the way an operator's tool would: a separate connection."""
-        conn = sqlite3.connect(self.settings.storage.database)
-        conn.row_factory = sqlite3.Row
-        try:
-            return conn.execute(sql, params).fetchall()
-        finally:
-            conn.close()
+    def read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        """Ask the store's interface, on a connection of its own as an operator's tool would."""
+        with contextlib.closing(connect(self.settings.storage.database)) as conn:
+            return query(conn)
+
+    def messages(self) -> list[StoredMessage]:
+        """Every message received to the end of DATA, in the order they were recorded."""
+        return self.read(list_messages)
+
+    def message(self, reference: str) -> StoredMessage | None:
+        return self.read(lambda conn: read_message(conn, reference))
+
+    def decisions(self, reference: str | None = None) -> list[StoredDecision]:
+        """The recipients' decisions, of one message or of all."""
+        return self.read(lambda conn: list_decisions(conn, reference))
+
+    def refusals(self) -> list[RefusalRecord]:
+        return self.read(list_refusals)
+
+    def raw_copies(self) -> list[RawCopy]:
+        return self.read(list_raw_copies)
+
+    def jobs(
+        self, *, reference: str | None = None, kind: str | None = None, state: str | None = None
+    ) -> list[Job]:
+        """Jobs of every state, oldest first; each argument given narrows them."""
+        return self.read(lambda conn: find_jobs(conn, reference=reference, kind=kind, state=state))
+
+    def attempts(self, job_id: int) -> list[Attempt]:
+        """A job's delivery attempts, first first."""
+        return self.read(lambda conn: job_attempts(conn, job_id))
 
 
 GatewayFactory = Callable[..., Any]

@@ -132,8 +132,7 @@ async def _deliver(gw: Gateway) -> None:
     worker = build_delivery(gw.settings, gw.store, gw.clock, NoticeRenderer(gw.settings), key)
     task = asyncio.create_task(worker.run())
     try:
-        sql = "SELECT count(*) FROM jobs WHERE attempts >= 1"
-        await eventually(lambda: gw.rows(sql)[0][0] == 3, within=15)
+        await eventually(lambda: len([j for j in gw.jobs() if j.attempts >= 1]) == 3, within=15)
     finally:
         await worker.stop(1.0)
         await asyncio.wait_for(task, 5)

@@ -13,7 +13,6 @@ import csv
 import io
 import json
 import signal
-import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -29,6 +28,8 @@ from gateway.audit.chain import ChainedLog
 from gateway.cli import main
 from gateway.config import GatewaySettings, load_settings
 from gateway.ops.auditcmd import AuditRequest, run_audit
+from gateway.store.db import connect
+from gateway.store.retention import purge_message
 from tests.conftest import GatewayFactory, make_settings
 from tests.filings import CLERK, Filed, fill_store
 from tests.polling import eventually
@@ -334,13 +335,8 @@ async def file_one(port: int, number: int) -> str:
 
 def purge(database: Path, reference: str) -> None:
     """What retention does to an old record: the message and all that hangs on it go."""
-    with contextlib.closing(sqlite3.connect(database)) as conn, conn:
-        conn.execute(
-            "DELETE FROM attempts WHERE job_id IN (SELECT id FROM jobs WHERE reference = ?)",
-            (reference,),
-        )
-        for table in ("jobs", "message_recipients", "raw_messages", "messages"):
-            conn.execute(f"DELETE FROM {table} WHERE reference = ?", (reference,))
+    with contextlib.closing(connect(database)) as conn:
+        purge_message(conn, reference)
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

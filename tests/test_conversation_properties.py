@@ -9,15 +9,14 @@ deferred is answered, never deferred again; nothing is mailed to anyone who did 
 
 from __future__ import annotations
 
-import json
 import re
-import sqlite3
 from dataclasses import dataclass
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.store.queries import is_recorded
 from tests.conftest import RETIRED, Gateway, GatewayFactory
 from tests.smtpclient import RawClient, Reply
 
@@ -113,17 +112,7 @@ async def run(gw: Gateway, tx: Transaction, recipients: list[str]) -> Outcome:
 
 
 def recorded(gw: Gateway, reference: str) -> bool:
-    conn = sqlite3.connect(gw.settings.storage.database)
-    try:
-        return bool(
-            conn.execute(
-                "SELECT 1 FROM messages WHERE reference = ?1 UNION SELECT 1 FROM refusals"
-                " WHERE reference = ?1",
-                (reference,),
-            ).fetchone()
-        )
-    finally:
-        conn.close()
+    return gw.read(lambda conn: is_recorded(conn, reference))
 
 
 def assert_on_record(gw: Gateway, reply: Reply) -> None:
@@ -192,14 +181,8 @@ async def test_every_answer_keeps_the_promise_and_retries_are_answered(
             break
         assert round_ < 2, f"still deferred after retries: {deferred} {outcome}"
         pending = deferred
-    conn = sqlite3.connect(gw.settings.storage.database)
-    try:
-        senders = {row[0] for row in conn.execute("SELECT mail_from FROM messages")}
-        mailed = [
-            row[0] for row in conn.execute("SELECT recipients FROM jobs WHERE kind != 'relay'")
-        ]
-    finally:
-        conn.close()
-    for recipients_json in mailed:
-        for address in json.loads(recipients_json):
+    senders = {m.mail_from for m in gw.messages()}
+    mailed = [j.recipients for j in gw.jobs() if j.kind != "relay"]
+    for mailed_to in mailed:
+        for address in mailed_to:
             assert address in senders

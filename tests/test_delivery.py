@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
-import json
-import sqlite3
 import ssl
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
@@ -26,6 +24,8 @@ from gateway.app import build_delivery
 from gateway.delivery.worker import DeliveryWorker
 from gateway.notices.dkim import ensure_key, txt_record
 from gateway.notices.render import NoticeRenderer
+from gateway.store.outbox import Job
+from gateway.store.retention import purge_message
 from tests.conftest import BEFORE_PORTAL, RETIRED, SENDER, Gateway, GatewayFactory, office
 from tests.dnsserver import DnsServer, Zone
 from tests.polling import eventually
@@ -77,10 +77,13 @@ async def file_a_filing(gw: Gateway, **kwargs: Any) -> str:
     return reference_of(final) if "(ref " in final.text else ""
 
 
-async def job_state(gw: Gateway, state: str, *, attempts: int = 0, within: float = 10.0) -> Any:
+async def job_state(gw: Gateway, state: str, *, attempts: int = 0, within: float = 10.0) -> Job:
     """The first job in `state` with at least `attempts` attempts, once there is one."""
-    sql = "SELECT * FROM jobs WHERE state = ? AND attempts >= ?"
-    rows = await eventually(lambda: gw.rows(sql, state, attempts), within=within)
+
+    def found() -> list[Job]:
+        return [job for job in gw.jobs(state=state) if job.attempts >= attempts]
+
+    rows = await eventually(found, within=within)
     return rows[0]
 
 
@@ -121,8 +124,8 @@ async def test_notice_reaches_the_sender_through_the_smarthost_signed_and_addres
         received.data, dnsfunc=lambda name, timeout=5: txt_record(key.private_pem).encode()
     )
 
-    (attempt,) = gw.rows("SELECT * FROM attempts WHERE job_id = ?", job["id"])
-    assert (attempt["outcome"], attempt["code"], attempt["host"]) == ("delivered", 250, "127.0.0.1")
+    (attempt,) = gw.attempts(job.id)
+    assert (attempt.outcome, attempt.code, attempt.host) == ("delivered", 250, "127.0.0.1")
     delivered = [e for e in events if e["event"] == "delivery.succeeded"]
     assert [(e["reference"], e["reply_code"], e["attempt"]) for e in delivered] == [
         (reference, 250, 1)
@@ -166,7 +169,7 @@ async def test_required_starttls_that_is_not_offered_defers_and_sends_nothing_in
     await file_a_filing(gw)
     await run_worker(gw)
     job = await job_state(gw, "deferred")
-    assert "STARTTLS is required" in job["last_reply"]
+    assert "STARTTLS is required" in (job.last_reply or "")
     assert sink.attempts == 0
 
 
@@ -183,7 +186,7 @@ async def test_temporary_failures_are_retried_and_delivered_once(
         worker = await run_worker(gw)
         for attempt, code in enumerate((451, 452), start=1):
             job = await job_state(gw, "deferred", attempts=attempt)
-            assert job["last_reply"].startswith(f"127.0.0.1: {code} ")
+            assert (job.last_reply or "").startswith(f"127.0.0.1: {code} ")
             # The next try is due a minute after the failure: move the clock past it.
             gw.clock.now += timedelta(seconds=61)
             worker.wake()
@@ -191,16 +194,14 @@ async def test_temporary_failures_are_retried_and_delivered_once(
         job = await job_state(gw, "delivered")
     finally:
         listener.close()
-    attempts = gw.rows(
-        "SELECT outcome, code FROM attempts WHERE job_id = ? ORDER BY attempt", job["id"]
-    )
-    assert [(a["outcome"], a["code"]) for a in attempts] == [
+    attempts = gw.attempts(job.id)
+    assert [(a.outcome, a.code) for a in attempts] == [
         ("deferred", 451),
         ("deferred", 452),
         ("delivered", 250),
     ]
     assert len(listener.accepted) == 1
-    assert job["attempts"] == 3
+    assert job.attempts == 3
 
 
 async def test_permanent_refusal_fails_at_once(
@@ -215,8 +216,8 @@ async def test_permanent_refusal_fails_at_once(
             job = await job_state(gw, "failed")
     finally:
         listener.close()
-    assert job["attempts"] == 1
-    assert job["last_reply"] == "127.0.0.1: 550 5.1.1 No such user"
+    assert job.attempts == 1
+    assert job.last_reply == "127.0.0.1: 550 5.1.1 No such user"
     (failed,) = [e for e in events if e["event"] == "delivery.failed"]
     assert (failed["reply_code"], failed["host"]) == (550, "127.0.0.1")
 
@@ -235,9 +236,9 @@ async def test_a_job_past_its_maximum_age_fails_and_says_why(
         job = await job_state(gw, "failed")
     finally:
         listener.close()
-    assert job["attempts"] == 2
-    assert job["last_reply"].startswith("gave up after 2 attempts in 0:01:01; last: ")
-    assert job["last_reply"].endswith("127.0.0.1: 451 4.3.0 Try again later")
+    assert job.attempts == 2
+    assert (job.last_reply or "").startswith("gave up after 2 attempts in 0:01:01; last: ")
+    assert (job.last_reply or "").endswith("127.0.0.1: 451 4.3.0 Try again later")
 
 
 async def test_unreachable_smarthost_defers_with_no_reply_code(
@@ -252,9 +253,9 @@ async def test_unreachable_smarthost_defers_with_no_reply_code(
     await file_a_filing(gw)
     await run_worker(gw)
     job = await job_state(gw, "deferred")
-    (attempt,) = gw.rows("SELECT code, reply FROM attempts WHERE job_id = ?", job["id"])
-    assert attempt["code"] == 0
-    assert attempt["reply"].startswith("no answer")
+    (attempt,) = gw.attempts(job.id)
+    assert attempt.code == 0
+    assert attempt.reply.startswith("no answer")
 
 
 # -- relays and files ------------------------------------------------------------------------------
@@ -275,12 +276,13 @@ async def test_before_the_cutoff_mail_is_relayed_unchanged_to_the_legacy_host(
     assert received.recipients == (RETIRED,)
     head, _, _original = received.data.partition(b"\r\n\tby mx.test.example")
     assert head.startswith(b"Received: from client.lawfirm.example ([127.0.0.1])")
-    (raw,) = gw.rows("SELECT raw FROM raw_messages")
-    assert received.data.endswith(raw["raw"])  # the original, byte for byte
+    (raw,) = gw.raw_copies()
+    assert received.data.endswith(raw.raw)  # the original, byte for byte
     # Relayed, its raw copy is handed to retention ([storage] raw_retention_days, 90).
     await job_state(gw, "delivered")
-    (kept,) = gw.rows("SELECT keep_until FROM raw_messages")
-    assert kept["keep_until"].startswith((BEFORE_PORTAL + timedelta(days=90)).strftime("%Y-%m-%d"))
+    (kept,) = gw.raw_copies()
+    assert kept.keep_until is not None
+    assert kept.keep_until.date() == (BEFORE_PORTAL + timedelta(days=90)).date()
 
 
 async def test_file_mode_writes_each_notice_as_a_complete_eml_file(
@@ -292,7 +294,7 @@ async def test_file_mode_writes_each_notice_as_a_complete_eml_file(
     await run_worker(gw)
     job = await job_state(gw, "delivered")
     (written,) = outbox.iterdir()
-    assert written.name == f"{reference}-{job['id']}-notice.eml"
+    assert written.name == f"{reference}-{job.id}-notice.eml"
     data = written.read_bytes()
     assert data.startswith(b"X-Envelope-From: <>\r\nX-Envelope-To: <paralegal@lawfirm.example>\r\n")
     assert b"DKIM-Signature:" in data
@@ -316,12 +318,12 @@ async def test_per_destination_concurrency_is_bounded(
         async with asyncio.timeout(10):
             peak = 0
             while len(listener.accepted) < 6:
-                peak = max(peak, len(gw.rows("SELECT id FROM jobs WHERE state = 'in-flight'")))
+                peak = max(peak, len(gw.jobs(state="in-flight")))
                 await asyncio.sleep(0.01)
     finally:
         listener.close()
     assert peak in (1, 2)  # never more than per_domain_concurrency at once
-    assert json.loads(gw.rows("SELECT recipients FROM jobs LIMIT 1")[0]["recipients"]) == [SENDER]
+    assert list(gw.jobs()[0].recipients) == [SENDER]
 
 
 # -- straight to the sender's mail exchangers ----------------------------------------------------
@@ -371,8 +373,8 @@ async def test_mx_mode_falls_through_to_the_next_exchanger_after_a_temporary_fai
     assert received.recipients == (SENDER,)
     assert mx1.attempts == 1
     assert mx1.accepted == []
-    (attempt,) = gw.rows("SELECT host, code FROM attempts WHERE job_id = ?", job["id"])
-    assert (attempt["host"], attempt["code"]) == ("mx2.lawfirm.example", 250)
+    (attempt,) = gw.attempts(job.id)
+    assert (attempt.host, attempt.code) == ("mx2.lawfirm.example", 250)
 
 
 @pytest.mark.parametrize(
@@ -395,8 +397,8 @@ async def test_mx_mode_permanent_failures(
     await file_a_filing(gw, sender=sender)
     await run_worker(gw)
     job = await job_state(gw, "failed")
-    assert job["attempts"] == 1
-    assert reply in job["last_reply"]
+    assert job.attempts == 1
+    assert reply in (job.last_reply or "")
 
 
 async def test_mx_at_an_internal_address_is_never_connected_to_by_default(
@@ -409,7 +411,7 @@ async def test_mx_at_an_internal_address_is_never_connected_to_by_default(
     await file_a_filing(gw)
     await run_worker(gw)
     job = await job_state(gw, "failed")
-    assert "lawfirm.example are at internal addresses" in job["last_reply"]
+    assert "lawfirm.example are at internal addresses" in (job.last_reply or "")
     assert mx1.attempts == mx2.attempts == 0
 
 
@@ -429,12 +431,12 @@ async def test_a_missing_record_fails_the_job_across_the_process_boundary(
 ) -> None:
     gw = await start_gateway(delivery=smarthost(sink, composer_processes=1))
     await file_a_filing(gw)
-    with sqlite3.connect(gw.settings.storage.database) as conn:  # an operator's mistake
-        conn.execute("DELETE FROM message_recipients")
-        conn.execute("DELETE FROM messages")
+    # An operator's mistake: the records go, their jobs stay.
+    references = [m.reference for m in gw.messages()]
+    gw.read(lambda conn: [purge_message(conn, r, should_keep_jobs=True) for r in references])
     await run_worker(gw)
     job = await job_state(gw, "failed", within=30)
-    assert job["last_reply"].startswith("no record of message ")
+    assert (job.last_reply or "").startswith("no record of message ")
     assert sink.attempts == 0
 
 
@@ -455,7 +457,7 @@ async def test_a_failed_tls_handshake_falls_back_to_clear_text_only_when_opportu
             assert received.tls is False
         else:
             job = await job_state(gw, "deferred")
-            assert "STARTTLS failed" in job["last_reply"]
+            assert "STARTTLS failed" in (job.last_reply or "")
             assert listener.accepted == []
     finally:
         listener.close()
@@ -500,7 +502,7 @@ async def test_a_relay_refused_for_good_is_reported_to_an_authenticated_sender_o
             await job_state(gw, "delivered")
         else:
             # A bounce is queued in the very write that failed the relay: it would be there.
-            assert gw.rows("SELECT * FROM jobs WHERE kind = 'bounce'") == []
+            assert gw.jobs(kind="bounce") == []
             assert sink.accepted == []
     finally:
         legacy.close()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 from collections import Counter
 from email import message_from_bytes
 from pathlib import Path
 
+from gateway.store.outbox import Job, find_jobs, read_job
 from tests.polling import eventually
 from tests.sink import start_sink
 from tests.test_serve_process import (
@@ -17,7 +19,7 @@ from tests.test_serve_process import (
     Attempt,
     child_environment,
     database,
-    query,
+    read_store,
     send_batch,
     serving,
     smtp_session,
@@ -51,7 +53,7 @@ async def test_sigkill_with_deliveries_in_flight_loses_no_notice(tmp_path: Path)
             # Per-domain concurrency: three at once.
             await eventually(lambda: sink.attempts >= 3, within=20)
             first.gateway.process.kill()
-        in_flight = query(database(tmp_path), "SELECT id FROM jobs WHERE state = 'in-flight'")
+        in_flight = read_store(database(tmp_path), lambda c: find_jobs(c, state="in-flight"))
         assert len(in_flight) == 3
 
         sink.stall_s = 0.0
@@ -68,8 +70,8 @@ async def test_sigkill_with_deliveries_in_flight_loses_no_notice(tmp_path: Path)
     assert set(references) == expected  # every filing got its notice
     # Duplicates are possible only where the listener said 250 before the kill; it never did.
     assert max(references.values()) == 1
-    jobs = query(database(tmp_path), "SELECT state, attempts FROM jobs")
-    assert {j["state"] for j in jobs} == {"delivered"}
+    jobs = read_store(database(tmp_path), find_jobs)
+    assert {j.state for j in jobs} == {"delivered"}
     assert len({r.reference for r in replies}) == FILINGS
 
 
@@ -95,8 +97,11 @@ async def test_queue_commands_list_show_retry_and_delete(tmp_path: Path) -> None
         async with serving(config, as_of=AFTER_CUTOFF) as gateway:
             async with smtp_session(gateway.port) as client:
                 await send_batch(client, [Attempt(n, SENDER, RETIRED) for n in range(2)])
-            deferred = "SELECT 1 FROM jobs WHERE state = 'deferred'"
-            await eventually(lambda: len(query(database(tmp_path), deferred)) == 2, within=20)
+
+            def deferred(conn: sqlite3.Connection) -> list[Job]:
+                return find_jobs(conn, state="deferred")
+
+            await eventually(lambda: len(read_store(database(tmp_path), deferred)) == 2, within=20)
 
             listing = gateway_cli(config, "queue", "list")
             shown = gateway_cli(config, "queue", "show", "1")
@@ -133,4 +138,6 @@ async def test_queue_commands_list_show_retry_and_delete(tmp_path: Path) -> None
     assert (missing.returncode, missing.stderr) == (1, "gateway: no job 99\n")
     assert "delivered" in after.stdout
     assert "deleted" not in after.stdout
-    assert query(database(tmp_path), "SELECT state FROM jobs WHERE id = 2")[0]["state"] == "deleted"
+    job = read_store(database(tmp_path), lambda c: read_job(c, 2))
+    assert job is not None
+    assert job.state == "deleted"

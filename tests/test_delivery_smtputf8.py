@@ -89,7 +89,7 @@ async def test_a_utf8_sender_gets_the_notice_through_a_smarthost_offering_smtput
     assert dkimpy.verify(
         received.data, dnsfunc=lambda name, timeout=5: txt_record(key.private_pem).encode()
     )
-    assert job["attempts"] == 1
+    assert job.attempts == 1
 
 
 async def test_a_smarthost_without_smtputf8_fails_the_notice_at_once_and_says_why(
@@ -100,13 +100,13 @@ async def test_a_smarthost_without_smtputf8_fails_the_notice_at_once_and_says_wh
     await run_worker(gw)
     job = await job_state(gw, "failed")
 
-    assert job["attempts"] == 1  # not retried until max_age
-    assert NOT_OFFERED in job["last_reply"]
-    (attempt,) = gw.rows("SELECT * FROM attempts WHERE job_id = ?", job["id"])
-    assert (attempt["outcome"], attempt["host"], attempt["code"]) == ("failed", "127.0.0.1", 0)
-    assert NOT_OFFERED in attempt["reply"]
+    assert job.attempts == 1  # not retried until max_age
+    assert NOT_OFFERED in (job.last_reply or "")
+    (attempt,) = gw.attempts(job.id)
+    assert (attempt.outcome, attempt.host, attempt.code) == ("failed", "127.0.0.1", 0)
+    assert NOT_OFFERED in attempt.reply
     assert ascii_sink.attempts == 0  # nothing reached DATA
-    shown = queue_show(gw, job["id"])
+    shown = queue_show(gw, job.id)
     assert NOT_OFFERED in shown
     assert "failed" in shown
 
@@ -157,8 +157,10 @@ async def test_mx_mode_sends_with_smtputf8_only_where_it_is_offered(
                 await job_state(gw, "delivered")
             else:
                 job = await job_state(gw, "failed")
-                assert job["attempts"] == 1
-                assert job["last_reply"].startswith(f"mx.bufete.example: the server {NOT_OFFERED}")
+                assert job.attempts == 1
+                assert (job.last_reply or "").startswith(
+                    f"mx.bufete.example: the server {NOT_OFFERED}"
+                )
                 assert listener.attempts == 0
     finally:
         listener.close()
@@ -193,9 +195,9 @@ async def test_a_relay_refused_for_want_of_smtputf8_is_bounced_to_the_utf8_sende
     await run_worker(gw)
     (received,) = await utf8_sink.wait_for(1)
 
-    (relay,) = gw.rows("SELECT * FROM jobs WHERE kind = 'relay'")
-    assert (relay["state"], relay["attempts"]) == ("failed", 1)
-    assert NOT_OFFERED in relay["last_reply"]
+    (relay,) = gw.jobs(kind="relay")
+    assert (relay.state, relay.attempts) == ("failed", 1)
+    assert NOT_OFFERED in (relay.last_reply or "")
     assert received.recipients == (UTF8_SENDER,)
     report = email.message_from_string(received.data.decode(), policy=email.policy.SMTPUTF8)
     assert report["To"] == UTF8_SENDER

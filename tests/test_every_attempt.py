@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import sqlite3
 
 import pytest
 
@@ -39,12 +38,7 @@ def as_received(content: bytes) -> bytes:
 
 
 def attempts(gw: Gateway) -> list[object]:
-    conn = sqlite3.connect(gw.settings.storage.database)
-    conn.row_factory = sqlite3.Row
-    try:
-        return list(find_attempts(conn, Filters()))
-    finally:
-        conn.close()
+    return list(gw.read(lambda conn: find_attempts(conn, Filters())))
 
 
 def assert_not_filed(reply: Reply) -> str:
@@ -73,21 +67,21 @@ async def test_an_oversize_filing_is_read_to_the_end_refused_not_filed_and_recor
     assert final.last.startswith("552 5.3.4 NOT FILED")
     reference = assert_not_filed(final)
     whole = as_received(content)
-    (row,) = gw.rows("SELECT * FROM messages")
-    assert row["reference"] == reference
-    assert (row["outcome"], row["refused_for"]) == ("rejected", "message-too-big")
-    assert row["size"] == len(whole) > SMALL
-    assert row["sha256"] == hashlib.sha256(whole).hexdigest()
-    assert row["subject"] == "Motion A123456789"  # the header block identifies the filing
-    assert row["mime_truncated"] == 1
+    (row,) = gw.messages()
+    assert row.reference == reference
+    assert (row.outcome, row.refused_for) == ("rejected", "message-too-big")
+    assert row.size == len(whole) > SMALL
+    assert row.sha256 == hashlib.sha256(whole).hexdigest()
+    assert row.subject == "Motion A123456789"  # the header block identifies the filing
+    assert row.mime_truncated == 1
     # Only the header block was kept, never the data past the limit.
-    (raw,) = gw.rows("SELECT raw FROM raw_messages")
-    assert len(raw["raw"]) < SMALL
-    assert raw["raw"].startswith(b"From: ")
-    assert b"xxxx" not in raw["raw"]
+    (raw,) = gw.raw_copies()
+    assert len(raw.raw) < SMALL
+    assert raw.raw.startswith(b"From: ")
+    assert b"xxxx" not in raw.raw
     # An authenticated sender (loopback is trusted) also gets the notice: their own MTA's
     # bounce of a 552 may be unreadable, and the notice says where to file.
-    assert [j["kind"] for j in gw.rows("SELECT kind FROM jobs")] == ["notice"]
+    assert [j.kind for j in gw.jobs()] == ["notice"]
     (attempt,) = attempts(gw)
     assert attempt.reason == "message-too-big"  # type: ignore[attr-defined]
     # What a records officer reads: the refusal, why, and the size that came.
@@ -111,9 +105,9 @@ async def test_an_oversize_message_to_be_relayed_is_refused_with_a_reference_and
     assert final is not None
     assert final.last.startswith("552 5.3.4 Message too big")
     reference = reference_of(final)
-    (row,) = gw.rows("SELECT reference, refused_for FROM messages")
-    assert tuple(row) == (reference, "message-too-big")
-    assert gw.rows("SELECT * FROM jobs") == []
+    (row,) = gw.messages()
+    assert (row.reference, row.refused_for) == (reference, "message-too-big")
+    assert gw.jobs() == []
 
 
 async def test_a_declared_size_over_the_limit_is_refused_not_filed_at_rcpt(
@@ -131,8 +125,8 @@ async def test_a_declared_size_over_the_limit_is_refused_not_filed_at_rcpt(
     reference = assert_not_filed(rcpt)
     assert postmaster.last == "552 5.3.4 Message size exceeds the fixed limit"
     assert data.code == 503  # nobody was accepted
-    (row,) = gateway.rows("SELECT reference, recipient, reason FROM refusals")
-    assert tuple(row) == (reference, RETIRED, "message-too-big")
+    (row,) = gateway.refusals()
+    assert (row.reference, row.recipient, row.reason) == (reference, RETIRED, "message-too-big")
 
 
 # -- lines --------------------------------------------------------------------------------------
@@ -146,9 +140,13 @@ async def test_a_filing_with_a_line_over_1000_octets_is_answered_like_any_other(
     assert final is not None
     assert final.last.startswith("550 5.1.6 NOT FILED")
     reference = assert_not_filed(final)
-    (row,) = gateway.rows("SELECT reference, size, sha256 FROM messages")
+    (row,) = gateway.messages()
     whole = as_received(content)
-    assert tuple(row) == (reference, len(whole), hashlib.sha256(whole).hexdigest())
+    assert (row.reference, row.size, row.sha256) == (
+        reference,
+        len(whole),
+        hashlib.sha256(whole).hexdigest(),
+    )
 
 
 async def test_a_line_over_1000_octets_in_mail_to_be_relayed_is_refused_on_record(
@@ -159,9 +157,9 @@ async def test_a_line_over_1000_octets_in_mail_to_be_relayed_is_refused_on_recor
     assert final is not None
     assert final.last.startswith("554 5.6.0 Line over 1000 octets")
     reference = reference_of(final)
-    (row,) = gw.rows("SELECT reference, refused_for FROM messages")
-    assert tuple(row) == (reference, "line-too-long")
-    assert gw.rows("SELECT * FROM jobs") == []
+    (row,) = gw.messages()
+    assert (row.reference, row.refused_for) == (reference, "line-too-long")
+    assert gw.jobs() == []
 
 
 async def test_end_of_data_is_found_only_at_crlf_dot_crlf_as_before(gateway: Gateway) -> None:
@@ -176,8 +174,8 @@ async def test_end_of_data_is_found_only_at_crlf_dot_crlf_as_before(gateway: Gat
         client.writer.write(body + b".\r\n")
         final = await client.reply()
     assert final.code == 550
-    (row,) = gateway.rows("SELECT size FROM messages")
-    assert row["size"] == len(body)
+    (row,) = gateway.messages()
+    assert row.size == len(body)
 
 
 # -- recipients and senders ---------------------------------------------------------------------
@@ -191,9 +189,9 @@ async def test_the_same_retired_recipient_twice_is_one_recipient_and_answered(
         assert [r.code for r in replies] == [250, 250]
         assert final is not None
         assert final.code == 550
-    rows = gateway.rows("SELECT reference, recipient FROM message_recipients")
+    rows = gateway.decisions()
     assert len(rows) == 2
-    assert len({r["reference"] for r in rows}) == 2
+    assert len({r.reference for r in rows}) == 2
 
 
 @pytest.mark.parametrize(
@@ -229,9 +227,9 @@ async def test_accept_and_notify_promises_no_notice_when_none_is_sent(
     assert final.code == 250
     assert "NOT FILED" in final.text
     assert "notice follows" not in final.text
-    (row,) = gw.rows("SELECT notice FROM messages")
-    assert row["notice"].startswith("suppressed:")
-    assert gw.rows("SELECT * FROM jobs") == []
+    (row,) = gw.messages()
+    assert row.notice.startswith("suppressed:")
+    assert gw.jobs() == []
 
 
 async def test_accept_and_notify_promises_the_notice_it_queues(
@@ -241,7 +239,7 @@ async def test_accept_and_notify_promises_the_notice_it_queues(
     _, final = await transaction(gw.port, [RETIRED], message())
     assert final is not None
     assert "a notice follows" in final.text
-    assert [j["kind"] for j in gw.rows("SELECT kind FROM jobs")] == ["notice"]
+    assert [j.kind for j in gw.jobs()] == ["notice"]
 
 
 async def test_an_attorney_answering_our_notice_gets_the_refusal_but_no_second_notice(
@@ -252,6 +250,6 @@ async def test_an_attorney_answering_our_notice_gets_the_refusal_but_no_second_n
     _, final = await transaction(gateway.port, [RETIRED], content)
     assert final is not None
     assert final.last.startswith("550 5.1.6 NOT FILED")
-    (row,) = gateway.rows("SELECT notice, outcome FROM messages")
-    assert (row["notice"], row["outcome"]) == ("suppressed:reply-to-notice", "rejected")
-    assert gateway.rows("SELECT * FROM jobs") == []
+    (row,) = gateway.messages()
+    assert (row.notice, row.outcome) == ("suppressed:reply-to-notice", "rejected")
+    assert gateway.jobs() == []

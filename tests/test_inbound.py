@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import smtplib
 import ssl
@@ -62,32 +61,32 @@ async def test_filing_after_cutoff_is_refused_after_data_with_the_portal_and_a_r
     assert len(final.last.encode("ascii")) <= 510
     reference = reference_of(final)
 
-    (row,) = gateway.rows("SELECT * FROM messages WHERE reference = ?", reference)
-    assert row["reply"] == final.last
-    assert (row["outcome"], row["mail_from"], row["helo"]) == (
+    (row,) = [m for m in gateway.messages() if m.reference == reference]
+    assert row.reply == final.last
+    assert (row.outcome, row.mail_from, row.helo) == (
         "rejected",
         SENDER,
         "client.lawfirm.example",
     )
-    assert row["peer_ip"] == "127.0.0.1"
-    assert row["tls"] is None
-    assert row["subject"] == "Motion to continue A123456789"
-    assert row["message_id"] == "<filing-1@lawfirm.example>"
-    assert row["date_header"] == "Wed, 13 Sep 2017 10:00:00 -0500"
-    assert row["size"] == len(content.replace(b"\n", b"\r\n").replace(b"\r\r\n", b"\r\n"))
-    assert [a["filename"] for a in json.loads(row["attachments"])] == ["motion.pdf"]
-    assert json.loads(row["a_numbers"]) == ["A123456789"]
-    assert row["received_at"] == AFTER_CUTOFF.isoformat(timespec="microseconds")
-    (decision,) = gateway.rows("SELECT * FROM message_recipients WHERE reference = ?", reference)
-    assert (decision["phase"], decision["action"]) == ("retired", "reject-after-data")
-    assert decision["local_time"] == "2017-09-13T10:00:00-05:00"
-    (job,) = gateway.rows("SELECT * FROM jobs WHERE reference = ?", reference)
-    assert (job["kind"], job["mail_from"], json.loads(job["recipients"])) == (
+    assert row.peer_ip == "127.0.0.1"
+    assert row.tls is None
+    assert row.subject == "Motion to continue A123456789"
+    assert row.message_id == "<filing-1@lawfirm.example>"
+    assert row.date_header == "Wed, 13 Sep 2017 10:00:00 -0500"
+    assert row.size == len(content.replace(b"\n", b"\r\n").replace(b"\r\r\n", b"\r\n"))
+    assert [a.filename for a in row.attachments] == ["motion.pdf"]
+    assert list(row.a_numbers) == ["A123456789"]
+    assert row.received_at == AFTER_CUTOFF
+    (decision,) = gateway.decisions(reference)
+    assert (decision.phase, decision.action) == ("retired", "reject-after-data")
+    assert decision.local_time == "2017-09-13T10:00:00-05:00"
+    (job,) = gateway.jobs(reference=reference)
+    assert (job.kind, job.mail_from, list(job.recipients)) == (
         "notice",
         "",
         [SENDER],
     )
-    assert gateway.rows("SELECT * FROM raw_messages") == []  # keep_raw is off by default
+    assert gateway.raw_copies() == []  # keep_raw is off by default
 
     by_name = {e["event"]: e for e in events}
     assert by_name["smtp.message.received"]["reference"] == reference
@@ -104,8 +103,8 @@ async def test_sender_date_header_does_not_decide(gateway: Gateway) -> None:
     _, final = await transaction(gateway, [RETIRED], backdated)
     assert final is not None
     assert final.code == 550
-    (row,) = gateway.rows("SELECT date_header FROM messages")
-    assert row["date_header"] == "Mon, 11 Sep 2017 09:00:00 -0500"
+    (row,) = gateway.messages()
+    assert row.date_header == "Mon, 11 Sep 2017 09:00:00 -0500"
 
 
 async def test_null_sender_is_refused_and_gets_no_notice(gateway: Gateway) -> None:
@@ -113,9 +112,9 @@ async def test_null_sender_is_refused_and_gets_no_notice(gateway: Gateway) -> No
         _, final = await transaction(gateway, [RETIRED], sender="")
     assert final is not None
     assert final.code == 550
-    (row,) = gateway.rows("SELECT notice FROM messages")
-    assert row["notice"] == "suppressed:null-sender"
-    assert gateway.rows("SELECT * FROM jobs") == []
+    (row,) = gateway.messages()
+    assert row.notice == "suppressed:null-sender"
+    assert gateway.jobs() == []
     assert {"event": "notice.suppressed", "reason": "null-sender"}.items() <= next(
         e for e in events if e["event"] == "notice.suppressed"
     ).items()
@@ -131,15 +130,15 @@ async def test_reject_at_rcpt_refuses_the_recipient_and_records_the_refusal(
     assert rcpt.text.startswith("5.1.6 NOT FILED")
     assert rcpt.last.isascii()
     assert len(rcpt.last) <= 510
-    (row,) = gw.rows("SELECT * FROM refusals")
-    assert row["reference"] == reference_of(rcpt)
-    assert (row["recipient"], row["mail_from"], row["phase"], row["reply"]) == (
+    (row,) = gw.refusals()
+    assert row.reference == reference_of(rcpt)
+    assert (row.recipient, row.mail_from, row.phase, row.reply) == (
         RETIRED,
         SENDER,
         "retired",
         rcpt.last,
     )
-    assert gw.rows("SELECT * FROM jobs") == []
+    assert gw.jobs() == []
 
 
 async def test_decommissioned_address_is_plain_550_5_1_1(start_gateway: GatewayFactory) -> None:
@@ -160,15 +159,15 @@ async def test_before_portal_opens_mail_is_accepted_and_queued_for_the_legacy_ho
     assert final is not None
     assert final.code == 250
     assert final.text.startswith("2.0.0 Queued as ")
-    (job,) = gw.rows("SELECT * FROM jobs")
-    assert (job["kind"], job["destination"], job["mail_from"]) == (
+    (job,) = gw.jobs()
+    assert (job.kind, job.destination, job.mail_from) == (
         "relay",
         "legacy.occ-chicago.example:25",
         SENDER,
     )
-    assert json.loads(job["recipients"]) == [RETIRED.upper()]  # relayed exactly as addressed
-    (raw,) = gw.rows("SELECT raw FROM raw_messages")
-    assert raw["raw"].startswith(b"From: Pat Paralegal")
+    assert list(job.recipients) == [RETIRED.upper()]  # relayed exactly as addressed
+    (raw,) = gw.raw_copies()
+    assert raw.raw.startswith(b"From: Pat Paralegal")
 
 
 async def test_in_the_warn_phase_mail_is_relayed_and_the_sender_advised(
@@ -178,8 +177,8 @@ async def test_in_the_warn_phase_mail_is_relayed_and_the_sender_advised(
     _, final = await transaction(gw, [RETIRED])
     assert final is not None
     assert final.code == 250
-    jobs = gw.rows("SELECT kind, mail_from, recipients FROM jobs ORDER BY kind")
-    assert [(j["kind"], j["mail_from"]) for j in jobs] == [("advisory", ""), ("relay", SENDER)]
+    jobs = sorted(gw.jobs(), key=lambda j: j.kind)
+    assert [(j.kind, j.mail_from) for j in jobs] == [("advisory", ""), ("relay", SENDER)]
 
 
 # -- recipients that are not ours ---------------------------------------------------------------
@@ -199,7 +198,7 @@ async def test_other_recipients_are_refused_and_never_relayed(
     (rcpt,), final = await transaction(gateway, [recipient])
     assert rcpt.last == reply
     assert final is None
-    assert gateway.rows("SELECT * FROM jobs") == []
+    assert gateway.jobs() == []
 
 
 @pytest.mark.parametrize(
@@ -219,11 +218,11 @@ async def test_unknown_mailbox_in_an_office_domain_names_the_portal_and_is_recor
     assert rcpt.last.startswith("550 5.1.1 No such mailbox here")
     assert "NOT FILED" in rcpt.last.upper() or "nothing was filed" in rcpt.last
     assert "https://eservice.ice.gov/" in rcpt.last
-    (refusal,) = gateway.rows("SELECT * FROM refusals")
-    assert refusal["recipient"] == recipient
-    assert refusal["reason"] == "no-such-mailbox"
-    assert f"(ref {refusal['reference']})" in rcpt.last
-    assert gateway.rows("SELECT * FROM jobs") == []
+    (refusal,) = gateway.refusals()
+    assert refusal.recipient == recipient
+    assert refusal.reason == "no-such-mailbox"
+    assert f"(ref {refusal.reference})" in rcpt.last
+    assert gateway.jobs() == []
 
 
 async def test_postmaster_is_accepted_after_the_cutoff_and_kept_for_the_operator(
@@ -232,12 +231,11 @@ async def test_postmaster_is_accepted_after_the_cutoff_and_kept_for_the_operator
     _, final = await transaction(gateway, ["PostMaster@occ-chicago.example"])
     assert final is not None
     assert final.code == 250
-    (row,) = gateway.rows(
-        "SELECT m.outcome, r.raw FROM messages m JOIN raw_messages r USING (reference)"
-    )
-    assert row["outcome"] == "accepted"
-    assert b"Motion to continue" in row["raw"]
-    assert gateway.rows("SELECT * FROM jobs") == []
+    (row,) = gateway.messages()
+    (raw,) = [c for c in gateway.raw_copies() if c.reference == row.reference]
+    assert row.outcome == "accepted"
+    assert b"Motion to continue" in raw.raw
+    assert gateway.jobs() == []
 
 
 async def test_recipients_answered_differently_are_deferred_to_another_transaction(
@@ -258,8 +256,8 @@ async def test_recipients_answered_differently_are_deferred_to_another_transacti
     assert final is not None
     assert final.code == 550
     assert "ICE OCC Chicago" in final.text
-    (row,) = gw.rows("SELECT recipients FROM messages")
-    assert json.loads(row["recipients"]) == [RETIRED, "occ-chicago-service@occ-chicago.example"]
+    (row,) = gw.messages()
+    assert list(row.recipients) == [RETIRED, "occ-chicago-service@occ-chicago.example"]
 
 
 async def test_too_many_recipients_get_452(start_gateway: GatewayFactory) -> None:
@@ -344,8 +342,8 @@ async def test_deeply_nested_mime_is_recorded_without_failing(gateway: Gateway) 
     _, final = await transaction(gateway, [RETIRED], content)
     assert final is not None
     assert final.code == 550
-    (row,) = gateway.rows("SELECT mime_truncated, subject FROM messages")
-    assert (row["mime_truncated"], row["subject"]) == (1, "nest")
+    (row,) = gateway.messages()
+    assert (row.mime_truncated, row.subject) == (1, "nest")
 
 
 async def test_smtplib_sees_the_refusal_as_a_data_error(gateway: Gateway) -> None:
@@ -414,8 +412,8 @@ async def test_starttls_is_offered_with_a_certificate_and_recorded(
             await client.sendmail(SENDER, [RETIRED], message())
         await client.quit()
     assert refused.value.code == 550
-    (row,) = gw.rows("SELECT tls FROM messages")
-    assert row["tls"].startswith("TLSv1.")
+    (row,) = gw.messages()
+    assert row.tls.startswith("TLSv1.")
 
 
 # -- limits and failures ------------------------------------------------------------------------
@@ -491,9 +489,9 @@ async def test_many_concurrent_sessions_each_get_their_own_durable_record(
 
     async with asyncio.timeout(30):
         references = await asyncio.gather(*(one(i) for i in range(40)))
-    rows = gateway.rows("SELECT reference, subject FROM messages")
-    assert {r["reference"] for r in rows} == set(references)
-    assert len(gateway.rows("SELECT * FROM jobs WHERE kind = 'notice'")) == 40
+    rows = gateway.messages()
+    assert {r.reference for r in rows} == set(references)
+    assert len(gateway.jobs(kind="notice")) == 40
 
 
 async def test_listens_on_ipv6_loopback(start_gateway: GatewayFactory) -> None:
@@ -505,8 +503,8 @@ async def test_listens_on_ipv6_loopback(start_gateway: GatewayFactory) -> None:
         assert (await client.cmd(f"RCPT TO:<{RETIRED}>")).code == 250
         final = await client.data(message())
     assert final.code == 550
-    (row,) = gw.rows("SELECT peer_ip FROM messages")
-    assert row["peer_ip"] == "::1"
+    (row,) = gw.messages()
+    assert row.peer_ip == "::1"
 
 
 # -- sender authentication: trusted networks ---------------------------------------------------
@@ -520,9 +518,9 @@ async def test_untrusted_sender_is_refused_and_never_mailed(start_gateway: Gatew
         _, final = await transaction(gw, [RETIRED], source=UNTRUSTED)
     assert final is not None
     assert final.code == 550
-    (row,) = gw.rows("SELECT notice, peer_ip FROM messages")
-    assert (row["notice"], row["peer_ip"]) == ("suppressed:sender-not-authenticated", UNTRUSTED)
-    assert gw.rows("SELECT * FROM jobs") == []
+    (row,) = gw.messages()
+    assert (row.notice, row.peer_ip) == ("suppressed:sender-not-authenticated", UNTRUSTED)
+    assert gw.jobs() == []
     suppressed = [e for e in events if e["event"] == "notice.suppressed"]
     assert [e["reason"] for e in suppressed] == ["sender-not-authenticated"]
 
@@ -537,9 +535,9 @@ async def test_accept_and_notify_accepts_a_trusted_sender_and_says_not_filed(
     assert final.text.startswith(
         "2.0.0 Received but NOT FILED: ICE OCC Chicago takes electronic filings only"
     )
-    (job,) = gw.rows("SELECT kind, mail_from, recipients FROM jobs")
-    assert (job["kind"], job["mail_from"]) == ("notice", "")
-    assert json.loads(job["recipients"]) == [SENDER]
+    (job,) = gw.jobs()
+    assert (job.kind, job.mail_from) == ("notice", "")
+    assert list(job.recipients) == [SENDER]
 
 
 async def test_accept_and_notify_refuses_an_unauthenticated_sender(
@@ -552,15 +550,15 @@ async def test_accept_and_notify_refuses_an_unauthenticated_sender(
     _, final = await transaction(gw, [RETIRED], source=UNTRUSTED)
     assert final is not None
     assert final.code == 550
-    (decision,) = gw.rows("SELECT action, reason FROM message_recipients")
-    assert decision["action"] == "reject-after-data"
-    assert "not authenticated" in decision["reason"]
-    assert gw.rows("SELECT * FROM jobs") == []
+    (decision,) = gw.decisions()
+    assert decision.action == "reject-after-data"
+    assert "not authenticated" in decision.reason
+    assert gw.jobs() == []
 
 
 async def test_own_notice_address_never_gets_a_notice(gateway: Gateway) -> None:
     _, final = await transaction(gateway, [RETIRED], sender="no-reply@mx.test.example")
     assert final is not None
     assert final.code == 550
-    (row,) = gateway.rows("SELECT notice FROM messages")
-    assert row["notice"] == "suppressed:own-address"
+    (row,) = gateway.messages()
+    assert row.notice == "suppressed:own-address"

@@ -28,7 +28,7 @@ async def file(
 
 
 def notices(gw: Gateway) -> int:
-    return len(gw.rows("SELECT id FROM jobs WHERE kind = 'notice'"))
+    return len(gw.jobs(kind="notice"))
 
 
 # -- duplicates -----------------------------------------------------------------------------
@@ -40,11 +40,11 @@ async def test_the_same_filing_sent_again_gets_its_reply_but_one_notice(gateway:
         second = await file(gateway)
     assert first[0] == second[0] == 550  # each attempt is still answered and recorded
     assert notices(gateway) == 1
-    rows = gateway.rows("SELECT reference, notice, duplicate_of FROM messages ORDER BY rowid")
-    assert [r["notice"] for r in rows] == ["queued", "suppressed:duplicate"]
-    assert rows[1]["duplicate_of"] == rows[0]["reference"]
+    rows = gateway.messages()
+    assert [r.notice for r in rows] == ["queued", "suppressed:duplicate"]
+    assert rows[1].duplicate_of == rows[0].reference
     (repeat,) = [e for e in events if e["event"] == "notice.suppressed"]
-    assert (repeat["reason"], repeat["duplicate_of"]) == ("duplicate", rows[0]["reference"])
+    assert (repeat["reason"], repeat["duplicate_of"]) == ("duplicate", rows[0].reference)
 
 
 async def test_without_message_id_the_same_bytes_are_the_same_message(gateway: Gateway) -> None:
@@ -85,9 +85,9 @@ async def test_a_burst_from_one_sender_crosses_its_limit_and_gets_451(
     assert "NOT FILED" in replies[3][1]
     assert "https://eservice.ice.gov/" in replies[3][1]
     assert notices(gw) == 3
-    limited = gw.rows("SELECT outcome, notice, reply FROM messages WHERE outcome = 'deferred'")
-    assert {r["notice"] for r in limited} == {"suppressed:rate-limit-sender"}
-    assert all(r["reply"].startswith("451 4.7.1") for r in limited)
+    limited = [m for m in gw.messages() if m.outcome == "deferred"]
+    assert {r.notice for r in limited} == {"suppressed:rate-limit-sender"}
+    assert all(r.reply.startswith("451 4.7.1") for r in limited)
     # Another sender at the same firm is not held back by it.
     other = await file(gw, sender="associate@lawfirm.example")
     assert other[0] == 550
@@ -119,7 +119,7 @@ async def test_an_advisory_over_the_limit_is_dropped_and_the_mail_still_relayed(
     gw = await start_gateway(clock_at=WARN_TIME, limits={"notices_per_sender": 1})
     codes = [(await file(gw, content=message(message_id=f"<w{n}@x.example>")))[0] for n in range(2)]
     assert codes == [250, 250]
-    kinds = [j["kind"] for j in gw.rows("SELECT kind FROM jobs ORDER BY id")]
+    kinds = [j.kind for j in gw.jobs()]
     assert kinds == ["relay", "advisory", "relay"]
 
 
@@ -188,9 +188,9 @@ async def test_an_auto_responder_answering_our_notice_is_refused_and_never_answe
     )
     code, reply = await file(gateway, content=content)
     assert (code, reply) == (554, "554 5.4.6 Mail loop detected; this message is not answered")
-    (row,) = gateway.rows("SELECT notice, outcome FROM messages")
-    assert (row["notice"], row["outcome"]) == ("suppressed:loop-reply-to-own-notice", "rejected")
-    assert gateway.rows("SELECT * FROM jobs") == []
+    (row,) = gateway.messages()
+    assert (row.notice, row.outcome) == ("suppressed:loop-reply-to-own-notice", "rejected")
+    assert gateway.jobs() == []
 
 
 async def test_a_message_with_too_many_hops_is_refused(gateway: Gateway) -> None:
@@ -200,7 +200,7 @@ async def test_a_message_with_too_many_hops_is_refused(gateway: Gateway) -> None
     )
     code, _ = await file(gateway, content=hops + message())
     assert code == 554
-    assert gateway.rows("SELECT * FROM jobs") == []
+    assert gateway.jobs() == []
 
 
 # -- the PROXY protocol ---------------------------------------------------------------------------
@@ -216,10 +216,10 @@ async def test_proxy_protocol_gives_the_real_client_address(start_gateway: Gatew
         await client.cmd(f"RCPT TO:<{RETIRED}>")
         final = await client.data(message())
     assert final.code == 550
-    (row,) = gw.rows("SELECT peer_ip, peer_port, notice FROM messages")
-    assert (row["peer_ip"], row["peer_port"]) == ("203.0.113.7", 40123)
+    (row,) = gw.messages()
+    assert (row.peer_ip, row.peer_port) == ("203.0.113.7", 40123)
     # The real client is on the internet, not a trusted network: no notice for it.
-    assert row["notice"] == "suppressed:sender-not-authenticated"
+    assert row.notice == "suppressed:sender-not-authenticated"
     assert reference_of(final)
 
 
@@ -231,7 +231,7 @@ async def test_proxy_header_from_an_untrusted_peer_is_refused(
         await client.send("PROXY TCP4 203.0.113.7 127.0.0.1 40123 25")
         with pytest.raises(ConnectionError):
             await client.reply()
-    assert gw.rows("SELECT * FROM messages") == []
+    assert gw.messages() == []
 
 
 async def test_missing_proxy_header_closes_the_connection(start_gateway: GatewayFactory) -> None:
@@ -240,4 +240,4 @@ async def test_missing_proxy_header_closes_the_connection(start_gateway: Gateway
         await client.send("EHLO client.lawfirm.example")
         with pytest.raises(ConnectionError):
             await client.reply()
-    assert json.dumps(gw.rows("SELECT * FROM messages")) == "[]"
+    assert json.dumps(gw.messages()) == "[]"

@@ -14,9 +14,9 @@ import contextlib
 import io
 import json
 import re
-import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +36,7 @@ from gateway.errors import ConfigError
 from gateway.http.health import Endpoint, Readiness, start_endpoint
 from gateway.http.metrics import EventMetrics, new_registry
 from gateway.notices.render import NoticeRenderer
+from gateway.store.db import Store
 from tests.conftest import Gateway, GatewayFactory
 from tests.polling import eventually
 from tests.test_serve_process import (
@@ -344,16 +345,22 @@ async def test_an_operators_open_write_transaction_fails_store_then_worker_until
     start_probe: ProbeFactory,
 ) -> None:
     probe: Probe = await start_probe(ready_timeout=0.2, stall_after=0.5)
-    operator = sqlite3.connect(probe.gw.settings.storage.database, isolation_level=None)
+    # Another writer of the same file (an operator's tool) holds its write transaction open,
+    # as a sqlite3 shell left in BEGIN IMMEDIATE would: its write waits until released.
+    operator, released = Store(probe.gw.settings.storage.database), threading.Event()
+    await operator.open()
     try:
-        operator.execute("BEGIN IMMEDIATE")  # as a sqlite3 shell left open would
+        holding = operator.write(lambda conn: released.wait())
         # The worker's next claim waits for the lock; once that outlasts stall_after, the
         # worker counts as stalled too.
         status, body = await ready_until(probe.base, lambda b: "delivery" in b["failing"])
-        operator.execute("ROLLBACK")
+        released.set()
+        async with asyncio.timeout(10):
+            await holding
         recovered, after = await ready_until(probe.base, lambda b: b["ready"])
     finally:
-        operator.close()
+        released.set()
+        await operator.close()
     assert status == 503
     assert body["failing"] == ["store", "delivery"]
     assert body["checks"]["store"] == {"ok": False, "detail": "no commit within 0.2 s"}

@@ -17,6 +17,7 @@ from gateway.config import GatewaySettings
 from gateway.ops.auditcmd import AuditRequest, run_audit
 from gateway.smtp.postmaster import PostmasterRequest, forward_jobs, run_postmaster
 from gateway.store.db import JobRecord
+from gateway.store.queries import list_notice_counts
 from gateway.store.retention import purge_raw
 from tests.conftest import AFTER_CUTOFF, RETIRED, SENDER, Gateway, GatewayFactory
 from tests.polling import eventually
@@ -57,8 +58,7 @@ async def mail_postmaster(gw: Gateway, content: bytes) -> str:
     _, final = await transaction(gw.port, [POSTMASTER], content=content, sender="")
     assert final is not None
     assert final.code == 250
-    (row,) = gw.rows("SELECT reference FROM messages ORDER BY received_at DESC LIMIT 1")
-    return str(row["reference"])
+    return gw.messages()[-1].reference  # the latest
 
 
 async def test_postmaster_mail_is_forwarded_unchanged_with_the_null_sender(
@@ -77,15 +77,15 @@ async def test_postmaster_mail_is_forwarded_unchanged_with_the_null_sender(
     assert received.recipients == (OPERATOR, "ops2@agency.example")
     head, _, rest = received.data.partition(b"\r\n\tby mx.test.example")
     assert head.startswith(b"Received: from client.lawfirm.example ([127.0.0.1])")
-    (raw,) = gw.rows("SELECT raw, keep_until FROM raw_messages")
-    assert received.data.endswith(raw["raw"])
-    assert received.data.split(b"\r\n", 3)[3] == raw["raw"]  # byte for byte below Received
-    assert raw["keep_until"] is None  # postmaster mail stays for the operator
-    (record,) = gw.rows("SELECT notice FROM messages")
-    assert record["notice"] != "queued"  # no notice, and none counted against the limits
-    assert gw.rows("SELECT * FROM notice_counts") == []
-    (job,) = gw.rows("SELECT kind, mail_from, state FROM jobs")
-    assert (job["kind"], job["mail_from"], job["state"]) == ("forward", "", "delivered")
+    (raw,) = gw.raw_copies()
+    assert received.data.endswith(raw.raw)
+    assert received.data.split(b"\r\n", 3)[3] == raw.raw  # byte for byte below Received
+    assert raw.keep_until is None  # postmaster mail stays for the operator
+    (record,) = gw.messages()
+    assert record.notice != "queued"  # no notice, and none counted against the limits
+    assert gw.read(list_notice_counts) == []
+    (job,) = gw.jobs()
+    assert (job.kind, job.mail_from, job.state) == ("forward", "", "delivered")
     assert rest
 
 
@@ -123,8 +123,8 @@ async def test_the_forward_shows_in_audit_show_and_in_postmaster_list_and_show(
         "SUBJECT",
     ]
     assert row.split()[0] == reference
-    (raw,) = gw.rows("SELECT raw FROM raw_messages")
-    assert row.split()[3:] == ["<>", str(len(raw["raw"])), "delivered", "Abuse", "report"]
+    (raw,) = gw.raw_copies()
+    assert row.split()[3:] == ["<>", str(len(raw.raw)), "delivered", "Abuse", "report"]
 
     shown = postmaster(gw, "show", reference=reference)
     assert shown.status == 0
@@ -137,15 +137,15 @@ async def test_the_forward_shows_in_audit_show_and_in_postmaster_list_and_show(
 async def test_export_writes_the_exact_bytes_received(gateway: Gateway, tmp_path: Any) -> None:
     content = message(subject="Exact", to=POSTMASTER, body="a\r\n.dot line\r\nend")
     reference = await mail_postmaster(gateway, content)
-    (raw,) = gateway.rows("SELECT raw FROM raw_messages")
+    (raw,) = gateway.raw_copies()
 
     exported = postmaster(gateway, "export", reference=reference)
     assert exported.status == 0
-    assert exported.data == raw["raw"]
+    assert exported.data == raw.raw
     assert exported.data.replace(b"\r\n", b"\n") == content.replace(b"\r\n", b"\n")
     target = tmp_path / "out.eml"
     assert postmaster(gateway, "export", reference=reference, output=target).status == 0
-    assert target.read_bytes() == raw["raw"]
+    assert target.read_bytes() == raw.raw
 
 
 async def test_list_filters_by_since_and_limit_newest_first(gateway: Gateway) -> None:
@@ -187,13 +187,11 @@ async def test_forward_of_a_retained_refused_message_reaches_the_sink(
     await run_worker(gw)
     delivered = await sink.wait_for(2)  # the sender's notice, and the forward
     (received,) = [r for r in delivered if r.recipients != (SENDER,)]
-    (raw,) = gw.rows("SELECT raw FROM raw_messages")
+    (raw,) = gw.raw_copies()
     assert received.mail_from == "<>"
     assert received.recipients == (OPERATOR,)
-    assert received.data.endswith(raw["raw"])
-    await eventually(
-        lambda: gw.rows("SELECT 1 FROM jobs WHERE kind = 'forward' AND state = 'delivered'")
-    )
+    assert received.data.endswith(raw.raw)
+    await eventually(lambda: gw.jobs(kind="forward", state="delivered"))
     shown = postmaster(gw, "show", reference=reference)
     assert f"delivered to {OPERATOR}" in shown.out
     assert await purge_raw(gw.store, AFTER_CUTOFF.replace(month=12)) == 1
@@ -230,7 +228,7 @@ def test_forward_jobs_go_one_per_recipient_domain_from_the_null_sender() -> None
 
 async def test_without_forward_to_postmaster_mail_is_only_kept(gateway: Gateway) -> None:
     reference = await mail_postmaster(gateway, message(to=POSTMASTER, sender=SENDER))
-    assert gateway.rows("SELECT * FROM jobs") == []
+    assert gateway.jobs() == []
     (line,) = postmaster(gateway, "list").out.splitlines()[1:]
     assert line.split()[0] == reference
     assert line.split()[5] == "-"

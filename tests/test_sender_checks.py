@@ -74,12 +74,12 @@ async def send(
 
 
 def record(gw: Gateway) -> Any:
-    (row,) = gw.rows("SELECT outcome, notice, auth FROM messages")
+    (row,) = gw.messages()
     return row
 
 
 def notices(gw: Gateway) -> int:
-    return len(gw.rows("SELECT id FROM jobs WHERE kind = 'notice'"))
+    return len(gw.jobs(kind="notice"))
 
 
 async def test_spf_pass_gets_the_refusal_and_a_notice(
@@ -90,11 +90,11 @@ async def test_spf_pass_gets_the_refusal_and_a_notice(
         code, _ = await send(gw, filing())
     assert code == 550
     row = record(gw)
-    assert row["notice"] == "queued"
-    assert "spf=pass smtp.mailfrom=lawfirm.example" in row["auth"]
+    assert row.notice == "queued"
+    assert "spf=pass smtp.mailfrom=lawfirm.example" in row.auth
     assert notices(gw) == 1
     (received,) = [e for e in events if e["event"] == "smtp.message.received"]
-    assert received["auth"] == row["auth"]
+    assert received["auth"] == row.auth
 
 
 async def test_forged_sender_from_an_spf_fail_domain_is_never_mailed(
@@ -104,9 +104,9 @@ async def test_forged_sender_from_an_spf_fail_domain_is_never_mailed(
     code, _ = await send(gw, filing(), source=FORGER)
     assert code == 550  # the SMTP-time refusal is the forger's only answer
     row = record(gw)
-    assert row["notice"] == "suppressed:sender-not-authenticated"
-    assert "spf=fail" in row["auth"]
-    assert "dmarc=fail" in row["auth"]
+    assert row.notice == "suppressed:sender-not-authenticated"
+    assert "spf=fail" in row.auth
+    assert "dmarc=fail" in row.auth
     assert notices(gw) == 0
 
 
@@ -117,9 +117,9 @@ async def test_forwarded_mail_with_an_aligned_dkim_pass_is_noticed(
     code, _ = await send(gw, signed(filing()), source=FORGER)  # a forwarder: SPF fails
     assert code == 550
     row = record(gw)
-    assert "spf=fail" in row["auth"]
-    assert "dkim=pass header.d=lawfirm.example" in row["auth"]
-    assert row["notice"] == "queued"
+    assert "spf=fail" in row.auth
+    assert "dkim=pass header.d=lawfirm.example" in row.auth
+    assert row.notice == "queued"
 
 
 async def test_dkim_signed_but_altered_body_is_not_authenticated(
@@ -129,8 +129,8 @@ async def test_dkim_signed_but_altered_body_is_not_authenticated(
     tampered = signed(filing()).replace(b"Please find attached.", b"Please find nothing.")
     await send(gw, tampered, source=FORGER)
     row = record(gw)
-    assert "dkim=fail" in row["auth"]
-    assert row["notice"] == "suppressed:sender-not-authenticated"
+    assert "dkim=fail" in row.auth
+    assert row.notice == "suppressed:sender-not-authenticated"
 
 
 async def test_dns_timeout_answers_451_and_never_drops_silently(
@@ -142,7 +142,7 @@ async def test_dns_timeout_answers_451_and_never_drops_silently(
     assert code == 451
     assert reply.startswith("451 4.4.3 Could not check the sender's domain")
     row = record(gw)
-    assert (row["outcome"], row["notice"]) == ("deferred", "suppressed:sender-check-temperror")
+    assert (row.outcome, row.notice) == ("deferred", "suppressed:sender-check-temperror")
     assert notices(gw) == 0
 
 

@@ -3,7 +3,7 @@
 Each test starts `python -m gateway ...` with a TOML file written to tmp_path, reads its JSON
 audit events from stdout (readiness is the `gateway.listening` event, never a sleep), talks
 SMTP to it over loopback with aiosmtplib, signals it as an init system would, and checks the
-state store afterwards with sqlite3, as an operator's own tools would.
+state store afterwards through the store's interface, as an operator's own tools would.
 """
 
 from __future__ import annotations
@@ -18,14 +18,25 @@ import socket
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosmtplib
 import pytest
 
+from gateway.store.db import connect
+from gateway.store.outbox import find_jobs
+from gateway.store.queries import (
+    integrity_problems,
+    list_decisions,
+    list_messages,
+    read_message,
+    read_raw,
+)
+
+T = TypeVar("T")
 AFTER_CUTOFF = "2017-09-13T10:00:00-05:00"  # the founding office's addresses are retired
 BEFORE_CUTOFF = "2017-09-01T10:00:00-05:00"  # before its portal opened: mail is relayed
 
@@ -123,10 +134,10 @@ def database(tmp_path: Path) -> Path:
     return tmp_path / "state" / "gateway.sqlite3"
 
 
-def query(db: Path, sql: str, *params: object) -> list[sqlite3.Row]:
-    with contextlib.closing(sqlite3.connect(db)) as conn:
-        conn.row_factory = sqlite3.Row
-        return conn.execute(sql, params).fetchall()
+def read_store(db: Path, query: Callable[[sqlite3.Connection], T]) -> T:
+    """Ask the store's interface on a connection of its own, as an operator's tool would."""
+    with contextlib.closing(connect(db)) as conn:
+        return query(conn)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,20 +337,21 @@ def expected_jobs(attempt: Attempt) -> list[tuple[str, str, list[str], str | Non
 def assert_recorded(db: Path, reply: Reply) -> None:
     """The operator's check: the reply quoted to the sender is on record, with its jobs."""
     reference, attempt = reply.reference, reply.attempt
-    (row,) = query(db, "SELECT * FROM messages WHERE reference = ?", reference)
-    assert row["reply"] == reply.text
-    assert row["mail_from"] == attempt.sender
-    assert row["outcome"] == ("accepted" if reply.code == 250 else "rejected")
-    recipients = query(db, "SELECT * FROM message_recipients WHERE reference = ?", reference)
-    assert [r["recipient"] for r in recipients] == [attempt.recipient]
-    jobs = query(db, "SELECT * FROM jobs WHERE reference = ? ORDER BY id", reference)
-    assert [
-        (j["kind"], j["office"], json.loads(j["recipients"]), j["destination"]) for j in jobs
-    ] == expected_jobs(attempt)
-    assert all(j["state"] == "queued" for j in jobs)
+    row = read_store(db, lambda conn: read_message(conn, reference))
+    assert row is not None
+    assert row.reply == reply.text
+    assert row.mail_from == attempt.sender
+    assert row.outcome == ("accepted" if reply.code == 250 else "rejected")
+    recipients = read_store(db, lambda conn: list_decisions(conn, reference))
+    assert [r.recipient for r in recipients] == [attempt.recipient]
+    jobs = read_store(db, lambda conn: find_jobs(conn, reference=reference))
+    assert [(j.kind, j.office, list(j.recipients), j.destination) for j in jobs] == expected_jobs(
+        attempt
+    )
+    assert all(j.state == "queued" for j in jobs)
     if attempt.recipient == LATER:
         # Mail still to be relayed is kept, or there would be nothing to relay.
-        assert query(db, "SELECT 1 FROM raw_messages WHERE reference = ?", reference)
+        assert read_store(db, lambda conn: read_raw(conn, reference)) is not None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,13 +393,11 @@ async def test_every_reply_sent_before_sigkill_is_on_record(tmp_path: Path) -> N
         assert await restarted.gateway.stop() == 0
 
     db = database(tmp_path)
-    assert [tuple(r) for r in query(db, "PRAGMA integrity_check")] == [("ok",)]
-    assert query(db, "PRAGMA foreign_key_check") == []
+    assert read_store(db, integrity_problems) == []  # SQLite's own check, and foreign keys
     for reply in replies:
         assert_recorded(db, reply)
     assert len({r.reference for r in replies}) == len(replies)
-    (count,) = query(db, "SELECT count(*) FROM messages")
-    assert count[0] == len(replies)
+    assert len(read_store(db, list_messages)) == len(replies)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -455,14 +465,15 @@ async def test_mail_before_the_cutoff_is_accepted_and_queued_for_relay(tmp_path:
     assert reply.code == 250
     assert reply.reference.startswith("20170901-")
     db = database(tmp_path)
-    (job,) = query(db, "SELECT * FROM jobs WHERE reference = ?", reply.reference)
-    assert (job["kind"], job["office"], json.loads(job["recipients"])) == (
+    (job,) = read_store(db, lambda conn: find_jobs(conn, reference=reply.reference))
+    assert (job.kind, job.office, list(job.recipients)) == (
         "relay",
         CHICAGO_OFFICE,
         [RETIRED],
     )
-    (row,) = query(db, "SELECT reply, outcome FROM messages WHERE reference = ?", reply.reference)
-    assert tuple(row) == (reply.text, "accepted")
+    row = read_store(db, lambda conn: read_message(conn, reply.reference))
+    assert row is not None
+    assert (row.reply, row.outcome) == (reply.text, "accepted")
 
 
 async def test_sigterm_right_after_gateway_listening_exits_0(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 
@@ -34,6 +35,7 @@ from gateway.store.sentmail import purge_sent
 __all__ = [
     "BATCH",
     "Purged",
+    "purge_message",
     "purge_notices",
     "purge_once",
     "purge_periodically",
@@ -108,17 +110,39 @@ def _purge_messages(conn: sqlite3.Connection, *, before: str, limit: int) -> Pur
         " ORDER BY received_at LIMIT ?",
         (before, *_PENDING, limit),
     ).fetchall()
-    references = [(row[0],) for row in rows]
+    return _purge_references(conn, [row[0] for row in rows])
+
+
+def purge_message(
+    conn: sqlite3.Connection, reference: str, *, should_keep_jobs: bool = False
+) -> Purged:
+    """Delete one message's record now, whatever its jobs' state; `should_keep_jobs` leaves
+    its jobs and their attempts behind, as a hand-made repair of the file might.
+
+    Retention itself waits for the jobs to finish (`purge_records`); this is for tools and
+    tests that stand in for what happens to a store outside the gateway.
+    """
+    return _purge_references(conn, [reference], should_keep_jobs=should_keep_jobs)
+
+
+def _purge_references(
+    conn: sqlite3.Connection, references: Sequence[str], *, should_keep_jobs: bool = False
+) -> Purged:
+    keys = [(reference,) for reference in references]
 
     def delete(sql: str) -> int:
-        return conn.executemany(sql, references).rowcount
+        return conn.executemany(sql, keys).rowcount
 
     # Children first: attempts belong to jobs, recipients and raw bytes to messages.
-    return Purged(
-        attempts=delete(
-            "DELETE FROM attempts WHERE job_id IN (SELECT id FROM jobs WHERE reference = ?)"
-        ),
-        jobs=delete("DELETE FROM jobs WHERE reference = ?"),
+    jobs = Purged()
+    if not should_keep_jobs:
+        jobs = Purged(
+            attempts=delete(
+                "DELETE FROM attempts WHERE job_id IN (SELECT id FROM jobs WHERE reference = ?)"
+            ),
+            jobs=delete("DELETE FROM jobs WHERE reference = ?"),
+        )
+    return jobs + Purged(
         raw_messages=delete("DELETE FROM raw_messages WHERE reference = ?"),
         message_recipients=delete("DELETE FROM message_recipients WHERE reference = ?"),
         messages=delete("DELETE FROM messages WHERE reference = ?"),
