@@ -141,7 +141,7 @@ async def serving_to_file(config: Path, log: Path) -> AsyncIterator[tuple[Any, i
         if process.returncode is None:
             process.kill()
         async with asyncio.timeout(STOP_TIMEOUT):
-            await process.wait()
+            await process.communicate()  # waits, and closes the stderr pipe
 
 
 @needs_root
