@@ -65,7 +65,10 @@ async def test_sigterm_closes_idle_sessions_at_once_and_lets_transactions_finish
     config = write_config(tmp_path, drain_timeout=DRAIN_S)
     async with serving(config, as_of=AFTER_CUTOFF) as served:
         idle = await Client.connect(served.port)
-        between = await Client.connect(served.port)
+        between = await Client.connect(served.port)  # one transaction done, none begun
+        await between.begin()
+        assert (await between.command("DATA")).startswith("354 ")
+        assert (await between.command(HEAD + "Body.\r\n.")).startswith("550 5.1.6 ")
         in_transaction = await Client.connect(served.port)
         await in_transaction.begin()
         in_data = await Client.connect(served.port)
@@ -78,6 +81,7 @@ async def test_sigterm_closes_idle_sessions_at_once_and_lets_transactions_finish
         idle_reply = await idle.reply()
         idle_after = time.monotonic() - signalled
         between_reply = await between.reply()
+        between_after = time.monotonic() - signalled
 
         await asyncio.sleep(1.0)  # well inside the drain: both transactions are still served
         in_data.writer.write(b"Respondent A123456789.\r\n.\r\n")
@@ -96,6 +100,7 @@ async def test_sigterm_closes_idle_sessions_at_once_and_lets_transactions_finish
 
     assert idle_reply.startswith("421 4.3.2 ")
     assert between_reply.startswith("421 4.3.2 ")
+    assert between_after < 1.5
     assert idle_after < 1.5
     assert data_reply.startswith("550 5.1.6 ")
     assert transaction_reply.startswith("550 5.1.6 ")
