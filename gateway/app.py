@@ -14,13 +14,15 @@ import signal
 import socket
 import ssl
 import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 from structlog.typing import Processor
 
 from gateway import __version__
-from gateway.audit.chain import anchored
+from gateway.audit.chain import ChainedLog, anchored
 from gateway.audit.log import configure_logging
 from gateway.clock import Clock, make_clock
 from gateway.config import GatewaySettings, ServerSettings
@@ -38,7 +40,7 @@ from gateway.store.db import Store
 from gateway.store.outbox import Outbox
 from gateway.store.retention import purge_periodically
 
-__all__ = ["Parts", "build_delivery", "serve", "tls_context"]
+__all__ = ["Parts", "build_delivery", "check_state_dir", "serve", "tls_context", "watch_log"]
 
 log = structlog.get_logger()
 
@@ -75,6 +77,24 @@ class Parts:
     def observers(self) -> tuple[Processor, ...]:
         """The structlog processors to hand configure_logging()."""
         return () if self.metrics is None else (self.metrics.observe,)
+
+
+def check_state_dir(state_dir: Path) -> None:
+    """Create the state directory if need be, and make sure files can be written in it.
+
+    Checked before anything else writes there (the DKIM key, the store), so that a read-only
+    or unwritable directory is reported as what it is: a host that cannot run the gateway.
+
+    Raises:
+        OSError: the directory cannot be created or written; the message names it.
+    """
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=state_dir):
+            pass
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        raise OSError(exc.errno, f"state directory {state_dir} is not writable: {why}") from exc
 
 
 def prepare(settings: GatewaySettings, *, as_of: str | None) -> Parts:
@@ -116,6 +136,11 @@ def build_delivery(
 def serve(settings: GatewaySettings, *, as_of: str | None = None) -> int:
     """Run the gateway until SIGTERM or SIGINT; returns the exit status."""
     try:
+        check_state_dir(settings.storage.state_dir)
+    except OSError as exc:  # not a configuration error: the host's file system refuses
+        print(f"gateway: cannot start: {exc}", file=sys.stderr)
+        return 1
+    try:
         parts = prepare(settings, as_of=as_of)
     except ConfigError as exc:
         print(f"gateway: config error: {exc}", file=sys.stderr)
@@ -139,14 +164,16 @@ def serve(settings: GatewaySettings, *, as_of: str | None = None) -> int:
     try:
         # The chain's first line and its head over time, in the store (see chain.py).
         with anchored(chain, settings.storage.database, every_s=every_s):
-            asyncio.run(_serve(settings, parts, as_of=as_of))
+            asyncio.run(_serve(settings, parts, chain, as_of=as_of))
     except (GatewayError, OSError) as exc:
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
-async def _serve(settings: GatewaySettings, parts: Parts, *, as_of: str | None) -> None:
+async def _serve(
+    settings: GatewaySettings, parts: Parts, chain: ChainedLog | None, *, as_of: str | None
+) -> None:
     # Signals are caught before anything is announced: a SIGTERM sent the moment an
     # orchestrator sees `gateway.listening` must drain, not kill.
     stop = _StopSignal(asyncio.get_running_loop())
@@ -156,11 +183,21 @@ async def _serve(settings: GatewaySettings, parts: Parts, *, as_of: str | None) 
     endpoint: Endpoint | None = None
     try:
         servers = await start_server(
-            settings, store, clock=parts.clock, sessions=sessions, tls_context=parts.tls
+            settings,
+            store,
+            clock=parts.clock,
+            sessions=sessions,
+            tls_context=parts.tls,
+            audit=chain,
         )
         worker = build_delivery(settings, store, parts.clock, parts.renderer, parts.dkim_key)
         readiness = Readiness(
-            settings.metrics, servers=servers, store=store, worker=worker, clock=parts.clock
+            settings.metrics,
+            servers=servers,
+            store=store,
+            worker=worker,
+            clock=parts.clock,
+            audit=chain,
         )
         endpoint = await _start_endpoint(settings, parts, readiness, servers, sessions)
         log.info(
@@ -180,22 +217,52 @@ async def _serve(settings: GatewaySettings, parts: Parts, *, as_of: str | None) 
                 log.info("gateway.listening", host=host, port=port)
         async with asyncio.TaskGroup() as tasks:
             readiness.delivery_task = tasks.create_task(worker.run(), name="delivery")
-            housekeeping = tasks.create_task(
-                purge_periodically(store, parts.clock, settings.storage), name="retention"
-            )
+            housekeeping = [
+                tasks.create_task(
+                    purge_periodically(store, parts.clock, settings.storage), name="retention"
+                )
+            ]
+            if chain is not None:
+                housekeeping.append(tasks.create_task(watch_log(chain), name="audit-log"))
             reason = await stop.wait()
             log.info("gateway.stopping", reason=reason, sessions=len(sessions.live))
             for server in servers:
                 server.close()
             deadline = settings.server.drain_timeout
             cut, _ = await asyncio.gather(sessions.drain(deadline), worker.stop(deadline))
-            housekeeping.cancel()
+            for task in housekeeping:
+                task.cancel()
         log.info("gateway.stopped", sessions_cut=cut)
     finally:
         if endpoint is not None:
             await endpoint.close()
         stop.remove()
         await store.close()
+
+
+async def watch_log(chain: ChainedLog, *, every_s: float = 1.0) -> None:
+    """Retry a failing audit log every `every_s` seconds, so that the lines waiting get out
+    (and sessions are served again) as soon as the disk takes them, even with no new event;
+    log when it fails and when it recovers. Runs until cancelled."""
+    failing = False
+    while True:
+        await asyncio.sleep(every_s)
+        failure = chain.write_error
+        if failure is None and not failing:
+            continue
+        if not failing:
+            failing = True
+            waiting, _ = chain.backlog
+            # It waits in memory with the others, and is written when they are.
+            log.error(
+                "gateway.log.failed", log=chain.destination, error=str(failure), waiting=waiting
+            )
+        waiting, dropped = chain.backlog
+        if await asyncio.to_thread(chain.retry):
+            failing = False
+            log.warning(
+                "gateway.log.recovered", log=chain.destination, written=waiting, dropped=dropped
+            )
 
 
 async def _start_endpoint(

@@ -92,7 +92,19 @@ def _parse_listen(value: Any) -> ListenAddress:
     port = int(match["p6"] or match["port"])
     if port > 65535:
         raise ValueError(f"port {port} is out of range")
+    _check_listen_host(host, text)
     return ListenAddress(host, port)
+
+
+def _check_listen_host(host: str, text: str) -> None:
+    # Caught here rather than by bind(), whose "Name or service not known" names no address.
+    if re.fullmatch(r"[0-9.]+", host) or ":" in host:
+        try:
+            ip_address(host)
+        except ValueError as exc:
+            raise ValueError(f"{text!r}: {host!r} is not an IP address") from exc
+    elif not re.fullmatch(_DNS_NAME, host):
+        raise ValueError(f"{text!r}: {host!r} is not an IP address or host name")
 
 
 def _check_zone(name: str) -> str:
@@ -140,7 +152,9 @@ class ServerSettings(_Model):
     max_commands: int = Field(default=1000, ge=5)
     idle_timeout: Seconds = 300.0
     session_timeout: Seconds = 1800.0
-    drain_timeout: Seconds = 30.0
+    # On SIGTERM, transactions in flight get this long (idle sessions get 421 at once): it
+    # fits, with the rest of the shutdown, in the 10 s Docker and systemd's stop wait by default.
+    drain_timeout: Seconds = 7.0
     tls_cert: Path | None = None
     tls_key: Path | None = None
     # Clients connecting from these networks count as authenticated senders (like Postfix's

@@ -34,6 +34,7 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -73,6 +74,9 @@ __all__ = [
 GENESIS = "0" * 64
 # How often the file writer looks whether its path still names the file it writes.
 ROTATION_CHECK_S = 1.0
+# Lines kept in memory, in chain order, while the log cannot be written (a full disk); past
+# this the oldest are dropped, and verify reports them missing.
+MAX_PENDING = 20_000
 
 
 log = structlog.get_logger()
@@ -143,6 +147,13 @@ class ChainedLog:
 
     Thread-safe: linking and writing happen under one lock, so the order of the lines in the
     file is the order of the chain. Build it with `to_stream()` or `to_file()`.
+
+    A write that fails (ENOSPC, EIO) never reaches the caller: an audit event is logged from
+    inside SMTP sessions and the delivery worker, which must answer or carry on whatever the
+    disk does. The line stays linked and waits in memory with those after it; `write_error` says
+    why until a later write (the next event, or `retry()`) gets them all out, in order. The
+    SMTP side reads `write_error` to fail closed: no new record while its events cannot be
+    written (server.py), and /readyz reports it.
     """
 
     def __init__(
@@ -165,6 +176,9 @@ class ChainedLog:
         self.is_new = head.seq == 0
         self.started_at = datetime.now(UTC)
         self.first_hash: str | None = None
+        self._pending: deque[bytes] = deque()
+        self._failure: OSError | None = None
+        self._dropped = 0
 
     @classmethod
     def to_stream(cls, stream: TextIO) -> ChainedLog:
@@ -197,24 +211,57 @@ class ChainedLog:
         """Where the chain began: standard output, or the file's absolute path."""
         return "-" if self._path is None else os.path.abspath(self._path)
 
+    @property
+    def write_error(self) -> OSError | None:
+        """Why the last write failed, while lines still wait to be written; else None."""
+        with self._lock:
+            return self._failure
+
+    @property
+    def backlog(self) -> tuple[int, int]:
+        """Lines waiting to be written, and lines dropped since the log last failed."""
+        with self._lock:
+            return len(self._pending), self._dropped
+
     def msg(self, message: str) -> None:
-        """Link and write one rendered event."""
+        """Link one rendered event and write it, after any lines still waiting."""
         # The hot path of every audit event: a few microseconds, measured in the README.
         with self._lock:
             if self._fd is not None and time.monotonic() >= self._next_check:
                 self._follow_rotation()
             seq = self._seq + 1
             line = link(message, chain=self._chain, seq=seq, prev=self._hash).encode()
-            self._write(line + b"\n")
             self._seq, self._hash = seq, hashlib.sha256(line).hexdigest()
             if seq == 1:
                 self.first_hash = self._hash
+            self._pending.append(line + b"\n")
+            self._flush()
+
+    def retry(self) -> bool:
+        """Try again to write the lines waiting; returns whether none is left waiting."""
+        with self._lock:
+            self._flush()
+            return self._failure is None
+
+    def _flush(self) -> None:
+        while self._pending:
+            try:
+                self._write(self._pending[0])
+            except OSError as exc:
+                self._failure = exc
+                while len(self._pending) > MAX_PENDING:
+                    self._pending.popleft()
+                    self._dropped += 1
+                return
+            self._pending.popleft()
+        self._failure, self._dropped = None, 0
 
     log = debug = info = warn = warning = msg
     fatal = failure = err = error = critical = exception = msg
 
     def close(self) -> None:
         with self._lock:
+            self._flush()  # the last chance for lines still waiting
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
@@ -226,9 +273,18 @@ class ChainedLog:
             self._stream.flush()
             return
         assert self._fd is not None
-        written = os.write(self._fd, data)  # one write(2), so the line lands whole (O_APPEND)
-        while written < len(data):  # only when the disk is (nearly) full
-            written += os.write(self._fd, data[written:])
+        written = 0
+        try:
+            # One write(2), so the line lands whole (O_APPEND); more only when the disk fills.
+            while written < len(data):
+                written += os.write(self._fd, data[written:])
+        except OSError:
+            if written:
+                # Take the part of the line that got out back off the end: it is written
+                # again whole later, and a line cut short would read as damage to verify.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, os.fstat(self._fd).st_size - written)
+            raise
 
     def _follow_rotation(self) -> None:
         assert self._path is not None

@@ -46,13 +46,18 @@ EVENTS: dict[str, tuple[str, ...]] = {
     # The first event a serving process logs: where the audit log goes and whether this line
     # continues the chain the file ended with (else it starts a new one, anchored in the store).
     "gateway.log.opened": ("log", "continued"),
+    # The audit log could not be written (a full disk): from then on new transactions get
+    # 451 (fail closed) and lines wait in memory; recovered: they were written, in order.
+    "gateway.log.failed": ("log", "error", "waiting"),
+    "gateway.log.recovered": ("log", "written", "dropped"),
     "smtp.session.opened": ("session_id", "peer_ip", "peer_port"),
     "smtp.session.closed": ("session_id", "peer_ip", "messages", "duration_s"),
     # Connections turned away: too many, shutting down, a command limit, a bad PROXY header.
     "smtp.session.refused": ("peer_ip", "reason", "reply"),
     "smtp.session.proxied": ("session_id", "peer_ip", "peer_port", "trusted"),
     "smtp.session.timed_out": ("session_id", "peer_ip", "limit", "reply"),
-    "smtp.session.failed": ("session_id", "peer_ip", "reply", "exc_info"),
+    # Our own failure: exc_info for a bug, error for a part that is down (the audit log).
+    "smtp.session.failed": ("session_id", "peer_ip", "reply", "exc_info", "error"),
     "smtp.recipient.refused": (
         "session_id",
         "reference",

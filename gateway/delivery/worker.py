@@ -8,7 +8,10 @@ giving up are decided by policy.py; the queue lives in outbox.py; the wire in tr
 Exactly once, in effect: a job is marked delivered in the one write right after the remote
 side's 250, which also keeps a notice's bytes as sent (sentmail.py). A crash between that
 250 and that write is the one window in which a mail may go out twice; the lease then
-expires (or the next start recovers it) and the job is sent again.
+expires (or the next start recovers it) and the job is sent again. A write that fails while
+the process lives (a full disk, a locked store) does not open that window: the outcome is
+kept in memory and written again until the store takes it, and the worker does not take up
+the job meanwhile, however long its lease has run out.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ import functools
 import random
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 import structlog
 
@@ -36,6 +41,10 @@ from gateway.store.sentmail import SentNotice, describe_sent, should_keep
 __all__ = ["DeliveryWorker"]
 
 log = structlog.get_logger()
+
+# Seconds between tries to record an outcome the store refused: the first, and the most.
+_RECORD_RETRY_S = (0.5, 5.0)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +134,10 @@ class DeliveryWorker:
             per_route=self.limits.per_route,
         )
         for job in jobs:
+            if job.id in self._in_flight:
+                # Its outcome is still being recorded (its lease ran out meanwhile): sending
+                # it again would be the duplicate the retried record is there to prevent.
+                continue
             self._busy[job.route] += 1
             task = asyncio.create_task(self._attempt(job), name=f"deliver-{job.id}")
             self._in_flight[job.id] = task
@@ -170,13 +183,29 @@ class DeliveryWorker:
         attempt = Attempt(
             started, self.clock(), answer.host, answer.code, answer.reply, JobState.DELIVERED
         )
-        await self.outbox.finish(
+        sent = _kept(job, mail, attempt.finished_at)
+        await self._until_recorded(
             job,
-            attempt,
-            raw_keep_until=self._raw_release(job, attempt),
-            sent=_kept(job, mail, attempt.finished_at),
+            lambda: self.outbox.finish(
+                job, attempt, raw_keep_until=self._raw_release(job, attempt), sent=sent
+            ),
         )
         _log_attempt("delivery.succeeded", job, attempt)
+
+    async def _until_recorded(self, job: Job, write: Callable[[], Awaitable[T]]) -> T:
+        """Run `write` until the store takes it: the mail has gone, the job must say so.
+
+        Each failure is logged; stop() gives it the drain time like any job in flight."""
+        delay, most = _RECORD_RETRY_S
+        while True:
+            try:
+                return await write()
+            except StoreError as exc:
+                log.error(
+                    "outbox.update_failed", job_id=job.id, reference=job.reference, error=str(exc)
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, most)
 
     def _raw_release(self, job: Job, attempt: Attempt) -> datetime | None:
         """When a finished relay's raw copy may go: it is evidence, but not for ever."""

@@ -2,8 +2,9 @@
 
 - `/healthz`: 200 while the process and its event loop answer at all.
 - `/readyz`: 200 only when every SMTP listener is serving, the state store's writer commits a
-  trivial write within `[metrics] ready_timeout`, and the delivery worker's task runs and has
-  looked at the queue within `[metrics] stall_after`; otherwise 503. Either way the JSON body
+  trivial write within `[metrics] ready_timeout`, the delivery worker's task runs and has
+  looked at the queue within `[metrics] stall_after`, and the audit log (JSON) takes its
+  lines; otherwise 503. Either way the JSON body
   names each part and what is wrong with it.
 - `/metrics`: the registry in the Prometheus text format (OpenMetrics when asked for).
 
@@ -27,6 +28,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from gateway.audit.chain import ChainedLog
 from gateway.clock import Clock
 from gateway.config import ListenAddress, MetricsSettings
 from gateway.delivery.worker import DeliveryWorker
@@ -59,18 +61,22 @@ class Readiness:
         store: Store,
         worker: DeliveryWorker,
         clock: Clock,
+        audit: ChainedLog | None = None,
     ) -> None:
         self.settings = settings
         self.servers = servers
         self.store = store
         self.worker = worker
         self.clock = clock
+        # The chained audit log (None for the console format, which is not checked).
+        self.audit = audit
         # The task running worker.run(); set by whoever starts it (app.py's TaskGroup).
         self.delivery_task: asyncio.Task[None] | None = None
 
     async def check(self) -> list[Check]:
         """Every part's state, now."""
-        return [self.smtp(), await self.state_store(), self.delivery()]
+        checks = [self.smtp(), await self.state_store(), self.delivery()]
+        return checks if self.audit is None else [*checks, self.audit_log(self.audit)]
 
     def smtp(self) -> Check:
         stopped = [server for server in self.servers if not server.is_serving()]
@@ -102,6 +108,15 @@ class Readiness:
         if idle > self.settings.stall_after:
             return Check("delivery", False, f"stalled: no look at the queue for {idle:.1f} s")
         return Check("delivery", True, f"looked at the queue {idle:.1f} s ago")
+
+    def audit_log(self, audit: ChainedLog) -> Check:
+        failure = audit.write_error
+        if failure is None:
+            return Check("audit", True, "writes")
+        waiting, dropped = audit.backlog
+        lost = f", {dropped} dropped" if dropped else ""
+        why = failure.strerror or str(failure)
+        return Check("audit", False, f"cannot write: {why}; {waiting} lines waiting{lost}")
 
 
 def _address(name: tuple[Any, ...]) -> str:

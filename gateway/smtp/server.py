@@ -11,19 +11,21 @@ import asyncio
 import re
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import AnyStr
 
 import structlog
 from aiosmtpd.smtp import SMTP
 
+from gateway.audit.chain import ChainedLog
 from gateway.clock import Clock
 from gateway.config import GatewaySettings, ListenAddress
 from gateway.smtp.dataread import read_data
 from gateway.smtp.handler import GatewayEnvelope, GatewaySession, InboundHandler
 from gateway.smtp.replies import (
     REPLY_IDLE_TIMEOUT,
+    REPLY_INTERNAL,
     REPLY_NO_AUTH,
     REPLY_SESSION_TIMEOUT,
     REPLY_SHUTTING_DOWN,
@@ -47,6 +49,8 @@ _PLAIN_PATH = re.compile(
 
 # Seconds a load balancer has to send its PROXY header after connecting.
 _PROXY_TIMEOUT = 10.0
+# While draining: seconds a session whose transaction was just answered has to send QUIT.
+_QUIT_GRACE_S = 0.5
 
 # ---------------------------------------------------------------------------------------------
 # The handler
@@ -71,8 +75,12 @@ class Sessions:
             self._idle.set()
 
     async def drain(self, deadline: float) -> int:
-        """Wait up to `deadline` seconds for sessions to end, cut the rest; returns how many."""
+        """Stop taking sessions and transactions: idle sessions get 421 at once, those in a
+        transaction get up to `deadline` seconds to finish it (then 421); the rest are cut
+        at the deadline. Returns how many were cut."""
         self.accepting = False
+        for protocol in list(self.live):
+            protocol.close_if_idle()
         if self.live:
             try:
                 async with asyncio.timeout(deadline):
@@ -98,6 +106,7 @@ class GatewaySMTP(SMTP):
         sessions: Sessions,
         settings: GatewaySettings,
         tls_context: ssl.SSLContext | None,
+        audit: ChainedLog | None = None,
     ) -> None:
         server = settings.server
         super().__init__(
@@ -115,9 +124,11 @@ class GatewaySMTP(SMTP):
         )
         self._handler = handler
         self._sessions = sessions
+        self._audit = audit
         self._trust = settings.server.is_trusted
         self._session_limit = server.session_timeout
         self._deadline: asyncio.TimerHandle | None = None
+        self._drain_close: asyncio.TimerHandle | None = None
 
     async def _handle_client(self) -> None:
         # This task's context is its own copy, so the binding stays with this session.
@@ -178,9 +189,20 @@ class GatewaySMTP(SMTP):
                 duration_s=round(time.monotonic() - session.opened, 3),
             )
             self._sessions.discard(self)
-        if self._deadline is not None:
-            self._deadline.cancel()
+        for timer in (self._deadline, self._drain_close):
+            if timer is not None:
+                timer.cancel()
         super().connection_lost(error)
+
+    def is_idle(self) -> bool:
+        """Whether the session is between transactions (no MAIL yet, or its DATA answered)."""
+        envelope = self.envelope
+        return envelope is None or envelope.mail_from is None
+
+    def close_if_idle(self) -> None:
+        """On shutdown: a session between transactions is told 421 and closed now."""
+        if self.is_idle():
+            self.close_with(REPLY_SHUTTING_DOWN)
 
     def close_with(self, reply: str) -> None:
         """Send a final reply and close, whatever the session is doing."""
@@ -217,6 +239,29 @@ class GatewaySMTP(SMTP):
             # aiosmtpd is about to close the session for repeating a command too often.
             log.warning("smtp.session.refused", reason="command-limit", reply=reply)
         await super().push(reply)
+        if not self._sessions.accepting and self.is_idle() and self._drain_close is None:
+            # Draining and the transaction answered: a moment for the client's QUIT (often
+            # pipelined behind the data), then 421. A new MAIL gets 421 at once (smtp_MAIL).
+            self._drain_close = self.loop.call_later(_QUIT_GRACE_S, self.close_if_idle)
+
+    async def handle_exception(self, error: Exception) -> str:
+        # aiosmtpd answers an exception inside handle_exception with "500 Error: (type)
+        # text": a permanent failure for our own problem, with our internals in it.
+        try:
+            return await super().handle_exception(error)
+        except Exception:  # the session's last resort (the handler's own logging failed)
+            return REPLY_INTERNAL
+
+    def _unrecordable(self) -> str | None:
+        """451 while the audit log cannot be written, else None.
+
+        Fail closed: every record has its events on the chain, so no transaction starts or
+        ends in a record while they would only wait in memory (chain.py)."""
+        failure = None if self._audit is None else self._audit.write_error
+        if failure is None:
+            return None
+        log.error("smtp.session.failed", reply=REPLY_INTERNAL, error=f"audit log: {failure}")
+        return REPLY_INTERNAL
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         # aiosmtpd parses every MAIL and RCPT address with the email package's RFC 5322
@@ -236,12 +281,27 @@ class GatewaySMTP(SMTP):
         # aiosmtpd answers a declared SIZE over the limit with 552 before any recipient is
         # named, so a filing could never be told it was not filed. The limit is lifted for
         # the MAIL command alone; the handler keeps the declared size and answers at RCPT.
+        if not self._sessions.accepting:
+            self.close_with(REPLY_SHUTTING_DOWN)  # draining: no new transaction
+            return
+        refusal = self._unrecordable()
+        if refusal is not None:
+            await self.push(refusal)
+            return
         limit = self.data_size_limit
         self.data_size_limit = None
         try:
             await super().smtp_MAIL(arg)
         finally:
             self.data_size_limit = limit
+
+    async def smtp_RCPT(self, arg: str) -> None:
+        # A refusal at RCPT is a record too: none while the audit log cannot be written.
+        refusal = self._unrecordable()
+        if refusal is not None:
+            await self.push(refusal)
+            return
+        await super().smtp_RCPT(arg)
 
     async def smtp_DATA(self, arg: str) -> None:
         # Our own reading of DATA (dataread.py): an oversize message or an overlong line is
@@ -265,7 +325,10 @@ class GatewaySMTP(SMTP):
         envelope.received = received
         envelope.content = envelope.original_content = received.content
         try:
-            reply = await self._handler.handle_DATA(self, self._gateway_session(), envelope)
+            # The log may have failed while the data came in: then no record, and 451.
+            reply = self._unrecordable() or await self._handler.handle_DATA(
+                self, self._gateway_session(), envelope
+            )
         finally:
             # The end of data ends the transaction whatever the reply, even if a hook
             # raised (aiosmtpd would keep the envelope and the next MAIL would get 503).
@@ -285,10 +348,12 @@ async def start_server(
     tls_context: ssl.SSLContext | None = None,
     listen: Sequence[ListenAddress] | None = None,
     reuse_port: bool = False,
+    audit: ChainedLog | None = None,
 ) -> list[asyncio.Server]:
     """Bind every listen address and start serving; returns the bound servers.
 
-    Port 0 binds a free port; read it from `server.sockets`.
+    Port 0 binds a free port; read it from `server.sockets`. With `audit`, the chained audit
+    log, sessions answer 451 rather than make a record while it cannot be written.
 
     Raises:
         OSError: an address cannot be bound.
@@ -298,21 +363,36 @@ async def start_server(
     loop = asyncio.get_running_loop()
 
     def factory() -> GatewaySMTP:
-        return GatewaySMTP(handler, sessions, settings, tls_context)
+        return GatewaySMTP(handler, sessions, settings, tls_context, audit)
 
     servers: list[asyncio.Server] = []
     try:
         for address in listen or settings.server.listen:
-            servers.append(
-                await loop.create_server(
-                    factory,
-                    host=address.host,
-                    port=address.port,
-                    reuse_port=reuse_port or None,
-                )
-            )
+            servers.append(await _bind(loop, factory, address, reuse_port=reuse_port))
     except OSError:
         for server in servers:
             server.close()
         raise
     return servers
+
+
+async def _bind(
+    loop: asyncio.AbstractEventLoop,
+    factory: Callable[[], GatewaySMTP],
+    address: ListenAddress,
+    *,
+    reuse_port: bool,
+) -> asyncio.Server:
+    """One listening server on `address`.
+
+    Raises:
+        OSError: it cannot be bound; the message names the setting and the address (a host
+            name that does not resolve otherwise says only "Name or service not known").
+    """
+    try:
+        return await loop.create_server(
+            factory, host=address.host, port=address.port, reuse_port=reuse_port or None
+        )
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        raise OSError(exc.errno, f"server.listen {address}: {why}") from exc

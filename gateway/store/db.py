@@ -368,7 +368,7 @@ class Store:
                 item = self._queue.get_nowait()
                 if item is not None:
                     stranded.append(item)
-        _resolve(stranded, [(None, StoreError("the store is closed"))] * len(stranded))
+        _resolve(stranded, [(None, StoreError("the store is closed")) for _ in stranded])
 
     async def record_message(
         self, record: MessageRecord, gate: NoticeGate | None = None
@@ -475,10 +475,16 @@ def _commit_batch(conn: sqlite3.Connection, batch: Sequence[_Pending]) -> None:
     except sqlite3.Error as exc:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
-        failure = StoreError(f"commit failed: {exc}")
-        failure.__cause__ = exc
-        results = [(None, failure)] * len(batch)
+        # One exception per caller: an instance raised in several tasks would gather every
+        # task's frames in its one traceback, and each log would show the others' stacks.
+        results = [(None, _commit_failure(exc)) for _ in batch]
     _resolve(batch, results)
+
+
+def _commit_failure(cause: sqlite3.Error) -> StoreError:
+    failure = StoreError(f"commit failed: {cause}")
+    failure.__cause__ = cause
+    return failure
 
 
 def _apply_one(conn: sqlite3.Connection, write: Write) -> tuple[Any, BaseException | None]:
