@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sqlite3
+import time
+import traceback
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -14,6 +18,7 @@ import pytest
 from gateway.errors import StoreError
 from gateway.mail.evidence import Attachment, MessageFacts
 from gateway.store.db import JobRecord, MessageRecord, RecipientRecord, Store, new_reference
+from tests.test_faults import fill, needs_root, tmpfs
 
 AT = datetime(2017, 9, 13, 15, 0, tzinfo=UTC)
 
@@ -167,3 +172,47 @@ async def test_raw_messages_past_their_retention_are_purged_and_records_stay(sto
         conn.close()
     assert left == {"NEW", "FOREVER"}
     assert count(store.path, "messages") == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. A commit that fails gives each caller an exception of its own
+
+
+@needs_root
+async def test_each_caller_of_a_failed_commit_gets_its_own_exception(tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "state", size="1m") as state:
+        store = Store(state / "gateway.sqlite3")
+        await store.open()
+        try:
+            blocker = _blocking_write(store)
+            filler = fill(state)
+            errors = await asyncio.gather(*(_caller(store, n) for n in range(3)))
+            with contextlib.suppress(StoreError):  # the batch before may fail too
+                await blocker
+            filler.unlink()
+        finally:
+            await store.close()
+    assert all(isinstance(e, StoreError) for e in errors)
+    assert len({id(e) for e in errors}) == 3
+    assert all(e.__cause__ is not None for e in errors)
+    for error in errors:
+        frames = [f.name for f in traceback.extract_tb(error.__traceback__)]
+        assert frames.count("_caller") == 1, frames
+
+
+def _blocking_write(store: Store) -> asyncio.Future[None]:
+    # Holds the writer thread for a moment, so the three writes below share one batch.
+    return store.write(lambda conn: time.sleep(0.3))
+
+
+async def _caller(store: Store, n: int) -> BaseException:
+    blob = os.urandom(256 * 1024)  # pages the full disk has no room for
+    try:
+        await store.write(
+            lambda conn: conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?)", (f"k{n}", blob.hex())
+            )
+        )
+    except StoreError as exc:
+        return exc
+    raise AssertionError("the commit went through on a full disk")
