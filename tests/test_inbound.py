@@ -254,7 +254,11 @@ async def test_recipients_answered_differently_are_deferred_to_another_transacti
         ],
     )
     assert [r.code for r in replies] == [250, 452, 452, 250]
-    assert replies[1].last == "452 4.5.3 Send to this recipient in a separate transaction"
+    # The other office's retired address: not filed yet, to be sent again, and where to file.
+    assert replies[1].last.startswith("452 4.5.3 NOT FILED for this retired address")
+    assert "https://portal.other.example/" in replies[1].last
+    # Postmaster is no filing: the plain 452.
+    assert replies[2].last == "452 4.5.3 Send to this recipient in a separate transaction"
     assert final is not None
     assert final.code == 550
     assert "ICE OCC Chicago" in final.text
