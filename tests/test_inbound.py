@@ -273,6 +273,21 @@ async def test_too_many_recipients_get_452(start_gateway: GatewayFactory) -> Non
     assert [r.last for r in replies][2] == "452 4.5.3 Too many recipients"
 
 
+async def test_too_many_recipients_for_a_retired_address_say_not_filed_and_name_the_portal(
+    start_gateway: GatewayFactory,
+) -> None:
+    gw = await start_gateway(server={"max_recipients": 1})
+    with capture_logs() as events:
+        replies, _ = await transaction(gw, ["postmaster@occ-chicago.example", RETIRED])
+    assert [r.code for r in replies] == [250, 452]
+    assert replies[1].last.startswith("452 4.5.3 Too many recipients; NOT FILED")
+    assert "send it again separately" in replies[1].last
+    assert "https://eservice.ice.gov/" in replies[1].last
+    (deferred,) = [e for e in events if e["event"] == "smtp.recipient.deferred"]
+    assert (deferred["reason"], deferred["office"]) == ("too-many-recipients", "ice-occ-chicago")
+    assert deferred["reply"] == replies[1].last
+
+
 # -- the protocol -------------------------------------------------------------------------------
 
 
