@@ -252,7 +252,11 @@ async def test_recipients_answered_differently_are_deferred_to_another_transacti
         ],
     )
     assert [r.code for r in replies] == [250, 452, 452, 250]
-    assert replies[1].last == "452 4.5.3 Send to this recipient in a separate transaction"
+    # The other office's retired address: not filed yet, to be sent again, and where to file.
+    assert replies[1].last.startswith("452 4.5.3 NOT FILED for this retired address")
+    assert "https://portal.other.example/" in replies[1].last
+    # Postmaster is no filing: the plain 452.
+    assert replies[2].last == "452 4.5.3 Send to this recipient in a separate transaction"
     assert final is not None
     assert final.code == 550
     assert "ICE OCC Chicago" in final.text
@@ -265,6 +269,21 @@ async def test_too_many_recipients_get_452(start_gateway: GatewayFactory) -> Non
     second, third = "occ-chicago-service@occ-chicago.example", "postmaster@occ-chicago.example"
     replies, _ = await transaction(gw, [RETIRED, second, third])
     assert [r.last for r in replies][2] == "452 4.5.3 Too many recipients"
+
+
+async def test_too_many_recipients_for_a_retired_address_say_not_filed_and_name_the_portal(
+    start_gateway: GatewayFactory,
+) -> None:
+    gw = await start_gateway(server={"max_recipients": 1})
+    with capture_logs() as events:
+        replies, _ = await transaction(gw, ["postmaster@occ-chicago.example", RETIRED])
+    assert [r.code for r in replies] == [250, 452]
+    assert replies[1].last.startswith("452 4.5.3 Too many recipients; NOT FILED")
+    assert "send it again separately" in replies[1].last
+    assert "https://eservice.ice.gov/" in replies[1].last
+    (deferred,) = [e for e in events if e["event"] == "smtp.recipient.deferred"]
+    assert (deferred["reason"], deferred["office"]) == ("too-many-recipients", "ice-occ-chicago")
+    assert deferred["reply"] == replies[1].last
 
 
 # -- the protocol -------------------------------------------------------------------------------

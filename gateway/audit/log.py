@@ -73,6 +73,7 @@ EVENTS: dict[str, tuple[str, ...]] = {
         "session_id",
         "sender",
         "recipient",
+        "office",  # present when the address is a retired filing address
         "reason",
         "reply_code",
         "reply",

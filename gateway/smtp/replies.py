@@ -10,6 +10,7 @@ from __future__ import annotations
 from gateway.config import GatewaySettings, OfficeSettings
 from gateway.errors import ConfigError
 from gateway.policy.decision import NoticeScope
+from gateway.policy.verdict import Reply, ReplyKind
 
 __all__ = [
     "MAX_REPLY",
@@ -39,7 +40,10 @@ __all__ = [
     "oversize_reply",
     "rate_limited_reply",
     "reply_code",
+    "reply_for",
     "retired_reply",
+    "retired_separate_transaction_reply",
+    "retired_too_many_recipients_reply",
     "sender_check_failed_reply",
     "unknown_mailbox_reply",
     "with_enhanced_code",
@@ -228,6 +232,56 @@ def sender_check_failed_reply(reference: str, office: OfficeSettings | None = No
     )
 
 
+def reply_for(reply: Reply, reference: str, office: OfficeSettings | None) -> str:
+    """The words of the end-of-DATA `reply` (policy/verdict.py); `office` is the one the reply
+    names (`reply.office`), if any."""
+    if reply.kind is ReplyKind.RETIRED and office is not None:
+        return retired_reply(office, reference)
+    if reply.kind is ReplyKind.ACCEPTED:
+        return accepted_reply(reference, office, notice_follows=reply.is_notice_promised)
+    if reply.kind is ReplyKind.TOO_BIG:
+        return oversize_reply(office, reference)
+    if reply.kind is ReplyKind.LINE_TOO_LONG:
+        return line_too_long_reply(reference)
+    if reply.kind is ReplyKind.SENDER_CHECK_FAILED:
+        return sender_check_failed_reply(reference, office)
+    if reply.kind is ReplyKind.RATE_LIMITED and reply.scope is not None:
+        return rate_limited_reply(reply.scope, reference, office)
+    return _FIXED_REPLIES[reply.kind]
+
+
+# Replies that name neither the message nor an office.
+_FIXED_REPLIES = {
+    ReplyKind.GONE: REPLY_GONE,
+    ReplyKind.LOOP: REPLY_LOOP,
+    ReplyKind.CHANGED: REPLY_CHANGED,
+}
+
+
+# -- RCPT answered 452 for a retired address: the recipient's part is still to come ----------
+
+
+def _send_again(office: OfficeSettings) -> str:
+    # An attorney may see this only in a delay warning or a bounce: it must say that
+    # nothing was filed for this address yet, that the message has to go again on its own
+    # (which their mail server normally does by itself, RFC 5321 §4.5.3.1.10), and where
+    # filings go.
+    return (
+        "NOT FILED for this retired address: send it again separately (your mail server"
+        f" normally retries); file {office.short_name} electronically via {office.portal_url}"
+    )
+
+
+def retired_too_many_recipients_reply(office: OfficeSettings) -> str:
+    """The 452 for a retired address past [server] max_recipients (RFC 5321 §4.5.3.1.8)."""
+    return f"{REPLY_TOO_MANY_RECIPIENTS}; {_send_again(office)}"
+
+
+def retired_separate_transaction_reply(office: OfficeSettings) -> str:
+    """The 452 for a retired address whose answer differs from the transaction's others."""
+    return f"452 4.5.3 {_send_again(office)}"
+
+
 def check_replies(settings: GatewaySettings) -> None:
     """Refuse at startup any office whose replies would break RFC 5321's line limit.
 
@@ -252,6 +306,8 @@ def _office_replies(office: OfficeSettings) -> tuple[str, ...]:
         oversize_reply(office, _SAMPLE_REFERENCE),
         rate_limited_reply(NoticeScope.DOMAIN, _SAMPLE_REFERENCE, office),
         sender_check_failed_reply(_SAMPLE_REFERENCE, office),
+        retired_too_many_recipients_reply(office),
+        retired_separate_transaction_reply(office),
     )
 
 

@@ -25,18 +25,20 @@ from typing import Any, TypeVar
 
 from gateway.errors import StoreError
 from gateway.mail.evidence import MessageFacts
-from gateway.policy.decision import NoticeScope, exceeded_scope
+from gateway.policy.decision import NoticeScope
+from gateway.policy.verdict import Job, NoticeGate, NoticeHistory, Reply, Verdict, settle
 
 __all__ = [
     "NOTICE_KINDS",
     "JobRecord",
     "MessageRecord",
-    "NoticeGate",
+    "NoticeCheck",
     "RecipientRecord",
     "RefusalRecord",
     "Store",
     "connect",
     "iso",
+    "job_record",
     "new_reference",
 ]
 
@@ -371,20 +373,19 @@ class Store:
         _resolve(stranded, [(None, StoreError("the store is closed")) for _ in stranded])
 
     async def record_message(
-        self, record: MessageRecord, gate: NoticeGate | None = None
+        self, record: MessageRecord, check: NoticeCheck | None = None
     ) -> MessageRecord:
         """Make a received message, its decisions and its jobs durable, in one transaction;
         returns the record as stored.
 
-        With a `gate`, its notice is first checked against earlier ones in the same
-        transaction (so concurrent sessions and processes count alike): a repeat of a
-        message noticed within the window gets no second notice, and a notice past a rate
-        limit is not queued, the message then taking the gate's reply for that limit.
+        With a `check`, the verdict's notice is first met with the earlier ones read in the
+        same transaction (so concurrent sessions and processes count alike), and the record
+        stored is the one of the verdict as settled (policy/verdict.py `settle`).
 
         Raises:
             StoreError: the commit failed; nothing of this record was stored.
         """
-        return await self.write(lambda conn: _insert_gated(conn, record, gate))
+        return await self.write(lambda conn: _insert_gated(conn, record, check))
 
     async def record_refusal(self, record: RefusalRecord) -> None:
         """Make a refusal at RCPT durable.
@@ -547,51 +548,59 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class NoticeGate:
-    """What limits a message's notice: its dedup key and its rate-limit counters."""
+class NoticeCheck:
+    """A message's verdict whose notice is to meet the limits as its record is written."""
 
-    dedup_key: str
-    dedup_since: datetime  # notices before this no longer count as the same
-    hour: str  # the rate-limit window, e.g. "2017-09-13T15"
-    counters: Mapping[NoticeScope, str]  # scope -> what is counted (sender, domain, ip, "*")
-    limits: Mapping[NoticeScope, int]
-    # The reply and outcome when a limit is reached, for messages whose answer depends on
-    # the notice; None keeps the answer and just drops the notice (e.g. an advisory).
-    limited_reply: Callable[[NoticeScope], tuple[str, str]] | None
+    verdict: Verdict
+    # The wording of each reply the verdict may settle on (Verdict.possible_replies): the
+    # store chooses among them and words none itself.
+    replies: Mapping[Reply, str]
+
+
+def job_record(job: Job) -> JobRecord:
+    """The store's record of a job the verdict queues."""
+    return JobRecord(job.kind, job.mail_from, job.recipients, job.office, job.destination)
 
 
 def _insert_gated(
-    conn: sqlite3.Connection, record: MessageRecord, gate: NoticeGate | None
+    conn: sqlite3.Connection, record: MessageRecord, check: NoticeCheck | None
 ) -> MessageRecord:
-    notices = [j for j in record.jobs if j.is_notice]
-    if gate is not None and notices:
-        record = _gated(conn, record, gate)
+    if check is not None and check.verdict.gate is not None:
+        record = _gated(conn, record, check, check.verdict.gate)
     _insert_message(conn, record)
     return record
 
 
-def _gated(conn: sqlite3.Connection, record: MessageRecord, gate: NoticeGate) -> MessageRecord:
-    relays = tuple(j for j in record.jobs if not j.is_notice)
+def _gated(
+    conn: sqlite3.Connection, record: MessageRecord, check: NoticeCheck, gate: NoticeGate
+) -> MessageRecord:
+    verdict = settle(check.verdict, _history(conn, gate))
+    if verdict.counts_notice:
+        _count_notice(conn, gate)
+        conn.execute(
+            "INSERT OR REPLACE INTO notice_dedup VALUES (?,?,?)",
+            (gate.dedup_key, record.reference, iso(record.received_at)),
+        )
+    return replace(
+        record,
+        outcome=verdict.outcome,
+        reply=check.replies[verdict.reply],
+        notice=verdict.notice.stored,
+        jobs=tuple(job_record(j) for j in verdict.jobs),
+        duplicate_of=verdict.duplicate_of,
+    )
+
+
+def _history(conn: sqlite3.Connection, gate: NoticeGate) -> NoticeHistory:
+    """What earlier notices say about this one; the counts are read only if it is new."""
     earlier = conn.execute(
         "SELECT reference FROM notice_dedup WHERE key = ? AND at >= ?",
         (gate.dedup_key, iso(gate.dedup_since)),
     ).fetchone()
     if earlier is not None:
-        return replace(record, jobs=relays, notice="suppressed:duplicate", duplicate_of=earlier[0])
+        return NoticeHistory(duplicate_of=earlier[0])
     counts = {scope: _count(conn, scope, key, gate.hour) for scope, key in gate.counters.items()}
-    scope = exceeded_scope(counts, gate.limits)
-    if scope is not None:
-        limited = replace(record, jobs=relays, notice=f"suppressed:rate-limit-{scope}")
-        if gate.limited_reply is None:
-            return limited
-        reply, outcome = gate.limited_reply(scope)
-        return replace(limited, reply=reply, outcome=outcome, jobs=())
-    _count_notice(conn, gate)
-    conn.execute(
-        "INSERT OR REPLACE INTO notice_dedup VALUES (?,?,?)",
-        (gate.dedup_key, record.reference, iso(record.received_at)),
-    )
-    return record
+    return NoticeHistory(counts=counts)
 
 
 def _count(conn: sqlite3.Connection, scope: str, key: str, hour: str) -> int:

@@ -1,0 +1,175 @@
+"""The end of DATA: gather the facts, ask the verdict, make the record durable, then answer.
+
+The thin driver around policy/verdict.py: it turns the session and the message into the
+verdict's input, words the replies the verdict may end on (replies.py), hands the record to
+the store (which settles the notice limits in the same transaction) and returns the reply of
+the record as stored. It decides nothing itself.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import structlog
+
+from gateway.clock import Clock
+from gateway.config import GatewaySettings
+from gateway.errors import StoreError
+from gateway.notices.render import notice_from_address
+from gateway.policy.decision import Decision, NoticeScope
+from gateway.policy.verdict import JobKind, Reply, Verdict, VerdictRules, judge, screen
+from gateway.smtp.arrival import (
+    SenderChecks,
+    arrival_of,
+    facts_of,
+    received_data,
+    sender_check,
+    tls_summary,
+)
+from gateway.smtp.events import log_message
+from gateway.smtp.replies import REPLY_STORE_FAILED, reply_for
+from gateway.smtp.session import Accepted, GatewayEnvelope, GatewaySession
+from gateway.store.db import (
+    MessageRecord,
+    NoticeCheck,
+    RecipientRecord,
+    Store,
+    job_record,
+    new_reference,
+)
+
+__all__ = ["MessageDesk", "verdict_rules"]
+
+log = structlog.get_logger()
+
+
+def verdict_rules(settings: GatewaySettings) -> VerdictRules:
+    """The settings the end-of-DATA verdict depends on."""
+    notices_from = notice_from_address(settings)
+    limits = settings.limits
+    return VerdictRules(
+        offices={o.name: o for o in settings.offices},
+        # Mail from these comes back to us: answering it would start a loop.
+        own_domains=settings.address_book.served_domains | {settings.server.hostname.lower()},
+        own_addresses=frozenset({notices_from.lower()}),
+        notice_domain=notices_from.rpartition("@")[2],
+        max_received=limits.max_received_headers,
+        should_tempfail_on_dns=settings.sender_auth.on_temperror == "tempfail",
+        dedup_window=timedelta(seconds=limits.dedup_window),
+        notice_limits={
+            NoticeScope.SENDER: limits.notices_per_sender,
+            NoticeScope.DOMAIN: limits.notices_per_domain,
+            NoticeScope.CLIENT: limits.notices_per_client,
+            NoticeScope.TOTAL: limits.notices_total,
+        },
+        forward_to=tuple(settings.postmaster.forward_to),
+    )
+
+
+class MessageDesk:
+    """Answers the end of DATA, once the message's record is durable."""
+
+    def __init__(self, settings: GatewaySettings, store: Store, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+        self.rules = verdict_rules(settings)
+        self.storage = settings.storage
+        self.sender_checks = SenderChecks(settings)
+
+    async def receive(self, session: GatewaySession, envelope: GatewayEnvelope) -> str:
+        """The reply to the end of DATA; 451 if the record cannot be made."""
+        received_at = self.clock()
+        data = received_data(envelope)
+        facts = facts_of(data)
+        reference = new_reference(received_at)
+        session.messages += 1
+        arrival = arrival_of(session, envelope, facts, data)
+        screening = screen(arrival, self.rules)
+        auth = (
+            await self.sender_checks.check(session, envelope, facts, data)
+            if screening.should_check_sender
+            else None
+        )
+        verdict = judge(
+            arrival,
+            screening=screening,
+            sender_check=sender_check(auth),
+            rules=self.rules,
+            at=received_at,
+        )
+        replies = self._replies(verdict, reference)
+        keep_raw, keep_until = self._retention(verdict, envelope, received_at)
+        record = MessageRecord(
+            reference=reference,
+            received_at=received_at,
+            session_id=session.session_id,
+            peer_ip=session.peer_ip,
+            peer_port=session.peer_port,
+            helo=session.host_name,
+            tls=tls_summary(session),
+            mail_from=envelope.sender,
+            facts=facts,
+            recipients=self._recipients(envelope, verdict, received_at),
+            outcome=verdict.outcome,
+            reply=replies[verdict.reply],
+            notice=verdict.notice.stored,
+            jobs=tuple(job_record(j) for j in verdict.jobs),
+            raw=data.content if keep_raw else None,
+            raw_keep_until=keep_until,
+            auth=self.sender_checks.header_value(envelope, auth),
+            sender_authenticated=verdict.is_sender_authenticated,
+            refused_for=verdict.problem,
+        )
+        try:
+            record = await self.store.record_message(record, NoticeCheck(verdict, replies))
+        except StoreError as exc:
+            log.error("store.write_failed", reference=reference, error=str(exc))
+            return REPLY_STORE_FAILED
+        log_message(record)
+        return record.reply
+
+    def _replies(self, verdict: Verdict, reference: str) -> dict[Reply, str]:
+        """The words of every reply the verdict may end on, once the store has settled it."""
+        offices = self.rules.offices
+        return {
+            reply: reply_for(reply, reference, None if not reply.office else offices[reply.office])
+            for reply in verdict.possible_replies()
+        }
+
+    def _retention(
+        self, verdict: Verdict, envelope: GatewayEnvelope, received_at: datetime
+    ) -> tuple[bool, datetime | None]:
+        """Whether the raw message is kept, and until when (None: until dealt with)."""
+        # Mail still to be relayed, and mail for postmaster, is kept until dealt with.
+        if any(j.kind is JobKind.RELAY for j in verdict.jobs) or any(
+            a.decision is None for a in envelope.accepted
+        ):
+            return True, None
+        if self.storage.keep_raw:
+            return True, received_at + timedelta(days=self.storage.raw_retention_days)
+        return False, None
+
+    def _recipients(
+        self, envelope: GatewayEnvelope, verdict: Verdict, at: datetime
+    ) -> tuple[RecipientRecord, ...]:
+        return tuple(
+            self._recipient_record(a, d, at)
+            for a, d in zip(envelope.accepted, verdict.decisions, strict=True)
+        )
+
+    def _recipient_record(
+        self, accepted: Accepted, decision: Decision | None, at: datetime
+    ) -> RecipientRecord:
+        if decision is None:
+            return RecipientRecord(accepted.given, accepted.kind, "keep", "mail for postmaster", at)
+        office = self.rules.offices[decision.office]
+        return RecipientRecord(
+            accepted.given,
+            accepted.kind,
+            decision.action,
+            decision.reason,
+            at,
+            office=office.name,
+            phase=decision.phase,
+            local_time=at.astimezone(office.zone).isoformat(timespec="seconds"),
+        )
