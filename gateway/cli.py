@@ -231,9 +231,11 @@ def _run(args: argparse.Namespace) -> int:
         print(f"gateway: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "check-config":
+        from datetime import UTC, datetime
+
         from gateway.ops.checkconfig import print_check
 
-        print_check(settings, out=sys.stdout)
+        print_check(settings, now=datetime.now(UTC), out=sys.stdout)
         return EXIT_OK
     if args.command == "serve":
         from gateway.app import serve
