@@ -1,9 +1,9 @@
 # eservice-gateway: the MX for retired filing addresses.
 #   docker build -t eservice-gateway .
 #   docker run -d -p 25:2525 -v gw-state:/var/lib/eservice-gateway \
-#       -v /etc/eservice-gateway/gateway.toml:/etc/eservice-gateway/gateway.toml:ro eservice-gateway
-# Pinned to a patch release: 3.13.12 carries the email header-folding and parser-DoS fixes.
-FROM python:3.13.12-slim
+#       -v /etc/eservice-gateway/gateway.toml:/etc/eservice-gateway/gateway.toml:ro \
+#       -e GATEWAY_CONFIG=/etc/eservice-gateway/gateway.toml eservice-gateway
+FROM python:3.11-slim
 
 RUN groupadd --system --gid 10001 gateway \
  && useradd --system --uid 10001 --gid gateway --home-dir /var/lib/eservice-gateway gateway \
@@ -14,26 +14,15 @@ COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY config ./config
 COPY templates ./templates
-# The image's defaults live in its config file, not in GATEWAY_* variables: the environment
-# beats the file, so variables set here would silently override a mounted config. The file is
-# the built-in one with: every IPv4 address inside the container for SMTP (publish it as 25)
-# and for metrics and health (loopback elsewhere; publish 9125 only to the scraper), state in
-# the volume, JSON logs. check-config fails the build if an edit no longer applies.
-RUN pip install --no-cache-dir . \
- && install -d /etc/eservice-gateway \
- && sed -e 's|^listen = \["127.0.0.1:2525"\]|listen = ["0.0.0.0:2525"]|' \
-        -e 's|^listen = "127.0.0.1:9125"|listen = "0.0.0.0:9125"|' \
-        -e 's|^state_dir = "state"|state_dir = "/var/lib/eservice-gateway"|' \
-        -e 's|^outbox_dir = "state/notices"|outbox_dir = "/var/lib/eservice-gateway/notices"|' \
-        -e 's|^format = "auto"|format = "json"|' \
-        config/gateway.toml > /etc/eservice-gateway/gateway.toml \
- && test "$(grep -c -E '^[a-z_]+ = .*(0\.0\.0\.0:|/var/lib/eservice-gateway|"json")' \
-        /etc/eservice-gateway/gateway.toml)" = 5 \
- && gateway check-config --config /etc/eservice-gateway/gateway.toml > /dev/null \
- && cd / && rm -rf /src
+RUN pip install --no-cache-dir . && cd / && rm -rf /src
 
-# GATEWAY_CONFIG names the file (mount yours over it); it sets no setting itself.
-ENV GATEWAY_CONFIG=/etc/eservice-gateway/gateway.toml \
+# Listen on every IPv4 address inside the container; publish the port as 25.
+# The metrics and health endpoint too (loopback elsewhere): publish 9125 only to the scraper.
+ENV GATEWAY_SERVER__LISTEN=0.0.0.0:2525 \
+    GATEWAY_METRICS__LISTEN=0.0.0.0:9125 \
+    GATEWAY_STORAGE__STATE_DIR=/var/lib/eservice-gateway \
+    GATEWAY_DELIVERY__OUTBOX_DIR=/var/lib/eservice-gateway/notices \
+    GATEWAY_AUDIT__FORMAT=json \
     PYTHONUNBUFFERED=1
 
 VOLUME ["/var/lib/eservice-gateway", "/var/log/eservice-gateway"]

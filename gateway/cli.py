@@ -24,18 +24,16 @@ EXIT_FAILED = 1
 EXIT_CONFIG = 2
 
 
-def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gateway",
         description="The MX for retired filing addresses: refuse or notify, record every attempt.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    subparsers: dict[str, argparse.ArgumentParser] = {}
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        subparsers[name] = sub
         sub.add_argument(
             "--config",
             type=Path,
@@ -82,22 +80,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
             " (to [postmaster] forward_to).",
         )
     )
-    return parser, subparsers
-
-
-def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    """The command line, with options allowed before and after a command's positionals.
-
-    Plain parse_args() takes `audit show --tz office REF` as show with no REF, then rejects
-    REF as unrecognized. parse_intermixed_args() does not support subparsers, so the command's
-    own parser reads everything after the command name.
-    """
-    parser, subparsers = _parser()
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in subparsers:
-        namespace = argparse.Namespace(command=args[0])
-        return subparsers[args[0]].parse_intermixed_args(args[1:], namespace=namespace)
-    return parser.parse_args(args)  # --help, --version, or a usage error naming the commands
+    return parser
 
 
 def _add_postmaster(postmaster: argparse.ArgumentParser) -> None:
@@ -216,7 +199,7 @@ def _add_preview(preview: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the gateway command line; returns the process exit status."""
     try:
-        return _run(_parse(argv))
+        return _run(_parser().parse_args(argv))
     except BrokenPipeError:
         # The reader went away (`gateway queue list | head`): stop quietly, as Unix tools do.
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -231,11 +214,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"gateway: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "check-config":
-        from datetime import UTC, datetime
-
         from gateway.ops.checkconfig import print_check
 
-        print_check(settings, now=datetime.now(UTC), out=sys.stdout)
+        print_check(settings, out=sys.stdout)
         return EXIT_OK
     if args.command == "serve":
         from gateway.app import serve
