@@ -24,16 +24,19 @@ EXIT_FAILED = 1
 EXIT_CONFIG = 2
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser, and each command's own parser by name."""
     parser = argparse.ArgumentParser(
         prog="gateway",
         description="The MX for retired filing addresses: refuse or notify, record every attempt.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    by_name: dict[str, argparse.ArgumentParser] = {}
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
+        by_name[name] = sub
         sub.add_argument(
             "--config",
             type=Path,
@@ -80,7 +83,24 @@ def _parser() -> argparse.ArgumentParser:
             " (to [postmaster] forward_to).",
         )
     )
-    return parser
+    return parser, by_name
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse the command line, options and positionals in any order after the command.
+
+    argparse's plain parsing stops filling optional positionals at the first option, so
+    `audit show --tz office REF` left REF unrecognised. Intermixed parsing collects the
+    options first and then the positionals; it cannot span a subparser, so the command's own
+    parser does it once the command word is known.
+    """
+    parser, commands = _parser()
+    words = list(sys.argv[1:] if argv is None else argv)
+    if not words or words[0] not in commands:
+        return parser.parse_args(words)  # --help, --version, or a usage error naming COMMAND
+    args = commands[words[0]].parse_intermixed_args(words[1:])
+    args.command = words[0]
+    return args
 
 
 def _add_postmaster(postmaster: argparse.ArgumentParser) -> None:
@@ -199,7 +219,7 @@ def _add_preview(preview: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the gateway command line; returns the process exit status."""
     try:
-        return _run(_parser().parse_args(argv))
+        return _run(_parse(argv))
     except BrokenPipeError:
         # The reader went away (`gateway queue list | head`): stop quietly, as Unix tools do.
         devnull = os.open(os.devnull, os.O_WRONLY)
