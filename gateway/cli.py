@@ -52,7 +52,11 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         default=None,
         help="run the clock as if it were this moment (trials and rehearsals; logged loudly)",
     )
-    command("check-config", "Validate the settings and print the address table and phase dates.")
+    command(
+        "check-config",
+        "Validate the settings and print what is in force (like postconf -n), each office's"
+        " phases, the phase now and the next boundary, and the address table.",
+    )
     _add_preview(command("preview", "Render the notice a message would get; nothing is sent."))
     queue = command("queue", "Show and manage the outbox: list, show ID, retry ID, delete ID.")
     queue.add_argument("action", choices=["list", "show", "retry", "delete"])
@@ -234,9 +238,11 @@ def _run(args: argparse.Namespace) -> int:
         print(f"gateway: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "check-config":
+        from datetime import UTC, datetime
+
         from gateway.ops.checkconfig import print_check
 
-        print_check(settings, out=sys.stdout)
+        print_check(settings, now=datetime.now(UTC), out=sys.stdout)
         return EXIT_OK
     if args.command == "serve":
         from gateway.app import serve
