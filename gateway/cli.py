@@ -80,6 +80,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
             " hash chain).",
         )
     )
+    _add_init(commands, by_name)
     _add_postmaster(
         command(
             "postmaster",
@@ -105,6 +106,46 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     args = commands[words[0]].parse_intermixed_args(words[1:])
     args.command = words[0]
     return args
+
+
+def _add_init(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    by_name: dict[str, argparse.ArgumentParser],
+) -> None:
+    # Not made by command(): here --config names the file to write, not one to read.
+    text = (
+        "Write a starting config (the built-in one, with these values), create the state"
+        " directory and the DKIM key, and print the DNS records to publish."
+    )
+    init = by_name["init"] = commands.add_parser("init", help=text, description=text)
+    init.add_argument(
+        "--config",
+        type=Path,
+        default=Path("/etc/eservice-gateway/gateway.toml"),
+        metavar="FILE",
+        help="where to write the config (default: %(default)s)",
+    )
+    init.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path("/var/lib/eservice-gateway"),
+        metavar="DIR",
+        help="the state directory, made mode 0750 (default: %(default)s)",
+    )
+    init.add_argument("--domain", help="mail domain of the retired addresses (and mx.DOMAIN)")
+    init.add_argument("--office", metavar="NAME", help="the office's short name (a-z, 0-9, -)")
+    init.add_argument("--hostname", help="the name the MX record points at (default: mx.DOMAIN)")
+    init.add_argument("--listen", metavar="HOST:PORT", help="the SMTP listener")
+    init.add_argument(
+        "--metrics-listen", metavar="HOST:PORT", help='/metrics and /readyz ("" turns them off)'
+    )
+    init.add_argument("--log-format", choices=["auto", "json", "console"])
+    init.add_argument(
+        "--no-key",
+        action="store_true",
+        help="make no DKIM key now (an image build: the gateway makes it on first start)",
+    )
+    init.add_argument("--force", action="store_true", help="replace an existing config file")
 
 
 def _add_postmaster(postmaster: argparse.ArgumentParser) -> None:
@@ -232,6 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "init":
+        return _init(args)
     try:
         settings = _settings(args.config)
     except ConfigError as exc:
@@ -356,6 +399,26 @@ def _postmaster(settings: GatewaySettings, args: argparse.Namespace) -> int:
         out_bytes=sys.stdout.buffer,
         err=sys.stderr,
     )
+
+
+def _init(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from gateway.ops.init import InitRequest, run_init
+
+    request = InitRequest(
+        config=args.config,
+        state_dir=args.state_dir.absolute(),
+        domain=args.domain,
+        office=args.office,
+        hostname=args.hostname,
+        listen=args.listen,
+        metrics_listen=args.metrics_listen,
+        log_format=args.log_format,
+        make_key=not args.no_key,
+        force=args.force,
+    )
+    return run_init(request, now=datetime.now(UTC), out=sys.stdout, err=sys.stderr)
 
 
 def _settings(path: Path | None) -> GatewaySettings:
