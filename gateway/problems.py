@@ -45,6 +45,7 @@ _WORDS: Mapping[str, str] = {
     "string_too_long": "must be at most {max_length} characters long",
     "literal_error": "must be one of {expected}",
     "enum": "must be one of {expected}",
+    "string_pattern_mismatch": "is not in the expected form",
     "url_parsing": "must be a URL such as https://portal.example/",
     "url_scheme": "must be a URL starting with {expected_schemes}",
     "datetime_parsing": "must be a date and time such as 2017-09-12T00:00:00",

@@ -214,7 +214,7 @@ def test_postmaster_forward_to_is_empty_by_default_and_read_from_the_environment
 @pytest.mark.parametrize(
     ("address", "problem"),
     [
-        ("not an address", "should match pattern"),
+        ("not an address", "is not in the expected form"),
         ("postmaster@occ-chicago.example", "at a domain this gateway serves"),
     ],
 )
