@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from gateway.errors import StoreError
 from gateway.mail.evidence import MessageFacts
 from gateway.policy.decision import NoticeScope, exceeded_scope
+from gateway.vocabulary import NOTICE_KINDS
 
 __all__ = [
     "NOTICE_KINDS",
@@ -215,13 +216,9 @@ class RecipientRecord:
     local_time: str | None = None  # decided_at in the office's zone, as the office reads it
 
 
-# Jobs that answer a sender, limited by the notice gate; relays, forwards and bounces are not.
-NOTICE_KINDS = frozenset({"notice", "advisory"})
-
-
 @dataclass(frozen=True, slots=True)
 class JobRecord:
-    kind: str  # "relay", "forward" (postmaster mail), "notice", "advisory"
+    kind: str  # a vocabulary.JobKind: relay, forward (postmaster mail), notice, advisory
     mail_from: str
     recipients: tuple[str, ...]
     office: str | None = None
