@@ -14,18 +14,10 @@ import pytest
 
 from gateway.mail.redaction import Redactor
 from gateway.store.db import connect
-from gateway.store.records import (
-    AttemptRecord,
-    DaySummary,
-    Filters,
-    Kind,
-    find_attempts,
-    parse_bound,
-    redacted,
-    sender_activity,
-    summarize,
-    tell_story,
-)
+from gateway.store.records import AttemptRecord, Filters, Kind, find_attempts, parse_bound, redacted
+from gateway.store.story import tell_story
+from gateway.store.summaries import DaySummary, sender_activity, summarize
+from gateway.vocabulary import parse_notice_status
 from tests.conftest import GatewayFactory
 from tests.filings import CLERK, FAR, Filed, fill_store
 
@@ -60,7 +52,7 @@ async def test_every_attempt_is_listed_oldest_first_refusals_at_rcpt_included(
     }
     assert [a.reference for a in attempts] == list(filed.refs.values())
     refusal = by_name["refusal"]
-    assert (refusal.kind, refusal.decision, refusal.action, refusal.notice) == (
+    assert (refusal.kind, refusal.decision, refusal.action, str(refusal.notice)) == (
         Kind.REFUSAL,
         "refused",
         "reject-at-rcpt",
@@ -80,7 +72,7 @@ async def test_every_attempt_is_listed_oldest_first_refusals_at_rcpt_included(
     assert motion.reply.startswith("550 5.1.6 NOT FILED")
     assert motion.at == datetime(2017, 9, 13, 15, 0, tzinfo=UTC)
     # What became of each notice: the sink took the first, deferred the second, refused the third.
-    assert {name: a.notice for name, a in by_name.items()} == {
+    assert {name: str(a.notice) for name, a in by_name.items()} == {
         "motion": "delivered",
         "clerk": "deferred",
         "null": "suppressed:null-sender",
@@ -240,7 +232,7 @@ def attempt(
         action="reject-after-data",
         decision=decision,
         reason=reason,
-        notice=notice,
+        notice=parse_notice_status(notice),  # as the store reads it back
         reply="550 5.1.6 NOT FILED",
     )
 
