@@ -14,10 +14,11 @@ import pytest
 
 from gateway.mail.redaction import Redactor
 from gateway.store.db import connect
+from gateway.store.queries import read_message
 from gateway.store.records import AttemptRecord, Filters, Kind, find_attempts, parse_bound, redacted
 from gateway.store.story import tell_story
 from gateway.store.summaries import DaySummary, sender_activity, summarize
-from gateway.vocabulary import parse_notice_status
+from gateway.vocabulary import format_notice_status, parse_notice_status
 from tests.conftest import GatewayFactory
 from tests.filings import CLERK, FAR, Filed, fill_store
 
@@ -346,3 +347,15 @@ def test_redaction_hides_a_numbers_in_subjects_and_file_names_not_the_digest() -
     assert shown.a_numbers == ("[A-number]", "[A-number]")
     assert shown.sha256 == record.sha256
     assert redacted(record, Redactor()) == record
+
+
+async def test_each_stored_notice_column_reads_as_a_status_and_writes_back_the_same(
+    start_gateway: GatewayFactory,
+) -> None:
+    filed = await fill_store(start_gateway)
+    with reading(filed) as conn:
+        stored = [read_message(conn, ref) for ref in filed.refs.values()]
+    messages = [m for m in stored if m is not None]  # the refusal at RCPT has no message
+    assert {m.notice for m in messages} >= {"queued", "none", "suppressed:null-sender"}
+    for message in messages:
+        assert format_notice_status(message.notice_status) == message.notice

@@ -2,8 +2,8 @@
 
 Arrival, client and message facts, the checks, each recipient's decision and the reply, each
 delivery attempt, a timeline in one zone, and the audit log's lines about it. Only text is
-made here: records.py gathers the story, events.py the log lines, auditcmd.py decides
-what to show and where.
+made here: store/story.py gathers the story, events.py the log lines, ops/auditevidence.py
+decides what to show and where.
 """
 
 from __future__ import annotations
