@@ -42,10 +42,11 @@ from gateway.notices.render import (
 from gateway.store.db import connect
 from gateway.store.outbox import Attempt, Job, job_attempts, read_job
 from gateway.store.queries import list_decisions, read_message, read_raw
+from gateway.vocabulary import JobKind
 
 __all__ = ["Composer", "MailBuilder", "ProcessComposer", "ThreadComposer", "make_composer"]
 
-_NOTICE_KINDS = {"notice": NoticeKind.NOT_FILED, "advisory": NoticeKind.ADVISORY}
+_NOTICE_KINDS = {JobKind.NOTICE: NoticeKind.NOT_FILED, JobKind.ADVISORY: NoticeKind.ADVISORY}
 
 
 class Composer(Protocol):
@@ -75,9 +76,9 @@ class MailBuilder:
         """
         conn = connect(self.database, readonly=True)
         try:
-            if job.kind in ("relay", "forward"):  # forward: postmaster mail, relayed the same
+            if job.kind.is_relay:  # forward: postmaster mail, relayed the same
                 data = _relay_data(conn, job, self.settings.server.hostname)
-            elif job.kind == "bounce":
+            elif job.kind is JobKind.BOUNCE:
                 data = _bounce_data(conn, job, self.settings.server.hostname, now)
             else:
                 data = self._notice_data(conn, job, now)

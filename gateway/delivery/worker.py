@@ -37,6 +37,7 @@ from gateway.policy.decision import next_attempt_at
 from gateway.store.db import iso
 from gateway.store.outbox import Attempt, Job, JobState, Outbox
 from gateway.store.sentmail import SentNotice, describe_sent, should_keep
+from gateway.vocabulary import JobKind
 
 __all__ = ["DeliveryWorker"]
 
@@ -209,7 +210,7 @@ class DeliveryWorker:
 
     def _raw_release(self, job: Job, attempt: Attempt) -> datetime | None:
         """When a finished relay's raw copy may go: it is evidence, but not for ever."""
-        if job.kind != "relay" or attempt.outcome is JobState.DEFERRED:
+        if job.kind is not JobKind.RELAY or attempt.outcome is JobState.DEFERRED:
             return None
         return attempt.finished_at + self.raw_retention
 
@@ -238,7 +239,7 @@ class DeliveryWorker:
             next_attempt_at=due,
             note=note,
             raw_keep_until=self._raw_release(job, attempt),
-            bounce=job.kind == "relay" and state is JobState.FAILED,
+            bounce=job.kind is JobKind.RELAY and state is JobState.FAILED,
         )
         event = "delivery.deferred" if state is JobState.DEFERRED else "delivery.failed"
         _log_attempt(
@@ -248,7 +249,7 @@ class DeliveryWorker:
             log.info(
                 "outbox.enqueued",
                 reference=job.reference,
-                job_kind="bounce",
+                job_kind=JobKind.BOUNCE,
                 office=job.office,
                 recipients=[bounce.recipient],
                 destination=None,

@@ -14,8 +14,13 @@ from gateway.clock import Clock
 from gateway.config import GatewaySettings
 from gateway.store.db import connect
 from gateway.store.outbox import Job, delete_job, job_attempts, list_jobs, read_job, retry_job
+from gateway.vocabulary import JobState
 
 __all__ = ["run_queue"]
+
+# Jobs still to be sent, and those of them due for a try (an in-flight one is being tried).
+_DUE = (JobState.QUEUED, JobState.DEFERRED)
+_WAITING = (*_DUE, JobState.IN_FLIGHT)
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_NO_STORE = 0, 1, 2
 
@@ -65,13 +70,13 @@ def _list(conn: sqlite3.Connection, out: TextIO) -> int:
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
         out.write("  ".join([*cells, row[-1]]).rstrip() + "\n")
-    waiting = sum(1 for j in jobs if j.state in ("queued", "deferred", "in-flight"))
+    waiting = sum(1 for j in jobs if j.state in _WAITING)
     out.write(f"\n{len(jobs)} jobs, {waiting} waiting\n")
     return EXIT_OK
 
 
 def _row(job: Job) -> tuple[str, ...]:
-    waiting = job.state in ("queued", "deferred")
+    waiting = job.state in _DUE
     return (
         str(job.id),
         job.state,

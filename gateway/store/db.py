@@ -27,6 +27,7 @@ from gateway.errors import StoreError
 from gateway.mail.evidence import MessageFacts
 from gateway.policy.decision import NoticeScope
 from gateway.policy.verdict import Job, NoticeGate, NoticeHistory, Reply, Verdict, settle
+from gateway.vocabulary import NOTICE_KINDS, format_notice_status
 
 __all__ = [
     "NOTICE_KINDS",
@@ -217,13 +218,9 @@ class RecipientRecord:
     local_time: str | None = None  # decided_at in the office's zone, as the office reads it
 
 
-# Jobs that answer a sender, limited by the notice gate; relays, forwards and bounces are not.
-NOTICE_KINDS = frozenset({"notice", "advisory"})
-
-
 @dataclass(frozen=True, slots=True)
 class JobRecord:
-    kind: str  # "relay", "forward" (postmaster mail), "notice", "advisory"
+    kind: str  # a vocabulary.JobKind: relay, forward (postmaster mail), notice, advisory
     mail_from: str
     recipients: tuple[str, ...]
     office: str | None = None
@@ -585,7 +582,7 @@ def _gated(
         record,
         outcome=verdict.outcome,
         reply=check.replies[verdict.reply],
-        notice=verdict.notice.stored,
+        notice=format_notice_status(verdict.notice),
         jobs=tuple(job_record(j) for j in verdict.jobs),
         duplicate_of=verdict.duplicate_of,
     )

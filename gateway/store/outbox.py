@@ -16,10 +16,10 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 
 from gateway.store.db import JobRecord, Store, iso
 from gateway.store.sentmail import SentNotice, insert_sent
+from gateway.vocabulary import JobKind, JobState
 
 __all__ = [
     "Attempt",
@@ -39,23 +39,16 @@ __all__ = [
 ]
 
 
-class JobState(StrEnum):
-    QUEUED = "queued"
-    IN_FLIGHT = "in-flight"
-    DEFERRED = "deferred"
-    DELIVERED = "delivered"
-    FAILED = "failed"
-    DELETED = "deleted"  # by an operator; the row stays as evidence
-
-
 _DUE_STATES = (JobState.QUEUED, JobState.DEFERRED)
+# A job in these states may still be sent: its message must be kept until it is.
+_PENDING_STATES = (JobState.QUEUED, JobState.IN_FLIGHT, JobState.DEFERRED)
 
 
 @dataclass(frozen=True, slots=True)
 class Job:
     id: int
     reference: str
-    kind: str
+    kind: JobKind
     office: str | None
     mail_from: str
     recipients: tuple[str, ...]
@@ -73,7 +66,7 @@ class Job:
         return cls(
             id=row["id"],
             reference=row["reference"],
-            kind=row["kind"],
+            kind=JobKind(row["kind"]),
             office=row["office"],
             mail_from=row["mail_from"],
             recipients=tuple(json.loads(row["recipients"])),
@@ -244,7 +237,7 @@ def _queue_bounce(conn: sqlite3.Connection, relay: Job, at: datetime) -> Bounce 
         " next_attempt_at, updated_at, about_job) VALUES (?,?,?,?,?,?,?,?,?,?)",
         (
             relay.reference,
-            "bounce",
+            JobKind.BOUNCE,
             relay.office,
             "",
             json.dumps([sender]),
@@ -262,11 +255,11 @@ def _queue_bounce(conn: sqlite3.Connection, relay: Job, at: datetime) -> Bounce 
 def _release_raw(conn: sqlite3.Connection, reference: str, keep_until: datetime) -> None:
     conn.execute(
         "UPDATE raw_messages SET keep_until = ? WHERE reference = ? AND keep_until IS NULL"
-        " AND NOT EXISTS (SELECT 1 FROM jobs WHERE reference = ? AND kind = 'relay'"
-        "  AND state IN ('queued', 'in-flight', 'deferred'))"
+        " AND NOT EXISTS (SELECT 1 FROM jobs WHERE reference = ? AND kind = ?"
+        "  AND state IN (?, ?, ?))"
         " AND NOT EXISTS (SELECT 1 FROM message_recipients WHERE reference = ?"
         "  AND kind = 'postmaster')",
-        (iso(keep_until), reference, reference, reference),
+        (iso(keep_until), reference, reference, JobKind.RELAY, *_PENDING_STATES, reference),
     )
 
 

@@ -29,8 +29,8 @@ from gateway.clock import Clock
 from gateway.config import StorageSettings
 from gateway.errors import StoreError
 from gateway.store.db import Store, iso
-from gateway.store.outbox import JobState
 from gateway.store.sentmail import purge_sent
+from gateway.vocabulary import JobState
 
 __all__ = [
     "BATCH",
