@@ -21,6 +21,7 @@ __all__ = [
     "JobState",
     "NoticeStatus",
     "NoticeStatusKind",
+    "Outcome",
     "format_notice_status",
     "parse_notice_status",
 ]
@@ -48,6 +49,14 @@ class JobKind(StrEnum):
 
 # Jobs that answer a sender, limited by the notice gate; relays, forwards and bounces are not.
 NOTICE_KINDS = frozenset({JobKind.NOTICE, JobKind.ADVISORY})
+
+
+class Outcome(StrEnum):
+    """How a message was answered at the end of DATA, as `messages.outcome` spells it."""
+
+    ACCEPTED = "accepted"  # 250
+    REJECTED = "rejected"  # 5xx: refused, on record
+    DEFERRED = "deferred"  # 4xx: to be tried again by the sender's server
 
 
 class JobState(StrEnum):

@@ -36,7 +36,7 @@ from gateway import __version__
 from gateway.clock import Clock
 from gateway.store.db import connect
 from gateway.store.outbox import count_jobs
-from gateway.vocabulary import NOTICE_KINDS, JobKind, JobState, NoticeStatusKind
+from gateway.vocabulary import NOTICE_KINDS, JobKind, JobState, NoticeStatusKind, Outcome
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -54,7 +54,7 @@ DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 
 # Every kind, from the one list of them: a kind added there gets its series here too.
 JOB_KINDS = tuple(JobKind)
-_OUTCOMES = ("accepted", "rejected", "deferred")
+_OUTCOMES = tuple(Outcome)
 _NOTICE_STATUSES = (
     NoticeStatusKind.SUPPRESSED,
     NoticeStatusKind.QUEUED,
@@ -205,8 +205,8 @@ class EventMetrics:
 
     def _start_at_zero(self) -> None:
         # Series that exist from the start read 0, not "no data", until the first event.
-        for outcome in _OUTCOMES:
-            self.messages.labels(outcome)
+        for message_outcome in _OUTCOMES:
+            self.messages.labels(message_outcome)
         for status in _NOTICE_STATUSES:
             self.notices.labels(status)
         for kind in JOB_KINDS:

@@ -11,7 +11,7 @@ import structlog
 from gateway.policy.decision import Action
 from gateway.smtp.replies import reply_code
 from gateway.store.db import MessageRecord
-from gateway.vocabulary import parse_notice_status
+from gateway.vocabulary import Outcome, parse_notice_status
 
 __all__ = ["log_message", "refusal_reason"]
 
@@ -88,7 +88,7 @@ def refusal_reason(record: MessageRecord) -> str:
     why = record.notice.partition(":")[2]
     if why.startswith(("loop-", "rate-limit-")) or why == "sender-check-temperror":
         return why
-    if record.outcome == "deferred":
+    if record.outcome == Outcome.DEFERRED:
         return "recipients-changed"
     gone = all(r.action == Action.GONE for r in record.recipients)
     return "address-decommissioned" if gone else "address-retired"

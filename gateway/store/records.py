@@ -25,6 +25,7 @@ from gateway.vocabulary import (
     JobKind,
     NoticeStatus,
     NoticeStatusKind,
+    Outcome,
     parse_notice_status,
 )
 
@@ -239,7 +240,7 @@ def _message(rows: Sequence[sqlite3.Row]) -> AttemptRecord:
 def _reason(outcome: str, notice: NoticeStatus, policy_reason: str) -> str:
     # A loop or a rate limit overrides the policy's answer; the record says so in `notice`.
     why = notice.reason or ""
-    if why.startswith("loop-") or (outcome == "deferred" and why.startswith("rate-limit-")):
+    if why.startswith("loop-") or (outcome == Outcome.DEFERRED and why.startswith("rate-limit-")):
         return why
     return str(policy_reason)
 
