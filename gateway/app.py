@@ -4,6 +4,10 @@ startup and shutdown.
 `serve()` is what `gateway serve` runs. Shutdown on SIGTERM/SIGINT: stop accepting, let the
 sessions in flight finish within server.drain_timeout (the rest get 421), give deliveries in
 flight the same time (the rest go back to the queue), commit what is pending, exit 0.
+
+SIGHUP reopens the audit log and reloads: the config file and templates are read again and,
+if they load, serve the sessions that connect from then on (reload.py says what changed and
+what waits for a restart); if not, the old ones go on serving. SIGUSR1 only reopens the log.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import socket
 import ssl
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +31,7 @@ from gateway.audit.chain import ChainedLog, anchored
 from gateway.audit.log import configure_logging
 from gateway.clock import Clock, make_clock
 from gateway.config import GatewaySettings, ServerSettings
-from gateway.delivery.composer import make_composer
+from gateway.delivery.composer import Composer, make_composer
 from gateway.delivery.transport import FileSender, MailSender, SmtpSender
 from gateway.delivery.worker import DeliveryWorker
 from gateway.errors import ConfigError, GatewayError
@@ -35,12 +40,22 @@ from gateway.http.metrics import EventMetrics, OutboxCollector, new_registry
 from gateway.mail.mx import DnsMxResolver
 from gateway.notices.dkim import DkimKey, ensure_key, zone_record
 from gateway.notices.render import NoticeRenderer
-from gateway.smtp.server import Sessions, start_server
+from gateway.reload import ReloadPlan, plan_reload, templates_digest
+from gateway.smtp.replies import check_replies
+from gateway.smtp.server import Serving, Sessions, start_server
 from gateway.store.db import Store
 from gateway.store.outbox import Outbox
 from gateway.store.retention import purge_periodically
 
-__all__ = ["Parts", "build_delivery", "check_state_dir", "serve", "tls_context", "watch_log"]
+__all__ = [
+    "Parts",
+    "Reloader",
+    "build_delivery",
+    "check_state_dir",
+    "serve",
+    "tls_context",
+    "watch_log",
+]
 
 log = structlog.get_logger()
 
@@ -133,8 +148,16 @@ def build_delivery(
     return DeliveryWorker(settings, Outbox(store, owner=owner), composer, sender, clock)
 
 
-def serve(settings: GatewaySettings, *, as_of: str | None = None) -> int:
-    """Run the gateway until SIGTERM or SIGINT; returns the exit status."""
+def serve(
+    settings: GatewaySettings,
+    *,
+    as_of: str | None = None,
+    reread: Callable[[], GatewaySettings] | None = None,
+) -> int:
+    """Run the gateway until SIGTERM or SIGINT; returns the exit status.
+
+    `reread` reads the settings again from where `settings` came from, on SIGHUP; without
+    it SIGHUP only reopens the audit log."""
     try:
         check_state_dir(settings.storage.state_dir)
     except OSError as exc:  # not a configuration error: the host's file system refuses
@@ -164,7 +187,7 @@ def serve(settings: GatewaySettings, *, as_of: str | None = None) -> int:
     try:
         # The chain's first line and its head over time, in the store (see chain.py).
         with anchored(chain, settings.storage.database, every_s=every_s):
-            asyncio.run(_serve(settings, parts, chain, as_of=as_of))
+            asyncio.run(_serve(settings, parts, chain, as_of=as_of, reread=reread))
     except (GatewayError, OSError) as exc:
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
         return 1
@@ -172,14 +195,23 @@ def serve(settings: GatewaySettings, *, as_of: str | None = None) -> int:
 
 
 async def _serve(
-    settings: GatewaySettings, parts: Parts, chain: ChainedLog | None, *, as_of: str | None
+    settings: GatewaySettings,
+    parts: Parts,
+    chain: ChainedLog | None,
+    *,
+    as_of: str | None,
+    reread: Callable[[], GatewaySettings] | None,
 ) -> None:
     # Signals are caught before anything is announced: a SIGTERM sent the moment an
-    # orchestrator sees `gateway.listening` must drain, not kill.
-    stop = _StopSignal(asyncio.get_running_loop())
+    # orchestrator sees `gateway.listening` must drain, not kill, and a SIGHUP (whose default
+    # is to end the process) must reload.
+    loop = asyncio.get_running_loop()
+    stop = _StopSignal(loop)
+    hangups = _HangupSignals(loop)
     store = Store(settings.storage.database)
     await store.open()
     sessions = Sessions(limit=settings.server.max_connections)
+    serving = Serving(settings, store, parts.clock)
     endpoint: Endpoint | None = None
     try:
         servers = await start_server(
@@ -189,8 +221,11 @@ async def _serve(
             sessions=sessions,
             tls_context=parts.tls,
             audit=chain,
+            serving=serving,
         )
         worker = build_delivery(settings, store, parts.clock, parts.renderer, parts.dkim_key)
+        templates = await asyncio.to_thread(templates_digest, settings)
+        reloader = Reloader(settings, templates, serving, worker, parts.dkim_key, reread)
         readiness = Readiness(
             settings.metrics,
             servers=servers,
@@ -224,6 +259,7 @@ async def _serve(
             ]
             if chain is not None:
                 housekeeping.append(tasks.create_task(watch_log(chain), name="audit-log"))
+            housekeeping.append(tasks.create_task(hangups.serve(reloader, chain), name="signals"))
             reason = await stop.wait()
             log.info("gateway.stopping", reason=reason, sessions=len(sessions.live))
             for server in servers:
@@ -237,6 +273,7 @@ async def _serve(
         if endpoint is not None:
             await endpoint.close()
         stop.remove()
+        hangups.remove()
         await store.close()
 
 
@@ -312,3 +349,104 @@ class _StopSignal:
     def remove(self) -> None:
         for signum in self.SIGNALS:
             self._loop.remove_signal_handler(signum)
+
+
+class _HangupSignals:
+    """SIGHUP (reopen the audit log, then reload) and SIGUSR1 (reopen the log), handled one
+    at a time in the order they came: two quick SIGHUPs are two reloads, never overlapping."""
+
+    SIGNALS = (signal.SIGHUP, signal.SIGUSR1)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._received: asyncio.Queue[signal.Signals] = asyncio.Queue()
+        for signum in self.SIGNALS:
+            loop.add_signal_handler(signum, self._received.put_nowait, signum)
+
+    async def serve(self, reloader: Reloader, chain: ChainedLog | None) -> None:
+        """Act on each signal as it comes; runs until cancelled."""
+        while True:
+            signum = await self._received.get()
+            if chain is not None:
+                await _reopen_log(chain, signum)
+            if signum is signal.SIGHUP:
+                await reloader.reload()
+
+    def remove(self) -> None:
+        for signum in self.SIGNALS:
+            self._loop.remove_signal_handler(signum)
+
+
+async def _reopen_log(chain: ChainedLog, signum: signal.Signals) -> None:
+    # logrotate's `create` renames the file, then signals: the lines go to the new file now.
+    rotated = await asyncio.to_thread(chain.reopen)
+    log.info("gateway.log.reopened", log=chain.destination, signal=signum.name, rotated=rotated)
+
+
+class Reloader:
+    """The settings in force and the parts built from them that a reload replaces: the
+    snapshot new SMTP sessions take, and the delivery worker's composer (the templates)."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        templates: str,
+        serving: Serving,
+        worker: DeliveryWorker,
+        dkim_key: DkimKey,
+        reread: Callable[[], GatewaySettings] | None,
+    ) -> None:
+        self.settings = settings
+        self.templates = templates  # templates_digest() of the templates in force
+        self._serving = serving
+        self._worker = worker
+        self._dkim_key = dkim_key
+        self._reread = reread
+
+    async def reload(self) -> None:
+        """Read the config and templates again and serve new sessions with them; if either
+        fails to load, log why and keep the old ones."""
+        if self._reread is None:
+            return
+        try:
+            plan, renderer, templates = await asyncio.to_thread(self._prepare, self._reread)
+            self._serving.use(plan.settings)
+        except ConfigError as exc:
+            log.error("gateway.reload.refused", error=str(exc))
+            return
+        except OSError as exc:  # a template directory that cannot be read
+            log.error("gateway.reload.refused", error=exc.strerror or str(exc))
+            return
+        changed = [*plan.changed, *(["templates"] if templates != self.templates else [])]
+        old: Composer | None = None
+        if changed:
+            old = self._worker.composer
+            self._worker.composer = make_composer(plan.settings, renderer, self._dkim_key)
+        log.info(
+            "gateway.reloaded",
+            changed=changed,
+            needs_restart=list(plan.needs_restart),
+            config_before=plan.digest_before,
+            config_after=plan.digest_after,
+            templates_before=self.templates,
+            templates_after=templates,
+        )
+        self.settings, self.templates = plan.settings, templates
+        if old is not None:
+            # The jobs already handed to the old composer are composed by it, with the old
+            # templates (a job in flight keeps what it started with, as a session does).
+            await asyncio.to_thread(old.retire)
+
+    def _prepare(
+        self, reread: Callable[[], GatewaySettings]
+    ) -> tuple[ReloadPlan, NoticeRenderer, str]:
+        """Everything that can fail, before anything is replaced (in a thread: files).
+
+        Raises:
+            ConfigError: the config, its replies or its templates do not load.
+            OSError: a template directory cannot be read.
+        """
+        plan = plan_reload(self.settings, reread())
+        check_replies(plan.settings)
+        renderer = NoticeRenderer(plan.settings)  # compiles and trial-renders every set
+        return plan, renderer, templates_digest(plan.settings)
