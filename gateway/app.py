@@ -31,7 +31,7 @@ from gateway.audit.chain import ChainedLog, anchored
 from gateway.audit.log import configure_logging
 from gateway.clock import Clock, make_clock
 from gateway.config import GatewaySettings, ServerSettings
-from gateway.delivery.composer import Composer, make_composer
+from gateway.delivery.composer import make_composer
 from gateway.delivery.transport import FileSender, MailSender, SmtpSender
 from gateway.delivery.worker import DeliveryWorker
 from gateway.errors import ConfigError, GatewayError
@@ -40,8 +40,8 @@ from gateway.http.metrics import EventMetrics, OutboxCollector, new_registry
 from gateway.mail.mx import DnsMxResolver
 from gateway.notices.dkim import DkimKey, ensure_key, zone_record
 from gateway.notices.render import NoticeRenderer
-from gateway.reload import ReloadPlan, plan_reload, templates_digest
-from gateway.smtp.replies import check_replies
+from gateway.reload import templates_digest
+from gateway.reloader import HangupSignals, Reloader
 from gateway.smtp.server import Serving, Sessions, start_server
 from gateway.store.db import Store
 from gateway.store.outbox import Outbox
@@ -49,7 +49,6 @@ from gateway.store.retention import purge_periodically
 
 __all__ = [
     "Parts",
-    "Reloader",
     "build_delivery",
     "check_state_dir",
     "serve",
@@ -207,7 +206,7 @@ async def _serve(
     # is to end the process) must reload.
     loop = asyncio.get_running_loop()
     stop = _StopSignal(loop)
-    hangups = _HangupSignals(loop)
+    hangups = HangupSignals(loop)
     store = Store(settings.storage.database)
     await store.open()
     sessions = Sessions(limit=settings.server.max_connections)
@@ -349,104 +348,3 @@ class _StopSignal:
     def remove(self) -> None:
         for signum in self.SIGNALS:
             self._loop.remove_signal_handler(signum)
-
-
-class _HangupSignals:
-    """SIGHUP (reopen the audit log, then reload) and SIGUSR1 (reopen the log), handled one
-    at a time in the order they came: two quick SIGHUPs are two reloads, never overlapping."""
-
-    SIGNALS = (signal.SIGHUP, signal.SIGUSR1)
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._received: asyncio.Queue[signal.Signals] = asyncio.Queue()
-        for signum in self.SIGNALS:
-            loop.add_signal_handler(signum, self._received.put_nowait, signum)
-
-    async def serve(self, reloader: Reloader, chain: ChainedLog | None) -> None:
-        """Act on each signal as it comes; runs until cancelled."""
-        while True:
-            signum = await self._received.get()
-            if chain is not None:
-                await _reopen_log(chain, signum)
-            if signum is signal.SIGHUP:
-                await reloader.reload()
-
-    def remove(self) -> None:
-        for signum in self.SIGNALS:
-            self._loop.remove_signal_handler(signum)
-
-
-async def _reopen_log(chain: ChainedLog, signum: signal.Signals) -> None:
-    # logrotate's `create` renames the file, then signals: the lines go to the new file now.
-    rotated = await asyncio.to_thread(chain.reopen)
-    log.info("gateway.log.reopened", log=chain.destination, signal=signum.name, rotated=rotated)
-
-
-class Reloader:
-    """The settings in force and the parts built from them that a reload replaces: the
-    snapshot new SMTP sessions take, and the delivery worker's composer (the templates)."""
-
-    def __init__(
-        self,
-        settings: GatewaySettings,
-        templates: str,
-        serving: Serving,
-        worker: DeliveryWorker,
-        dkim_key: DkimKey,
-        reread: Callable[[], GatewaySettings] | None,
-    ) -> None:
-        self.settings = settings
-        self.templates = templates  # templates_digest() of the templates in force
-        self._serving = serving
-        self._worker = worker
-        self._dkim_key = dkim_key
-        self._reread = reread
-
-    async def reload(self) -> None:
-        """Read the config and templates again and serve new sessions with them; if either
-        fails to load, log why and keep the old ones."""
-        if self._reread is None:
-            return
-        try:
-            plan, renderer, templates = await asyncio.to_thread(self._prepare, self._reread)
-            self._serving.use(plan.settings)
-        except ConfigError as exc:
-            log.error("gateway.reload.refused", error=str(exc))
-            return
-        except OSError as exc:  # a template directory that cannot be read
-            log.error("gateway.reload.refused", error=exc.strerror or str(exc))
-            return
-        changed = [*plan.changed, *(["templates"] if templates != self.templates else [])]
-        old: Composer | None = None
-        if changed:
-            old = self._worker.composer
-            self._worker.composer = make_composer(plan.settings, renderer, self._dkim_key)
-        log.info(
-            "gateway.reloaded",
-            changed=changed,
-            needs_restart=list(plan.needs_restart),
-            config_before=plan.digest_before,
-            config_after=plan.digest_after,
-            templates_before=self.templates,
-            templates_after=templates,
-        )
-        self.settings, self.templates = plan.settings, templates
-        if old is not None:
-            # The jobs already handed to the old composer are composed by it, with the old
-            # templates (a job in flight keeps what it started with, as a session does).
-            await asyncio.to_thread(old.retire)
-
-    def _prepare(
-        self, reread: Callable[[], GatewaySettings]
-    ) -> tuple[ReloadPlan, NoticeRenderer, str]:
-        """Everything that can fail, before anything is replaced (in a thread: files).
-
-        Raises:
-            ConfigError: the config, its replies or its templates do not load.
-            OSError: a template directory cannot be read.
-        """
-        plan = plan_reload(self.settings, reread())
-        check_replies(plan.settings)
-        renderer = NoticeRenderer(plan.settings)  # compiles and trial-renders every set
-        return plan, renderer, templates_digest(plan.settings)

@@ -10,6 +10,8 @@ so that logrotate's `create` mode loses nothing and the chain continues into the
 from __future__ import annotations
 
 import asyncio
+import email
+import email.policy
 import json
 import shutil
 import signal
@@ -201,6 +203,44 @@ def break_a_template(config: Path, templates: Path) -> str:
     body = templates / "default" / "not_filed" / "body.txt.j2"
     body.write_text("{% if %}\n" + body.read_text(encoding="utf-8"), encoding="utf-8")
     return "offices[0].templates"
+
+
+def notice_texts(outbox: Path) -> list[str]:
+    """The plain-text part of every notice written so far ([delivery] mode = "file")."""
+    texts = []
+    for path in sorted(outbox.glob("*.eml")):
+        mail = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        assert isinstance(mail, email.message.EmailMessage)
+        body = mail.get_body(("plain",))
+        texts.append("" if body is None else str(body.get_content()))
+    return texts
+
+
+async def test_sighup_after_a_template_edit_sends_the_next_notices_from_it(
+    tmp_path: Path,
+) -> None:
+    config, templates = config_with_templates(tmp_path)
+    body = templates / "default" / "not_filed" / "body.txt.j2"
+    async with serving(config, as_of=AFTER_CUTOFF) as served:
+        gateway = served.gateway
+        body.write_text("Reloaded templates.\n" + body.read_text(encoding="utf-8"), "utf-8")
+        gateway.process.send_signal(signal.SIGHUP)
+        async with asyncio.timeout(RELOAD_TIMEOUT):
+            reloaded = await gateway.event("gateway.reloaded")
+            async with smtp_session(served.port) as client:
+                reply = await send(client, Attempt(1, SENDER, RETIRED))
+        texts = await eventually(
+            lambda: notice_texts(tmp_path / "state" / "notices"), within=RELOAD_TIMEOUT
+        )
+        assert await gateway.stop() == 0, gateway.stderr
+
+    assert reloaded["changed"] == ["templates"]
+    assert reloaded["templates_before"] != reloaded["templates_after"]
+    assert reloaded["config_before"] == reloaded["config_after"]
+    assert reply.code == 550
+    (text,) = texts
+    assert text.startswith("Reloaded templates.")
+    assert reply.reference in text
 
 
 BREAKAGES = {"config": break_the_config, "template": break_a_template}
