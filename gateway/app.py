@@ -47,14 +47,7 @@ from gateway.store.db import Store
 from gateway.store.outbox import Outbox
 from gateway.store.retention import purge_periodically
 
-__all__ = [
-    "Parts",
-    "build_delivery",
-    "check_state_dir",
-    "serve",
-    "tls_context",
-    "watch_log",
-]
+__all__ = ["Parts", "build_delivery", "check_state_dir", "serve", "tls_context", "watch_log"]
 
 log = structlog.get_logger()
 

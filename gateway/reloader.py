@@ -92,7 +92,8 @@ class Reloader:
             return
         try:
             plan, renderer, templates = await asyncio.to_thread(self._prepare, self._reread)
-            self._serving.use(plan.settings)
+            if plan.changed:  # else the handler in use (and its DNS cache) stays
+                self._serving.use(plan.settings)
         except ConfigError as exc:
             log.error("gateway.reload.refused", error=str(exc))
             return

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import io
 import json
 import shutil
 import signal
@@ -21,7 +22,7 @@ from typing import Any
 import aiosmtplib
 import pytest
 
-from gateway.audit.chain import line_hash
+from gateway.audit.chain import ChainedLog, line_hash
 from gateway.config import GatewaySettings
 from gateway.notices.render import templates_dir
 from gateway.reload import RESTART_ONLY, digest, plan_reload
@@ -311,3 +312,25 @@ async def test_a_rotated_log_is_reopened_on_signal_and_the_chain_goes_on(
         "audit", "verify", str(rotated), str(log), "--config", str(config), cwd=tmp_path
     )
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_reopen_follows_a_renamed_log_file_at_once_and_keeps_the_chain(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    chain = ChainedLog.to_file(log, check_every_s=3600)  # no rotation check of its own
+    try:
+        chain.msg('{"event": "first"}')
+        log.rename(tmp_path / "audit.log.1")
+        assert chain.reopen() is True
+        assert chain.reopen() is False, "the file at the path is the one written now"
+        chain.msg('{"event": "second"}')
+    finally:
+        chain.close()
+    (old_line,) = (tmp_path / "audit.log.1").read_bytes().splitlines()
+    (new_line,) = log.read_bytes().splitlines()
+    assert json.loads(new_line)["prev"] == line_hash(old_line)
+    assert json.loads(new_line)["seq"] == 2
+
+
+def test_reopen_of_a_stream_does_nothing() -> None:
+    chain = ChainedLog.to_stream(io.StringIO())
+    assert chain.reopen() is False
