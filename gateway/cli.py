@@ -290,7 +290,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "serve":
         from gateway.app import serve
 
-        return serve(settings, as_of=args.as_of)
+        # SIGHUP reads the same file again, the same way (environment overrides included).
+        return serve(settings, as_of=args.as_of, reread=lambda: _settings(args.config))
     if args.command == "queue":
         from gateway.clock import make_clock
         from gateway.ops.queue import run_queue

@@ -49,6 +49,7 @@ def test_the_systemd_unit_reads_every_setting_from_the_config_file() -> None:
     unit = UNIT.read_text(encoding="utf-8")
     settings = [line for line in unit.splitlines() if line.startswith("Environment=")]
     assert settings == ["Environment=GATEWAY_CONFIG=/etc/eservice-gateway/gateway.toml"]
-    # SIGHUP reload is not there yet: no ExecReload that pretends to reload.
-    assert not [line for line in unit.splitlines() if line.startswith("ExecReload=")]
+    # `systemctl reload` is SIGHUP, which re-reads the config (tests/test_reload.py).
+    reload = [line for line in unit.splitlines() if line.startswith("ExecReload=")]
+    assert reload == ["ExecReload=/bin/kill -HUP $MAINPID"]
     assert "RestartPreventExitStatus=2" in unit

@@ -56,6 +56,10 @@ class Composer(Protocol):
 
     def close(self) -> None: ...
 
+    def retire(self) -> None:
+        """Let the jobs already handed over finish, then let go (a reload replaced it)."""
+        ...
+
 
 class MailBuilder:
     """Turns a job into the bytes to send, reading the record from the store file."""
@@ -144,6 +148,9 @@ class ThreadComposer:
     def close(self) -> None:
         pass
 
+    def retire(self) -> None:
+        pass
+
 
 # The builder of a composer process, made once by its initializer.
 _child_builder: MailBuilder | None = None
@@ -204,6 +211,10 @@ class ProcessComposer:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def retire(self) -> None:
+        # Not close(): the jobs queued for the old children must still be composed.
+        self._pool.shutdown(wait=True)
 
 
 def make_composer(
