@@ -6,7 +6,7 @@ template sees it, and headers are built only from validated values, so no Subjec
 or Message-ID can add or split a header, inject markup or add a recipient.
 
 This module never sends, signs or logs, and reads nothing but the templates (once, when a
-NoticeRenderer is built): delivery.py sends the message with MAIL FROM:<> to its one To
+NoticeRenderer is built): delivery/worker.py sends the message with MAIL FROM:<> to its one To
 address, dkim.py signs the bytes that `notice_bytes()` returns.
 """
 
@@ -29,7 +29,7 @@ from typing import cast
 import jinja2
 
 from gateway.config import GatewaySettings, Language, OfficeSettings
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import ConfigError, NoticeError
 from gateway.mail.evidence import Attachment, MessageFacts
 from gateway.policy.decision import is_replyable_address, notice_suppression
 
@@ -58,10 +58,6 @@ _A_NUMBER = re.compile(r"[A-Za-z0-9 -]{1,20}")
 _FOLDING = re.compile(r"\r?\n(?=[ \t])")
 _BLANK_RUNS = re.compile(r"\n{3,}")
 _TEMPLATE_FILES = ("subject.txt.j2", "body.txt.j2", "body.html.j2")
-
-
-class NoticeError(GatewayError, ValueError):
-    """No notice can be made: not one replyable recipient, or a bad value from the gateway."""
 
 
 class NoticeKind(enum.StrEnum):

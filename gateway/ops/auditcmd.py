@@ -40,6 +40,7 @@ from gateway.audit.verify import (
     verify,
 )
 from gateway.config import GatewaySettings
+from gateway.errors import UsageError
 from gateway.mail.redaction import Redactor
 from gateway.store.db import connect
 from gateway.store.outbox import JobState, find_jobs
@@ -62,10 +63,6 @@ __all__ = ["ACTIONS", "AuditRequest", "run_audit"]
 
 EXIT_OK, EXIT_FOUND_PROBLEMS, EXIT_USAGE = 0, 1, 2
 ACTIONS = ("list", "show", "notice", "summary", "report", "senders", "verify")
-
-
-class UsageError(Exception):
-    """The request cannot be answered as asked; the message says why."""
 
 
 @dataclass(frozen=True, slots=True)
