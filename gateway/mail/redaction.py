@@ -10,12 +10,11 @@ still identify it. This module only rewrites text; it reads no settings file and
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from gateway.config import AuditSettings
-
-__all__ = ["A_NUMBER_MARK", "PATTERN_MARK", "Redactor"]
+__all__ = ["A_NUMBER_MARK", "PATTERN_MARK", "RedactionSettings", "Redactor"]
 
 A_NUMBER_MARK = "[A-number]"
 PATTERN_MARK = "[redacted]"
@@ -28,6 +27,20 @@ _A_NUMBER = re.compile(
 )
 
 
+class RedactionSettings(Protocol):
+    """What `from_settings` reads: `[audit]` (AuditSettings) has both, already checked.
+
+    A protocol rather than an import, because mail/ is the pure bottom of the package and
+    config/ builds on it (it parses addresses with mail/addresses.py).
+    """
+
+    @property
+    def redact_a_numbers(self) -> bool: ...
+
+    @property
+    def redact_patterns(self) -> Sequence[str]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Redactor:
     """Replaces A-numbers and configured patterns in text; a no-op when given none."""
@@ -36,7 +49,7 @@ class Redactor:
     patterns: tuple[re.Pattern[str], ...] = ()
 
     @classmethod
-    def from_settings(cls, settings: AuditSettings) -> Redactor:
+    def from_settings(cls, settings: RedactionSettings) -> Redactor:
         """The redactor `[audit]` asks for (its patterns were checked when it was loaded)."""
         return cls(
             settings.redact_a_numbers, tuple(re.compile(p) for p in settings.redact_patterns)

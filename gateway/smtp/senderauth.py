@@ -43,6 +43,8 @@ import dns.rdtypes.IN.AAAA
 import dns.resolver
 
 from gateway.config import DnsSettings
+from gateway.dns_lookup.mx import make_resolver
+from gateway.errors import TemporaryDnsError
 from gateway.mail.dmarc import (
     DISPOSITIONS,
     DMARC_VERSION,
@@ -55,7 +57,6 @@ from gateway.mail.dmarc import (
     organizational_domain,
     parse_dmarc_record,
 )
-from gateway.mail.mx import make_resolver
 
 with warnings.catch_warnings():
     # pyspf 2.0.14 has an invalid escape sequence in a docstring. Python warns about it when
@@ -218,20 +219,16 @@ def decide_verdict(
 # DNS
 
 
-class _TemporaryDnsError(Exception):
-    """A lookup timed out or a server failed: the answer may be different later."""
-
-
 async def _lookup(
     resolver: dns.asyncresolver.Resolver, name: str, rdtype: str, *, budget: float
 ) -> list[dns.rdata.Rdata]:
     """The records of `rdtype` at `name`. Returns [] for NXDOMAIN, NODATA or an invalid name.
 
     Raises:
-        _TemporaryDnsError: timeout, SERVFAIL, REFUSED, no server or the budget is spent.
+        TemporaryDnsError: timeout, SERVFAIL, REFUSED, no server or the budget is spent.
     """
     if budget <= 0:
-        raise _TemporaryDnsError("dns timeout")
+        raise TemporaryDnsError("dns timeout")
     try:
         # Absolute, so that no resolv.conf search domain is ever appended.
         qname = dns.name.from_text(name, origin=dns.name.root)
@@ -248,11 +245,11 @@ async def _lookup(
     except (dns.resolver.NXDOMAIN, dns.resolver.YXDOMAIN):
         return []
     except dns.exception.Timeout as exc:
-        raise _TemporaryDnsError("dns timeout") from exc
+        raise TemporaryDnsError("dns timeout") from exc
     except dns.exception.DNSException as exc:
-        # SERVFAIL or REFUSED from every server, or a malformed answer: like mx.py, prefer a
-        # retry to a wrong permanent answer.
-        raise _TemporaryDnsError(f"dns {type(exc).__name__}") from exc
+        # SERVFAIL or REFUSED from every server, or a malformed answer; as dns_lookup/mx.py does,
+        # prefer a retry to a wrong permanent answer.
+        raise TemporaryDnsError(f"dns {type(exc).__name__}") from exc
     return [] if answer.rrset is None else list(answer.rrset)
 
 
@@ -278,18 +275,18 @@ class _ThreadDns:
         """Call from a worker thread only. Returns and raises as `_lookup` does."""
         budget = self._deadline - time.monotonic()
         if budget <= 0:
-            raise _TemporaryDnsError("dns timeout")
+            raise TemporaryDnsError("dns timeout")
         query = _lookup(self._resolver, name, rdtype, budget=budget)
         try:
             future = asyncio.run_coroutine_threadsafe(query, self._loop)
         except RuntimeError as exc:  # the loop is closed: the check was abandoned
             query.close()
-            raise _TemporaryDnsError("event loop closed") from exc
+            raise TemporaryDnsError("event loop closed") from exc
         try:
             return future.result(timeout=max(budget, 0) + _GRACE)
         except (TimeoutError, concurrent.futures.CancelledError) as exc:
             future.cancel()
-            raise _TemporaryDnsError("dns timeout") from exc
+            raise TemporaryDnsError("dns timeout") from exc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,7 +337,7 @@ class _SpfQuery(spf.query):  # type: ignore[misc]  # pyspf ships no type informa
         if key not in self.cache:
             try:
                 records = self._dns.resolve(*key)
-            except _TemporaryDnsError as exc:
+            except TemporaryDnsError as exc:
                 raise spf.TempError(str(exc)) from exc
             self.cache[key] = [v for rdata in records if (v := _spf_value(rdata)) is not None]
         result: list[object] = self.cache[key]
@@ -440,7 +437,7 @@ def _verify_one(verifier: dkim.DKIM, thread_dns: _ThreadDns, index: int) -> str:
     keys = _KeyFetcher(thread_dns)
     try:
         is_valid = bool(verifier.verify(idx=index, dnsfunc=keys))
-    except _TemporaryDnsError:
+    except TemporaryDnsError:
         return "temperror"
     except dkim.ValidationError:  # body hash mismatch, expired, a required tag missing
         return "fail"
@@ -559,7 +556,7 @@ class SenderAuthenticator:
                 return _DmarcFound(None, is_subdomain=False)
             records = await self._dmarc_records(organization, deadline)
             return _DmarcFound(_single(records), is_subdomain=True)
-        except _TemporaryDnsError:
+        except TemporaryDnsError:
             return None
 
     async def _dmarc_records(self, domain: str, deadline: float) -> list[str]:
