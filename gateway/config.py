@@ -788,7 +788,8 @@ def _apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None
             field = _section_field(section, key)
             value = _read_secret(variable, value)
         if field is None:
-            sections = "server, storage, audit, delivery, dns, notices, metrics, postmaster"
+            # Listed from the same table the lookup uses, so the hint cannot drift from it.
+            sections = ", ".join(_environment_sections())
             raise ConfigError(variable, f"no such setting (sections: {sections})")
         if typing.get_origin(field) is list:
             data.setdefault(section, {})[key] = [v.strip() for v in value.split(",") if v.strip()]
@@ -796,20 +797,22 @@ def _apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None
             data.setdefault(section, {})[key] = value
 
 
-def _section_field(section: str, key: str) -> Any | None:
-    sections: dict[str, type[BaseModel]] = {
-        "server": ServerSettings,
-        "storage": StorageSettings,
-        "audit": AuditSettings,
-        "delivery": DeliverySettings,
-        "dns": DnsSettings,
-        "limits": LimitSettings,
-        "sender_auth": SenderAuthSettings,
-        "notices": NoticeSettings,
-        "metrics": MetricsSettings,
-        "postmaster": PostmasterSettings,
+def _environment_sections() -> dict[str, type[BaseModel]]:
+    """The sections a GATEWAY_<SECTION>__<KEY> variable may name, in the file's order.
+
+    Read from GatewaySettings itself so that a new section is overridable, and named in the
+    unknown-variable error, without a second list to keep in step. `offices` is a list of
+    tables, which an environment variable cannot address.
+    """
+    return {
+        name: field.annotation
+        for name, field in GatewaySettings.model_fields.items()
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
     }
-    model = sections.get(section)
+
+
+def _section_field(section: str, key: str) -> Any | None:
+    model = _environment_sections().get(section)
     if model is None or key not in model.model_fields:
         return None
     return model.model_fields[key].annotation
