@@ -2,7 +2,7 @@
 
 Arrival, client and message facts, the checks, each recipient's decision and the reply, each
 delivery attempt, a timeline in one zone, and the audit log's lines about it. Only text is
-made here: records.py gathers the story, events.py the log lines, auditcmd.py decides
+made here: store/records.py gathers the story, events.py the log lines, ops/auditcmd.py decides
 what to show and where.
 """
 
@@ -60,7 +60,7 @@ def write_story(story: Story, zone: tzinfo, out: TextIO) -> None:
         out.write(f"  {when(at, zone)}  {what_happened}\n")
 
 
-# What about a message itself refused it (inbound.py); its record keeps only the header block
+# What about a message itself refused it (smtp/handler.py); its record keeps only the header block
 # of an oversize message.
 _MESSAGE_PROBLEMS = frozenset({"message-too-big", "line-too-long"})
 

@@ -1,9 +1,9 @@
 """The SMTP conversation's decisions: the aiosmtpd handler hooks.
 
-Per recipient it asks policy.py what to do; at the end of DATA it asks evidence.py what the
+Per recipient it asks policy/ what to do; at the end of DATA it asks mail/evidence.py what the
 message is and senderauth.py who sent it, hands the record to the store and answers only once
 the record is durable. It must not send mail, render notices or write reply text itself
-(replies.py does); the protocol and connection limits live in smtpserver.py.
+(replies.py does); the protocol and connection limits live in server.py.
 """
 
 from __future__ import annotations
