@@ -20,7 +20,7 @@ A_NUMBER_MARK = "[A-number]"
 PATTERN_MARK = "[redacted]"
 # An A-number as people write it: A (or a), an optional "#" or "-" (a space either side), then
 # 9 digits (3-3-3) or 8 digits (2-3-3), grouped with one separator used throughout or none.
-# The same shapes evidence.py recognises, so that whatever the record lists is also hidden.
+# The same shapes mail/headertext.py recognises, so that whatever the record lists is also hidden.
 _A_NUMBER = re.compile(
     r"(?<![0-9A-Za-z])[Aa] ?[#-]? ?"
     r"(?:[0-9]{3}([- ]?)[0-9]{3}\1[0-9]{3}|[0-9]{2}([- ]?)[0-9]{3}\2[0-9]{3})(?![0-9])"
