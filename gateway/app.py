@@ -34,10 +34,10 @@ from gateway.config import GatewaySettings, ServerSettings
 from gateway.delivery.composer import make_composer
 from gateway.delivery.transport import FileSender, MailSender, SmtpSender
 from gateway.delivery.worker import DeliveryWorker
+from gateway.dns_lookup.mx import DnsMxResolver
 from gateway.errors import ConfigError, GatewayError
 from gateway.http.health import Endpoint, Readiness, start_endpoint
 from gateway.http.metrics import EventMetrics, OutboxCollector, new_registry
-from gateway.mail.mx import DnsMxResolver
 from gateway.notices.dkim import DkimKey, ensure_key, zone_record
 from gateway.notices.render import NoticeRenderer
 from gateway.reload import templates_digest
@@ -206,6 +206,7 @@ async def _serve(
     serving = Serving(settings, store, parts.clock)
     endpoint: Endpoint | None = None
     try:
+        # No reuse_port: one SMTP process per store (see start_server and issue 10, item 4).
         servers = await start_server(
             settings,
             store,

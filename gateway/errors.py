@@ -1,16 +1,37 @@
-"""The GatewayError tree. Nothing here formats SMTP replies; inbound.py does."""
+"""The GatewayError tree: every error the gateway raises on purpose, in one place.
+
+    GatewayError
+    ├── ConfigError          the configuration cannot be used (startup only)
+    ├── StoreError           the state store could not make a record durable (also OSError)
+    ├── AuditLogBusy         another process writes the audit log (also OSError)
+    ├── DeliveryError        a delivery attempt did not succeed; keeps the remote reply
+    │   ├── DeliveryDeferred     temporary: tried again later
+    │   └── DeliveryFailed       permanent: not tried again
+    ├── TemporaryDnsError    a sender check's DNS query failed for now (timeout, SERVFAIL)
+    ├── NoticeError          no notice can be made from these values (also ValueError)
+    ├── PreviewError         `gateway preview` cannot do what was asked (also ValueError)
+    └── UsageError           `gateway audit` cannot answer as asked
+
+Nothing here formats SMTP replies; gateway/smtp/replies.py does. This module imports nothing
+from the gateway, so every layer may raise and catch these.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 __all__ = [
+    "AuditLogBusy",
     "ConfigError",
     "DeliveryDeferred",
     "DeliveryError",
     "DeliveryFailed",
     "GatewayError",
+    "NoticeError",
+    "PreviewError",
     "StoreError",
+    "TemporaryDnsError",
+    "UsageError",
 ]
 
 
@@ -41,6 +62,10 @@ class StoreError(GatewayError, OSError):
     """The state store could not make a record durable."""
 
 
+class AuditLogBusy(GatewayError, OSError):
+    """Another process holds the audit log file: two writers would fork its chain."""
+
+
 class DeliveryError(GatewayError):
     """A delivery attempt did not succeed; keeps what the remote side said.
 
@@ -66,6 +91,25 @@ class DeliveryDeferred(DeliveryError):
 
 class DeliveryFailed(DeliveryError):
     """A permanent failure (5xx, null MX, no such domain): the job is not tried again."""
+
+
+class TemporaryDnsError(GatewayError):
+    """A sender check's DNS query failed for now: timeout, SERVFAIL, REFUSED, no server.
+
+    Raised and caught inside the sender checks, which turn it into a temperror result.
+    """
+
+
+class NoticeError(GatewayError, ValueError):
+    """No notice can be made: not one replyable recipient, or a bad value from the gateway."""
+
+
+class PreviewError(GatewayError, ValueError):
+    """The preview cannot be made as asked (unknown office, unreadable file...)."""
+
+
+class UsageError(GatewayError):
+    """A `gateway audit` request cannot be answered as asked; the message says why."""
 
 
 def _rebuild_delivery_error(

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.mail.addresses import AddressBook, AddressKind, normalize_sender, parse_address
+from gateway.mail.addresses import (
+    AddressBook,
+    AddressKind,
+    normalize_domain,
+    normalize_sender,
+    parse_address,
+)
 
 BOOK = AddressBook.build(
     [
@@ -65,3 +71,29 @@ def test_an_address_cannot_belong_to_two_offices() -> None:
 )
 def test_sender_is_normalised_without_folding(given: str, expected: str) -> None:
     assert normalize_sender(given) == expected
+
+
+@pytest.mark.parametrize(
+    "domain",
+    [
+        "bü\u200dcher.example",  # a joiner IDNA 2008 does not allow there
+        "a..bücher.example",  # an empty label in a U-label name
+        "ü" * 70 + ".example",  # a label past 63 octets once encoded
+    ],
+)
+def test_a_non_ascii_domain_idna_refuses_is_invalid(domain: str) -> None:
+    with pytest.raises(ValueError, match="invalid domain"):
+        normalize_domain(domain)
+
+
+@pytest.mark.parametrize(
+    ("domain", "office"),
+    [
+        ("other.example", "other"),  # served whole (@other.example)
+        ("occ-chicago.example", "chicago"),  # served through one listed address
+        ("xn--bcher-kva.example", "chicago"),
+        ("elsewhere.example", None),
+    ],
+)
+def test_the_office_of_a_served_domain(domain: str, office: str | None) -> None:
+    assert BOOK.office_of_domain(domain) == office

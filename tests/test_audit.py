@@ -1,4 +1,4 @@
-"""The audit log is an operator contract: every event the code logs is declared in audit.py."""
+"""The audit log is an operator contract: every event the code logs is declared in audit/log.py."""
 
 from __future__ import annotations
 

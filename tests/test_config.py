@@ -175,6 +175,33 @@ def test_unknown_environment_override_is_an_error() -> None:
         load_settings(None, {"GATEWAY_SERVER__LISTN": "0.0.0.0:25"})
 
 
+def test_unknown_environment_override_lists_every_overridable_section() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, {"GATEWAY_NOSUCH__KEY": "1"})
+    listed = caught.value.problem.removeprefix("no such setting (sections: ").rstrip(")")
+    assert listed.split(", ") == [
+        "server",
+        "storage",
+        "audit",
+        "delivery",
+        "dns",
+        "limits",
+        "sender_auth",
+        "notices",
+        "metrics",
+        "postmaster",
+    ]
+
+
+def test_sections_once_missing_from_the_error_can_be_overridden() -> None:
+    settings = load_settings(
+        None,
+        {"GATEWAY_LIMITS__NOTICES_PER_SENDER": "7", "GATEWAY_SENDER_AUTH__ENABLED": "false"},
+    )
+    assert settings.limits.notices_per_sender == 7
+    assert settings.sender_auth.enabled is False
+
+
 def test_invalid_toml_is_reported_with_its_position(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"not valid TOML: .*line 1"):
         load_settings(write(tmp_path, "[server\n"), {})

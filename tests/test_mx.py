@@ -16,8 +16,8 @@ import dns.resolver
 import pytest
 
 from gateway.config import DnsSettings
+from gateway.dns_lookup.mx import DnsMxResolver, MailHost, MxResolver, order_exchangers
 from gateway.errors import ConfigError, DeliveryDeferred, DeliveryFailed
-from gateway.mail.mx import DnsMxResolver, MailHost, MxResolver, order_exchangers
 from tests.dnsserver import DnsServer, Zone
 
 # A DKIM-sized TXT record: longer than one 255-byte string and than a 512-byte UDP answer.

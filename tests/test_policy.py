@@ -7,7 +7,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from gateway.config import OfficeSettings, ResponseMode
-from gateway.policy.decision import Action, Phase, decide, phase_at
+from gateway.policy.decision import (
+    Action,
+    DeliveryOutcome,
+    Phase,
+    classify_reply,
+    decide,
+    phase_at,
+)
 from tests.conftest import office
 
 CHICAGO = OfficeSettings.model_validate(office(decommissions="2027-09-12"))
@@ -107,3 +114,25 @@ def test_office_without_portal_date_goes_straight_from_active_to_retired() -> No
     chicago = OfficeSettings.model_validate(office(portal_opens=None))
     assert phase_at(chicago.lifecycle, utc(2017, 9, 12, 4, 59)) is Phase.ACTIVE
     assert phase_at(chicago.lifecycle, utc(2017, 9, 12, 5, 0)) is Phase.RETIRED
+
+
+@pytest.mark.parametrize(
+    ("code", "outcome"),
+    [
+        (250, DeliveryOutcome.DELIVERED),
+        (200, DeliveryOutcome.DELIVERED),
+        (299, DeliveryOutcome.DELIVERED),
+        (0, DeliveryOutcome.DEFERRED),  # no reply at all: the connection or DNS failed
+        (421, DeliveryOutcome.DEFERRED),
+        (452, DeliveryOutcome.DEFERRED),
+        (500, DeliveryOutcome.FAILED),
+        (550, DeliveryOutcome.FAILED),
+        (599, DeliveryOutcome.FAILED),
+        (600, DeliveryOutcome.DEFERRED),  # outside RFC 5321's classes: try again, never lose it
+        (199, DeliveryOutcome.DEFERRED),
+    ],
+)
+def test_a_remote_reply_code_is_classified_as_rfc_5321_says(
+    code: int, outcome: DeliveryOutcome
+) -> None:
+    assert classify_reply(code) is outcome

@@ -348,7 +348,9 @@ def assert_recorded(db: Path, reply: Reply) -> None:
     assert [(j.kind, j.office, list(j.recipients), j.destination) for j in jobs] == expected_jobs(
         attempt
     )
-    assert all(j.state == "queued" for j in jobs)
+    # Kept to be sent, or already sent: in file mode the worker (polling each second) may have
+    # written it out before the kill or after the restart, most often on a loaded machine.
+    assert all(j.state in ("queued", "in-flight", "delivered") for j in jobs)
     if attempt.recipient == LATER:
         # Mail still to be relayed is kept, or there would be nothing to relay.
         assert read_store(db, lambda conn: read_raw(conn, reference)) is not None

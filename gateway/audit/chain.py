@@ -18,8 +18,8 @@ Each chain is anchored in the state store: `audit_chains` holds its id and the h
 first line (a forged or replaced beginning is caught), `audit_checkpoints` its head, recorded
 at start, every `checkpoint_interval` and at stop (a tail that was cut off is caught).
 
-This module links and writes lines and keeps the anchors; verification.py checks them. It
-never decides what is logged (audit.py); the two tables are store/anchors.py's.
+This module links and writes lines and keeps the anchors; verify.py checks them. It
+never decides what is logged (log.py); the two tables are store/anchors.py's.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from typing import TextIO
 
 import structlog
 
-from gateway.errors import GatewayError
+from gateway.errors import AuditLogBusy
 from gateway.store.anchors import (
     Anchor,
     Checkpoint,
@@ -80,10 +80,6 @@ MAX_PENDING = 20_000
 
 
 log = structlog.get_logger()
-
-
-class AuditLogBusy(GatewayError, OSError):
-    """Another process holds the audit log file: two writers would fork its chain."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +313,10 @@ def _new_head() -> Head:
 
 
 def _open_locked(path: Path) -> int:
+    # SINGLE-PROCESS ASSUMPTION (issue 10, item 4): one writer per log file, held by an
+    # exclusive flock for the process's life; a second gateway process on the same file fails
+    # at start with AuditLogBusy. Several processes need a file each (and a chain id each, which
+    # _new_head gives them) or one writer process the others send their lines to.
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -2,7 +2,7 @@
 
 Each sender takes an OutgoingMail and either returns the receiving side's answer or raises
 DeliveryDeferred / DeliveryFailed with the remote host, code and text. Nothing here decides
-about retries, touches the queue or logs: delivery.py does.
+about retries, touches the queue or logs: worker.py does.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Protocol
 import aiosmtplib
 
 from gateway.config import DeliverySettings
+from gateway.dns_lookup.mx import MxResolver
 from gateway.durable import write_durably
 from gateway.errors import DeliveryDeferred, DeliveryError, DeliveryFailed
-from gateway.mail.mx import MxResolver
 from gateway.policy.decision import DeliveryOutcome, classify_reply
 
 __all__ = [

@@ -3,7 +3,7 @@
 Notices are rendered from the stored record (never from anything kept in memory), signed
 with DKIM and sent with the null reverse path to the envelope sender alone. Relays carry the
 original message unchanged below a Received header, to the office's legacy host. Retries and
-giving up are decided by policy.py; the queue lives in outbox.py; the wire in transport.py.
+giving up are decided by policy/decision.py; the queue is store/outbox.py; the wire transport.py.
 
 Exactly once, in effect: a job is marked delivered in the one write right after the remote
 side's 250, which also keeps a notice's bytes as sent (sentmail.py). A crash between that

@@ -181,6 +181,10 @@ async def start_endpoint(
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_S)
     await runner.setup()
     try:
+        # SINGLE-PROCESS ASSUMPTION (issue 10, item 4): one process owns [metrics] listen, and
+        # its counters are that process's only. A second process on the same port fails to
+        # bind; several need a port each (or a shared registry directory, prometheus_client's
+        # multiprocess mode) and /readyz answering for the process it runs in.
         await web.TCPSite(runner, address.host, address.port).start()
     except OSError:
         await runner.cleanup()

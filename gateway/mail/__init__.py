@@ -1,1 +1,1 @@
-"""Mail as data: addresses, the facts of a message, DMARC, redaction and MX/SPF look-ups."""
+"""Mail as data: addresses, the facts of a message, DMARC evaluation, redaction. Pure: no I/O."""

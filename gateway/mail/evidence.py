@@ -8,7 +8,6 @@ It must not log, touch files or raise: whatever bytes arrive, it returns what it
 
 from __future__ import annotations
 
-import binascii
 import hashlib
 import re
 from collections.abc import Callable, Mapping
@@ -17,18 +16,16 @@ from email.message import Message
 from email.parser import HeaderParser
 from email.policy import compat32
 
+from gateway.mail.headertext import MAX_TEXT, a_numbers_in, clean, clean_filename, header_text
+
 __all__ = ["Attachment", "MessageFacts", "extract_facts"]
 
-# RFC 5322 §2.1.1 limits a line to 998 characters; no recorded value needs more.
-_MAX_TEXT = 998
-_MAX_FILENAME = 255
 # Real header blocks are a few KB (a long Received chain, tens of KB; a MIME part's, a few
 # hundred bytes); these only bound abuse.
 _MAX_HEADER_BLOCK = 256 * 1024
 _MAX_PART_HEADER_BLOCK = 16 * 1024
 _MAX_DEPTH = 100  # open multiparts (boundaries on the stack), the root included
 _MAX_PARTS = 1_000  # MIME entities counted, the root and the multiparts included
-_MAX_A_NUMBERS = 20
 _MAX_PREFIXED_HEADERS = 16  # list-* and x-eservice-gateway-* names kept in `headers`
 # RFC 2046 §5.1.1 allows 70 characters of boundary; a longer one is tolerated up to this,
 # and a boundary line may carry some transport padding after it.
@@ -55,24 +52,6 @@ _KEPT_HEADERS = frozenset(
 _KEPT_PREFIXES = ("list-", "x-eservice-gateway-")
 _FORWARDED = frozenset({"message/rfc822", "message/global"})  # RFC 2046 §5.2.1, RFC 6532 §3.5
 
-# Replaced by a space, so that a recorded value is one line and displays as what it is:
-# C0, DEL and C1 controls (CR, LF and TAB included), the Unicode line and paragraph
-# separators, the bidi marks, embeddings, overrides and isolates that reorder text on screen
-# (CVE-2021-42574), and lone surrogates, which cannot be written out as UTF-8.
-_UNSAFE = [
-    *range(0x00, 0x20),
-    *range(0x7F, 0xA0),
-    0x061C,
-    0x200E,
-    0x200F,
-    0x2028,
-    0x2029,
-    *range(0x202A, 0x202F),
-    *range(0x2066, 0x206A),
-    *range(0xD800, 0xE000),
-]
-_TEXT_TABLE: dict[int, str] = dict.fromkeys(_UNSAFE, " ")
-_FILENAME_TABLE: dict[int, str] = {**_TEXT_TABLE, ord("/"): "_", ord("\\"): "_"}
 
 _BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _NOT_BASE64 = bytes(sorted(set(range(256)) - set(_BASE64_ALPHABET)))
@@ -81,14 +60,6 @@ _BLANK_LINE = re.compile(rb"\n\r?\n")
 # The only fields of a part's header block the walk reads, with their continuation lines.
 _PART_FIELDS = re.compile(
     rb"\ncontent-(?:type|disposition|transfer-encoding):[^\n]*(?:\n[ \t][^\n]*)*", re.IGNORECASE
-)
-# RFC 2047 §2 encoded-word; the charset may carry an RFC 2231 §5 "*language" suffix.
-_ENCODED_WORD = re.compile(r"=\?([^?*\s]{1,64})(?:\*[^?]*)?\?([BbQq])\?([^?]*)\?=")
-# An Alien Registration Number: A (or a), an optional "#" or "-" (a space either side), then
-# 9 digits (3-3-3) or 8 digits (2-3-3), grouped with one separator used throughout or none.
-_A_NUMBER = re.compile(
-    r"(?<![0-9A-Za-z])[Aa] ?[#-]? ?"
-    r"([0-9]{3}([- ]?)[0-9]{3}\2[0-9]{3}|[0-9]{2}([- ]?)[0-9]{3}\3[0-9]{3})(?![0-9])"
 )
 
 
@@ -156,7 +127,7 @@ def extract_facts(raw: bytes) -> MessageFacts:
     head_end, body_start, is_capped = _header_end(raw, 0, _MAX_HEADER_BLOCK)
     msg, codec = _parse_block(raw[:head_end])
     first, received = _first_values(msg)
-    subject = _text(first.get("subject"), is_encoded=True)
+    subject = header_text(first.get("subject"), is_encoded=True)
     if is_capped:
         structure = _Structure((), 1, True)
     else:
@@ -164,14 +135,14 @@ def extract_facts(raw: bytes) -> MessageFacts:
     return MessageFacts(
         size=len(raw),
         sha256=hashlib.sha256(raw).hexdigest(),
-        message_id=_text(first.get("message-id")),
+        message_id=header_text(first.get("message-id")),
         subject=subject,
-        date=_text(first.get("date")),
-        from_header=_text(first.get("from"), is_encoded=True),
+        date=header_text(first.get("date")),
+        from_header=header_text(first.get("from"), is_encoded=True),
         headers=_decision_headers(first),
         received_count=received,
         attachments=structure.attachments,
-        a_numbers=_a_numbers(subject or ""),
+        a_numbers=a_numbers_in(subject or ""),
         mime_parts=structure.parts,
         truncated=structure.truncated,
     )
@@ -221,87 +192,11 @@ def _decision_headers(first: Mapping[str, str]) -> dict[str, str]:
     prefixed = 0
     for name, value in first.items():
         if name in _KEPT_HEADERS:
-            kept[name] = _clean(value, _MAX_TEXT)
+            kept[name] = clean(value, MAX_TEXT)
         elif name.startswith(_KEPT_PREFIXES) and prefixed < _MAX_PREFIXED_HEADERS:
-            kept[name] = _clean(value, _MAX_TEXT)
+            kept[name] = clean(value, MAX_TEXT)
             prefixed += 1
     return kept
-
-
-def _text(value: str | None, *, is_encoded: bool = False) -> str | None:
-    if value is None:
-        return None
-    return _clean(_decode_words(value) if is_encoded else value, _MAX_TEXT)
-
-
-def _clean(text: str, limit: int, table: Mapping[int, str] = _TEXT_TABLE) -> str:
-    """Unsafe characters to spaces, runs of white space (folding included) to one space."""
-    return " ".join(text.translate(table).split())[:limit].rstrip()
-
-
-def _clean_filename(name: str) -> str:
-    cleaned = _clean(_decode_words(name), _MAX_FILENAME, _FILENAME_TABLE)
-    return cleaned or "(unnamed)"
-
-
-def _decode_words(value: str) -> str:
-    """Decode RFC 2047 encoded-words; a word that does not decode is kept as written."""
-    # email.header.decode_header/make_header raise on bad base64, unknown charsets and
-    # 8-bit text beside a word, and then the whole header would be lost.
-    if "=?" not in value:
-        return value
-    out: list[str] = []
-    run: list[bytes] = []  # adjacent words in one charset, decoded together so that a
-    charset = ""  # character split across two words survives
-    last, after_word = 0, False
-    for word in _ENCODED_WORD.finditer(value):
-        gap, last = value[last : word.start()], word.end()
-        data = _word_bytes(word[2], word[3])
-        joins = data is not None and after_word and not gap.strip()
-        if run and not (joins and word[1].lower() == charset):
-            out.append(_decode_bytes(b"".join(run), charset))
-            run.clear()
-        if not joins:  # RFC 2047 §6.2: white space between encoded-words is not shown
-            out.append(gap)
-        if data is None:
-            out.append(word[0])
-        else:
-            run.append(data)
-            charset = word[1].lower()
-        after_word = data is not None
-    if run:
-        out.append(_decode_bytes(b"".join(run), charset))
-    out.append(value[last:])
-    return "".join(out)
-
-
-def _word_bytes(encoding: str, text: str) -> bytes | None:
-    data = text.encode("utf-8")
-    try:
-        if encoding in "Qq":
-            return binascii.a2b_qp(data, header=True)
-        data = data.rstrip(b"=")  # missing or excess padding is common; restore it
-        return binascii.a2b_base64(data + b"=" * (-len(data) % 4))
-    except binascii.Error:
-        return None
-
-
-def _decode_bytes(data: bytes, charset: str) -> str:
-    try:
-        return data.decode(charset, "replace")
-    except (LookupError, ValueError):  # unknown charset, or a codec refusing "replace" (idna)
-        return data.decode("utf-8", "replace")
-
-
-def _a_numbers(subject: str) -> tuple[str, ...]:
-    """Alien Registration Numbers in `subject`, as "A" + 9 digits, first seen first."""
-    found: dict[str, None] = {}
-    for match in _A_NUMBER.finditer(subject):
-        digits = match[1].replace("-", "").replace(" ", "")
-        found.setdefault("A" + digits.zfill(9))
-        if len(found) == _MAX_A_NUMBERS:
-            break
-    return tuple(found)
 
 
 def _head_of(msg: Message[str, str], codec: str, *, in_digest: bool) -> _Head:
@@ -335,10 +230,10 @@ def _label(msg: Message[str, str], content_type: str) -> str | None:
     except (LookupError, ValueError):  # named, in an RFC 2231 charset that will not decode
         name = ""
     if content_type in _FORWARDED:
-        return _clean_filename(name) if name else "(forwarded message)"
+        return clean_filename(name) if name else "(forwarded message)"
     if name is None and msg.get_content_disposition() != "attachment":
         return None
-    return _clean_filename(name or "")
+    return clean_filename(name or "")
 
 
 def _decoded_size(body: bytes, encoding: str) -> int:

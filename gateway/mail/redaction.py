@@ -10,22 +10,35 @@ still identify it. This module only rewrites text; it reads no settings file and
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from gateway.config import AuditSettings
-
-__all__ = ["A_NUMBER_MARK", "PATTERN_MARK", "Redactor"]
+__all__ = ["A_NUMBER_MARK", "PATTERN_MARK", "RedactionSettings", "Redactor"]
 
 A_NUMBER_MARK = "[A-number]"
 PATTERN_MARK = "[redacted]"
 # An A-number as people write it: A (or a), an optional "#" or "-" (a space either side), then
 # 9 digits (3-3-3) or 8 digits (2-3-3), grouped with one separator used throughout or none.
-# The same shapes evidence.py recognises, so that whatever the record lists is also hidden.
+# The same shapes mail/headertext.py recognises, so that whatever the record lists is also hidden.
 _A_NUMBER = re.compile(
     r"(?<![0-9A-Za-z])[Aa] ?[#-]? ?"
     r"(?:[0-9]{3}([- ]?)[0-9]{3}\1[0-9]{3}|[0-9]{2}([- ]?)[0-9]{3}\2[0-9]{3})(?![0-9])"
 )
+
+
+class RedactionSettings(Protocol):
+    """What `from_settings` reads: `[audit]` (AuditSettings) has both, already checked.
+
+    A protocol rather than an import, because mail/ is the pure bottom of the package and
+    config/ builds on it (it parses addresses with mail/addresses.py).
+    """
+
+    @property
+    def redact_a_numbers(self) -> bool: ...
+
+    @property
+    def redact_patterns(self) -> Sequence[str]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +49,7 @@ class Redactor:
     patterns: tuple[re.Pattern[str], ...] = ()
 
     @classmethod
-    def from_settings(cls, settings: AuditSettings) -> Redactor:
+    def from_settings(cls, settings: RedactionSettings) -> Redactor:
         """The redactor `[audit]` asks for (its patterns were checked when it was loaded)."""
         return cls(
             settings.redact_a_numbers, tuple(re.compile(p) for p in settings.redact_patterns)

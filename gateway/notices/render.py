@@ -6,7 +6,7 @@ template sees it, and headers are built only from validated values, so no Subjec
 or Message-ID can add or split a header, inject markup or add a recipient.
 
 This module never sends, signs or logs, and reads nothing but the templates (once, when a
-NoticeRenderer is built): delivery.py sends the message with MAIL FROM:<> to its one To
+NoticeRenderer is built): delivery/worker.py sends the message with MAIL FROM:<> to its one To
 address, dkim.py signs the bytes that `notice_bytes()` returns.
 """
 
@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import enum
 import re
-import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from email import policy as email_policy
 from email.headerregistry import Address, BaseHeader, HeaderRegistry, MessageIDHeader
 from email.message import EmailMessage
@@ -29,8 +28,23 @@ from typing import cast
 import jinja2
 
 from gateway.config import GatewaySettings, Language, OfficeSettings
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import ConfigError, NoticeError
 from gateway.mail.evidence import Attachment, MessageFacts
+from gateway.notices.text import (
+    A_NUMBER_TEXT,
+    MAX_A_NUMBERS,
+    SUBJECT_LIMIT,
+    a_number_text,
+    clean_filename,
+    clean_message_id,
+    clean_text,
+    cutoff_text,
+    date_text,
+    datetime_text,
+    decode_header_text,
+    digits_of,
+    size_text,
+)
 from gateway.policy.decision import is_replyable_address, notice_suppression
 
 __all__ = [
@@ -39,29 +53,22 @@ __all__ = [
     "NoticeKind",
     "NoticeRenderer",
     "clean_text",
+    "cutoff_text",
+    "date_text",
+    "datetime_text",
     "decode_header_text",
     "notice_bytes",
     "notice_from_address",
     "sample_message",
+    "size_text",
     "suppression_reason",
     "templates_dir",
 ]
 
-_SUBJECT_LIMIT = 250  # the whole Subject line; RFC 5322 allows 998, readers see ~80
-_FILENAME_LIMIT = 100
 _MAX_DOCUMENTS = 25
-_MAX_A_NUMBERS = 5
-_MESSAGE_ID = re.compile(r"<[\x21-\x7e]{1,250}>")
-_MESSAGE_ID_FORBIDDEN = re.compile(r"[<>\"\\(),;:\s]")
 _REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_A_NUMBER = re.compile(r"[A-Za-z0-9 -]{1,20}")
-_FOLDING = re.compile(r"\r?\n(?=[ \t])")
 _BLANK_RUNS = re.compile(r"\n{3,}")
 _TEMPLATE_FILES = ("subject.txt.j2", "body.txt.j2", "body.html.j2")
-
-
-class NoticeError(GatewayError, ValueError):
-    """No notice can be made: not one replyable recipient, or a bad value from the gateway."""
 
 
 class NoticeKind(enum.StrEnum):
@@ -111,65 +118,6 @@ class FailedMessage:
             attachments=facts.attachments,
             a_numbers=facts.a_numbers,
         )
-
-
-# ---------------------------------------------------------------------------------------------
-# Cleaning hostile text
-
-
-def clean_text(value: str, *, limit: int) -> str:
-    """One line of displayable text: no controls, separators, bidi overrides; capped with '…'."""
-    kept: list[str] = []
-    for char in value:
-        category = unicodedata.category(char)
-        if category in ("Cc", "Zl", "Zp"):
-            kept.append(" ")  # CR, LF, NEL, U+2028...: each could start a new line somewhere
-        elif category not in ("Cf", "Cs"):  # bidi overrides, zero-width text, lone surrogates
-            kept.append(char)
-    text = " ".join("".join(kept).split())
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
-
-
-def decode_header_text(raw: str) -> str:
-    """Decode RFC 2047 encoded-words the way a mail reader shows them; never raises."""
-    unfolded = _FOLDING.sub("", raw)
-    if "=?" not in unfolded:
-        return unfolded
-    # The registry decodes leniently: unknown charsets and bad bytes become defects, not errors.
-    return str(HeaderRegistry()("subject", unfolded))
-
-
-def _clean_filename(raw: str) -> str:
-    name = clean_text(decode_header_text(raw), limit=10 * _FILENAME_LIMIT)
-    if len(name) <= _FILENAME_LIMIT:
-        return name
-    stem, dot, extension = name.rpartition(".")
-    if not dot or len(extension) > 10:
-        return clean_text(name, limit=_FILENAME_LIMIT)
-    # Keep the extension: "….pdf" still tells the reader which document it was.
-    return stem[: _FILENAME_LIMIT - len(extension) - 2].rstrip() + "…." + extension
-
-
-def _clean_message_id(raw: str | None) -> str | None:
-    if raw is None:
-        return None
-    candidate = _FOLDING.sub("", raw).strip()
-    if _MESSAGE_ID.fullmatch(candidate) is None or "@" not in candidate:
-        return None
-    return None if _MESSAGE_ID_FORBIDDEN.search(candidate[1:-1]) else candidate
-
-
-def _a_number_text(value: str) -> str:
-    """An A-number as people write it, "A123-456-789", whatever form it was recorded in."""
-    digits = _digits(value)
-    if len(digits) in (8, 9):
-        digits = digits.zfill(9)
-        return f"A{digits[:3]}-{digits[3:6]}-{digits[6:]}"
-    return value
-
-
-def _digits(text: str) -> str:
-    return re.sub(r"\D", "", text).lstrip("0")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,75 +177,28 @@ def _office_view(office: OfficeSettings, lang: Language) -> OfficeView:
 def _message_view(failed: FailedMessage, office: OfficeSettings, subject_limit: int) -> MessageView:
     subject = clean_text(decode_header_text(failed.subject or ""), limit=subject_limit)
     a_numbers = tuple(
-        _a_number_text(a)
-        for a in (clean_text(n, limit=20) for n in failed.a_numbers[:_MAX_A_NUMBERS])
-        if _A_NUMBER.fullmatch(a)
+        a_number_text(a)
+        for a in (clean_text(n, limit=20) for n in failed.a_numbers[:MAX_A_NUMBERS])
+        if A_NUMBER_TEXT.fullmatch(a)
     )
     documents = tuple(
-        Document(_clean_filename(a.filename) or "(unnamed)", max(a.size, 0))
+        Document(clean_filename(a.filename) or "(unnamed)", max(a.size, 0))
         for a in failed.attachments[:_MAX_DOCUMENTS]
     )
     return MessageView(
         subject=subject,
         retired_address=clean_text(failed.retired_address, limit=254),
         received=failed.received_at.astimezone(office.zone),
-        message_id=_clean_message_id(failed.message_id),
+        message_id=clean_message_id(failed.message_id),
         documents=documents,
         documents_omitted=max(len(failed.attachments) - _MAX_DOCUMENTS, 0),
         a_numbers=a_numbers,
         # A capped or missing subject may have lost the A-number; the notice's subject adds it.
-        a_numbers_not_in_subject=tuple(a for a in a_numbers if _digits(a) not in _digits(subject)),
+        a_numbers_not_in_subject=tuple(
+            a for a in a_numbers if digits_of(a) not in digits_of(subject)
+        ),
         reference=failed.reference,
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# Dates and sizes as the reader writes them (no locale module: it is process-global state)
-
-_MONTHS = {
-    "en": "January February March April May June July August September October November December",
-    "es": "enero febrero marzo abril mayo junio julio agosto septiembre octubre noviembre"
-    " diciembre",
-}
-_WEEKDAYS = {
-    "en": "Monday Tuesday Wednesday Thursday Friday Saturday Sunday",
-    "es": "lunes martes miércoles jueves viernes sábado domingo",
-}
-
-
-def date_text(value: date, lang: str) -> str:
-    """'September 12, 2017' / '12 de septiembre de 2017'."""
-    month = _MONTHS[lang].split()[value.month - 1]
-    if lang == "es":
-        return f"{value.day} de {month} de {value.year}"
-    return f"{month} {value.day}, {value.year}"
-
-
-def datetime_text(value: datetime, lang: str) -> str:
-    """'Tuesday, September 12, 2017, 9:14 AM CDT'; 'martes, 12 de septiembre de 2017, 9:14 (CDT)'"""
-    weekday = _WEEKDAYS[lang].split()[value.weekday()]
-    zone = value.tzname() or "UTC"
-    if lang == "es":
-        return f"{weekday}, {date_text(value, lang)}, {value.hour}:{value.minute:02d} ({zone})"
-    hour = value.hour % 12 or 12
-    meridiem = "AM" if value.hour < 12 else "PM"
-    return f"{weekday}, {date_text(value, lang)}, {hour}:{value.minute:02d} {meridiem} {zone}"
-
-
-def cutoff_text(value: datetime, lang: str) -> str:
-    """A phase boundary: the date alone when it is at midnight, as configured boundaries are."""
-    if (value.hour, value.minute) == (0, 0):
-        return date_text(value, lang)
-    return datetime_text(value, lang)
-
-
-def size_text(size: int, lang: str) -> str:
-    """'512 bytes', '245 KB', '1.2 MB' (1,2 MB in Spanish), in the 1024 units mail readers use."""
-    if size < 1024:
-        return f"{size} bytes"
-    value, unit = (size / 1024, "KB") if size < 1024 * 1024 else (size / 1024 / 1024, "MB")
-    text = f"{value:.0f}" if value >= 10 else f"{value:.1f}"
-    return f"{text.replace('.', ',') if lang == 'es' else text} {unit}"
 
 
 _FILTERS: Mapping[str, Callable[..., str]] = {
@@ -455,7 +356,7 @@ class NoticeRenderer:
             "languages": tuple(office.languages),
             "subject_prefix": self._settings.notices.subject_prefix_in(first),
         }
-        subject = clean_text(templates.subject.render(variables), limit=_SUBJECT_LIMIT)
+        subject = clean_text(templates.subject.render(variables), limit=SUBJECT_LIMIT)
         message = self._headers(
             kind, office, failed, subject=subject, now=now, in_reply_to=message_view.message_id
         )

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway.audit.verify import LogLine, read_lines
 from gateway.config import GatewaySettings
+from gateway.errors import UsageError
 from gateway.store.records import Filters, parse_bound
 
 __all__ = [
@@ -35,10 +36,6 @@ __all__ = [
 
 EXIT_OK, EXIT_FOUND_PROBLEMS, EXIT_USAGE = 0, 1, 2
 ACTIONS = ("list", "show", "notice", "summary", "report", "senders", "verify")
-
-
-class UsageError(Exception):
-    """The request cannot be answered as asked; the message says why."""
 
 
 @dataclass(frozen=True, slots=True)

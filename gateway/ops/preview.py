@@ -22,7 +22,7 @@ from typing import BinaryIO, TextIO
 from pydantic import ValidationError
 
 from gateway.config import GatewaySettings, Language, OfficeSettings
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import ConfigError, PreviewError
 from gateway.mail.addresses import AddressKind, parse_address
 from gateway.mail.evidence import extract_facts
 from gateway.notices import dkim
@@ -48,10 +48,6 @@ __all__ = [
 _SUPPORTED_LANGUAGES: tuple[Language, ...] = ("en", "es")
 # An A-number as people type it in a subject: "A123-456-789", "A 123 456 789", "A#12345678".
 _SAMPLE_SENDER = "paralegal@lawfirm.example"
-
-
-class PreviewError(GatewayError, ValueError):
-    """The preview cannot be made as asked (unknown office, unreadable file...)."""
 
 
 class PreviewFormat(enum.StrEnum):

@@ -1,7 +1,7 @@
 """What happens to mail for a retired address: the pure decision logic.
 
 No I/O, no clock, no logging: the arrival time and the settings come in as arguments and a
-value comes out. Reply strings are made from these values by inbound.py, nowhere else.
+value comes out. Reply strings are made from these values by smtp/replies.py, nowhere else.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Connection caps, idle and whole-session timeouts, enhanced codes on aiosmtpd's own replies,
 no AUTH, the PROXY protocol and the drain on shutdown. What to answer is the handler's
-business (inbound.py); this module only runs the conversation.
+business (handler.py); this module only runs the conversation.
 """
 
 from __future__ import annotations
@@ -382,6 +382,10 @@ async def start_server(
     serving: Serving | None = None,
 ) -> list[asyncio.Server]:
     """Bind every listen address and start serving; returns the bound servers.
+
+    `reuse_port` (SO_REUSEPORT) is for several processes sharing [server] listen, the kernel
+    spreading connections among them. Nothing passes it yet (issue 10, item 4): app.py runs
+    one SMTP process, and the outbox, audit log and metrics endpoint assume one process too.
 
     Port 0 binds a free port; read it from `server.sockets`. With `audit`, the chained audit
     log, sessions answer 451 rather than make a record while it cannot be written. With

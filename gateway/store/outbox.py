@@ -6,7 +6,7 @@ records, is one transaction through the store's writer, so a crash leaves each j
 before or after an attempt, never half way. Operators' commands (`gateway queue ...`) use the
 synchronous functions at the end, on a connection of their own.
 
-This module decides nothing about retries (policy.py does) and sends nothing (delivery.py).
+This module decides nothing about retries (policy/ does) and sends nothing (delivery/).
 """
 
 from __future__ import annotations
@@ -114,6 +114,10 @@ class Outbox:
 
         There is one delivery worker per store, so any other owner's lease is stale.
         """
+        # SINGLE-PROCESS ASSUMPTION (issue 10, item 4): this releases every lease not held by
+        # `self.owner`, a live worker's in another process included, which would then deliver
+        # the same job twice. Several workers per store need recover() limited to leases that
+        # have expired (lease_until in the past) or to owners known to be dead.
 
         def release(conn: sqlite3.Connection) -> int:
             cursor = conn.execute(

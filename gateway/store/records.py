@@ -206,7 +206,7 @@ def _grouped(rows: Sequence[sqlite3.Row]) -> Iterator[list[sqlite3.Row]]:
 
 def _message(rows: Sequence[sqlite3.Row]) -> AttemptRecord:
     first = rows[0]
-    # Recipients of one transaction share one answer (inbound.py defers the others), so the
+    # Recipients of one transaction share one answer (smtp/handler.py defers the others), so the
     # first recipient with an office speaks for all; postmaster-only mail has none.
     lead = next((r for r in rows if r["office"] is not None), first)
     notice = parse_notice_status(first["notice"])
