@@ -348,13 +348,15 @@ def report(
     results: Sequence[Measurement], scenarios: Sequence[str], *, sessions: int, size: int
 ) -> None:
     names = list(dict.fromkeys(m.server for m in results))
+    gateways = [n for n in names if n != "bare"]
     print()
-    print(f"{sessions} sessions, {size}-byte messages; msgs/s per round, then the medians")
+    print(f"{sessions} sessions, {size}-byte messages; msgs/s per round, then the medians;")
+    print("µs/msg is each server's CPU time (all threads) per message")
     header = f"{'scenario':<28} {'round':>5}" + "".join(f" {n:>9}" for n in names)
     header += f" {'gw/bare':>7}"
     if "baseline" in names:
         header += f" {'gw/base':>7}"
-    print(header + f" {'gw cpu s':>9} {'gw µs/msg':>10}")
+    print(header + "".join(f" {n[:4] + ' µs/msg':>11}" for n in gateways))
     for scenario in scenarios:
         by = {
             n: {m.round: m for m in results if m.scenario == scenario and m.server == n}
@@ -362,31 +364,25 @@ def report(
         }
         for round_ in sorted(by["gateway"]):
             rates = {n: by[n][round_].rate for n in names}
-            g = by["gateway"][round_]
-            print(_row(scenario, str(round_), rates, f"{g.cpu_seconds:9.2f}", g))
+            cpu = {n: _cpu_per_message([by[n][round_]]) for n in gateways}
+            print(_row(scenario, str(round_), rates, cpu))
         medians = {n: statistics.median(m.rate for m in by[n].values()) for n in names}
-        g_cpu = statistics.median(m.cpu_seconds / m.messages for m in by["gateway"].values())
+        cpu = {n: _cpu_per_message(list(by[n].values())) for n in gateways}
         ratio = medians["gateway"] / medians["bare"]
-        line = _row(scenario, "med", medians, f"{'':>9}", None, cpu_per_message=g_cpu)
+        line = _row(scenario, "med", medians, cpu)
         print(f"{line}   target ≥ {TARGET:.2f}: {'met' if ratio >= TARGET else 'NOT met'}")
 
 
-def _row(
-    scenario: str,
-    label: str,
-    rates: dict[str, float],
-    cpu: str,
-    gateway: Measurement | None,
-    *,
-    cpu_per_message: float | None = None,
-) -> str:
+def _cpu_per_message(measurements: Sequence[Measurement]) -> float:
+    return statistics.median(m.cpu_seconds / m.messages for m in measurements)
+
+
+def _row(scenario: str, label: str, rates: dict[str, float], cpu: dict[str, float]) -> str:
     line = f"{scenario:<28} {label:>5}" + "".join(f" {r:9.0f}" for r in rates.values())
     line += f" {rates['gateway'] / rates['bare']:7.2f}"
     if "baseline" in rates:
         line += f" {rates['gateway'] / rates['baseline']:7.2f}"
-    if cpu_per_message is None and gateway is not None:
-        cpu_per_message = gateway.cpu_seconds / gateway.messages
-    return line + f" {cpu} {1e6 * (cpu_per_message or 0.0):10.0f}"
+    return line + "".join(f" {1e6 * c:11.0f}" for c in cpu.values())
 
 
 def gateway_rows(database: Path) -> int:
