@@ -116,7 +116,16 @@ EVENTS: dict[str, tuple[str, ...]] = {
         "about_job",
     ),
     # reason: why a message was not accepted (rejected or deferred); absent when accepted.
-    "smtp.reply.sent": ("session_id", "reference", "outcome", "reason", "reply_code", "reply"),
+    # office: that of the recipients (comma-joined if several); null when none has one.
+    "smtp.reply.sent": (
+        "session_id",
+        "reference",
+        "outcome",
+        "office",
+        "reason",
+        "reply_code",
+        "reply",
+    ),
     "store.write_failed": ("session_id", "reference", "error"),
     "store.raw_purged": ("count",),
     "store.purge_failed": ("error",),
