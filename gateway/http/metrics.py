@@ -286,7 +286,8 @@ class EventMetrics:
 _WAITING = (JobState.QUEUED, JobState.IN_FLIGHT, JobState.DEFERRED)
 # What the depth gauge shows: the waiting jobs, and failed ones (dead letters an operator may
 # retry). Delivered and deleted jobs are history, not queue.
-_DEPTH_STATES = (*_WAITING, JobState.FAILED)
+# Held jobs are counted but not aged: an operator is keeping them back on purpose.
+_DEPTH_STATES = (*_WAITING, JobState.HELD, JobState.FAILED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,7 +340,7 @@ class OutboxCollector(Collector):
         return [
             GaugeMetricFamily(
                 "gateway_outbox_jobs",
-                "Jobs in the outbox by state (queued, in-flight, deferred, failed).",
+                "Jobs in the outbox by state (queued, in-flight, deferred, held, failed).",
                 labels=["state"],
             ),
             GaugeMetricFamily(
