@@ -229,9 +229,9 @@ async def test_a_held_job_is_not_sent_and_a_released_one_is(tmp_path: Path) -> N
             released = await queue_cli(config, "release", "1")
             await sink.wait_for(1, within=20)
             await eventually(lambda: job(tmp_path, 1).state == JobState.DELIVERED, within=20)
-            events = await served.gateway.event("queue.released")
+            events = await served.gateway.event("outbox.released")
             assert await served.gateway.stop() == 0
-            hold_event = served.gateway.find("queue.held")
+            hold_event = served.gateway.find("outbox.held")
     finally:
         sink.close()
 
@@ -257,7 +257,7 @@ async def test_flush_sends_a_deferred_job_at_once(tmp_path: Path) -> None:
             flushed = await queue_cli(config, "flush")
             await sink.wait_for(1, within=20)  # not in an hour: now
             await eventually(lambda: job(tmp_path, 1).state == JobState.DELIVERED, within=20)
-            event = await served.gateway.event("queue.flushed")
+            event = await served.gateway.event("outbox.flushed")
             empty = await queue_cli(config, "list")
             history = await queue_cli(config, "list", "--all")
             assert await served.gateway.stop() == 0
@@ -265,7 +265,7 @@ async def test_flush_sends_a_deferred_job_at_once(tmp_path: Path) -> None:
         sink.close()
 
     assert "1 jobs, 1 waiting" in waiting.out
-    assert flushed.out == "job 1: due now\n1 jobs flush (deferred ones matched)\n"
+    assert flushed.out == "job 1: due now\n1 jobs flushed (of those deferred)\n"
     assert (event["jobs"], event["count"]) == ([1], 1)
     assert empty.out == "queue is empty\n"
     assert "delivered" in history.out

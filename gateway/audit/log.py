@@ -36,7 +36,7 @@ _DELIVERY_KEYS = (
     "reply",
     "duration_s",
 )
-_QUEUE_KEYS = ("action_id", "operator", "requested_at", "jobs", "count", "filter")
+_OPERATOR_KEYS = ("action_id", "operator", "requested_at", "jobs", "count", "filter")
 # event name -> the keys it carries (besides timestamp, level and event).
 EVENTS: dict[str, tuple[str, ...]] = {
     "gateway.started": ("version", "offices", "as_of", "state_dir", "delivery"),
@@ -152,12 +152,13 @@ EVENTS: dict[str, tuple[str, ...]] = {
     "delivery.deferred": (*_DELIVERY_KEYS, "note", "next_attempt_at"),
     "delivery.failed": (*_DELIVERY_KEYS, "note", "next_attempt_at"),
     "delivery.crashed": ("job_id", "reference", "exception"),
-    # An operator's `gateway queue` action, logged by the serving gateway at its next poll
-    # (the command journals it in the store): action_id numbers it there, requested_at is
-    # when it was taken, jobs the ids it changed, filter what the command line selected.
+    # An operator's `gateway queue` hold, release, flush, retry or delete, logged by the
+    # serving gateway at its next poll (the command journals it in the store): action_id
+    # numbers it there, requested_at is when it was taken, jobs the ids it changed, filter
+    # what the command line selected.
     **dict.fromkeys(
-        ("queue.held", "queue.released", "queue.flushed", "queue.retried", "queue.deleted"),
-        _QUEUE_KEYS,
+        ("outbox.held", "outbox.released", "outbox.flushed", "outbox.retried", "outbox.deleted"),
+        _OPERATOR_KEYS,
     ),
 }
 

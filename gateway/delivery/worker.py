@@ -51,11 +51,11 @@ log = structlog.get_logger()
 
 # An operator's queue action -> its audit event (audit/log.py EVENTS).
 _OPERATOR_EVENTS = {
-    QueueAction.HOLD: "queue.held",
-    QueueAction.RELEASE: "queue.released",
-    QueueAction.FLUSH: "queue.flushed",
-    QueueAction.RETRY: "queue.retried",
-    QueueAction.DELETE: "queue.deleted",
+    QueueAction.HOLD: "outbox.held",
+    QueueAction.RELEASE: "outbox.released",
+    QueueAction.FLUSH: "outbox.flushed",
+    QueueAction.RETRY: "outbox.retried",
+    QueueAction.DELETE: "outbox.deleted",
 }
 
 # Seconds between tries to record an outcome the store refused: the first, and the most.
