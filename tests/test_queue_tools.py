@@ -1,19 +1,40 @@
 """`gateway queue` next to Postfix's tools (issue 11, item 10): the CLI as a process on a real
-store file, and a real serving gateway delivering to a real SMTP sink while an operator holds,
-releases and flushes its jobs."""
+store file; a real serving gateway delivering to a real SMTP sink while an operator holds,
+releases and flushes its jobs; and the hold's lease safety on the store's own outbox."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import sqlite3
 import sys
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email import message_from_bytes
 from pathlib import Path
 
-from gateway.store.outbox import Job, JobState, find_jobs, read_job
+from structlog.testing import capture_logs
+
+from gateway.clock import make_clock
+from gateway.ops.queue import QueueRequest, run_queue
+from gateway.store.db import connect
+from gateway.store.outbox import Attempt as JobAttempt  # the serve harness has an Attempt
+from gateway.store.outbox import (
+    Job,
+    JobFilter,
+    JobState,
+    Outbox,
+    QueueAction,
+    change_jobs,
+    find_jobs,
+    read_job,
+)
+from tests.conftest import Gateway, GatewayFactory
 from tests.polling import eventually
 from tests.sink import Sink, start_sink
+from tests.test_delivery import WorkerFactory, file_a_filing, smarthost
+from tests.test_delivery import run_worker as run_worker  # a fixture, shared
 from tests.test_delivery_process import smarthost_config
 from tests.test_serve_process import (
     AFTER_CUTOFF,
@@ -269,3 +290,86 @@ async def test_flush_sends_a_deferred_job_at_once(tmp_path: Path) -> None:
     assert (event["jobs"], event["count"]) == ([1], 1)
     assert empty.out == "queue is empty\n"
     assert "delivered" in history.out
+
+
+async def test_a_hold_on_a_store_no_worker_has_polled_is_kept_and_logged(
+    start_gateway: GatewayFactory, run_worker: WorkerFactory
+) -> None:
+    # A store the journal table was never made in (no worker has looked at it yet, as with a
+    # store from before operator actions were journalled): the command makes it itself.
+    sink = await start_sink()
+    try:
+        gw = await start_gateway(delivery=smarthost(sink))
+        await file_a_filing(gw)
+        (queued,) = gw.jobs(state="queued")
+        out, err = io.StringIO(), io.StringIO()
+        request = QueueRequest("hold", (queued.id,))
+        code = run_queue(gw.settings, request, clock=make_clock(None), out=out, err=err)
+        with capture_logs() as logs:
+            await run_worker(gw)
+            held = await eventually(lambda: [e for e in logs if e["event"] == "outbox.held"])
+            await asyncio.sleep(1.0)  # twenty polls: a due job would have been sent by now
+    finally:
+        sink.close()
+
+    assert (code, err.getvalue()) == (0, "")
+    assert sink.attempts == 0
+    assert gw.jobs(state="held") != []
+    assert held[0]["jobs"] == [queued.id]
+    assert held[0]["filter"] == {"ids": [queued.id]}
+
+
+def operator(gw_database: Path, action: QueueAction, job_id: int) -> list[int]:
+    with contextlib.closing(connect(gw_database)) as conn:
+        return change_jobs(
+            conn, action, JobFilter(ids=(job_id,)), now=datetime.now(UTC), operator="test"
+        )
+
+
+async def test_holding_a_job_in_flight_takes_effect_after_its_attempt(
+    start_gateway: GatewayFactory,
+) -> None:
+    gw = await start_gateway()
+    await file_a_filing(gw)
+    outbox = Outbox(gw.store, owner="worker-1")
+    now = gw.clock()
+    (leased,) = await outbox.claim(now, limit=1, lease_s=600, busy={}, per_route=1)
+    database = gw.settings.storage.database
+
+    assert operator(database, QueueAction.HOLD, leased.id) == [leased.id]
+    # Released while its attempt is still out: back to that attempt, not to the queue.
+    assert operator(database, QueueAction.RELEASE, leased.id) == [leased.id]
+    assert gw.jobs(state="in-flight") != []
+    assert operator(database, QueueAction.HOLD, leased.id) == [leased.id]
+    assert operator(database, QueueAction.DELETE, leased.id) == []  # not while it is out
+    assert await outbox.claim(now, limit=1, lease_s=600, busy={}, per_route=1) == []
+
+    greylisted = JobAttempt(now, now, "mx.lawfirm.example", 451, "try later", JobState.DEFERRED)
+    await outbox.finish(leased, greylisted, next_attempt_at=now)
+    after = read_job_of(gw, leased.id)
+    assert (after.state, after.attempts) == (JobState.HELD, 1)  # deferred, and still held
+    assert await outbox.claim(now, limit=1, lease_s=600, busy={}, per_route=1) == []
+    assert operator(database, QueueAction.RELEASE, leased.id) == [leased.id]
+    assert read_job_of(gw, leased.id).state == JobState.DEFERRED
+    (again,) = await outbox.claim(now, limit=1, lease_s=600, busy={}, per_route=1)
+    assert again.id == leased.id
+
+
+async def test_a_job_held_in_flight_stays_held_when_the_worker_gives_it_back(
+    start_gateway: GatewayFactory,
+) -> None:
+    gw = await start_gateway()
+    await file_a_filing(gw)
+    outbox = Outbox(gw.store, owner="worker-1")
+    (leased,) = await outbox.claim(gw.clock(), limit=1, lease_s=600, busy={}, per_route=1)
+    operator(gw.settings.storage.database, QueueAction.HOLD, leased.id)
+    await outbox.release(leased, gw.clock())  # shutdown: the attempt did not run
+    assert read_job_of(gw, leased.id).state == JobState.HELD
+    assert await Outbox(gw.store, owner="worker-2").recover() == 0  # a restart leaves it held
+    assert read_job_of(gw, leased.id).state == JobState.HELD
+
+
+def read_job_of(gw: Gateway, job_id: int) -> Job:
+    found = gw.read(lambda conn: read_job(conn, job_id))
+    assert found is not None
+    return found

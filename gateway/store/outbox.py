@@ -137,6 +137,12 @@ class Outbox:
         """
 
         def release(conn: sqlite3.Connection) -> int:
+            # A job held during its attempt keeps its hold; only the stale lease goes.
+            conn.execute(
+                "UPDATE jobs SET lease_owner = NULL, lease_until = NULL"
+                " WHERE state = ? AND lease_owner IS NOT NULL AND lease_owner IS NOT ?",
+                (JobState.HELD, self.owner),
+            )
             cursor = conn.execute(
                 "UPDATE jobs SET state = ?, lease_owner = NULL, lease_until = NULL"
                 " WHERE state = ? AND lease_owner IS NOT ?",
@@ -239,10 +245,19 @@ class Outbox:
         """Give a leased job back untried (shutdown), due again at once."""
 
         def give_back(conn: sqlite3.Connection) -> None:
+            # Held during this attempt: it stays held, without the lease it no longer has.
             conn.execute(
-                "UPDATE jobs SET state = ?, lease_owner = NULL, lease_until = NULL,"
-                " updated_at = ? WHERE id = ? AND state = ?",
-                (JobState.QUEUED, iso(now), job.id, JobState.IN_FLIGHT),
+                "UPDATE jobs SET state = CASE WHEN state = ? THEN state ELSE ? END,"
+                " lease_owner = NULL, lease_until = NULL, updated_at = ?"
+                " WHERE id = ? AND state IN (?, ?)",
+                (
+                    JobState.HELD,
+                    JobState.QUEUED,
+                    iso(now),
+                    job.id,
+                    JobState.IN_FLIGHT,
+                    JobState.HELD,
+                ),
             )
 
         await self.store.write(give_back)
