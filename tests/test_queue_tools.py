@@ -14,8 +14,10 @@ from datetime import UTC, datetime
 from email import message_from_bytes
 from pathlib import Path
 
+import pytest
 from structlog.testing import capture_logs
 
+from gateway.cli import main
 from gateway.clock import make_clock
 from gateway.ops.queue import QueueRequest, run_queue
 from gateway.store.db import connect
@@ -373,3 +375,38 @@ def read_job_of(gw: Gateway, job_id: int) -> Job:
     found = gw.read(lambda conn: read_job(conn, job_id))
     assert found is not None
     return found
+
+
+async def test_the_same_commands_through_main_in_this_process(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = await deferred_store(tmp_path)
+    capsys.readouterr()
+
+    def gateway(*args: str) -> tuple[int, str, str]:
+        code = main(["queue", *args, "--config", str(config)])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    since = gateway("list", "--since", "2000-01-01", "--recipient", SENDERS[0], "--kind=notice")
+    bad_since = gateway("list", "--since", "last tuesday")
+    guard = gateway("delete", "--recipient", SENDERS[2])
+    held = gateway("hold", "--all")
+    released = gateway("release", "1", "2", "99")
+    two_ids = gateway("show", "1", "2")
+    shown = gateway("show-message", "1")
+
+    assert since[0] == 0
+    assert "1 jobs, 1 waiting" in since[1]
+    assert bad_since[0] == 2
+    assert "is not a date" in bad_since[2]
+    assert guard[0] == 1
+    assert "1 jobs match (3); nothing deleted" in guard[2]
+    assert held[1].splitlines()[-1] == "3 jobs held (of those queued, deferred or in flight)"
+    assert released[0] == 1  # one of the IDs could not be released
+    assert released[1] == "job 1: released\njob 2: released\n"
+    assert released[2] == "gateway: job 99 not found, or not held\n"
+    assert two_ids[0] == 2
+    assert "needs one job ID" in two_ids[2]
+    assert shown[0] == 0
+    assert "References: <0.serve-test@lawfirm.example>" in shown[1]

@@ -34,14 +34,12 @@ __all__ = [
     "StateCount",
     "change_jobs",
     "count_jobs",
-    "delete_job",
     "find_jobs",
     "job_attempts",
     "list_jobs",
     "matching_jobs",
     "queue_jobs",
     "read_job",
-    "retry_job",
     "select_jobs",
     "take_operator_actions",
 ]
@@ -438,31 +436,6 @@ def job_attempts(conn: sqlite3.Connection, job_id: int) -> list[Attempt]:
         )
         for r in rows
     ]
-
-
-def retry_job(conn: sqlite3.Connection, job_id: int, now: datetime) -> bool:
-    """Make a deferred or failed job due at once (like `postqueue -i`); False if it cannot be.
-
-    Due "at once" is its creation time, not `now`: a gateway running with --as-of must find
-    it due as well.
-    """
-    cursor = conn.execute(
-        "UPDATE jobs SET state = ?, next_attempt_at = created_at, updated_at = ?"
-        " WHERE id = ? AND state IN (?, ?, ?)",
-        (JobState.QUEUED, iso(now), job_id, JobState.QUEUED, JobState.DEFERRED, JobState.FAILED),
-    )
-    conn.commit()
-    return cursor.rowcount == 1
-
-
-def delete_job(conn: sqlite3.Connection, job_id: int, now: datetime) -> bool:
-    """Take a job out of the queue (like `postsuper -d`); its row stays, marked deleted."""
-    cursor = conn.execute(
-        "UPDATE jobs SET state = ?, updated_at = ? WHERE id = ? AND state IN (?, ?, ?)",
-        (JobState.DELETED, iso(now), job_id, JobState.QUEUED, JobState.DEFERRED, JobState.FAILED),
-    )
-    conn.commit()
-    return cursor.rowcount == 1
 
 
 # ---------------------------------------------------------------------------------------------
