@@ -1,9 +1,10 @@
 # eservice-gateway: the MX for retired filing addresses.
 #   docker build -t eservice-gateway .
 #   docker run -d -p 25:2525 -v gw-state:/var/lib/eservice-gateway \
-#       -v /etc/eservice-gateway/gateway.toml:/etc/eservice-gateway/gateway.toml:ro \
-#       -e GATEWAY_CONFIG=/etc/eservice-gateway/gateway.toml eservice-gateway
-FROM python:3.11-slim
+#       -v /srv/gateway/gateway.toml:/etc/eservice-gateway/gateway.toml:ro eservice-gateway
+# Pinned to a patch release: 3.11.15 carries the email header-folding and parser-DoS fixes,
+# and 3.11 is what the test suite runs on.
+FROM python:3.11.15-slim
 
 RUN groupadd --system --gid 10001 gateway \
  && useradd --system --uid 10001 --gid gateway --home-dir /var/lib/eservice-gateway gateway \
@@ -16,13 +17,17 @@ COPY config ./config
 COPY templates ./templates
 RUN pip install --no-cache-dir . && cd / && rm -rf /src
 
-# Listen on every IPv4 address inside the container; publish the port as 25.
-# The metrics and health endpoint too (loopback elsewhere): publish 9125 only to the scraper.
-ENV GATEWAY_SERVER__LISTEN=0.0.0.0:2525 \
-    GATEWAY_METRICS__LISTEN=0.0.0.0:9125 \
-    GATEWAY_STORAGE__STATE_DIR=/var/lib/eservice-gateway \
-    GATEWAY_DELIVERY__OUTBOX_DIR=/var/lib/eservice-gateway/notices \
-    GATEWAY_AUDIT__FORMAT=json \
+# The image's defaults live in its config file, not in GATEWAY_* variables: a variable beats
+# the file, so defaults set there would silently override a config mounted over this one.
+# Inside the container: listen on every IPv4 address (publish the port as 25), /metrics and
+# /readyz too (publish 9125 only to the scraper), JSON log lines to standard output. The
+# DKIM key is made on first start, in the volume, never baked into the image.
+RUN gateway init --config /etc/eservice-gateway/gateway.toml \
+        --state-dir /var/lib/eservice-gateway \
+        --listen 0.0.0.0:2525 --metrics-listen 0.0.0.0:9125 --log-format json --no-key \
+ && chown -R gateway:gateway /var/lib/eservice-gateway
+# Only where the config file is; mount your own at this path to replace it.
+ENV GATEWAY_CONFIG=/etc/eservice-gateway/gateway.toml \
     PYTHONUNBUFFERED=1
 
 VOLUME ["/var/lib/eservice-gateway", "/var/log/eservice-gateway"]
@@ -37,6 +42,7 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9125/readyz', timeout=4)"]
 
 # Exec form: the gateway is PID 1 and receives SIGTERM itself, to drain; its composer
-# process exits with it.
+# process exits with it. drain_timeout (7 s) fits Docker's default 10 s stop grace period;
+# raise stop_grace_period (compose) or --time (docker stop) with it.
 ENTRYPOINT ["gateway"]
 CMD ["serve"]

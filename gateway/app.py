@@ -4,6 +4,10 @@ startup and shutdown.
 `serve()` is what `gateway serve` runs. Shutdown on SIGTERM/SIGINT: stop accepting, let the
 sessions in flight finish within server.drain_timeout (the rest get 421), give deliveries in
 flight the same time (the rest go back to the queue), commit what is pending, exit 0.
+
+SIGHUP reopens the audit log and reloads: the config file and templates are read again and,
+if they load, serve the sessions that connect from then on (reload.py says what changed and
+what waits for a restart); if not, the old ones go on serving. SIGUSR1 only reopens the log.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import socket
 import ssl
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +40,9 @@ from gateway.http.metrics import EventMetrics, OutboxCollector, new_registry
 from gateway.mail.mx import DnsMxResolver
 from gateway.notices.dkim import DkimKey, ensure_key, zone_record
 from gateway.notices.render import NoticeRenderer
-from gateway.smtp.server import Sessions, start_server
+from gateway.reload import templates_digest
+from gateway.reloader import HangupSignals, Reloader
+from gateway.smtp.server import Serving, Sessions, start_server
 from gateway.store.db import Store
 from gateway.store.outbox import Outbox
 from gateway.store.retention import purge_periodically
@@ -137,8 +144,16 @@ def build_delivery(
     return DeliveryWorker(settings, Outbox(store, owner=owner), composer, sender, clock)
 
 
-def serve(settings: GatewaySettings, *, as_of: str | None = None) -> int:
-    """Run the gateway until SIGTERM or SIGINT; returns the exit status."""
+def serve(
+    settings: GatewaySettings,
+    *,
+    as_of: str | None = None,
+    reread: Callable[[], GatewaySettings] | None = None,
+) -> int:
+    """Run the gateway until SIGTERM or SIGINT; returns the exit status.
+
+    `reread` reads the settings again from where `settings` came from, on SIGHUP; without
+    it SIGHUP only reopens the audit log."""
     try:
         check_state_dir(settings.storage.state_dir)
     except OSError as exc:  # not a configuration error: the host's file system refuses
@@ -168,7 +183,7 @@ def serve(settings: GatewaySettings, *, as_of: str | None = None) -> int:
     try:
         # The chain's first line and its head over time, in the store (see chain.py).
         with anchored(chain, settings.storage.database, every_s=every_s):
-            asyncio.run(_serve(settings, parts, chain, as_of=as_of))
+            asyncio.run(_serve(settings, parts, chain, as_of=as_of, reread=reread))
     except (GatewayError, OSError) as exc:
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
         return 1
@@ -176,14 +191,23 @@ def serve(settings: GatewaySettings, *, as_of: str | None = None) -> int:
 
 
 async def _serve(
-    settings: GatewaySettings, parts: Parts, chain: ChainedLog | None, *, as_of: str | None
+    settings: GatewaySettings,
+    parts: Parts,
+    chain: ChainedLog | None,
+    *,
+    as_of: str | None,
+    reread: Callable[[], GatewaySettings] | None,
 ) -> None:
     # Signals are caught before anything is announced: a SIGTERM sent the moment an
-    # orchestrator sees `gateway.listening` must drain, not kill.
-    stop = _StopSignal(asyncio.get_running_loop())
+    # orchestrator sees `gateway.listening` must drain, not kill, and a SIGHUP (whose default
+    # is to end the process) must reload.
+    loop = asyncio.get_running_loop()
+    stop = _StopSignal(loop)
+    hangups = HangupSignals(loop)
     store = Store(settings.storage.database)
     await store.open()
     sessions = Sessions(limit=settings.server.max_connections)
+    serving = Serving(settings, store, parts.clock)
     endpoint: Endpoint | None = None
     try:
         servers = await start_server(
@@ -193,8 +217,11 @@ async def _serve(
             sessions=sessions,
             tls_context=parts.tls,
             audit=chain,
+            serving=serving,
         )
         worker = build_delivery(settings, store, parts.clock, parts.renderer, parts.dkim_key)
+        templates = await asyncio.to_thread(templates_digest, settings)
+        reloader = Reloader(settings, templates, serving, worker, parts.dkim_key, reread)
         readiness = Readiness(
             settings.metrics,
             servers=servers,
@@ -228,6 +255,7 @@ async def _serve(
             ]
             if chain is not None:
                 housekeeping.append(tasks.create_task(watch_log(chain), name="audit-log"))
+            housekeeping.append(tasks.create_task(hangups.serve(reloader, chain), name="signals"))
             reason = await stop.wait()
             log.info("gateway.stopping", reason=reason, sessions=len(sessions.live))
             for server in servers:
@@ -241,6 +269,7 @@ async def _serve(
         if endpoint is not None:
             await endpoint.close()
         stop.remove()
+        hangups.remove()
         await store.close()
 
 

@@ -25,16 +25,19 @@ EXIT_FAILED = 1
 EXIT_CONFIG = 2
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser, and each command's own parser by name."""
     parser = argparse.ArgumentParser(
         prog="gateway",
         description="The MX for retired filing addresses: refuse or notify, record every attempt.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    by_name: dict[str, argparse.ArgumentParser] = {}
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
+        by_name[name] = sub
         sub.add_argument(
             "--config",
             type=Path,
@@ -50,7 +53,11 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="run the clock as if it were this moment (trials and rehearsals; logged loudly)",
     )
-    command("check-config", "Validate the settings and print the address table and phase dates.")
+    command(
+        "check-config",
+        "Validate the settings and print what is in force (like postconf -n), each office's"
+        " phases, the phase now and the next boundary, and the address table.",
+    )
     _add_preview(command("preview", "Render the notice a message would get; nothing is sent."))
     add_queue_arguments(
         command(
@@ -78,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
             " hash chain).",
         )
     )
+    _add_init(commands, by_name)
     _add_postmaster(
         command(
             "postmaster",
@@ -85,7 +93,64 @@ def _parser() -> argparse.ArgumentParser:
             " (to [postmaster] forward_to).",
         )
     )
-    return parser
+    return parser, by_name
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse the command line, options and positionals in any order after the command.
+
+    argparse's plain parsing stops filling optional positionals at the first option, so
+    `audit show --tz office REF` left REF unrecognised. Intermixed parsing collects the
+    options first and then the positionals; it cannot span a subparser, so the command's own
+    parser does it once the command word is known.
+    """
+    parser, commands = _parser()
+    words = list(sys.argv[1:] if argv is None else argv)
+    if not words or words[0] not in commands:
+        return parser.parse_args(words)  # --help, --version, or a usage error naming COMMAND
+    args = commands[words[0]].parse_intermixed_args(words[1:])
+    args.command = words[0]
+    return args
+
+
+def _add_init(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    by_name: dict[str, argparse.ArgumentParser],
+) -> None:
+    # Not made by command(): here --config names the file to write, not one to read.
+    text = (
+        "Write a starting config (the built-in one, with these values), create the state"
+        " directory and the DKIM key, and print the DNS records to publish."
+    )
+    init = by_name["init"] = commands.add_parser("init", help=text, description=text)
+    init.add_argument(
+        "--config",
+        type=Path,
+        default=Path("/etc/eservice-gateway/gateway.toml"),
+        metavar="FILE",
+        help="where to write the config (default: %(default)s)",
+    )
+    init.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path("/var/lib/eservice-gateway"),
+        metavar="DIR",
+        help="the state directory, made mode 0750 (default: %(default)s)",
+    )
+    init.add_argument("--domain", help="mail domain of the retired addresses (and mx.DOMAIN)")
+    init.add_argument("--office", metavar="NAME", help="the office's short name (a-z, 0-9, -)")
+    init.add_argument("--hostname", help="the name the MX record points at (default: mx.DOMAIN)")
+    init.add_argument("--listen", metavar="HOST:PORT", help="the SMTP listener")
+    init.add_argument(
+        "--metrics-listen", metavar="HOST:PORT", help='/metrics and /readyz ("" turns them off)'
+    )
+    init.add_argument("--log-format", choices=["auto", "json", "console"])
+    init.add_argument(
+        "--no-key",
+        action="store_true",
+        help="make no DKIM key now (an image build: the gateway makes it on first start)",
+    )
+    init.add_argument("--force", action="store_true", help="replace an existing config file")
 
 
 def _add_postmaster(postmaster: argparse.ArgumentParser) -> None:
@@ -204,7 +269,7 @@ def _add_preview(preview: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the gateway command line; returns the process exit status."""
     try:
-        return _run(_parser().parse_args(argv))
+        return _run(_parse(argv))
     except BrokenPipeError:
         # The reader went away (`gateway queue list | head`): stop quietly, as Unix tools do.
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -213,20 +278,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "init":
+        return _init(args)
     try:
         settings = _settings(args.config)
     except ConfigError as exc:
         print(f"gateway: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "check-config":
+        from datetime import UTC, datetime
+
         from gateway.ops.checkconfig import print_check
 
-        print_check(settings, out=sys.stdout)
+        print_check(settings, now=datetime.now(UTC), out=sys.stdout)
         return EXIT_OK
     if args.command == "serve":
         from gateway.app import serve
 
-        return serve(settings, as_of=args.as_of)
+        # SIGHUP reads the same file again, the same way (environment overrides included).
+        return serve(settings, as_of=args.as_of, reread=lambda: _settings(args.config))
     if args.command == "queue":
         from gateway.clock import make_clock
         from gateway.ops.queue import queue_request, run_queue
@@ -329,6 +399,26 @@ def _postmaster(settings: GatewaySettings, args: argparse.Namespace) -> int:
         out_bytes=sys.stdout.buffer,
         err=sys.stderr,
     )
+
+
+def _init(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from gateway.ops.init import InitRequest, run_init
+
+    request = InitRequest(
+        config=args.config,
+        state_dir=args.state_dir.absolute(),
+        domain=args.domain,
+        office=args.office,
+        hostname=args.hostname,
+        listen=args.listen,
+        metrics_listen=args.metrics_listen,
+        log_format=args.log_format,
+        make_key=not args.no_key,
+        force=args.force,
+    )
+    return run_init(request, now=datetime.now(UTC), out=sys.stdout, err=sys.stderr)
 
 
 def _settings(path: Path | None) -> GatewaySettings:

@@ -36,6 +36,7 @@ from pydantic import (
 
 from gateway.errors import ConfigError
 from gateway.mail.addresses import AddressBook, normalize_domain, parse_address
+from gateway.problems import describe
 
 __all__ = [
     "AuditSettings",
@@ -730,7 +731,7 @@ def load_settings(
     """Read the TOML file (the built-in default when None), apply overrides, validate.
 
     Raises:
-        ConfigError: with the dotted key and the problem, for the first problem found.
+        ConfigError: with the dotted key and the problem, first of every problem found.
     """
     source = path or default_config_path()
     try:
@@ -749,26 +750,12 @@ def load_settings(
     try:
         return GatewaySettings.model_validate(data)
     except ValidationError as exc:
-        raise _first_problem(exc) from exc
+        raise _all_problems(exc) from exc
 
 
-def _first_problem(exc: ValidationError) -> ConfigError:
-    errors = exc.errors(include_url=False)
-    keys = list(dict.fromkeys(_dotted(e["loc"]) for e in errors))
-    problem = errors[0]["msg"].removeprefix("Value error, ")
-    more = len(keys) - 1
-    if more:
-        problem += f" (and {more} more problem{'s' if more > 1 else ''})"
-    return ConfigError(keys[0], problem)
-
-
-def _dotted(location: tuple[int | str, ...]) -> str:
-    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in location).lstrip(".")
-    # Union types add their member names to the location; they mean nothing to an operator.
-    # So do a table's bad keys ("[key]") and the tags of a per-language text.
-    return re.sub(
-        r"\.(date|datetime|str|function-after\[[^\]]*\]|\[key\]|plain|per-language)", "", key
-    )
+def _all_problems(exc: ValidationError) -> ConfigError:
+    (key, problem), *more = describe(exc, GatewaySettings)
+    return ConfigError(key, problem, more=more)
 
 
 def _apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None:

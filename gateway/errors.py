@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
     "ConfigError",
     "DeliveryDeferred",
@@ -23,10 +25,16 @@ class ConfigError(GatewayError):
     problem is the file itself.
     """
 
-    def __init__(self, key: str, problem: str) -> None:
+    def __init__(self, key: str, problem: str, *, more: Sequence[tuple[str, str]] = ()) -> None:
         self.key = key
         self.problem = problem
-        super().__init__(f"{key}: {problem}" if key else problem)
+        # Every other problem found in the same file, so that one run lists them all.
+        self.problems: tuple[tuple[str, str], ...] = ((key, problem), *more)
+        lines = [f"{k}: {p}" if k else p for k, p in self.problems]
+        if len(lines) == 1:
+            super().__init__(lines[0])
+        else:
+            super().__init__(f"{len(lines)} problems:\n  " + "\n  ".join(lines))
 
 
 class StoreError(GatewayError, OSError):

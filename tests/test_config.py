@@ -78,7 +78,12 @@ def test_a_setting_can_be_read_from_a_secret_file(tmp_path: Path) -> None:
             "unknown IANA time zone",
         ),
         ('listen = ["127.0.0.1:2525"]', 'listen = ["localhost"]', "server.listen", "host:port"),
-        ("max_recipients = 100 ", "max_recipients = 0 ", "server.max_recipients", "greater than"),
+        (
+            "max_recipients = 100 ",
+            "max_recipients = 0 ",
+            "server.max_recipients",
+            "must be at least 1",
+        ),
         (
             "retires = 2017-09-12",
             "retires = 2017-09-10",
@@ -91,7 +96,7 @@ def test_a_setting_can_be_read_from_a_secret_file(tmp_path: Path) -> None:
             "offices[0].portal_url",
             "not an ASCII http(s) URL",
         ),
-        ("[audit]", "[audit]\nlevel = 3", "audit.level", "Extra inputs are not permitted"),
+        ("[audit]", "[audit]\nlevel = 3", "audit.level", "is not a setting here (known: "),
         (
             'response = "reject-after-data"',
             'response = "bounce"',
@@ -114,6 +119,45 @@ def test_broken_settings_name_the_key_and_the_problem(
         load_settings(write(tmp_path, DEFAULT.replace(old, new, 1)), {})
     assert caught.value.key == key
     assert problem in caught.value.problem
+
+
+def test_every_problem_is_listed_in_plain_words(tmp_path: Path) -> None:
+    text = (
+        DEFAULT.replace("max_recipients = 100 ", "max_recipients = 0 ", 1)
+        .replace("[audit]", "[audit]\nlevel = 3", 1)
+        .replace("max_message_size = 26214400", 'max_message_size = "big"', 1)
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, text), {})
+    problems = dict(caught.value.problems)
+    assert problems["server.max_recipients"] == "must be at least 1"
+    assert problems["server.max_message_size"] == "must be a whole number"
+    assert problems["audit.level"].startswith("is not a setting here")
+    message = str(caught.value)
+    assert message.startswith("3 problems:")
+    assert "Input should" not in message
+    assert "Extra inputs" not in message
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "meant"),
+    [
+        ("max_recipients = 100 ", "max_recipents = 100 ", "server.max_recipents", "max_recipients"),
+        (
+            'timezone = "America/Chicago"',
+            'time_zone = "America/Chicago"',
+            "offices[0].time_zone",
+            "timezone",
+        ),
+    ],
+)
+def test_a_misspelt_key_gets_a_did_you_mean(
+    tmp_path: Path, old: str, new: str, key: str, meant: str
+) -> None:
+    assert old in DEFAULT
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, DEFAULT.replace(old, new, 1)), {})
+    assert (key, f"is not a setting here; did you mean {meant!r}?") in caught.value.problems
 
 
 def test_an_address_in_two_offices_is_an_error(tmp_path: Path) -> None:
@@ -170,7 +214,7 @@ def test_postmaster_forward_to_is_empty_by_default_and_read_from_the_environment
 @pytest.mark.parametrize(
     ("address", "problem"),
     [
-        ("not an address", "should match pattern"),
+        ("not an address", "is not in the expected form"),
         ("postmaster@occ-chicago.example", "at a domain this gateway serves"),
     ],
 )
@@ -259,3 +303,17 @@ def test_check_config_names_the_key_and_language_of_a_missing_text_in_one_line(
     assert err.count("\n") == 1
     assert "offices[0].contact" in err
     assert "'es'" in err
+
+
+def test_check_config_prints_every_problem_with_its_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = DEFAULT.replace("max_recipients = 100 ", "max_recipents = 0 ", 1).replace(
+        'timezone = "America/Chicago"', 'timezone = "America/Chicgo"', 1
+    )
+    status = main(["check-config", "--config", str(write(tmp_path, text))])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "gateway: config error: 2 problems:" in err
+    assert "server.max_recipents: is not a setting here; did you mean 'max_recipients'?" in err
+    assert "offices[0].timezone: unknown IANA time zone" in err

@@ -14,18 +14,11 @@ import pytest
 
 from gateway.mail.redaction import Redactor
 from gateway.store.db import connect
-from gateway.store.records import (
-    AttemptRecord,
-    DaySummary,
-    Filters,
-    Kind,
-    find_attempts,
-    parse_bound,
-    redacted,
-    sender_activity,
-    summarize,
-    tell_story,
-)
+from gateway.store.queries import read_message
+from gateway.store.records import AttemptRecord, Filters, Kind, find_attempts, parse_bound, redacted
+from gateway.store.story import tell_story
+from gateway.store.summaries import DaySummary, sender_activity, summarize
+from gateway.vocabulary import format_notice_status, parse_notice_status
 from tests.conftest import GatewayFactory
 from tests.filings import CLERK, FAR, Filed, fill_store
 
@@ -60,7 +53,7 @@ async def test_every_attempt_is_listed_oldest_first_refusals_at_rcpt_included(
     }
     assert [a.reference for a in attempts] == list(filed.refs.values())
     refusal = by_name["refusal"]
-    assert (refusal.kind, refusal.decision, refusal.action, refusal.notice) == (
+    assert (refusal.kind, refusal.decision, refusal.action, str(refusal.notice)) == (
         Kind.REFUSAL,
         "refused",
         "reject-at-rcpt",
@@ -80,7 +73,7 @@ async def test_every_attempt_is_listed_oldest_first_refusals_at_rcpt_included(
     assert motion.reply.startswith("550 5.1.6 NOT FILED")
     assert motion.at == datetime(2017, 9, 13, 15, 0, tzinfo=UTC)
     # What became of each notice: the sink took the first, deferred the second, refused the third.
-    assert {name: a.notice for name, a in by_name.items()} == {
+    assert {name: str(a.notice) for name, a in by_name.items()} == {
         "motion": "delivered",
         "clerk": "deferred",
         "null": "suppressed:null-sender",
@@ -240,7 +233,7 @@ def attempt(
         action="reject-after-data",
         decision=decision,
         reason=reason,
-        notice=notice,
+        notice=parse_notice_status(notice),  # as the store reads it back
         reply="550 5.1.6 NOT FILED",
     )
 
@@ -354,3 +347,15 @@ def test_redaction_hides_a_numbers_in_subjects_and_file_names_not_the_digest() -
     assert shown.a_numbers == ("[A-number]", "[A-number]")
     assert shown.sha256 == record.sha256
     assert redacted(record, Redactor()) == record
+
+
+async def test_each_stored_notice_column_reads_as_a_status_and_writes_back_the_same(
+    start_gateway: GatewayFactory,
+) -> None:
+    filed = await fill_store(start_gateway)
+    with reading(filed) as conn:
+        stored = [read_message(conn, ref) for ref in filed.refs.values()]
+    messages = [m for m in stored if m is not None]  # the refusal at RCPT has no message
+    assert {m.notice for m in messages} >= {"queued", "none", "suppressed:null-sender"}
+    for message in messages:
+        assert format_notice_status(message.notice_status) == message.notice

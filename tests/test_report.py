@@ -13,7 +13,7 @@ import pytest
 from gateway.audit.report import Report, chart, render_report
 from gateway.config import GatewaySettings
 from gateway.ops.auditcmd import AuditRequest, run_audit
-from gateway.store.records import DaySummary
+from gateway.store.summaries import DaySummary
 from tests.chromium import needs_chromium, run_chromium
 from tests.conftest import GatewayFactory
 from tests.filings import fill_store

@@ -12,9 +12,7 @@ from gateway.policy.verdict import (
     Addressee,
     AnswerKind,
     Arrival,
-    JobKind,
     NoticeHistory,
-    NoticeState,
     Outcome,
     Problem,
     ReplyKind,
@@ -26,6 +24,7 @@ from gateway.policy.verdict import (
     screen,
     settle,
 )
+from gateway.vocabulary import JobKind, NoticeStatusKind
 from tests.conftest import AFTER_CUTOFF, BEFORE_PORTAL, WARN_TIME, office
 
 CHICAGO = OfficeSettings.model_validate(office(decommissions="2027-09-12"))
@@ -79,47 +78,47 @@ def verdict(
     [
         # Retired, refused after DATA, the notice queued.
         (arrival(FILING), AFTER_CUTOFF, SenderCheck.UNCHECKED, CLEAN, ReplyKind.RETIRED,
-         Outcome.REJECTED, NoticeState.QUEUED, (JobKind.NOTICE,)),
+         Outcome.REJECTED, NoticeStatusKind.QUEUED, (JobKind.NOTICE,)),
         # An unauthenticated sender is refused and never mailed.
         (arrival(FILING, is_trusted=False), AFTER_CUTOFF, SenderCheck.FAIL, CLEAN,
-         ReplyKind.RETIRED, Outcome.REJECTED, NoticeState.SUPPRESSED, ()),
+         ReplyKind.RETIRED, Outcome.REJECTED, NoticeStatusKind.SUPPRESSED, ()),
         # Passing SPF/DKIM/DMARC counts as authenticated: accept-and-notify accepts.
         (arrival(NOTIFIED, is_trusted=False), AFTER_CUTOFF, SenderCheck.PASS, CLEAN,
-         ReplyKind.ACCEPTED, Outcome.ACCEPTED, NoticeState.QUEUED, (JobKind.NOTICE,)),
+         ReplyKind.ACCEPTED, Outcome.ACCEPTED, NoticeStatusKind.QUEUED, (JobKind.NOTICE,)),
         # Before the portal: relayed, nothing told.
         (arrival(FILING), BEFORE_PORTAL, SenderCheck.UNCHECKED, CLEAN, ReplyKind.ACCEPTED,
-         Outcome.ACCEPTED, NoticeState.NONE, (JobKind.RELAY,)),
+         Outcome.ACCEPTED, NoticeStatusKind.NONE, (JobKind.RELAY,)),
         # Warn phase with postmaster: relayed with an advisory, and forwarded by domain.
         (arrival(FILING, POSTMASTER), WARN_TIME, SenderCheck.UNCHECKED, CLEAN,
-         ReplyKind.ACCEPTED, Outcome.ACCEPTED, NoticeState.QUEUED,
+         ReplyKind.ACCEPTED, Outcome.ACCEPTED, NoticeStatusKind.QUEUED,
          (JobKind.RELAY, JobKind.ADVISORY, JobKind.FORWARD, JobKind.FORWARD)),
         # Decommissioned by the end of DATA: gone.
         (arrival(FILING), DECOMMISSIONED, SenderCheck.UNCHECKED, CLEAN, ReplyKind.GONE,
-         Outcome.REJECTED, NoticeState.NONE, ()),
+         Outcome.REJECTED, NoticeStatusKind.NONE, ()),
         # A loop is refused and never answered.
         (arrival(FILING), AFTER_CUTOFF, SenderCheck.UNCHECKED,
          Screening(loop="too-many-hops", automatic=None), ReplyKind.LOOP, Outcome.REJECTED,
-         NoticeState.SUPPRESSED, ()),
+         NoticeStatusKind.SUPPRESSED, ()),
         # DNS trouble checking the sender: deferred, naming the office.
         (arrival(FILING, is_trusted=False), AFTER_CUTOFF, SenderCheck.TEMPERROR, CLEAN,
-         ReplyKind.SENDER_CHECK_FAILED, Outcome.DEFERRED, NoticeState.SUPPRESSED, ()),
+         ReplyKind.SENDER_CHECK_FAILED, Outcome.DEFERRED, NoticeStatusKind.SUPPRESSED, ()),
         # Answers parted since RCPT (one retired, one relayed by the time of DATA).
         (arrival(NOTIFIED, FILING), AFTER_CUTOFF, SenderCheck.UNCHECKED, CLEAN,
-         ReplyKind.CHANGED, Outcome.DEFERRED, NoticeState.NONE, ()),
+         ReplyKind.CHANGED, Outcome.DEFERRED, NoticeStatusKind.NONE, ()),
         # Automatic sender: refused, no notice.
         (arrival(FILING), AFTER_CUTOFF, SenderCheck.UNCHECKED,
          Screening(loop=None, automatic="auto-submitted"), ReplyKind.RETIRED, Outcome.REJECTED,
-         NoticeState.SUPPRESSED, ()),
+         NoticeStatusKind.SUPPRESSED, ()),
         # Oversize filing: refused as too big, its notice still queued.
         (arrival(FILING, is_complete=False), AFTER_CUTOFF, SenderCheck.UNCHECKED, CLEAN,
-         ReplyKind.TOO_BIG, Outcome.REJECTED, NoticeState.QUEUED, (JobKind.NOTICE,)),
+         ReplyKind.TOO_BIG, Outcome.REJECTED, NoticeStatusKind.QUEUED, (JobKind.NOTICE,)),
         # A long line in relayed mail: refused, nothing relayed.
         (arrival(FILING, has_long_line=True), BEFORE_PORTAL, SenderCheck.UNCHECKED, CLEAN,
-         ReplyKind.LINE_TOO_LONG, Outcome.REJECTED, NoticeState.NONE, ()),
+         ReplyKind.LINE_TOO_LONG, Outcome.REJECTED, NoticeStatusKind.NONE, ()),
         # A person answering our notice: refused, no second notice.
         (arrival(FILING, headers={"in-reply-to": "<n1@occ-chicago.example>"}), AFTER_CUTOFF,
          SenderCheck.UNCHECKED, CLEAN, ReplyKind.RETIRED, Outcome.REJECTED,
-         NoticeState.SUPPRESSED, ()),
+         NoticeStatusKind.SUPPRESSED, ()),
     ],
 )  # fmt: skip
 def test_judge_answers_each_kind_of_message(
@@ -129,11 +128,11 @@ def test_judge_answers_each_kind_of_message(
     screening: Screening,
     reply: ReplyKind,
     outcome: Outcome,
-    notice: NoticeState,
+    notice: NoticeStatusKind,
     jobs: tuple[JobKind, ...],
 ) -> None:
     result = verdict(message, at=at, check=check, screening=screening)
-    assert (result.reply.kind, result.outcome, result.notice.state) == (reply, outcome, notice)
+    assert (result.reply.kind, result.outcome, result.notice.kind) == (reply, outcome, notice)
     assert tuple(j.kind for j in result.jobs) == jobs
     assert (result.gate is not None) == any(j.is_notice for j in result.jobs)
 
@@ -182,7 +181,7 @@ def test_settle_applies_dedup_and_hourly_limits(
 ) -> None:
     first = verdict(message, at=at)
     settled = settle(first, history)
-    assert (settled.reply.kind, settled.outcome, settled.notice.stored) == (reply, outcome, notice)
+    assert (settled.reply.kind, settled.outcome, str(settled.notice)) == (reply, outcome, notice)
     assert tuple(j.kind for j in settled.jobs) == jobs
     assert settled.reply in first.possible_replies()
     assert settled.counts_notice == (notice == "queued")

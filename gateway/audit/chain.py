@@ -237,6 +237,13 @@ class ChainedLog:
             self._pending.append(line + b"\n")
             self._flush()
 
+    def reopen(self) -> bool:
+        """Open the path afresh now if the file there is no longer the one being written
+        (logrotate's `create`, then SIGHUP or SIGUSR1), rather than within a second; the next
+        line links to the last one written to the old file. Returns whether it reopened."""
+        with self._lock:
+            return self._fd is not None and self._follow_rotation()
+
     def retry(self) -> bool:
         """Try again to write the lines waiting; returns whether none is left waiting."""
         with self._lock:
@@ -286,7 +293,7 @@ class ChainedLog:
                     os.ftruncate(self._fd, os.fstat(self._fd).st_size - written)
             raise
 
-    def _follow_rotation(self) -> None:
+    def _follow_rotation(self) -> bool:
         assert self._path is not None
         self._next_check = time.monotonic() + self._check_every_s
         try:
@@ -294,14 +301,15 @@ class ChainedLog:
         except FileNotFoundError:
             current = None
         if current == self._file_id:
-            return
+            return False
         try:
             fd = _open_locked(self._path)
         except OSError:
-            return  # keep writing to the renamed file; the lines stay in order, try again later
+            return False  # keep writing to the renamed file, in order; try again later
         old, self._fd, self._file_id = self._fd, fd, _file_id(fd)
         if old is not None:
             os.close(old)
+        return True
 
 
 def _new_head() -> Head:

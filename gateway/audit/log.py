@@ -51,6 +51,23 @@ EVENTS: dict[str, tuple[str, ...]] = {
     # 451 (fail closed) and lines wait in memory; recovered: they were written, in order.
     "gateway.log.failed": ("log", "error", "waiting"),
     "gateway.log.recovered": ("log", "written", "dropped"),
+    # SIGHUP or SIGUSR1 (logrotate's postrotate): the log's path opened afresh if the file
+    # there was renamed (rotated); the chain goes on from the old file's last line.
+    "gateway.log.reopened": ("log", "signal", "rotated"),
+    # SIGHUP: the config file and templates read again. New sessions use them, sessions in
+    # flight keep theirs. changed: the sections now in force (and "templates");
+    # needs_restart: keys that changed but wait for a restart (the old value stays);
+    # config_before/config_after: short digests of the settings in force.
+    "gateway.reloaded": (
+        "changed",
+        "needs_restart",
+        "config_before",
+        "config_after",
+        "templates_before",
+        "templates_after",
+    ),
+    # The new config or templates failed to load: nothing changed, the old ones still serve.
+    "gateway.reload.refused": ("error",),
     "smtp.session.opened": ("session_id", "peer_ip", "peer_port"),
     "smtp.session.closed": ("session_id", "peer_ip", "messages", "duration_s"),
     # Connections turned away: too many, shutting down, a command limit, a bad PROXY header.

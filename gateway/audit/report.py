@@ -16,7 +16,7 @@ from importlib import resources
 
 import jinja2
 
-from gateway.store.records import DaySummary
+from gateway.store.summaries import DaySummary
 
 __all__ = ["Chart", "Report", "chart", "render_report"]
 

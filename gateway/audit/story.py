@@ -2,8 +2,8 @@
 
 Arrival, client and message facts, the checks, each recipient's decision and the reply, each
 delivery attempt, a timeline in one zone, and the audit log's lines about it. Only text is
-made here: records.py gathers the story, events.py the log lines, auditcmd.py decides
-what to show and where.
+made here: store/story.py gathers the story, events.py the log lines, ops/auditevidence.py
+decides what to show and where.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import TextIO
 
 from gateway.audit.events import LoggedEvent
-from gateway.store.outbox import Job, JobState
-from gateway.store.records import AttemptRecord, Kind, Story
+from gateway.store.outbox import Job
+from gateway.store.records import AttemptRecord, Kind
 from gateway.store.sentmail import SentNotice, should_keep
+from gateway.store.story import Story
+from gateway.vocabulary import JobState, NoticeStatus
 
 __all__ = ["when", "write_events", "write_story"]
 
@@ -33,6 +35,10 @@ def _write_fields(fields: Sequence[tuple[str, str | None]], out: TextIO) -> None
             out.write(f"  {name:<15} {value}\n")
 
 
+def _notice_text(status: NoticeStatus) -> str:
+    return status.kind if status.reason is None else f"{status.kind}: {status.reason}"
+
+
 def write_story(story: Story, zone: tzinfo, out: TextIO) -> None:
     """The store's account of one attempt, its times in `zone`."""
     a = story.attempt
@@ -43,7 +49,7 @@ def write_story(story: Story, zone: tzinfo, out: TextIO) -> None:
     _write_fields(
         [
             ("sender", story.auth),
-            ("notice", a.notice.replace(":", ": ", 1)),
+            ("notice", _notice_text(a.notice)),
             ("duplicate of", story.duplicate_of),
         ],
         out,

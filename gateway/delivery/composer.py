@@ -42,10 +42,11 @@ from gateway.notices.render import (
 from gateway.store.db import connect
 from gateway.store.outbox import Attempt, Job, job_attempts, read_job
 from gateway.store.queries import list_decisions, read_message, read_raw
+from gateway.vocabulary import JobKind
 
 __all__ = ["Composer", "MailBuilder", "ProcessComposer", "ThreadComposer", "make_composer"]
 
-_NOTICE_KINDS = {"notice": NoticeKind.NOT_FILED, "advisory": NoticeKind.ADVISORY}
+_NOTICE_KINDS = {JobKind.NOTICE: NoticeKind.NOT_FILED, JobKind.ADVISORY: NoticeKind.ADVISORY}
 
 
 class Composer(Protocol):
@@ -54,6 +55,10 @@ class Composer(Protocol):
         ...
 
     def close(self) -> None: ...
+
+    def retire(self) -> None:
+        """Let the jobs already handed over finish, then let go (a reload replaced it)."""
+        ...
 
 
 class MailBuilder:
@@ -75,9 +80,9 @@ class MailBuilder:
         """
         conn = connect(self.database, readonly=True)
         try:
-            if job.kind in ("relay", "forward"):  # forward: postmaster mail, relayed the same
+            if job.kind.is_relay:  # forward: postmaster mail, relayed the same
                 data = _relay_data(conn, job, self.settings.server.hostname)
-            elif job.kind == "bounce":
+            elif job.kind is JobKind.BOUNCE:
                 data = _bounce_data(conn, job, self.settings.server.hostname, now)
             else:
                 data = self._notice_data(conn, job, now)
@@ -143,6 +148,9 @@ class ThreadComposer:
     def close(self) -> None:
         pass
 
+    def retire(self) -> None:
+        pass
+
 
 # The builder of a composer process, made once by its initializer.
 _child_builder: MailBuilder | None = None
@@ -203,6 +211,10 @@ class ProcessComposer:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def retire(self) -> None:
+        # Not close(): the jobs queued for the old children must still be composed.
+        self._pool.shutdown(wait=True)
 
 
 def make_composer(

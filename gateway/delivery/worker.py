@@ -44,6 +44,7 @@ from gateway.store.outbox import (
     take_operator_actions,
 )
 from gateway.store.sentmail import SentNotice, describe_sent, should_keep
+from gateway.vocabulary import JobKind
 
 __all__ = ["DeliveryWorker"]
 
@@ -117,8 +118,9 @@ class DeliveryWorker:
             log.warning("outbox.recovered", jobs=recovered)
         while not self._stopping:
             try:
-                await self._log_operator_actions()
                 await self._claim_and_start()
+                # After the claim, so that logging never holds up work already due.
+                await self._log_operator_actions()
             except StoreError as exc:
                 log.error("outbox.claim_failed", error=str(exc))
             self.last_poll = time.monotonic()
@@ -143,7 +145,7 @@ class DeliveryWorker:
 
     async def _log_operator_actions(self) -> None:
         # `gateway queue` journals its changes in the store; this process holds the audit log,
-        # so it writes their events, before claiming what a flush or release made due.
+        # so it writes their events.
         for action in await take_operator_actions(self.outbox.store, self.clock()):
             log.info(
                 _OPERATOR_EVENTS[action.action],
@@ -240,7 +242,7 @@ class DeliveryWorker:
 
     def _raw_release(self, job: Job, attempt: Attempt) -> datetime | None:
         """When a finished relay's raw copy may go: it is evidence, but not for ever."""
-        if job.kind != "relay" or attempt.outcome is JobState.DEFERRED:
+        if job.kind is not JobKind.RELAY or attempt.outcome is JobState.DEFERRED:
             return None
         return attempt.finished_at + self.raw_retention
 
@@ -269,7 +271,7 @@ class DeliveryWorker:
             next_attempt_at=due,
             note=note,
             raw_keep_until=self._raw_release(job, attempt),
-            bounce=job.kind == "relay" and state is JobState.FAILED,
+            bounce=job.kind is JobKind.RELAY and state is JobState.FAILED,
         )
         event = "delivery.deferred" if state is JobState.DEFERRED else "delivery.failed"
         _log_attempt(
@@ -279,7 +281,7 @@ class DeliveryWorker:
             log.info(
                 "outbox.enqueued",
                 reference=job.reference,
-                job_kind="bounce",
+                job_kind=JobKind.BOUNCE,
                 office=job.office,
                 recipients=[bounce.recipient],
                 destination=None,

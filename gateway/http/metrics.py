@@ -36,10 +36,12 @@ from structlog.typing import EventDict, WrappedLogger
 from gateway import __version__
 from gateway.clock import Clock
 from gateway.store.db import connect
-from gateway.store.outbox import JobState, count_jobs
+from gateway.store.outbox import count_jobs
+from gateway.vocabulary import NOTICE_KINDS, JobKind, JobState, NoticeStatusKind, Outcome
 
 __all__ = [
     "DURATION_BUCKETS",
+    "JOB_KINDS",
     "EventMetrics",
     "OutboxCollector",
     "QueueState",
@@ -51,15 +53,21 @@ __all__ = [
 # its connect_timeout and command_timeouts.
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
-_JOB_KINDS = ("relay", "forward", "notice", "advisory")
-_NOTICE_KINDS = frozenset({"notice", "advisory"})
-_OUTCOMES = ("accepted", "rejected", "deferred")
-_NOTICE_STATUSES = ("suppressed", "queued", "delivered", "deferred", "failed")
+# Every kind, from the one list of them: a kind added there gets its series here too.
+JOB_KINDS = tuple(JobKind)
+_OUTCOMES = tuple(Outcome)
+_NOTICE_STATUSES = (
+    NoticeStatusKind.SUPPRESSED,
+    NoticeStatusKind.QUEUED,
+    NoticeStatusKind.DELIVERED,
+    NoticeStatusKind.DEFERRED,
+    NoticeStatusKind.FAILED,
+)
 # delivery event -> (deliveries outcome, notices status)
 _DELIVERY_EVENTS = {
-    "delivery.succeeded": ("succeeded", "delivered"),
-    "delivery.deferred": ("deferred", "deferred"),
-    "delivery.failed": ("failed", "failed"),
+    "delivery.succeeded": ("succeeded", NoticeStatusKind.DELIVERED),
+    "delivery.deferred": ("deferred", NoticeStatusKind.DEFERRED),
+    "delivery.failed": ("failed", NoticeStatusKind.FAILED),
 }
 # Events that mean something of ours went wrong; each is alert-worthy.
 _ERROR_EVENTS = (
@@ -162,7 +170,7 @@ class EventMetrics:
         )
         self.enqueued = Counter(
             "gateway_outbox_enqueued",
-            "Jobs queued in the outbox, by kind (relay, forward, notice, advisory).",
+            "Jobs queued in the outbox, by kind (relay, forward, notice, advisory, bounce).",
             ["kind"],
             registry=registry,
         )
@@ -208,12 +216,12 @@ class EventMetrics:
 
     def _start_at_zero(self) -> None:
         # Series that exist from the start read 0, not "no data", until the first event.
-        for outcome in _OUTCOMES:
+        for message_outcome in _OUTCOMES:
             for office in self.offices:
-                self.messages.labels(outcome, office)
+                self.messages.labels(message_outcome, office)
         for status in _NOTICE_STATUSES:
             self.notices.labels(status)
-        for kind in _JOB_KINDS:
+        for kind in JOB_KINDS:
             self.enqueued.labels(kind)
             for outcome, _status in _DELIVERY_EVENTS.values():
                 self.deliveries.labels(kind, outcome)
@@ -249,20 +257,20 @@ class EventMetrics:
         self.recipients_deferred.labels(reason, office).inc()
 
     def _notice_suppressed(self, event: EventDict) -> None:
-        self.notices.labels("suppressed").inc()
+        self.notices.labels(NoticeStatusKind.SUPPRESSED).inc()
         self.suppressions.labels(_label(event.get("reason"))).inc()
 
     def _enqueued(self, event: EventDict) -> None:
         kind = _label(event.get("job_kind"))
         self.enqueued.labels(kind).inc()
-        if kind in _NOTICE_KINDS:
-            self.notices.labels("queued").inc()
+        if kind in NOTICE_KINDS:
+            self.notices.labels(NoticeStatusKind.QUEUED).inc()
 
     def _delivered(self, event: EventDict) -> None:
         outcome, status = _DELIVERY_EVENTS[_label(event.get("event"))]
         kind = _label(event.get("kind"))
         self.deliveries.labels(kind, outcome).inc()
-        if kind in _NOTICE_KINDS:
+        if kind in NOTICE_KINDS:
             self.notices.labels(status).inc()
         duration = event.get("duration_s")
         if isinstance(duration, int | float) and duration >= 0:

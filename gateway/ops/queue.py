@@ -26,7 +26,6 @@ from gateway.store.outbox import (
     PENDING_STATES,
     Job,
     JobFilter,
-    JobState,
     QueueAction,
     change_jobs,
     job_attempts,
@@ -34,8 +33,12 @@ from gateway.store.outbox import (
     read_job,
     select_jobs,
 )
+from gateway.vocabulary import JobState
 
 __all__ = ["QueueRequest", "add_queue_arguments", "queue_request", "run_queue"]
+
+# Jobs due for a try (an in-flight one is being tried; a held one waits for its release).
+_DUE = (JobState.QUEUED, JobState.DEFERRED)
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_NO_STORE, EXIT_USAGE = 0, 1, 2, 2
 
@@ -310,7 +313,7 @@ def _list(conn: sqlite3.Connection, request: QueueRequest, which: JobFilter, out
 
 
 def _row(job: Job) -> tuple[str, ...]:
-    waiting = job.state in (JobState.QUEUED, JobState.DEFERRED)
+    waiting = job.state in _DUE
     return (
         str(job.id),
         job.state,

@@ -10,6 +10,7 @@ import enum
 from dataclasses import dataclass
 
 from gateway.policy.decision import Action, Decision, NoticeScope
+from gateway.vocabulary import Outcome
 
 __all__ = [
     "AnswerGroup",
@@ -59,12 +60,6 @@ def answer_group(decision: Decision | None) -> AnswerGroup:
     if decision.action is Action.GONE:
         return AnswerGroup(AnswerKind.GONE)
     return AnswerGroup(AnswerKind.RETIRED, decision.office)
-
-
-class Outcome(enum.StrEnum):
-    ACCEPTED = "accepted"
-    REJECTED = "rejected"
-    DEFERRED = "deferred"
 
 
 class Problem(enum.StrEnum):

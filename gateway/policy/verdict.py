@@ -37,6 +37,7 @@ from gateway.policy.decision import (
     notice_suppression,
     replies_to_own_notice,
 )
+from gateway.vocabulary import JobKind, NoticeStatus, NoticeStatusKind
 
 __all__ = [
     "Addressee",
@@ -44,11 +45,8 @@ __all__ = [
     "AnswerKind",
     "Arrival",
     "Job",
-    "JobKind",
     "NoticeGate",
     "NoticeHistory",
-    "NoticeState",
-    "NoticeStatus",
     "Outcome",
     "Problem",
     "Reply",
@@ -68,17 +66,6 @@ __all__ = [
 # The vocabulary of a verdict
 
 
-class JobKind(enum.StrEnum):
-    RELAY = "relay"  # on to the legacy mail host
-    FORWARD = "forward"  # mail for postmaster, on to [postmaster] forward_to
-    NOTICE = "notice"  # NOT FILED, to the sender
-    ADVISORY = "advisory"  # the address retires soon, to the sender of relayed mail
-
-
-# Jobs that answer a sender, limited by the notice gate; relays and forwards are not.
-_NOTICES = frozenset({JobKind.NOTICE, JobKind.ADVISORY})
-
-
 @dataclass(frozen=True, slots=True)
 class Job:
     kind: JobKind
@@ -90,26 +77,7 @@ class Job:
     @property
     def is_notice(self) -> bool:
         """Whether this job answers the sender, so that the notice limits apply to it."""
-        return self.kind in _NOTICES
-
-
-class NoticeState(enum.StrEnum):
-    QUEUED = "queued"
-    SUPPRESSED = "suppressed"
-    NONE = "none"
-
-
-@dataclass(frozen=True, slots=True)
-class NoticeStatus:
-    state: NoticeState
-    reason: str | None = None  # SUPPRESSED: why, in the words of `notice.suppressed`
-
-    @property
-    def stored(self) -> str:
-        """The status as the store keeps it: "queued", "none" or "suppressed:<reason>"."""
-        if self.state is NoticeState.SUPPRESSED:
-            return f"{self.state}:{self.reason}"
-        return str(self.state)
+        return self.kind.is_notice
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,7 +181,7 @@ class Verdict:
     @property
     def counts_notice(self) -> bool:
         """Whether the queued notice passed its gate and now counts against the limits."""
-        return self.gate is not None and self.notice.state is NoticeState.QUEUED
+        return self.gate is not None and self.notice.kind is NoticeStatusKind.QUEUED
 
     def possible_replies(self) -> tuple[Reply, ...]:
         """Every reply `settle()` may end on, so that each can be worded before the write."""
@@ -298,14 +266,16 @@ def settle(verdict: Verdict, history: NoticeHistory) -> Verdict:
         return replace(
             verdict,
             jobs=others,
-            notice=NoticeStatus(NoticeState.SUPPRESSED, "duplicate"),
+            notice=NoticeStatus(NoticeStatusKind.SUPPRESSED, "duplicate"),
             duplicate_of=history.duplicate_of,
         )
     scope = exceeded_scope(history.counts, verdict.gate.limits)
     if scope is None:
         return verdict
     limited = replace(
-        verdict, jobs=others, notice=NoticeStatus(NoticeState.SUPPRESSED, f"rate-limit-{scope}")
+        verdict,
+        jobs=others,
+        notice=NoticeStatus(NoticeStatusKind.SUPPRESSED, f"rate-limit-{scope}"),
     )
     if not _depends_on_notice(verdict.group):
         return limited
@@ -452,10 +422,10 @@ def _jobs(
 
 def _notice_status(suppressed: str | None, *, has_notice: bool) -> NoticeStatus:
     if has_notice:
-        return NoticeStatus(NoticeState.QUEUED)
+        return NoticeStatus(NoticeStatusKind.QUEUED)
     if suppressed:
-        return NoticeStatus(NoticeState.SUPPRESSED, suppressed)
-    return NoticeStatus(NoticeState.NONE)
+        return NoticeStatus(NoticeStatusKind.SUPPRESSED, suppressed)
+    return NoticeStatus(NoticeStatusKind.NONE)
 
 
 def _gate(arrival: Arrival, rules: VerdictRules, at: datetime) -> NoticeGate:

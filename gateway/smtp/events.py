@@ -11,6 +11,7 @@ import structlog
 from gateway.policy.decision import Action
 from gateway.smtp.replies import reply_code
 from gateway.store.db import MessageRecord
+from gateway.vocabulary import Outcome, parse_notice_status
 
 __all__ = ["log_message", "message_office", "refusal_reason"]
 
@@ -32,12 +33,13 @@ def log_message(record: MessageRecord) -> None:
             arrival_utc=record.received_at.isoformat(),
             arrival_local=r.local_time,
         )
-    if record.notice.startswith("suppressed:"):
+    notice = parse_notice_status(record.notice)
+    if notice.is_suppressed:
         log.info(
             "notice.suppressed",
             reference=record.reference,
             sender=record.mail_from,
-            reason=record.notice.partition(":")[2],
+            reason=notice.reason,
             duplicate_of=record.duplicate_of,
         )
     for job in record.jobs:
@@ -94,7 +96,7 @@ def refusal_reason(record: MessageRecord) -> str:
     why = record.notice.partition(":")[2]
     if why.startswith(("loop-", "rate-limit-")) or why == "sender-check-temperror":
         return why
-    if record.outcome == "deferred":
+    if record.outcome == Outcome.DEFERRED:
         return "recipients-changed"
     gone = all(r.action == Action.GONE for r in record.recipients)
     return "address-decommissioned" if gone else "address-retired"

@@ -17,7 +17,7 @@ from gateway.config import GatewaySettings
 from gateway.errors import StoreError
 from gateway.notices.render import notice_from_address
 from gateway.policy.decision import Decision, NoticeScope
-from gateway.policy.verdict import JobKind, Reply, Verdict, VerdictRules, judge, screen
+from gateway.policy.verdict import Reply, Verdict, VerdictRules, judge, screen
 from gateway.smtp.arrival import (
     SenderChecks,
     arrival_of,
@@ -37,6 +37,7 @@ from gateway.store.db import (
     job_record,
     new_reference,
 )
+from gateway.vocabulary import JobKind, format_notice_status
 
 __all__ = ["MessageDesk", "verdict_rules"]
 
@@ -112,7 +113,7 @@ class MessageDesk:
             recipients=self._recipients(envelope, verdict, received_at),
             outcome=verdict.outcome,
             reply=replies[verdict.reply],
-            notice=verdict.notice.stored,
+            notice=format_notice_status(verdict.notice),
             jobs=tuple(job_record(j) for j in verdict.jobs),
             raw=data.content if keep_raw else None,
             raw_keep_until=keep_until,

@@ -35,7 +35,7 @@ from gateway.smtp.replies import (
 )
 from gateway.store.db import Store
 
-__all__ = ["GatewaySMTP", "Sessions", "start_server"]
+__all__ = ["GatewaySMTP", "Serving", "Sessions", "Snapshot", "start_server"]
 
 log = structlog.get_logger()
 
@@ -91,6 +91,36 @@ class Sessions:
         for protocol in cut:
             protocol.close_with(REPLY_SHUTTING_DOWN)
         return len(cut)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The settings a session is served with, and the handler built from them."""
+
+    settings: GatewaySettings
+    handler: InboundHandler
+
+
+class Serving:
+    """What the next session is served with. A reload (SIGHUP) swaps the snapshot whole; a
+    session keeps the one it took when it connected, to its end."""
+
+    def __init__(self, settings: GatewaySettings, store: Store, clock: Clock) -> None:
+        self._store = store
+        self._clock = clock
+        self.current = self._snapshot(settings)
+
+    def use(self, settings: GatewaySettings) -> None:
+        """Serve sessions from now on with `settings`.
+
+        Raises:
+            ConfigError: an office's replies would not fit an SMTP reply line.
+        """
+        self.current = self._snapshot(settings)
+
+    def _snapshot(self, settings: GatewaySettings) -> Snapshot:
+        check_replies(settings)
+        return Snapshot(settings, InboundHandler(settings, self._store, self._clock))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,21 +379,26 @@ async def start_server(
     listen: Sequence[ListenAddress] | None = None,
     reuse_port: bool = False,
     audit: ChainedLog | None = None,
+    serving: Serving | None = None,
 ) -> list[asyncio.Server]:
     """Bind every listen address and start serving; returns the bound servers.
 
     Port 0 binds a free port; read it from `server.sockets`. With `audit`, the chained audit
-    log, sessions answer 451 rather than make a record while it cannot be written.
+    log, sessions answer 451 rather than make a record while it cannot be written. With
+    `serving`, each session takes its settings from it when it connects (reloadable);
+    else every session uses `settings`.
 
     Raises:
         OSError: an address cannot be bound.
+        ConfigError: an office's replies would not fit an SMTP reply line.
     """
-    check_replies(settings)
-    handler = InboundHandler(settings, store, clock)
+    serving = serving or Serving(settings, store, clock)
     loop = asyncio.get_running_loop()
 
     def factory() -> GatewaySMTP:
-        return GatewaySMTP(handler, sessions, settings, tls_context, audit)
+        # One read of `current`: the settings and the handler always belong together.
+        snapshot = serving.current
+        return GatewaySMTP(snapshot.handler, sessions, snapshot.settings, tls_context, audit)
 
     servers: list[asyncio.Server] = []
     try:

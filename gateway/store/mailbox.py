@@ -12,11 +12,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from gateway.store.db import iso
+from gateway.vocabulary import JobKind
 
 __all__ = ["FORWARD", "PostmasterMail", "find_postmaster_mail", "read_mail"]
 
-# The job kind that relays mail to postmaster to [postmaster] forward_to.
-FORWARD = "forward"
+# The job kind that relays mail to postmaster to [postmaster] forward_to (kept by this name
+# for smtp/postmaster.py, which queues them).
+FORWARD = JobKind.FORWARD
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from enum import StrEnum
 
 from gateway.store.db import JobRecord, Store, iso
 from gateway.store.sentmail import SentNotice, insert_sent
+from gateway.vocabulary import JobKind, JobState
 
 __all__ = [
     "PENDING_STATES",
@@ -45,21 +46,10 @@ __all__ = [
 ]
 
 
-class JobState(StrEnum):
-    QUEUED = "queued"
-    IN_FLIGHT = "in-flight"
-    DEFERRED = "deferred"
-    DELIVERED = "delivered"
-    FAILED = "failed"
-    DELETED = "deleted"  # by an operator; the row stays as evidence
-    # By an operator (`gateway queue hold`, like `postsuper -h`): never claimed until released.
-    # A new value in the same TEXT column, so stores made before it read unchanged.
-    HELD = "held"
-
-
 _DUE_STATES = (JobState.QUEUED, JobState.DEFERRED)
 # Still to be sent, like Postfix's mailq: what `gateway queue list` shows by default, and what
-# retention keeps whatever its age.
+# retention keeps whatever its age; a job in these states may still be sent, so its message
+# must be kept until it is.
 PENDING_STATES = (JobState.QUEUED, JobState.IN_FLIGHT, JobState.DEFERRED, JobState.HELD)
 
 
@@ -67,7 +57,7 @@ PENDING_STATES = (JobState.QUEUED, JobState.IN_FLIGHT, JobState.DEFERRED, JobSta
 class Job:
     id: int
     reference: str
-    kind: str
+    kind: JobKind
     office: str | None
     mail_from: str
     recipients: tuple[str, ...]
@@ -85,7 +75,7 @@ class Job:
         return cls(
             id=row["id"],
             reference=row["reference"],
-            kind=row["kind"],
+            kind=JobKind(row["kind"]),
             office=row["office"],
             mail_from=row["mail_from"],
             recipients=tuple(json.loads(row["recipients"])),
@@ -277,7 +267,7 @@ def _queue_bounce(conn: sqlite3.Connection, relay: Job, at: datetime) -> Bounce 
         " next_attempt_at, updated_at, about_job) VALUES (?,?,?,?,?,?,?,?,?,?)",
         (
             relay.reference,
-            "bounce",
+            JobKind.BOUNCE,
             relay.office,
             "",
             json.dumps([sender]),
@@ -295,11 +285,11 @@ def _queue_bounce(conn: sqlite3.Connection, relay: Job, at: datetime) -> Bounce 
 def _release_raw(conn: sqlite3.Connection, reference: str, keep_until: datetime) -> None:
     conn.execute(
         "UPDATE raw_messages SET keep_until = ? WHERE reference = ? AND keep_until IS NULL"
-        " AND NOT EXISTS (SELECT 1 FROM jobs WHERE reference = ? AND kind = 'relay'"
-        "  AND state IN ('queued', 'in-flight', 'deferred', 'held'))"
+        " AND NOT EXISTS (SELECT 1 FROM jobs WHERE reference = ? AND kind = ?"
+        "  AND state IN (?, ?, ?, ?))"
         " AND NOT EXISTS (SELECT 1 FROM message_recipients WHERE reference = ?"
         "  AND kind = 'postmaster')",
-        (iso(keep_until), reference, reference, reference),
+        (iso(keep_until), reference, reference, JobKind.RELAY, *PENDING_STATES, reference),
     )
 
 

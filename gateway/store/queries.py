@@ -15,6 +15,7 @@ from datetime import datetime
 
 from gateway.mail.evidence import Attachment
 from gateway.store.db import RefusalRecord
+from gateway.vocabulary import NoticeStatus, parse_notice_status
 
 __all__ = [
     "NoticeCount",
@@ -62,6 +63,11 @@ class StoredMessage:
     auth: str | None
     sender_authenticated: bool
     refused_for: str | None  # what about the message itself refused it, if anything
+
+    @property
+    def notice_status(self) -> NoticeStatus:
+        """The notice column as a typed value (the field keeps the stored string)."""
+        return parse_notice_status(self.notice)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,20 +1,19 @@
-"""The record of attempts: what operators ask of the state store.
+"""The record of attempts: finding what operators ask of the state store.
 
 An attempt is one try to file by e-mail: a message received to the end of DATA (`messages`,
 with its recipients' decisions and its jobs) or a recipient refused at RCPT (`refusals`).
 The store is the source (indexed, and the evidence); the audit log adds what only it holds,
 such as when the session opened and closed, and is read by audit/events.py, not here (the
-store knows nothing of the log). Queries take an open connection and return values;
-summaries are pure functions of the attempts. Nothing here writes, formats for a terminal or
-decides anything about mail.
+store knows nothing of the log). One attempt's whole story is story.py's, and the counts
+over many are summaries.py's. Queries take an open connection and return values; nothing
+here writes, formats for a terminal or decides anything about mail.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from enum import StrEnum
@@ -22,28 +21,25 @@ from typing import Any
 
 from gateway.mail.addresses import parse_address
 from gateway.mail.redaction import Redactor
-from gateway.store.outbox import Attempt, Job, JobState, job_attempts
-from gateway.store.sentmail import SentNotice, read_sent
+from gateway.vocabulary import (
+    JobKind,
+    NoticeStatus,
+    NoticeStatusKind,
+    Outcome,
+    parse_notice_status,
+)
 
 __all__ = [
-    "Attachment",
     "AttemptRecord",
-    "DaySummary",
     "Filters",
     "Kind",
-    "RecipientDecision",
-    "SenderActivity",
-    "Story",
     "find_attempts",
     "parse_bound",
     "redacted",
-    "sender_activity",
-    "summarize",
-    "tell_story",
 ]
 
-# A notice status that is a job state means a notice (or advisory) was queued.
-_NOTICE_JOB_STATES = frozenset(state.value for state in JobState)
+# What a refusal at RCPT has: nothing is mailed after it, the reply is the answer.
+_NO_NOTICE = NoticeStatus(NoticeStatusKind.NONE)
 
 
 class Kind(StrEnum):
@@ -68,7 +64,7 @@ class AttemptRecord:
     action: str  # policy.Action, or "keep" for postmaster
     decision: str  # accepted, rejected, deferred (the end-of-DATA answer), or refused (RCPT)
     reason: str
-    notice: str  # none, suppressed:<why>, or the notice job's state (queued ... delivered)
+    notice: NoticeStatus  # none, suppressed for a reason, or the notice job's state
     reply: str
     message_id: str | None = None
     subject: str | None = None
@@ -87,7 +83,7 @@ class AttemptRecord:
 
     @property
     def has_notice(self) -> bool:
-        return self.notice in _NOTICE_JOB_STATES
+        return self.notice.has_notice
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +130,7 @@ SELECT m.reference, m.received_at, m.session_id, m.peer_ip, m.helo, m.mail_from,
        {refused_for} AS refused_for,
        r.recipient, r.office, r.phase, r.action, r.reason,
        (SELECT j.state FROM jobs j WHERE j.reference = m.reference
-        AND j.kind NOT IN ('relay', 'forward') ORDER BY j.id DESC LIMIT 1) AS notice_state
+        AND j.kind NOT IN (?, ?) ORDER BY j.id DESC LIMIT 1) AS notice_state
 FROM messages m JOIN message_recipients r ON r.reference = m.reference
 WHERE {where}
 ORDER BY m.received_at, m.reference, r.rowid
@@ -192,7 +188,8 @@ def _messages(conn: sqlite3.Connection, filters: Filters) -> list[AttemptRecord]
     columns = {r[1] for r in conn.execute("PRAGMA table_info(messages)")}
     refused_for = "m.refused_for" if "refused_for" in columns else "NULL"
     sql = _MESSAGES.format(where=" AND ".join(where) or "1", refused_for=refused_for)
-    rows = conn.execute(sql, params).fetchall()
+    # The subquery's kinds come first: they are the first placeholders in the statement.
+    rows = conn.execute(sql, [JobKind.RELAY, JobKind.FORWARD, *params]).fetchall()
     return [_message(group) for group in _grouped(rows)]
 
 
@@ -212,9 +209,9 @@ def _message(rows: Sequence[sqlite3.Row]) -> AttemptRecord:
     # Recipients of one transaction share one answer (inbound.py defers the others), so the
     # first recipient with an office speaks for all; postmaster-only mail has none.
     lead = next((r for r in rows if r["office"] is not None), first)
-    notice = first["notice"]
-    if notice == "queued" and first["notice_state"]:
-        notice = first["notice_state"]
+    notice = parse_notice_status(first["notice"])
+    if notice.kind is NoticeStatusKind.QUEUED and first["notice_state"]:
+        notice = NoticeStatus(NoticeStatusKind(first["notice_state"]))
     return AttemptRecord(
         reference=first["reference"],
         kind=Kind.MESSAGE,
@@ -228,7 +225,7 @@ def _message(rows: Sequence[sqlite3.Row]) -> AttemptRecord:
         phase=lead["phase"],
         action=lead["action"],
         decision=first["outcome"],
-        reason=first["refused_for"] or _reason(first["outcome"], first["notice"], lead["reason"]),
+        reason=first["refused_for"] or _reason(first["outcome"], notice, lead["reason"]),
         notice=notice,
         reply=first["reply"],
         message_id=first["message_id"],
@@ -240,10 +237,10 @@ def _message(rows: Sequence[sqlite3.Row]) -> AttemptRecord:
     )
 
 
-def _reason(outcome: str, notice: str, policy_reason: str) -> str:
+def _reason(outcome: str, notice: NoticeStatus, policy_reason: str) -> str:
     # A loop or a rate limit overrides the policy's answer; the record says so in `notice`.
-    why = notice.partition(":")[2]
-    if why.startswith("loop-") or (outcome == "deferred" and why.startswith("rate-limit-")):
+    why = notice.reason or ""
+    if why.startswith("loop-") or (outcome == Outcome.DEFERRED and why.startswith("rate-limit-")):
         return why
     return str(policy_reason)
 
@@ -272,7 +269,7 @@ def _refusal(row: sqlite3.Row) -> AttemptRecord:
         action="gone" if row["phase"] == "decommissioned" else "reject-at-rcpt",
         decision="refused",
         reason=row["reason"],
-        notice="none",  # nothing is mailed after a refusal at RCPT: the reply is the answer
+        notice=_NO_NOTICE,
         reply=row["reply"],
     )
 
@@ -283,8 +280,12 @@ def _matches(attempt: AttemptRecord, filters: Filters) -> bool:
         return False
     if filters.decision and filters.decision not in (attempt.decision, attempt.action):
         return False
-    wanted = filters.notice
-    return not wanted or attempt.notice == wanted or attempt.notice.startswith(wanted + ":")
+    return not filters.notice or _is_notice_wanted(attempt.notice, filters.notice)
+
+
+def _is_notice_wanted(status: NoticeStatus, wanted: str) -> bool:
+    # A bare kind ("suppressed") matches every reason; "suppressed:<why>" only that one.
+    return str(status) == wanted or status.kind.value == wanted
 
 
 def _same_address(recipient: str, wanted: str) -> bool:
@@ -311,211 +312,4 @@ def redacted(attempt: AttemptRecord, redactor: Redactor) -> AttemptRecord:
         subject=redactor.optional(attempt.subject),
         attachments=tuple(redactor.text(a) for a in attempt.attachments),
         a_numbers=tuple(redactor.a_number_list(attempt.a_numbers)),
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# The whole story of one message
-
-
-@dataclass(frozen=True, slots=True)
-class RecipientDecision:
-    recipient: str
-    kind: str  # addresses.AddressKind
-    office: str | None
-    phase: str | None
-    action: str
-    reason: str
-    decided_at: datetime
-    local_time: str | None  # as the office reads it
-
-
-@dataclass(frozen=True, slots=True)
-class Attachment:
-    filename: str
-    content_type: str
-    size: int
-
-
-@dataclass(frozen=True, slots=True)
-class Story:
-    """Everything the store holds about one attempt (the log's lines are audit/events.py's)."""
-
-    attempt: AttemptRecord
-    peer_port: int | None = None
-    tls: str | None = None
-    date_header: str | None = None
-    from_header: str | None = None
-    attachments: tuple[Attachment, ...] = ()
-    duplicate_of: str | None = None
-    auth: str | None = None  # how the sender was authenticated (Authentication-Results)
-    raw_kept: bool = False
-    recipients: tuple[RecipientDecision, ...] = ()
-    jobs: tuple[tuple[Job, tuple[Attempt, ...]], ...] = ()
-    sent: tuple[SentNotice, ...] = ()  # the notices kept as sent (sentmail.py)
-
-
-def tell_story(conn: sqlite3.Connection, reference: str) -> Story | None:
-    """The story of the attempt with this reference, or None if the store has none."""
-    found = find_attempts(conn, Filters(reference=reference))
-    if not found:
-        return None
-    attempt = found[0]
-    if attempt.kind is Kind.REFUSAL:
-        return Story(attempt)
-    ref = attempt.reference
-    row = conn.execute("SELECT * FROM messages WHERE reference = ?", (ref,)).fetchone()
-    decisions = conn.execute(
-        "SELECT * FROM message_recipients WHERE reference = ? ORDER BY rowid", (ref,)
-    ).fetchall()
-    jobs = conn.execute("SELECT * FROM jobs WHERE reference = ? ORDER BY id", (ref,)).fetchall()
-    raw = conn.execute("SELECT 1 FROM raw_messages WHERE reference = ?", (ref,)).fetchone()
-    return Story(
-        attempt,
-        peer_port=row["peer_port"],
-        tls=row["tls"],
-        date_header=row["date_header"],
-        from_header=row["from_header"],
-        attachments=tuple(
-            Attachment(a["filename"], a["content_type"], a["size"])
-            for a in json.loads(row["attachments"])
-        ),
-        duplicate_of=row["duplicate_of"],
-        auth=row["auth"],
-        raw_kept=raw is not None,
-        recipients=tuple(_decision(d) for d in decisions),
-        jobs=tuple(
-            (job, tuple(job_attempts(conn, job.id))) for job in (Job.from_row(j) for j in jobs)
-        ),
-        sent=tuple(read_sent(conn, ref)),
-    )
-
-
-def _decision(row: sqlite3.Row) -> RecipientDecision:
-    return RecipientDecision(
-        recipient=row["recipient"],
-        kind=row["kind"],
-        office=row["office"],
-        phase=row["phase"],
-        action=row["action"],
-        reason=row["reason"],
-        decided_at=datetime.fromisoformat(row["decided_at"]),
-        local_time=row["local_time"],
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Summaries: pure
-
-
-@dataclass(frozen=True, slots=True)
-class DaySummary:
-    """One office's day: what arrived, what was refused and what became of the notices."""
-
-    day: date
-    office: str  # "" when no office was addressed (postmaster)
-    attempts: int  # messages and refusals at RCPT
-    received: int  # messages received to the end of DATA
-    refused: int  # refused after DATA or at RCPT
-    noticed: int  # a notice (or advisory) was queued
-    suppressed: int  # no notice, for the reason on record
-    delivered: int  # notices delivered
-    deferred: int  # notices waiting for another try
-    failed: int  # notices given up on
-    refused_by_reason: tuple[tuple[str, int], ...] = ()
-
-
-def summarize(
-    attempts: Iterable[AttemptRecord], *, zone_of: Callable[[str | None], tzinfo]
-) -> list[DaySummary]:
-    """Per day (in the zone `zone_of(office)` gives) and office, oldest day first."""
-    groups: dict[tuple[date, str], list[AttemptRecord]] = {}
-    for attempt in attempts:
-        day = attempt.at.astimezone(zone_of(attempt.office)).date()
-        groups.setdefault((day, attempt.office or ""), []).append(attempt)
-    return [_day(day, office, group) for (day, office), group in sorted(groups.items())]
-
-
-def _day(day: date, office: str, attempts: Sequence[AttemptRecord]) -> DaySummary:
-    notices = Counter(a.notice for a in attempts)
-    reasons = Counter(a.reason for a in attempts if a.is_refused)
-    return DaySummary(
-        day=day,
-        office=office,
-        attempts=len(attempts),
-        received=sum(1 for a in attempts if a.kind is Kind.MESSAGE),
-        refused=sum(reasons.values()),
-        noticed=sum(1 for a in attempts if a.has_notice),
-        suppressed=sum(1 for a in attempts if a.notice.startswith("suppressed:")),
-        delivered=notices["delivered"],
-        deferred=notices["deferred"],
-        failed=notices["failed"],
-        refused_by_reason=tuple(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class SenderActivity:
-    """A sender domain (sender "") or one sender in it: who still files by e-mail."""
-
-    domain: str
-    sender: str  # "" on the domain's own line
-    attempts: int
-    first: datetime
-    last: datetime
-    notices_delivered: int  # attempts whose notice reached the sender
-    senders: int  # 1 on a sender's line
-    senders_reached: int  # how many of them were reached by at least one notice
-
-    @property
-    def is_domain(self) -> bool:
-        return not self.sender
-
-
-def sender_activity(attempts: Iterable[AttemptRecord]) -> list[SenderActivity]:
-    """Each sender domain, busiest first, followed by its senders, busiest first."""
-    by_sender: dict[tuple[str, str], list[AttemptRecord]] = {}
-    for attempt in attempts:
-        sender = attempt.sender.lower() or "<>"
-        by_sender.setdefault((attempt.sender_domain, sender), []).append(attempt)
-    senders = [_activity(domain, sender, group) for (domain, sender), group in by_sender.items()]
-    by_domain: dict[str, list[SenderActivity]] = {}
-    for activity in senders:
-        by_domain.setdefault(activity.domain, []).append(activity)
-    result: list[SenderActivity] = []
-    for domain, members in sorted(by_domain.items(), key=lambda kv: _busiest(kv[1], kv[0])):
-        members.sort(key=lambda m: (-m.attempts, m.sender))
-        result.append(_domain_total(domain, members))
-        result.extend(members)
-    return result
-
-
-def _busiest(members: Sequence[SenderActivity], domain: str) -> tuple[int, str]:
-    return -sum(m.attempts for m in members), domain
-
-
-def _activity(domain: str, sender: str, attempts: Sequence[AttemptRecord]) -> SenderActivity:
-    delivered = sum(1 for a in attempts if a.notice == "delivered")
-    return SenderActivity(
-        domain=domain,
-        sender=sender,
-        attempts=len(attempts),
-        first=min(a.at for a in attempts),
-        last=max(a.at for a in attempts),
-        notices_delivered=delivered,
-        senders=1,
-        senders_reached=1 if delivered else 0,
-    )
-
-
-def _domain_total(domain: str, members: Sequence[SenderActivity]) -> SenderActivity:
-    return SenderActivity(
-        domain=domain,
-        sender="",
-        attempts=sum(m.attempts for m in members),
-        first=min(m.first for m in members),
-        last=max(m.last for m in members),
-        notices_delivered=sum(m.notices_delivered for m in members),
-        senders=len(members),
-        senders_reached=sum(m.senders_reached for m in members),
     )

@@ -17,6 +17,7 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 
 from gateway.store.db import iso
+from gateway.vocabulary import JobKind
 
 __all__ = [
     "SentNotice",
@@ -29,7 +30,7 @@ __all__ = [
 ]
 
 # Relays carry someone else's message; everything else is ours to account for.
-_KEPT_KINDS = frozenset({"notice", "advisory", "bounce"})
+_KEPT_KINDS = frozenset({JobKind.NOTICE, JobKind.ADVISORY, JobKind.BOUNCE})
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,141 @@
+"""`gateway audit show|notice`: one attempt's whole story, and the notice exactly as sent.
+
+show tells what the store holds about an attempt (store/story.py) and the audit log's lines
+about it (audit/events.py), written by audit/story.py; notice writes a kept notice's bytes,
+checked against their SHA-256 first. Neither writes to the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import BinaryIO, TextIO
+
+from gateway.audit.events import logged_events
+from gateway.audit.story import write_events, write_story
+from gateway.audit.verify import log_files, order_files
+from gateway.config import GatewaySettings
+from gateway.mail.redaction import Redactor
+from gateway.ops.auditrequest import (
+    EXIT_FOUND_PROBLEMS,
+    EXIT_OK,
+    AuditRequest,
+    UsageError,
+    Zones,
+    log_lines,
+    write_atomically,
+)
+from gateway.store.outbox import find_jobs
+from gateway.store.queries import read_message
+from gateway.store.records import redacted
+from gateway.store.sentmail import SentNotice, read_sent, sent_data
+from gateway.store.story import tell_story
+from gateway.vocabulary import JobKind, JobState
+
+__all__ = ["show_attempt", "write_kept_notice"]
+
+
+def show_attempt(
+    settings: GatewaySettings,
+    request: AuditRequest,
+    conn: sqlite3.Connection,
+    zones: Zones,
+    redactor: Redactor,
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    if len(request.targets) != 1:
+        raise UsageError("audit show needs one reference (see gateway audit list)")
+    reference = request.targets[0].strip().upper()
+    story = tell_story(conn, reference)
+    files, note = _logs_for_show(settings, request)
+    events = logged_events(lambda: log_lines(files), reference) if files else []
+    if story is None:
+        err.write(f"gateway: no attempt {reference} in the store\n")
+        if events:  # purged by retention, or recorded in another store: the log still tells
+            write_events(events, files, note, out)
+        return EXIT_FOUND_PROBLEMS
+    story = replace(
+        story,
+        attempt=redacted(story.attempt, redactor),
+        attachments=tuple(
+            replace(a, filename=redactor.text(a.filename)) for a in story.attachments
+        ),
+    )
+    write_story(story, zones.of(story.attempt.office), out)
+    write_events(events, files, note, out)
+    return EXIT_OK
+
+
+def _logs_for_show(settings: GatewaySettings, request: AuditRequest) -> tuple[list[Path], str]:
+    if request.logs:
+        return order_files(request.logs), ""
+    if settings.audit.log == "-":
+        return [], "the log goes to standard output; give --log FILE to include a saved copy"
+    return log_files(Path(settings.audit.log)), ""
+
+
+def write_kept_notice(
+    request: AuditRequest,
+    conn: sqlite3.Connection,
+    *,
+    out: TextIO,
+    out_bytes: BinaryIO,
+    err: TextIO,
+) -> int:
+    """Write one kept notice as sent: to --output FILE, or to standard output.
+
+    Not redacted: it is the evidence, and a redacted copy would not match its SHA-256.
+    """
+    if len(request.targets) != 1:
+        raise UsageError("audit notice needs one reference (see gateway audit list)")
+    reference = request.targets[0].strip().upper()
+    kept = _chosen_notice(read_sent(conn, reference), request.job)
+    if kept is None:
+        err.write(f"gateway: {_why_no_notice(conn, reference, request.job)}\n")
+        return EXIT_FOUND_PROBLEMS
+    data = sent_data(conn, reference, kept.job_id) or b""
+    if hashlib.sha256(data).hexdigest() != kept.sha256:
+        err.write(f"gateway: the notice kept for {reference} does not match its SHA-256\n")
+        return EXIT_FOUND_PROBLEMS
+    if request.notice_file is None:
+        out_bytes.write(data)
+        out_bytes.flush()
+        return EXIT_OK
+    write_atomically(request.notice_file, data)
+    out.write(
+        f"wrote {request.notice_file}: {kept.kind} of job {kept.job_id}, {kept.size:,} bytes,"
+        f" Message-ID {kept.message_id or '(none)'}, SHA-256 {kept.sha256}\n"
+    )
+    return EXIT_OK
+
+
+def _chosen_notice(kept: Sequence[SentNotice], job: int | None) -> SentNotice | None:
+    """The notice asked for: the one with --job, or the only one.
+
+    Raises:
+        UsageError: there are several and no --job says which.
+    """
+    if job is not None:
+        return next((k for k in kept if k.job_id == job), None)
+    if len(kept) > 1:
+        which = ", ".join(f"job {k.job_id} ({k.kind})" for k in kept)
+        raise UsageError(f"{kept[0].reference} has {len(kept)} notices kept, {which}: give --job")
+    return kept[0] if kept else None
+
+
+def _why_no_notice(conn: sqlite3.Connection, reference: str, job: int | None) -> str:
+    if read_message(conn, reference) is None:
+        return f"no attempt {reference} in the store (or its record and notice were purged)"
+    if job is not None:
+        return f"no notice of job {job} is kept for {reference}"
+    delivered = find_jobs(conn, reference=reference, state=JobState.DELIVERED)
+    if any(job.kind is not JobKind.RELAY for job in delivered):
+        return (
+            f"the notice sent for {reference} is no longer kept (purged after"
+            " [storage] notice_retention_days, or sent before notices were kept)"
+        )
+    return f"no notice has been sent for {reference} (see gateway audit show {reference})"
