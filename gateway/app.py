@@ -115,7 +115,11 @@ def prepare(settings: GatewaySettings, *, as_of: str | None) -> Parts:
     renderer = NoticeRenderer(settings)  # compiles and trial-renders every office's templates
     key, created = ensure_key(settings)
     # A registry of this process's own: prometheus_client's default REGISTRY is a global.
-    metrics = EventMetrics(new_registry()) if settings.metrics.listen is not None else None
+    metrics = (
+        EventMetrics(new_registry(), offices=[o.name for o in settings.offices])
+        if settings.metrics.listen is not None
+        else None
+    )
     return Parts(clock, context, renderer, key, created, metrics)
 
 

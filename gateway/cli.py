@@ -15,6 +15,7 @@ from pathlib import Path
 from gateway import __version__
 from gateway.config import GatewaySettings, load_settings
 from gateway.errors import ConfigError
+from gateway.ops.queue import add_queue_arguments
 from gateway.smtp.replies import check_replies
 
 __all__ = ["main"]
@@ -58,9 +59,13 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         " phases, the phase now and the next boundary, and the address table.",
     )
     _add_preview(command("preview", "Render the notice a message would get; nothing is sent."))
-    queue = command("queue", "Show and manage the outbox: list, show ID, retry ID, delete ID.")
-    queue.add_argument("action", choices=["list", "show", "retry", "delete"])
-    queue.add_argument("job_id", nargs="?", type=int, metavar="ID", help="job number (from list)")
+    add_queue_arguments(
+        command(
+            "queue",
+            "Show and manage the outbox: list, show ID, show-message ID, flush, hold, release,"
+            " retry, delete (by ID or by filter).",
+        )
+    )
     keygen = command(
         "dkim-keygen",
         "Print the DNS TXT record for the notices' DKIM key, creating the key if there is none.",
@@ -294,21 +299,15 @@ def _run(args: argparse.Namespace) -> int:
         return serve(settings, as_of=args.as_of, reread=lambda: _settings(args.config))
     if args.command == "queue":
         from gateway.clock import make_clock
-        from gateway.ops.queue import run_queue
+        from gateway.ops.queue import queue_request, run_queue
 
-        if args.action != "list" and args.job_id is None:
-            print(
-                f"gateway: queue {args.action} needs a job ID (see gateway queue list)",
-                file=sys.stderr,
-            )
-            return EXIT_CONFIG
         return run_queue(
             settings,
-            args.action,
-            args.job_id,
+            queue_request(args),
             clock=make_clock(None),
             out=sys.stdout,
             err=sys.stderr,
+            out_bytes=sys.stdout.buffer,
         )
     if args.command == "preview":
         from gateway.ops.preview import run_preview

@@ -68,6 +68,9 @@ class JobState(StrEnum):
     DELIVERED = "delivered"
     FAILED = "failed"
     DELETED = "deleted"  # by an operator; the row stays as evidence
+    # By an operator (`gateway queue hold`, like `postsuper -h`): never claimed until released.
+    # A new value in the same TEXT column, so stores made before it read unchanged.
+    HELD = "held"
 
 
 class NoticeStatusKind(StrEnum):
@@ -85,6 +88,7 @@ class NoticeStatusKind(StrEnum):
     DELIVERED = JobState.DELIVERED.value
     FAILED = JobState.FAILED.value
     DELETED = JobState.DELETED.value
+    HELD = JobState.HELD.value  # an operator holds its job (gateway queue hold)
 
     @property
     def has_notice(self) -> bool:

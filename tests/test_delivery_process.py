@@ -110,7 +110,8 @@ async def test_queue_commands_list_show_retry_and_delete(tmp_path: Path) -> None
             await sink.wait_for(1, within=20)
             assert await gateway.gateway.stop() == 0
         missing = gateway_cli(config, "queue", "show", "99")
-        after = gateway_cli(config, "queue", "list")
+        # Delivered jobs are history, not queue: listed only when asked for.
+        after = gateway_cli(config, "queue", "list", "--state", "delivered")
     finally:
         sink.close()
 

@@ -20,7 +20,7 @@ import pytest
 from gateway.clock import make_clock
 from gateway.delivery.transport import OutgoingMail
 from gateway.notices.dkim import ensure_key, txt_record
-from gateway.ops.queue import run_queue
+from gateway.ops.queue import QueueRequest, run_queue
 from tests.conftest import BEFORE_PORTAL, RETIRED, Gateway, GatewayFactory, office
 from tests.dnsserver import DnsServer, Zone
 from tests.sink import Sink, start_sink
@@ -61,7 +61,8 @@ async def file_utf8_filing(gw: Gateway, sender: str = UTF8_SENDER) -> str:
 
 def queue_show(gw: Gateway, job_id: int) -> str:
     out, err = io.StringIO(), io.StringIO()
-    assert run_queue(gw.settings, "show", job_id, clock=make_clock(None), out=out, err=err) == 0
+    request = QueueRequest("show", (job_id,))
+    assert run_queue(gw.settings, request, clock=make_clock(None), out=out, err=err) == 0
     return out.getvalue()
 
 

@@ -41,7 +41,9 @@ from tests.conftest import Gateway, GatewayFactory
 from tests.polling import eventually
 from tests.test_serve_process import (
     AFTER_CUTOFF,
+    CHICAGO_OFFICE,
     LATER,
+    LATER_OFFICE,
     RETIRED,
     SENDER,
     Attempt,
@@ -53,6 +55,9 @@ from tests.test_serve_process import (
 )
 
 HTTP_TIMEOUT = 10.0
+CHICAGO = CHICAGO_OFFICE
+MESSAGES_REFUSED = "gateway_smtp_messages_refused_total"
+RCPT_REFUSED = "gateway_smtp_recipients_refused_total"
 DOCKERFILE = Path(__file__).resolve().parent.parent / "Dockerfile"
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -152,12 +157,14 @@ async def test_a_scrape_counts_the_mail_sent_and_the_queue_it_left(tmp_path: Pat
 
     assert value(during, "gateway_smtp_connections_total") == 2
     assert value(during, "gateway_smtp_sessions_open") == 1
-    assert value(during, "gateway_smtp_messages_total", outcome="rejected") == 4
-    assert value(during, "gateway_smtp_messages_total", outcome="accepted") == 1
-    assert value(during, "gateway_smtp_messages_total", outcome="deferred") == 0
-    assert value(during, "gateway_smtp_messages_refused_total", reason="address-retired") == 4
-    assert value(during, "gateway_smtp_recipients_refused_total", reason="no-such-mailbox") == 1
-    assert value(during, "gateway_smtp_recipients_refused_total", reason="relay-denied") == 2
+    assert value(during, "gateway_smtp_messages_total", outcome="rejected", office=CHICAGO) == 4
+    assert (
+        value(during, "gateway_smtp_messages_total", outcome="accepted", office=LATER_OFFICE) == 1
+    )
+    assert value(during, "gateway_smtp_messages_total", outcome="deferred", office=CHICAGO) == 0
+    assert value(during, MESSAGES_REFUSED, reason="address-retired", office=CHICAGO) == 4
+    assert value(during, RCPT_REFUSED, reason="no-such-mailbox", office=CHICAGO) == 1
+    assert value(during, RCPT_REFUSED, reason="relay-denied", office="") == 2
     assert value(during, "gateway_notices_total", status="queued") == 3
     assert value(during, "gateway_notices_total", status="suppressed") == 1
     assert value(during, "gateway_notices_total", status="delivered") == 0

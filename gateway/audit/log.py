@@ -36,6 +36,7 @@ _DELIVERY_KEYS = (
     "reply",
     "duration_s",
 )
+_OPERATOR_KEYS = ("action_id", "operator", "requested_at", "jobs", "count", "filter")
 # event name -> the keys it carries (besides timestamp, level and event).
 EVENTS: dict[str, tuple[str, ...]] = {
     "gateway.started": ("version", "offices", "as_of", "state_dir", "delivery"),
@@ -133,7 +134,16 @@ EVENTS: dict[str, tuple[str, ...]] = {
         "about_job",
     ),
     # reason: why a message was not accepted (rejected or deferred); absent when accepted.
-    "smtp.reply.sent": ("session_id", "reference", "outcome", "reason", "reply_code", "reply"),
+    # office: that of the recipients (comma-joined if several); null when none has one.
+    "smtp.reply.sent": (
+        "session_id",
+        "reference",
+        "outcome",
+        "office",
+        "reason",
+        "reply_code",
+        "reply",
+    ),
     "store.write_failed": ("session_id", "reference", "error"),
     "store.raw_purged": ("count",),
     "store.purge_failed": ("error",),
@@ -159,6 +169,14 @@ EVENTS: dict[str, tuple[str, ...]] = {
     "delivery.deferred": (*_DELIVERY_KEYS, "note", "next_attempt_at"),
     "delivery.failed": (*_DELIVERY_KEYS, "note", "next_attempt_at"),
     "delivery.crashed": ("job_id", "reference", "exception"),
+    # An operator's `gateway queue` hold, release, flush, retry or delete, logged by the
+    # serving gateway at its next poll (the command journals it in the store): action_id
+    # numbers it there, requested_at is when it was taken, jobs the ids it changed, filter
+    # what the command line selected.
+    **dict.fromkeys(
+        ("outbox.held", "outbox.released", "outbox.flushed", "outbox.retried", "outbox.deleted"),
+        _OPERATOR_KEYS,
+    ),
 }
 
 

@@ -35,13 +35,29 @@ from gateway.delivery.transport import Answer, MailSender, OutgoingMail
 from gateway.errors import DeliveryDeferred, DeliveryError, StoreError
 from gateway.policy.decision import next_attempt_at
 from gateway.store.db import iso
-from gateway.store.outbox import Attempt, Job, JobState, Outbox
+from gateway.store.outbox import (
+    Attempt,
+    Job,
+    JobState,
+    Outbox,
+    QueueAction,
+    take_operator_actions,
+)
 from gateway.store.sentmail import SentNotice, describe_sent, should_keep
 from gateway.vocabulary import JobKind
 
 __all__ = ["DeliveryWorker"]
 
 log = structlog.get_logger()
+
+# An operator's queue action -> its audit event (audit/log.py EVENTS).
+_OPERATOR_EVENTS = {
+    QueueAction.HOLD: "outbox.held",
+    QueueAction.RELEASE: "outbox.released",
+    QueueAction.FLUSH: "outbox.flushed",
+    QueueAction.RETRY: "outbox.retried",
+    QueueAction.DELETE: "outbox.deleted",
+}
 
 # Seconds between tries to record an outcome the store refused: the first, and the most.
 _RECORD_RETRY_S = (0.5, 5.0)
@@ -103,6 +119,8 @@ class DeliveryWorker:
         while not self._stopping:
             try:
                 await self._claim_and_start()
+                # After the claim, so that logging never holds up work already due.
+                await self._log_operator_actions()
             except StoreError as exc:
                 log.error("outbox.claim_failed", error=str(exc))
             self.last_poll = time.monotonic()
@@ -124,6 +142,20 @@ class DeliveryWorker:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         await asyncio.to_thread(self.composer.close)
+
+    async def _log_operator_actions(self) -> None:
+        # `gateway queue` journals its changes in the store; this process holds the audit log,
+        # so it writes their events.
+        for action in await take_operator_actions(self.outbox.store, self.clock()):
+            log.info(
+                _OPERATOR_EVENTS[action.action],
+                action_id=action.id,
+                operator=action.operator,
+                requested_at=action.requested_at.isoformat(),
+                jobs=list(action.job_ids),
+                count=len(action.job_ids),
+                filter=action.filter,
+            )
 
     async def _claim_and_start(self) -> None:
         free = self.limits.concurrency - len(self._in_flight)

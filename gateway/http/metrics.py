@@ -27,6 +27,7 @@ from prometheus_client import (
     Info,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -89,7 +90,14 @@ _PURGED_TABLES = (
 
 
 def new_registry() -> CollectorRegistry:
-    """A registry for one process, with the usual process_* and python_info metrics."""
+    """A registry for one process, with the usual process_* and python_info metrics.
+
+    No `*_created` series: they double the series of every counter and histogram, and
+    Prometheus reads a counter's start from its resets anyway. prometheus_client has this
+    as a process-wide switch only (no registry option as of 0.26); a gateway process has one
+    registry, so turning it off here, where that registry is made, is the narrowest place.
+    """
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # the library leaves it unannotated
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
@@ -107,8 +115,10 @@ def _count(value: Any) -> int:
 class EventMetrics:
     """The counters, and the structlog processor that keeps them from the audit events."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, *, offices: Iterable[str] = ()) -> None:
         self.registry = registry
+        # The configured offices' names: their message series read 0 from the start.
+        self.offices = ("", *offices)
         Info("gateway_build", "The running gateway.", registry=registry).info(
             {"version": __version__}
         )
@@ -123,26 +133,27 @@ class EventMetrics:
         )
         self.messages = Counter(
             "gateway_smtp_messages",
-            "Messages answered at the end of DATA, by outcome (accepted, rejected, deferred).",
-            ["outcome"],
+            "Messages answered at the end of DATA, by outcome (accepted, rejected, deferred)"
+            " and office (that of the retired or filing addresses written to; empty for none).",
+            ["outcome", "office"],
             registry=registry,
         )
         self.messages_refused = Counter(
             "gateway_smtp_messages_refused",
-            "Messages rejected or deferred at the end of DATA, by reason.",
-            ["reason"],
+            "Messages rejected or deferred at the end of DATA, by reason and office.",
+            ["reason", "office"],
             registry=registry,
         )
         self.refusals = Counter(
             "gateway_smtp_recipients_refused",
-            "Recipients refused at RCPT, by reason.",
-            ["reason"],
+            "Recipients refused at RCPT, by reason and office (empty: no office's address).",
+            ["reason", "office"],
             registry=registry,
         )
         self.recipients_deferred = Counter(
             "gateway_smtp_recipients_deferred",
-            "Recipients answered 452 at RCPT (to be sent again), by reason.",
-            ["reason"],
+            "Recipients answered 452 at RCPT (to be sent again), by reason and office.",
+            ["reason", "office"],
             registry=registry,
         )
         self.notices = Counter(
@@ -206,7 +217,8 @@ class EventMetrics:
     def _start_at_zero(self) -> None:
         # Series that exist from the start read 0, not "no data", until the first event.
         for message_outcome in _OUTCOMES:
-            self.messages.labels(message_outcome)
+            for office in self.offices:
+                self.messages.labels(message_outcome, office)
         for status in _NOTICE_STATUSES:
             self.notices.labels(status)
         for kind in JOB_KINDS:
@@ -232,15 +244,17 @@ class EventMetrics:
         self.connections_refused.labels(_label(event.get("reason"))).inc()
 
     def _reply_sent(self, event: EventDict) -> None:
-        self.messages.labels(_label(event.get("outcome"))).inc()
+        office = _label(event.get("office"))
+        self.messages.labels(_label(event.get("outcome")), office).inc()
         if event.get("reason") is not None:
-            self.messages_refused.labels(_label(event.get("reason"))).inc()
+            self.messages_refused.labels(_label(event.get("reason")), office).inc()
 
     def _recipient_refused(self, event: EventDict) -> None:
-        self.refusals.labels(_label(event.get("reason"))).inc()
+        self.refusals.labels(_label(event.get("reason")), _label(event.get("office"))).inc()
 
     def _recipient_deferred(self, event: EventDict) -> None:
-        self.recipients_deferred.labels(_label(event.get("reason"))).inc()
+        reason, office = _label(event.get("reason")), _label(event.get("office"))
+        self.recipients_deferred.labels(reason, office).inc()
 
     def _notice_suppressed(self, event: EventDict) -> None:
         self.notices.labels(NoticeStatusKind.SUPPRESSED).inc()
@@ -280,7 +294,8 @@ class EventMetrics:
 _WAITING = (JobState.QUEUED, JobState.IN_FLIGHT, JobState.DEFERRED)
 # What the depth gauge shows: the waiting jobs, and failed ones (dead letters an operator may
 # retry). Delivered and deleted jobs are history, not queue.
-_DEPTH_STATES = (*_WAITING, JobState.FAILED)
+# Held jobs are counted but not aged: an operator is keeping them back on purpose.
+_DEPTH_STATES = (*_WAITING, JobState.HELD, JobState.FAILED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,7 +348,7 @@ class OutboxCollector(Collector):
         return [
             GaugeMetricFamily(
                 "gateway_outbox_jobs",
-                "Jobs in the outbox by state (queued, in-flight, deferred, failed).",
+                "Jobs in the outbox by state (queued, in-flight, deferred, held, failed).",
                 labels=["state"],
             ),
             GaugeMetricFamily(

@@ -1,66 +1,303 @@
-"""`gateway queue list|show|retry|delete`: the outbox as an operator sees it.
+"""`gateway queue ...`: the outbox as an operator sees it, with Postfix's queue tools as model.
 
-Like Postfix's mailq, postqueue -i and postsuper -d. Works on the store file directly, so it
-runs beside a serving gateway; it only reads, except retry and delete, which change one row.
+list (mailq: what is still to be sent, or filtered), show ID (postqueue -i's view of one job),
+show-message ID (postcat -q: the mail as it was or would be sent), flush (postqueue -f),
+hold and release (postsuper -h/-H), retry and delete (postsuper -r/-d), by ID or by filter.
+Works on the store file directly, so it runs beside a serving gateway; every change is one
+transaction that also journals the action, which the serving gateway logs as an audit event
+(store/outbox.py). This module words the output; it decides nothing about delivery.
 """
 
 from __future__ import annotations
 
+import argparse
+import getpass
 import sqlite3
-from datetime import datetime
-from typing import TextIO
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, time
+from typing import BinaryIO, TextIO
 
 from gateway.clock import Clock
 from gateway.config import GatewaySettings
 from gateway.store.db import connect
-from gateway.store.outbox import Job, delete_job, job_attempts, list_jobs, read_job, retry_job
+from gateway.store.outbox import (
+    PENDING_STATES,
+    Job,
+    JobFilter,
+    QueueAction,
+    change_jobs,
+    job_attempts,
+    matching_jobs,
+    read_job,
+    select_jobs,
+)
 from gateway.vocabulary import JobState
 
-__all__ = ["run_queue"]
+__all__ = ["QueueRequest", "add_queue_arguments", "queue_request", "run_queue"]
 
-# Jobs still to be sent, and those of them due for a try (an in-flight one is being tried).
+# Jobs due for a try (an in-flight one is being tried; a held one waits for its release).
 _DUE = (JobState.QUEUED, JobState.DEFERRED)
-_WAITING = (*_DUE, JobState.IN_FLIGHT)
 
-EXIT_OK, EXIT_NOT_FOUND, EXIT_NO_STORE = 0, 1, 2
+EXIT_OK, EXIT_NOT_FOUND, EXIT_NO_STORE, EXIT_USAGE = 0, 1, 2, 2
+
+_READING = ("list", "show", "show-message")
+# What each action did, as the line printed for each job it changed.
+_DONE = {
+    QueueAction.HOLD: "held (not sent until released)",
+    QueueAction.RELEASE: "released",
+    QueueAction.FLUSH: "due now",
+    QueueAction.RETRY: "queued for delivery now",
+    QueueAction.DELETE: "deleted (kept as evidence)",
+}
+_PAST = {
+    QueueAction.HOLD: "held",
+    QueueAction.RELEASE: "released",
+    QueueAction.FLUSH: "flushed",
+    QueueAction.RETRY: "retried",
+    QueueAction.DELETE: "deleted",
+}
+_APPLIES_TO = {
+    QueueAction.HOLD: "queued, deferred or in flight",
+    QueueAction.RELEASE: "held",
+    QueueAction.FLUSH: "deferred",
+    QueueAction.RETRY: "queued, deferred or failed",
+    QueueAction.DELETE: "queued, deferred, failed or held (and not in flight)",
+}
+
+
+class UsageError(Exception):
+    """The command line asks for something that cannot be done as asked."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRequest:
+    """One `gateway queue` command, as parsed."""
+
+    action: str
+    job_ids: tuple[int, ...] = ()
+    states: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()
+    since: str | None = None
+    recipient: str | None = None
+    every: bool = False  # --all
+    yes: bool = False
+    message: bool = False  # show --message
+
+
+def add_queue_arguments(queue: argparse.ArgumentParser) -> None:
+    """The `gateway queue` arguments (cli.py owns the parser; the queue's words live here)."""
+    queue.add_argument(
+        "action",
+        choices=["list", "show", "show-message", "flush", "hold", "release", "retry", "delete"],
+    )
+    queue.add_argument(
+        "job_ids", nargs="*", type=int, metavar="ID", help="job numbers (from queue list)"
+    )
+    which = queue.add_argument_group("which jobs (list: default what is still to be sent)")
+    which.add_argument(
+        "--state",
+        action="append",
+        default=[],
+        metavar="S[,S]",
+        help="queued, in-flight, deferred, held, failed, delivered, deleted",
+    )
+    which.add_argument(
+        "--kind", action="append", default=[], metavar="K[,K]", help="notice, advisory, relay, ..."
+    )
+    which.add_argument("--since", metavar="DATE", help="created on or after (UTC date or time)")
+    which.add_argument("--recipient", metavar="ADDRESS", help="one of the envelope recipients")
+    which.add_argument(
+        "--all",
+        action="store_true",
+        dest="every",
+        help="list: every job ever; hold, release, retry, delete: every job it applies to",
+    )
+    queue.add_argument("--yes", action="store_true", help="delete: really delete by filter")
+    queue.add_argument(
+        "--message", action="store_true", help="show: print the mail itself (as show-message)"
+    )
+
+
+def queue_request(args: argparse.Namespace) -> QueueRequest:
+    """The request from cli.py's parsed arguments."""
+    return QueueRequest(
+        action=args.action,
+        job_ids=tuple(args.job_ids),
+        states=_split(args.state),
+        kinds=_split(args.kind),
+        since=args.since,
+        recipient=args.recipient,
+        every=args.every,
+        yes=args.yes,
+        message=args.message,
+    )
 
 
 def run_queue(
     settings: GatewaySettings,
-    action: str,
-    job_id: int | None,
+    request: QueueRequest,
     *,
     clock: Clock,
     out: TextIO,
     err: TextIO,
+    out_bytes: BinaryIO | None = None,
 ) -> int:
     """Carry out one queue command; returns the exit status."""
     path = settings.storage.database
     if not path.is_file():
         err.write(f"gateway: no state store at {path} (has the gateway run with this config?)\n")
         return EXIT_NO_STORE
-    conn = connect(path, readonly=action in ("list", "show"))
     try:
-        if action == "list":
-            return _list(conn, out)
-        assert job_id is not None, "argparse requires an id for show, retry and delete"
-        if action == "show":
-            return _show(conn, job_id, out, err)
-        change = retry_job if action == "retry" else delete_job
-        if not change(conn, job_id, clock()):
-            err.write(f"gateway: job {job_id} not found, or in flight or finished\n")
-            return EXIT_NOT_FOUND
-        done = "queued for delivery now" if action == "retry" else "deleted (kept as evidence)"
-        out.write(f"job {job_id}: {done}\n")
-        return EXIT_OK
+        which = _filter(request)
+        conn = connect(path, readonly=request.action in _READING)
+    except UsageError as exc:
+        err.write(f"gateway: {exc}\n")
+        return EXIT_USAGE
+    try:
+        return _dispatch(
+            settings,
+            conn,
+            request,
+            which,
+            clock=clock,
+            out=out,
+            err=err,
+            out_bytes=out_bytes or sys.stdout.buffer,
+        )
+    except UsageError as exc:
+        err.write(f"gateway: {exc}\n")
+        return EXIT_USAGE
     finally:
         conn.close()
 
 
-def _list(conn: sqlite3.Connection, out: TextIO) -> int:
-    jobs = list_jobs(conn)
+def _dispatch(
+    settings: GatewaySettings,
+    conn: sqlite3.Connection,
+    request: QueueRequest,
+    which: JobFilter,
+    *,
+    clock: Clock,
+    out: TextIO,
+    err: TextIO,
+    out_bytes: BinaryIO,
+) -> int:
+    if request.action == "list":
+        return _list(conn, request, which, out)
+    if request.action in ("show", "show-message"):
+        job_id = _one_id(request)
+        if request.action == "show-message" or request.message:
+            from gateway.ops.queuemail import write_job_message
+
+            return write_job_message(settings, conn, job_id, now=clock(), out=out_bytes, err=err)
+        return _show(conn, job_id, out, err)
+    action = QueueAction(request.action)
+    if not (
+        request.job_ids or request.every or _has_filter(request) or action is QueueAction.FLUSH
+    ):
+        raise UsageError(
+            f"queue {action} needs job IDs, a filter (--state, --kind, --since, --recipient)"
+            " or --all"
+        )
+    if action is QueueAction.DELETE and not request.job_ids and not request.yes:
+        return _confirm_delete(conn, which, err)
+    changed = change_jobs(conn, action, which, now=clock(), operator=_operator())
+    return _report(action, request, changed, out, err)
+
+
+def _filter(request: QueueRequest) -> JobFilter:
+    known = {str(s) for s in JobState}
+    unknown = [s for s in request.states if s not in known]
+    if unknown:
+        raise UsageError(f"unknown state {unknown[0]!r} (one of {', '.join(sorted(known))})")
+    return JobFilter(
+        ids=request.job_ids,
+        states=request.states,
+        kinds=request.kinds,
+        since=None if request.since is None else _since(request.since),
+        recipient=request.recipient,
+    )
+
+
+def _since(text: str) -> datetime:
+    """A date (its midnight) or a date-time; UTC unless it says otherwise."""
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise UsageError(f"--since {text!r} is not a date (2026-05-01) or time") from exc
+    if len(text) <= 10:
+        at = datetime.combine(at.date(), time())
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+def _has_filter(request: QueueRequest) -> bool:
+    return bool(request.states or request.kinds or request.since or request.recipient)
+
+
+def _one_id(request: QueueRequest) -> int:
+    if len(request.job_ids) != 1:
+        raise UsageError(f"queue {request.action} needs one job ID (see gateway queue list)")
+    return request.job_ids[0]
+
+
+def _operator() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name nor passwd entry (a bare container uid)
+        return "unknown"
+
+
+def _split(values: Sequence[str]) -> tuple[str, ...]:
+    return tuple(part.strip() for value in values for part in value.split(",") if part.strip())
+
+
+# ---------------------------------------------------------------------------------------------
+# Changes
+
+
+def _confirm_delete(conn: sqlite3.Connection, which: JobFilter, err: TextIO) -> int:
+    jobs = matching_jobs(conn, QueueAction.DELETE, which)
+    ids = ", ".join(str(job.id) for job in jobs) or "none"
+    err.write(
+        f"gateway: {len(jobs)} jobs match ({ids}); nothing deleted."
+        " Run again with --yes to delete them.\n"
+    )
+    return EXIT_NOT_FOUND
+
+
+def _report(
+    action: QueueAction, request: QueueRequest, changed: list[int], out: TextIO, err: TextIO
+) -> int:
+    for job_id in changed:
+        out.write(f"job {job_id}: {_DONE[action]}\n")
+    missed = [i for i in request.job_ids if i not in changed]
+    for job_id in missed:
+        err.write(f"gateway: job {job_id} not found, or not {_APPLIES_TO[action]}\n")
+    if not request.job_ids:
+        out.write(f"{len(changed)} jobs {_PAST[action]} (of those {_APPLIES_TO[action]})\n")
+    return EXIT_NOT_FOUND if missed else EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def _list(conn: sqlite3.Connection, request: QueueRequest, which: JobFilter, out: TextIO) -> int:
+    pending = not (request.every or request.states)
+    jobs = select_jobs(
+        conn,
+        JobFilter(
+            ids=which.ids,
+            states=PENDING_STATES if pending else which.states,
+            kinds=which.kinds,
+            since=which.since,
+            recipient=which.recipient,
+        ),
+    )
     if not jobs:
-        out.write("queue is empty\n")
+        out.write("queue is empty\n" if pending and not _has_filter(request) else "no jobs match\n")
         return EXIT_OK
     rows: list[tuple[str, ...]] = [
         ("ID", "STATE", "KIND", "REFERENCE", "TRIES", "NEXT (UTC)", "TO", "LAST REPLY")
@@ -70,7 +307,7 @@ def _list(conn: sqlite3.Connection, out: TextIO) -> int:
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
         out.write("  ".join([*cells, row[-1]]).rstrip() + "\n")
-    waiting = sum(1 for j in jobs if j.state in _WAITING)
+    waiting = sum(1 for j in jobs if j.state in PENDING_STATES)
     out.write(f"\n{len(jobs)} jobs, {waiting} waiting\n")
     return EXIT_OK
 

@@ -13,7 +13,7 @@ from gateway.smtp.replies import reply_code
 from gateway.store.db import MessageRecord
 from gateway.vocabulary import Outcome, parse_notice_status
 
-__all__ = ["log_message", "refusal_reason"]
+__all__ = ["log_message", "message_office", "refusal_reason"]
 
 log = structlog.get_logger()
 
@@ -55,6 +55,7 @@ def log_message(record: MessageRecord) -> None:
         "smtp.reply.sent",
         reference=record.reference,
         outcome=record.outcome,
+        office=message_office(record),
         reply_code=reply_code(record.reply),
         reply=record.reply,
         **({} if record.outcome == "accepted" else {"reason": refusal_reason(record)}),
@@ -79,6 +80,13 @@ def _log_received(record: MessageRecord) -> None:
         a_numbers=list(facts.a_numbers),
         auth=record.auth,
     )
+
+
+def message_office(record: MessageRecord) -> str | None:
+    """The office a message was written to (its recipients' offices, comma-joined in the rare
+    case of several), or None when no recipient belongs to an office."""
+    offices = sorted({r.office for r in record.recipients if r.office})
+    return ",".join(offices) or None
 
 
 def refusal_reason(record: MessageRecord) -> str:

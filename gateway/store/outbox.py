@@ -16,32 +16,41 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 from gateway.store.db import JobRecord, Store, iso
 from gateway.store.sentmail import SentNotice, insert_sent
 from gateway.vocabulary import JobKind, JobState
 
 __all__ = [
+    "PENDING_STATES",
     "Attempt",
     "Bounce",
     "Job",
+    "JobFilter",
     "JobState",
+    "OperatorAction",
     "Outbox",
+    "QueueAction",
     "StateCount",
+    "change_jobs",
     "count_jobs",
-    "delete_job",
     "find_jobs",
     "job_attempts",
     "list_jobs",
+    "matching_jobs",
     "queue_jobs",
     "read_job",
-    "retry_job",
+    "select_jobs",
+    "take_operator_actions",
 ]
 
 
 _DUE_STATES = (JobState.QUEUED, JobState.DEFERRED)
-# A job in these states may still be sent: its message must be kept until it is.
-_PENDING_STATES = (JobState.QUEUED, JobState.IN_FLIGHT, JobState.DEFERRED)
+# Still to be sent, like Postfix's mailq: what `gateway queue list` shows by default, and what
+# retention keeps whatever its age; a job in these states may still be sent, so its message
+# must be kept until it is.
+PENDING_STATES = (JobState.QUEUED, JobState.IN_FLIGHT, JobState.DEFERRED, JobState.HELD)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +129,12 @@ class Outbox:
         # have expired (lease_until in the past) or to owners known to be dead.
 
         def release(conn: sqlite3.Connection) -> int:
+            # A job held during its attempt keeps its hold; only the stale lease goes.
+            conn.execute(
+                "UPDATE jobs SET lease_owner = NULL, lease_until = NULL"
+                " WHERE state = ? AND lease_owner IS NOT NULL AND lease_owner IS NOT ?",
+                (JobState.HELD, self.owner),
+            )
             cursor = conn.execute(
                 "UPDATE jobs SET state = ?, lease_owner = NULL, lease_until = NULL"
                 " WHERE state = ? AND lease_owner IS NOT ?",
@@ -192,10 +207,16 @@ class Outbox:
                 ),
             )
             due = next_attempt_at or attempt.finished_at
+            # An operator may have held the job during this attempt (lease-safe hold): a
+            # deferral keeps it held; a final outcome leaves nothing to hold.
             conn.execute(
-                "UPDATE jobs SET state = ?, attempts = ?, next_attempt_at = ?, last_reply = ?,"
+                "UPDATE jobs SET state = CASE WHEN state = ? AND ? = ? THEN state ELSE ? END,"
+                " attempts = ?, next_attempt_at = ?, last_reply = ?,"
                 " lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ?",
                 (
+                    JobState.HELD,
+                    attempt.outcome,
+                    JobState.DEFERRED,
                     attempt.outcome,
                     number,
                     iso(due),
@@ -216,10 +237,19 @@ class Outbox:
         """Give a leased job back untried (shutdown), due again at once."""
 
         def give_back(conn: sqlite3.Connection) -> None:
+            # Held during this attempt: it stays held, without the lease it no longer has.
             conn.execute(
-                "UPDATE jobs SET state = ?, lease_owner = NULL, lease_until = NULL,"
-                " updated_at = ? WHERE id = ? AND state = ?",
-                (JobState.QUEUED, iso(now), job.id, JobState.IN_FLIGHT),
+                "UPDATE jobs SET state = CASE WHEN state = ? THEN state ELSE ? END,"
+                " lease_owner = NULL, lease_until = NULL, updated_at = ?"
+                " WHERE id = ? AND state IN (?, ?)",
+                (
+                    JobState.HELD,
+                    JobState.QUEUED,
+                    iso(now),
+                    job.id,
+                    JobState.IN_FLIGHT,
+                    JobState.HELD,
+                ),
             )
 
         await self.store.write(give_back)
@@ -260,10 +290,10 @@ def _release_raw(conn: sqlite3.Connection, reference: str, keep_until: datetime)
     conn.execute(
         "UPDATE raw_messages SET keep_until = ? WHERE reference = ? AND keep_until IS NULL"
         " AND NOT EXISTS (SELECT 1 FROM jobs WHERE reference = ? AND kind = ?"
-        "  AND state IN (?, ?, ?))"
+        "  AND state IN (?, ?, ?, ?))"
         " AND NOT EXISTS (SELECT 1 FROM message_recipients WHERE reference = ?"
         "  AND kind = 'postmaster')",
-        (iso(keep_until), reference, reference, JobKind.RELAY, *_PENDING_STATES, reference),
+        (iso(keep_until), reference, reference, JobKind.RELAY, *PENDING_STATES, reference),
     )
 
 
@@ -402,26 +432,198 @@ def job_attempts(conn: sqlite3.Connection, job_id: int) -> list[Attempt]:
     ]
 
 
-def retry_job(conn: sqlite3.Connection, job_id: int, now: datetime) -> bool:
-    """Make a deferred or failed job due at once (like `postqueue -i`); False if it cannot be.
+# ---------------------------------------------------------------------------------------------
+# Operators' queue actions by filter (`gateway queue hold|release|flush|retry|delete`). Each is
+# one transaction that changes the jobs and journals the action in operator_actions; the
+# serving gateway, the one writer of the audit log, logs journalled actions at its next poll
+# (take_operator_actions), so an action taken beside it is an audit event without a second
+# writer on the log.
 
-    Due "at once" is its creation time, not `now`: a gateway running with --as-of must find
-    it due as well.
+
+class QueueAction(StrEnum):
+    HOLD = "hold"
+    RELEASE = "release"
+    FLUSH = "flush"
+    RETRY = "retry"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    """Which jobs an operator means; every field given narrows it, none given means all."""
+
+    ids: tuple[int, ...] = ()
+    states: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()
+    since: datetime | None = None  # created at or after
+    recipient: str | None = None  # one of the envelope recipients, in any case
+
+    def describe(self) -> dict[str, object]:
+        """The filter as given, for the journal and the audit event."""
+        parts: dict[str, object] = {
+            "ids": list(self.ids),
+            "states": list(self.states),
+            "kinds": list(self.kinds),
+            "since": None if self.since is None else iso(self.since),
+            "recipient": self.recipient,
+        }
+        return {key: value for key, value in parts.items() if value not in ([], None)}
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorAction:
+    """An operator's queue action as journalled, waiting to be logged."""
+
+    id: int
+    action: QueueAction
+    requested_at: datetime
+    operator: str
+    job_ids: tuple[int, ...]
+    filter: dict[str, object]
+
+
+# The states each action applies to (a --state filter can only narrow them), and what it sets.
+_ACTIONS: dict[QueueAction, tuple[tuple[JobState, ...], str]] = {
+    # An in-flight job is held too: its attempt runs on, and finish() keeps it held if the
+    # attempt is deferred. Its lease fields stay, so release can tell it is still out.
+    QueueAction.HOLD: ((JobState.QUEUED, JobState.DEFERRED, JobState.IN_FLIGHT), "state = 'held'"),
+    # Back to where it was: still leased (the hold came mid-attempt), never tried, or deferred
+    # with its next attempt time kept (`flush` makes it due now), as `postsuper -H` does.
+    QueueAction.RELEASE: (
+        (JobState.HELD,),
+        "state = CASE WHEN lease_owner IS NOT NULL THEN 'in-flight'"
+        " WHEN attempts = 0 THEN 'queued' ELSE 'deferred' END",
+    ),
+    # Due "now" is the creation time, not the clock: a gateway serving --as-of finds it due too.
+    QueueAction.FLUSH: ((JobState.DEFERRED,), "next_attempt_at = created_at"),
+    QueueAction.RETRY: (
+        (JobState.QUEUED, JobState.DEFERRED, JobState.FAILED),
+        "state = 'queued', next_attempt_at = created_at",
+    ),
+    QueueAction.DELETE: (
+        (JobState.QUEUED, JobState.DEFERRED, JobState.FAILED, JobState.HELD),
+        "state = 'deleted'",
+    ),
+}
+
+_ACTIONS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS operator_actions (
+    id           INTEGER PRIMARY KEY,
+    action       TEXT NOT NULL,
+    requested_at TEXT NOT NULL,
+    operator     TEXT NOT NULL,
+    job_ids      TEXT NOT NULL,
+    filter       TEXT NOT NULL,
+    logged_at    TEXT
+)
+"""
+
+
+def select_jobs(conn: sqlite3.Connection, which: JobFilter) -> list[Job]:
+    """The jobs `which` names, oldest first."""
+    where, params = _where(which, which.states)
+    rows = conn.execute(f"SELECT * FROM jobs WHERE {where} ORDER BY id", params)
+    return [Job.from_row(row) for row in rows]
+
+
+def matching_jobs(conn: sqlite3.Connection, action: QueueAction, which: JobFilter) -> list[Job]:
+    """The jobs `action` would change: those of `which` in a state it applies to."""
+    where, params = _where(which, _narrow(which.states, _ACTIONS[action][0]))
+    rows = conn.execute(f"SELECT * FROM jobs WHERE {where} ORDER BY id", params)
+    return [Job.from_row(row) for row in rows]
+
+
+def change_jobs(
+    conn: sqlite3.Connection,
+    action: QueueAction,
+    which: JobFilter,
+    *,
+    now: datetime,
+    operator: str,
+) -> list[int]:
+    """Apply `action` to the jobs of `which` it applies to, and journal it, in one
+    transaction; returns the ids changed (none changed: nothing journalled)."""
+    states, assignment = _ACTIONS[action]
+    where, params = _where(which, _narrow(which.states, states))
+    if action is QueueAction.DELETE:
+        where += " AND lease_owner IS NULL"  # a held job still out on its attempt is not gone
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")
+        rows = conn.execute(
+            f"UPDATE jobs SET {assignment}, updated_at = ? WHERE {where} RETURNING id",
+            [iso(now), *params],
+        ).fetchall()
+        ids = sorted(int(row[0]) for row in rows)
+        if ids:
+            _journal(conn, action, ids, which, now=now, operator=operator)
+    return ids
+
+
+async def take_operator_actions(store: Store, now: datetime) -> list[OperatorAction]:
+    """Operators' actions not yet logged, oldest first, marked logged as of `now`.
+
+    Marked in the same transaction that reads them: an action is logged at most once; a
+    crash between this and the log line loses that line, as any crash before a write may.
     """
-    cursor = conn.execute(
-        "UPDATE jobs SET state = ?, next_attempt_at = created_at, updated_at = ?"
-        " WHERE id = ? AND state IN (?, ?, ?)",
-        (JobState.QUEUED, iso(now), job_id, JobState.QUEUED, JobState.DEFERRED, JobState.FAILED),
-    )
-    conn.commit()
-    return cursor.rowcount == 1
+
+    def take(conn: sqlite3.Connection) -> list[OperatorAction]:
+        conn.execute(_ACTIONS_SCHEMA)
+        rows = conn.execute(
+            "SELECT * FROM operator_actions WHERE logged_at IS NULL ORDER BY id"
+        ).fetchall()
+        conn.executemany(
+            "UPDATE operator_actions SET logged_at = ? WHERE id = ?",
+            [(iso(now), row["id"]) for row in rows],
+        )
+        return [_action(row) for row in rows]
+
+    return await store.write(take)
 
 
-def delete_job(conn: sqlite3.Connection, job_id: int, now: datetime) -> bool:
-    """Take a job out of the queue (like `postsuper -d`); its row stays, marked deleted."""
-    cursor = conn.execute(
-        "UPDATE jobs SET state = ?, updated_at = ? WHERE id = ? AND state IN (?, ?, ?)",
-        (JobState.DELETED, iso(now), job_id, JobState.QUEUED, JobState.DEFERRED, JobState.FAILED),
+def _journal(
+    conn: sqlite3.Connection,
+    action: QueueAction,
+    ids: Sequence[int],
+    which: JobFilter,
+    *,
+    now: datetime,
+    operator: str,
+) -> None:
+    conn.execute(_ACTIONS_SCHEMA)  # stores made before operator actions were journalled
+    conn.execute(
+        "INSERT INTO operator_actions (action, requested_at, operator, job_ids, filter)"
+        " VALUES (?,?,?,?,?)",
+        (action, iso(now), operator, json.dumps(list(ids)), json.dumps(which.describe())),
     )
-    conn.commit()
-    return cursor.rowcount == 1
+
+
+def _action(row: sqlite3.Row) -> OperatorAction:
+    return OperatorAction(
+        id=row["id"],
+        action=QueueAction(row["action"]),
+        requested_at=datetime.fromisoformat(row["requested_at"]),
+        operator=row["operator"],
+        job_ids=tuple(json.loads(row["job_ids"])),
+        filter=json.loads(row["filter"]),
+    )
+
+
+def _narrow(asked: Sequence[str], allowed: Sequence[str]) -> tuple[str, ...]:
+    # A --state outside what the action applies to selects nothing rather than everything.
+    chosen = tuple(s for s in allowed if s in asked) if asked else tuple(allowed)
+    return chosen or ("",)  # "" is no state: nothing matches
+
+
+def _where(which: JobFilter, states: Sequence[str]) -> tuple[str, list[object]]:
+    clauses, params = ["1"], list[object]()
+    for column, values in (("id", which.ids), ("state", states), ("kind", which.kinds)):
+        if values:
+            clauses.append(f"{column} IN ({','.join('?' * len(values))})")
+            params.extend(values)
+    if which.since is not None:
+        clauses.append("created_at >= ?")
+        params.append(iso(which.since))
+    if which.recipient is not None:
+        clauses.append("EXISTS (SELECT 1 FROM json_each(recipients) WHERE lower(value) = ?)")
+        params.append(which.recipient.lower())
+    return " AND ".join(clauses), params

@@ -29,8 +29,8 @@ from gateway.clock import Clock
 from gateway.config import StorageSettings
 from gateway.errors import StoreError
 from gateway.store.db import Store, iso
+from gateway.store.outbox import PENDING_STATES
 from gateway.store.sentmail import purge_sent
-from gateway.vocabulary import JobState
 
 __all__ = [
     "BATCH",
@@ -51,7 +51,7 @@ BATCH = 500
 # How often the purge runs; retention is counted in days, so hourly is prompt enough.
 EVERY_S = 3600.0
 # Jobs still to be delivered keep their message, and themselves, whatever their age.
-_PENDING = (JobState.QUEUED, JobState.IN_FLIGHT, JobState.DEFERRED)
+_PENDING = PENDING_STATES
 
 
 @dataclass(frozen=True, slots=True)

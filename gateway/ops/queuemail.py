@@ -1,0 +1,64 @@
+"""`gateway queue show-message ID`: a job's mail, byte for byte, like Postfix's postcat -q.
+
+A delivered notice is printed as it was sent (kept by store/sentmail.py). Anything else is
+built now the way the delivery worker would build it (delivery/composer.py), signed with the
+existing DKIM key when there is one; building never creates a key, queues or sends.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime
+from typing import BinaryIO, TextIO
+
+from gateway.config import GatewaySettings
+from gateway.errors import DeliveryError
+from gateway.notices.dkim import DkimKey, default_key_path, dkim_domain, load_key
+from gateway.store.outbox import Job, JobState, read_job
+from gateway.store.sentmail import sent_data
+
+__all__ = ["write_job_message"]
+
+
+def write_job_message(
+    settings: GatewaySettings,
+    conn: sqlite3.Connection,
+    job_id: int,
+    *,
+    now: datetime,
+    out: BinaryIO,
+    err: TextIO,
+) -> int:
+    """Write job `job_id`'s mail to `out`; returns the exit status (1: no such job or mail)."""
+    job = read_job(conn, job_id)
+    if job is None:
+        err.write(f"gateway: no job {job_id}\n")
+        return 1
+    data = sent_data(conn, job.reference, job.id) if job.state is JobState.DELIVERED else None
+    if data is None:
+        try:
+            data = _build(settings, job, now=now, err=err)
+        except DeliveryError as exc:
+            err.write(f"gateway: job {job_id} has no mail to show: {exc}\n")
+            return 1
+    out.write(data)
+    out.flush()
+    return 0
+
+
+def _build(settings: GatewaySettings, job: Job, *, now: datetime, err: TextIO) -> bytes:
+    # Imported here: rendering pulls in jinja2 and the templates, which list and show never need.
+    from gateway.delivery.composer import MailBuilder
+    from gateway.notices.render import NoticeRenderer
+
+    builder = MailBuilder(settings, NoticeRenderer(settings), _existing_key(settings, err))
+    return builder.build(job, now).data
+
+
+def _existing_key(settings: GatewaySettings, err: TextIO) -> DkimKey | None:
+    path = settings.notices.dkim_key_file or default_key_path(settings)
+    try:
+        return load_key(path, selector=settings.notices.dkim_selector, domain=dkim_domain(settings))
+    except (OSError, ValueError) as exc:
+        err.write(f"gateway: shown unsigned (DKIM key {path}: {exc})\n")
+        return None
