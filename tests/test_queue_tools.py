@@ -24,13 +24,15 @@ from gateway.store.db import connect
 from gateway.store.outbox import Attempt as JobAttempt  # the serve harness has an Attempt
 from gateway.store.outbox import (
     Job,
-    JobFilter,
     JobState,
     Outbox,
-    QueueAction,
-    change_jobs,
     find_jobs,
     read_job,
+)
+from gateway.store.queueactions import (
+    JobFilter,
+    QueueAction,
+    change_jobs,
 )
 from tests.conftest import Gateway, GatewayFactory
 from tests.polling import eventually

@@ -40,6 +40,8 @@ from gateway.store.outbox import (
     Job,
     JobState,
     Outbox,
+)
+from gateway.store.queueactions import (
     QueueAction,
     take_operator_actions,
 )

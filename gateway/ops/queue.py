@@ -25,12 +25,14 @@ from gateway.store.db import connect
 from gateway.store.outbox import (
     PENDING_STATES,
     Job,
+    job_attempts,
+    read_job,
+)
+from gateway.store.queueactions import (
     JobFilter,
     QueueAction,
     change_jobs,
-    job_attempts,
     matching_jobs,
-    read_job,
     select_jobs,
 )
 from gateway.vocabulary import JobState

@@ -16,7 +16,6 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 
 from gateway.store.db import JobRecord, Store, iso
 from gateway.store.sentmail import SentNotice, insert_sent
@@ -27,22 +26,15 @@ __all__ = [
     "Attempt",
     "Bounce",
     "Job",
-    "JobFilter",
     "JobState",
-    "OperatorAction",
     "Outbox",
-    "QueueAction",
     "StateCount",
-    "change_jobs",
     "count_jobs",
     "find_jobs",
     "job_attempts",
     "list_jobs",
-    "matching_jobs",
     "queue_jobs",
     "read_job",
-    "select_jobs",
-    "take_operator_actions",
 ]
 
 
@@ -430,200 +422,3 @@ def job_attempts(conn: sqlite3.Connection, job_id: int) -> list[Attempt]:
         )
         for r in rows
     ]
-
-
-# ---------------------------------------------------------------------------------------------
-# Operators' queue actions by filter (`gateway queue hold|release|flush|retry|delete`). Each is
-# one transaction that changes the jobs and journals the action in operator_actions; the
-# serving gateway, the one writer of the audit log, logs journalled actions at its next poll
-# (take_operator_actions), so an action taken beside it is an audit event without a second
-# writer on the log.
-
-
-class QueueAction(StrEnum):
-    HOLD = "hold"
-    RELEASE = "release"
-    FLUSH = "flush"
-    RETRY = "retry"
-    DELETE = "delete"
-
-
-@dataclass(frozen=True, slots=True)
-class JobFilter:
-    """Which jobs an operator means; every field given narrows it, none given means all."""
-
-    ids: tuple[int, ...] = ()
-    states: tuple[str, ...] = ()
-    kinds: tuple[str, ...] = ()
-    since: datetime | None = None  # created at or after
-    recipient: str | None = None  # one of the envelope recipients, in any case
-
-    def describe(self) -> dict[str, object]:
-        """The filter as given, for the journal and the audit event."""
-        parts: dict[str, object] = {
-            "ids": list(self.ids),
-            "states": list(self.states),
-            "kinds": list(self.kinds),
-            "since": None if self.since is None else iso(self.since),
-            "recipient": self.recipient,
-        }
-        return {key: value for key, value in parts.items() if value not in ([], None)}
-
-
-@dataclass(frozen=True, slots=True)
-class OperatorAction:
-    """An operator's queue action as journalled, waiting to be logged."""
-
-    id: int
-    action: QueueAction
-    requested_at: datetime
-    operator: str
-    job_ids: tuple[int, ...]
-    filter: dict[str, object]
-
-
-# The states each action applies to (a --state filter can only narrow them), and what it sets.
-_ACTIONS: dict[QueueAction, tuple[tuple[JobState, ...], str]] = {
-    # An in-flight job is held too: its attempt runs on, and finish() keeps it held if the
-    # attempt is deferred. Its lease fields stay, so release can tell it is still out.
-    QueueAction.HOLD: ((JobState.QUEUED, JobState.DEFERRED, JobState.IN_FLIGHT), "state = 'held'"),
-    # Back to where it was: still leased (the hold came mid-attempt), never tried, or deferred
-    # with its next attempt time kept (`flush` makes it due now), as `postsuper -H` does.
-    QueueAction.RELEASE: (
-        (JobState.HELD,),
-        "state = CASE WHEN lease_owner IS NOT NULL THEN 'in-flight'"
-        " WHEN attempts = 0 THEN 'queued' ELSE 'deferred' END",
-    ),
-    # Due "now" is the creation time, not the clock: a gateway serving --as-of finds it due too.
-    QueueAction.FLUSH: ((JobState.DEFERRED,), "next_attempt_at = created_at"),
-    QueueAction.RETRY: (
-        (JobState.QUEUED, JobState.DEFERRED, JobState.FAILED),
-        "state = 'queued', next_attempt_at = created_at",
-    ),
-    QueueAction.DELETE: (
-        (JobState.QUEUED, JobState.DEFERRED, JobState.FAILED, JobState.HELD),
-        "state = 'deleted'",
-    ),
-}
-
-_ACTIONS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS operator_actions (
-    id           INTEGER PRIMARY KEY,
-    action       TEXT NOT NULL,
-    requested_at TEXT NOT NULL,
-    operator     TEXT NOT NULL,
-    job_ids      TEXT NOT NULL,
-    filter       TEXT NOT NULL,
-    logged_at    TEXT
-)
-"""
-
-
-def select_jobs(conn: sqlite3.Connection, which: JobFilter) -> list[Job]:
-    """The jobs `which` names, oldest first."""
-    where, params = _where(which, which.states)
-    rows = conn.execute(f"SELECT * FROM jobs WHERE {where} ORDER BY id", params)
-    return [Job.from_row(row) for row in rows]
-
-
-def matching_jobs(conn: sqlite3.Connection, action: QueueAction, which: JobFilter) -> list[Job]:
-    """The jobs `action` would change: those of `which` in a state it applies to."""
-    where, params = _where(which, _narrow(which.states, _ACTIONS[action][0]))
-    rows = conn.execute(f"SELECT * FROM jobs WHERE {where} ORDER BY id", params)
-    return [Job.from_row(row) for row in rows]
-
-
-def change_jobs(
-    conn: sqlite3.Connection,
-    action: QueueAction,
-    which: JobFilter,
-    *,
-    now: datetime,
-    operator: str,
-) -> list[int]:
-    """Apply `action` to the jobs of `which` it applies to, and journal it, in one
-    transaction; returns the ids changed (none changed: nothing journalled)."""
-    states, assignment = _ACTIONS[action]
-    where, params = _where(which, _narrow(which.states, states))
-    if action is QueueAction.DELETE:
-        where += " AND lease_owner IS NULL"  # a held job still out on its attempt is not gone
-    with conn:
-        conn.execute("BEGIN IMMEDIATE")
-        rows = conn.execute(
-            f"UPDATE jobs SET {assignment}, updated_at = ? WHERE {where} RETURNING id",
-            [iso(now), *params],
-        ).fetchall()
-        ids = sorted(int(row[0]) for row in rows)
-        if ids:
-            _journal(conn, action, ids, which, now=now, operator=operator)
-    return ids
-
-
-async def take_operator_actions(store: Store, now: datetime) -> list[OperatorAction]:
-    """Operators' actions not yet logged, oldest first, marked logged as of `now`.
-
-    Marked in the same transaction that reads them: an action is logged at most once; a
-    crash between this and the log line loses that line, as any crash before a write may.
-    """
-
-    def take(conn: sqlite3.Connection) -> list[OperatorAction]:
-        conn.execute(_ACTIONS_SCHEMA)
-        rows = conn.execute(
-            "SELECT * FROM operator_actions WHERE logged_at IS NULL ORDER BY id"
-        ).fetchall()
-        conn.executemany(
-            "UPDATE operator_actions SET logged_at = ? WHERE id = ?",
-            [(iso(now), row["id"]) for row in rows],
-        )
-        return [_action(row) for row in rows]
-
-    return await store.write(take)
-
-
-def _journal(
-    conn: sqlite3.Connection,
-    action: QueueAction,
-    ids: Sequence[int],
-    which: JobFilter,
-    *,
-    now: datetime,
-    operator: str,
-) -> None:
-    conn.execute(_ACTIONS_SCHEMA)  # stores made before operator actions were journalled
-    conn.execute(
-        "INSERT INTO operator_actions (action, requested_at, operator, job_ids, filter)"
-        " VALUES (?,?,?,?,?)",
-        (action, iso(now), operator, json.dumps(list(ids)), json.dumps(which.describe())),
-    )
-
-
-def _action(row: sqlite3.Row) -> OperatorAction:
-    return OperatorAction(
-        id=row["id"],
-        action=QueueAction(row["action"]),
-        requested_at=datetime.fromisoformat(row["requested_at"]),
-        operator=row["operator"],
-        job_ids=tuple(json.loads(row["job_ids"])),
-        filter=json.loads(row["filter"]),
-    )
-
-
-def _narrow(asked: Sequence[str], allowed: Sequence[str]) -> tuple[str, ...]:
-    # A --state outside what the action applies to selects nothing rather than everything.
-    chosen = tuple(s for s in allowed if s in asked) if asked else tuple(allowed)
-    return chosen or ("",)  # "" is no state: nothing matches
-
-
-def _where(which: JobFilter, states: Sequence[str]) -> tuple[str, list[object]]:
-    clauses, params = ["1"], list[object]()
-    for column, values in (("id", which.ids), ("state", states), ("kind", which.kinds)):
-        if values:
-            clauses.append(f"{column} IN ({','.join('?' * len(values))})")
-            params.extend(values)
-    if which.since is not None:
-        clauses.append("created_at >= ?")
-        params.append(iso(which.since))
-    if which.recipient is not None:
-        clauses.append("EXISTS (SELECT 1 FROM json_each(recipients) WHERE lower(value) = ?)")
-        params.append(which.recipient.lower())
-    return " AND ".join(clauses), params
