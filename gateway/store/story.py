@@ -11,25 +11,13 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import dataclass
-from datetime import datetime
 
 from gateway.store.outbox import Attempt, Job, job_attempts
+from gateway.store.queries import StoredDecision, list_decisions
 from gateway.store.records import AttemptRecord, Filters, Kind, find_attempts
 from gateway.store.sentmail import SentNotice, read_sent
 
-__all__ = ["Attachment", "RecipientDecision", "Story", "tell_story"]
-
-
-@dataclass(frozen=True, slots=True)
-class RecipientDecision:
-    recipient: str
-    kind: str  # addresses.AddressKind
-    office: str | None
-    phase: str | None
-    action: str
-    reason: str
-    decided_at: datetime
-    local_time: str | None  # as the office reads it
+__all__ = ["Attachment", "Story", "tell_story"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +40,7 @@ class Story:
     duplicate_of: str | None = None
     auth: str | None = None  # how the sender was authenticated (Authentication-Results)
     raw_kept: bool = False
-    recipients: tuple[RecipientDecision, ...] = ()
+    recipients: tuple[StoredDecision, ...] = ()
     jobs: tuple[tuple[Job, tuple[Attempt, ...]], ...] = ()
     sent: tuple[SentNotice, ...] = ()  # the notices kept as sent (sentmail.py)
 
@@ -67,9 +55,6 @@ def tell_story(conn: sqlite3.Connection, reference: str) -> Story | None:
         return Story(attempt)
     ref = attempt.reference
     row = conn.execute("SELECT * FROM messages WHERE reference = ?", (ref,)).fetchone()
-    decisions = conn.execute(
-        "SELECT * FROM message_recipients WHERE reference = ? ORDER BY rowid", (ref,)
-    ).fetchall()
     jobs = conn.execute("SELECT * FROM jobs WHERE reference = ? ORDER BY id", (ref,)).fetchall()
     raw = conn.execute("SELECT 1 FROM raw_messages WHERE reference = ?", (ref,)).fetchone()
     return Story(
@@ -85,22 +70,9 @@ def tell_story(conn: sqlite3.Connection, reference: str) -> Story | None:
         duplicate_of=row["duplicate_of"],
         auth=row["auth"],
         raw_kept=raw is not None,
-        recipients=tuple(_decision(d) for d in decisions),
+        recipients=tuple(list_decisions(conn, ref)),
         jobs=tuple(
             (job, tuple(job_attempts(conn, job.id))) for job in (Job.from_row(j) for j in jobs)
         ),
         sent=tuple(read_sent(conn, ref)),
-    )
-
-
-def _decision(row: sqlite3.Row) -> RecipientDecision:
-    return RecipientDecision(
-        recipient=row["recipient"],
-        kind=row["kind"],
-        office=row["office"],
-        phase=row["phase"],
-        action=row["action"],
-        reason=row["reason"],
-        decided_at=datetime.fromisoformat(row["decided_at"]),
-        local_time=row["local_time"],
     )
