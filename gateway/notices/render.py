@@ -50,7 +50,6 @@ from gateway.policy.decision import is_replyable_address, notice_suppression
 
 __all__ = [
     "FailedMessage",
-    "NoticeContext",
     "NoticeError",
     "NoticeKind",
     "NoticeRenderer",
