@@ -31,17 +31,19 @@ from gateway.audit.chain import ChainedLog, anchored
 from gateway.audit.log import configure_logging
 from gateway.clock import Clock, make_clock
 from gateway.config import GatewaySettings, ServerSettings
-from gateway.delivery.composer import make_composer
+from gateway.delivery.composer import ComposerSettings, make_composer
 from gateway.delivery.transport import FileSender, MailSender, SmtpSender
 from gateway.delivery.worker import DeliveryWorker
 from gateway.dns_lookup.mx import DnsMxResolver
 from gateway.errors import ConfigError, GatewayError
 from gateway.http.health import Endpoint, Readiness, start_endpoint
 from gateway.http.metrics import EventMetrics, OutboxCollector, new_registry
+from gateway.notices.context import NoticeContext
 from gateway.notices.dkim import DkimKey, ensure_key, zone_record
 from gateway.notices.render import NoticeRenderer
 from gateway.reload import templates_digest
 from gateway.reloader import HangupSignals, Reloader
+from gateway.smtp.receiving import ReceiveSettings
 from gateway.smtp.server import Serving, Sessions, start_server
 from gateway.store.db import Store
 from gateway.store.outbox import Outbox
@@ -112,8 +114,9 @@ def prepare(settings: GatewaySettings, *, as_of: str | None) -> Parts:
     """
     clock = make_clock(as_of)
     context = tls_context(settings.server)
-    renderer = NoticeRenderer(settings)  # compiles and trial-renders every office's templates
-    key, created = ensure_key(settings)
+    notices = NoticeContext.from_settings(settings)
+    renderer = NoticeRenderer(notices)  # compiles and trial-renders every office's templates
+    key, created = ensure_key(notices)
     # A registry of this process's own: prometheus_client's default REGISTRY is a global.
     metrics = (
         EventMetrics(new_registry(), offices=[o.name for o in settings.offices])
@@ -140,8 +143,15 @@ def build_delivery(
             settings.delivery, local_hostname=settings.server.hostname, resolver=resolver
         )
     owner = f"{socket.gethostname()}:{os.getpid()}:{id(store):x}"
-    composer = make_composer(settings, renderer, key)
-    return DeliveryWorker(settings, Outbox(store, owner=owner), composer, sender, clock)
+    composer = make_composer(ComposerSettings.from_settings(settings), renderer, key)
+    return DeliveryWorker(
+        settings.delivery,
+        Outbox(store, owner=owner),
+        composer,
+        sender,
+        clock,
+        raw_retention_days=settings.storage.raw_retention_days,
+    )
 
 
 def serve(
@@ -207,12 +217,13 @@ async def _serve(
     store = Store(settings.storage.database)
     await store.open()
     sessions = Sessions(limit=settings.server.max_connections)
-    serving = Serving(settings, store, parts.clock)
+    receiving = ReceiveSettings.from_settings(settings)
+    serving = Serving(receiving, store, parts.clock)
     endpoint: Endpoint | None = None
     try:
         # No reuse_port: one SMTP process per store (see start_server and issue 10, item 4).
         servers = await start_server(
-            settings,
+            receiving,
             store,
             clock=parts.clock,
             sessions=sessions,

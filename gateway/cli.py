@@ -392,8 +392,9 @@ def _postmaster(settings: GatewaySettings, args: argparse.Namespace) -> int:
         output=args.output,
     )
     return run_postmaster(
-        settings,
+        settings.postmaster,
         request,
+        database=settings.storage.database,
         now=datetime.now(UTC),
         out=sys.stdout,
         out_bytes=sys.stdout.buffer,
@@ -425,5 +426,5 @@ def _settings(path: Path | None) -> GatewaySettings:
     if path is None and os.environ.get("GATEWAY_CONFIG"):
         path = Path(os.environ["GATEWAY_CONFIG"])
     settings = load_settings(path, os.environ)
-    check_replies(settings)
+    check_replies(settings.offices)
     return settings

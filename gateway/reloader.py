@@ -16,12 +16,14 @@ import structlog
 
 from gateway.audit.chain import ChainedLog
 from gateway.config import GatewaySettings
-from gateway.delivery.composer import Composer, make_composer
+from gateway.delivery.composer import Composer, ComposerSettings, make_composer
 from gateway.delivery.worker import DeliveryWorker
 from gateway.errors import ConfigError
+from gateway.notices.context import NoticeContext
 from gateway.notices.dkim import DkimKey
 from gateway.notices.render import NoticeRenderer
 from gateway.reload import ReloadPlan, plan_reload, templates_digest
+from gateway.smtp.receiving import ReceiveSettings
 from gateway.smtp.replies import check_replies
 from gateway.smtp.server import Serving
 
@@ -93,7 +95,7 @@ class Reloader:
         try:
             plan, renderer, templates = await asyncio.to_thread(self._prepare, self._reread)
             if plan.changed:  # else the handler in use (and its DNS cache) stays
-                self._serving.use(plan.settings)
+                self._serving.use(ReceiveSettings.from_settings(plan.settings))
         except ConfigError as exc:
             log.error("gateway.reload.refused", error=str(exc))
             return
@@ -104,7 +106,8 @@ class Reloader:
         old: Composer | None = None
         if changed:
             old = self._worker.composer
-            self._worker.composer = make_composer(plan.settings, renderer, self._dkim_key)
+            composing = ComposerSettings.from_settings(plan.settings)
+            self._worker.composer = make_composer(composing, renderer, self._dkim_key)
         log.info(
             "gateway.reloaded",
             changed=changed,
@@ -130,6 +133,7 @@ class Reloader:
             OSError: a template directory cannot be read.
         """
         plan = plan_reload(self.settings, reread())
-        check_replies(plan.settings)
-        renderer = NoticeRenderer(plan.settings)  # compiles and trial-renders every set
+        check_replies(plan.settings.offices)
+        # Compiles and trial-renders every set.
+        renderer = NoticeRenderer(NoticeContext.from_settings(plan.settings))
         return plan, renderer, templates_digest(plan.settings)

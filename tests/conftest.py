@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 import pytest
 
 from gateway.config import GatewaySettings
+from gateway.notices.context import NoticeContext
+from gateway.smtp.receiving import ReceiveSettings
 from gateway.smtp.server import Sessions, start_server
 from gateway.store.db import RefusalRecord, Store, connect
 from gateway.store.outbox import Attempt, Job, find_jobs, job_attempts
@@ -125,6 +127,11 @@ class Gateway:
         port: int = self.servers[0].sockets[0].getsockname()[1]
         return port
 
+    @property
+    def notices(self) -> NoticeContext:
+        """What its notices are made from (a renderer's and ensure_key()'s argument)."""
+        return NoticeContext.from_settings(self.settings)
+
     def read(self, query: Callable[[sqlite3.Connection], T]) -> T:
         """Ask the store's interface, on a connection of its own as an operator's tool would."""
         with contextlib.closing(connect(self.settings.storage.database)) as conn:
@@ -176,7 +183,11 @@ async def start_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
         gateway = Gateway(settings, store, FakeClock(clock_at), sessions)
         started.append(gateway)
         gateway.servers = await start_server(
-            settings, store, clock=gateway.clock, sessions=sessions, tls_context=tls_context
+            ReceiveSettings.from_settings(settings),
+            store,
+            clock=gateway.clock,
+            sessions=sessions,
+            tls_context=tls_context,
         )
         return gateway
 

@@ -128,8 +128,8 @@ async def fill_store(start_gateway: GatewayFactory) -> Filed:
 
 async def _deliver(gw: Gateway) -> None:
     """Run the real worker until each of the three notices has had its attempt."""
-    key, _ = ensure_key(gw.settings)
-    worker = build_delivery(gw.settings, gw.store, gw.clock, NoticeRenderer(gw.settings), key)
+    key, _ = ensure_key(gw.notices)
+    worker = build_delivery(gw.settings, gw.store, gw.clock, NoticeRenderer(gw.notices), key)
     task = asyncio.create_task(worker.run())
     try:
         await eventually(lambda: len([j for j in gw.jobs() if j.attempts >= 1]) == 3, within=15)

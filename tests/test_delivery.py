@@ -43,8 +43,8 @@ async def run_worker() -> AsyncIterator[WorkerFactory]:
     running: list[tuple[DeliveryWorker, asyncio.Task[None]]] = []
 
     async def start(gw: Gateway) -> DeliveryWorker:
-        key, _ = ensure_key(gw.settings)
-        worker = build_delivery(gw.settings, gw.store, gw.clock, NoticeRenderer(gw.settings), key)
+        key, _ = ensure_key(gw.notices)
+        worker = build_delivery(gw.settings, gw.store, gw.clock, NoticeRenderer(gw.notices), key)
         running.append((worker, asyncio.create_task(worker.run())))
         return worker
 
@@ -119,7 +119,7 @@ async def test_notice_reaches_the_sender_through_the_smarthost_signed_and_addres
     assert "motion.pdf" in text
     assert "https://eservice.ice.gov/" in text
     assert "A-number: A123-456-789" in text  # recorded as A123456789, shown as people write it
-    key, _ = ensure_key(gw.settings)
+    key, _ = ensure_key(gw.notices)
     assert dkimpy.verify(
         received.data, dnsfunc=lambda name, timeout=5: txt_record(key.private_pem).encode()
     )

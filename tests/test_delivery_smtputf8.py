@@ -86,7 +86,7 @@ async def test_a_utf8_sender_gets_the_notice_through_a_smarthost_offering_smtput
     plain = notice.get_body(("plain",))
     assert plain is not None
     assert reference in plain.get_content()
-    key, _ = ensure_key(gw.settings)
+    key, _ = ensure_key(gw.notices)
     assert dkimpy.verify(
         received.data, dnsfunc=lambda name, timeout=5: txt_record(key.private_pem).encode()
     )

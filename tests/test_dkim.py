@@ -20,18 +20,19 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from gateway.cli import main
-from gateway.config import GatewaySettings, default_config_path, load_settings
+from gateway.config import default_config_path, load_settings
 from gateway.errors import ConfigError
 from gateway.notices import dkim
+from gateway.notices.context import NoticeContext
 from gateway.notices.render import NoticeKind, NoticeRenderer, notice_bytes, sample_message
 
 NOW = datetime(2017, 9, 12, 17, 0, tzinfo=UTC)
 
 
-def settings_with(state_dir: Path, **notices: str) -> GatewaySettings:
+def settings_with(state_dir: Path, **notices: str) -> NoticeContext:
     environ = {"GATEWAY_STORAGE__STATE_DIR": str(state_dir)}
     environ.update({f"GATEWAY_NOTICES__{key.upper()}": value for key, value in notices.items()})
-    return load_settings(default_config_path(), environ=environ)
+    return NoticeContext.from_settings(load_settings(default_config_path(), environ=environ))
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +42,9 @@ def key() -> dkim.DkimKey:
 
 @pytest.fixture(scope="module")
 def notice() -> bytes:
-    settings = load_settings(default_config_path(), environ={})
-    office = settings.offices[0]
-    message = NoticeRenderer(settings).render(
+    context = NoticeContext.from_settings(load_settings(default_config_path(), environ={}))
+    office = context.offices[0]
+    message = NoticeRenderer(context).render(
         NoticeKind.NOT_FILED, office, sample_message(office), now=NOW
     )
     return notice_bytes(message)

@@ -283,7 +283,7 @@ async def start_probe(start_gateway: GatewayFactory, tmp_path: Path) -> AsyncIte
             metrics={"listen": "127.0.0.1:0", **metrics},
             delivery={"outbox_dir": str(tmp_path / "notices"), "poll_interval": 0.05},
         )
-        worker = build_delivery(gw.settings, gw.store, gw.clock, NoticeRenderer(gw.settings), None)
+        worker = build_delivery(gw.settings, gw.store, gw.clock, NoticeRenderer(gw.notices), None)
         readiness = Readiness(
             gw.settings.metrics, servers=gw.servers, store=gw.store, worker=worker, clock=gw.clock
         )

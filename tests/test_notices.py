@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import re
 import shutil
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from email import policy
 from email.message import EmailMessage
@@ -22,6 +23,7 @@ from gateway.config import (
 )
 from gateway.errors import ConfigError
 from gateway.mail.evidence import Attachment, MessageFacts
+from gateway.notices.context import NoticeContext
 from gateway.notices.render import (
     FailedMessage,
     NoticeError,
@@ -70,7 +72,13 @@ def settings() -> GatewaySettings:
 
 @pytest.fixture(scope="module")
 def renderer(settings: GatewaySettings) -> NoticeRenderer:
-    return NoticeRenderer(settings)
+    return NoticeRenderer(notices_of(settings))
+
+
+def notices_of(settings: GatewaySettings, *offices: OfficeSettings) -> NoticeContext:
+    """What notices are made from in `settings`; of `offices` alone, when given."""
+    context = NoticeContext.from_settings(settings)
+    return replace(context, offices=offices) if offices else context
 
 
 def office_in(settings: GatewaySettings, *languages: str) -> OfficeSettings:
@@ -513,8 +521,7 @@ def test_office_facts_come_from_the_config_not_the_templates(settings: GatewaySe
             },
         }
     )
-    custom = settings.model_copy(update={"offices": [office]})
-    renderer = NoticeRenderer(custom)
+    renderer = NoticeRenderer(notices_of(settings, office))
     text, html = parts(sent(renderer, office, sample_message(office)))
     for body in (text, html):
         assert "https://portal.springfield.example/file" in body
@@ -573,7 +580,7 @@ def test_notice_names_whom_to_ask_next_to_the_reference(
 
 def test_notice_without_a_contact_names_nobody(settings: GatewaySettings) -> None:
     office = settings.offices[0].model_copy(update={"contact": None})
-    renderer = NoticeRenderer(settings.model_copy(update={"offices": [office]}))
+    renderer = NoticeRenderer(notices_of(settings, office))
     text, html = parts(sent(renderer, office, sample_message(office)))
     for body in (text, html):
         assert "Questions:" not in body
@@ -729,7 +736,7 @@ def test_missing_template_set_is_a_config_error_naming_the_office(
 ) -> None:
     office = settings.offices[0].model_copy(update={"templates": "springfield"})
     with pytest.raises(ConfigError) as caught:
-        NoticeRenderer(settings.model_copy(update={"offices": [office]}))
+        NoticeRenderer(notices_of(settings, office))
     assert caught.value.key == "offices[0].templates"
 
 
@@ -740,7 +747,7 @@ def test_template_error_is_found_at_startup_not_on_the_first_notice(
     body = tmp_path / "default" / "advisory" / "en" / "body.txt.j2"
     body.write_text(body.read_text(encoding="utf-8") + "{{ office.fax_number }}\n", "utf-8")
     with pytest.raises(ConfigError, match="advisory") as caught:
-        NoticeRenderer(settings, tmp_path)
+        NoticeRenderer(notices_of(settings), tmp_path)
     assert caught.value.key == "offices[0].templates"
 
 
@@ -748,7 +755,7 @@ def test_template_syntax_error_names_the_file(settings: GatewaySettings, tmp_pat
     shutil.copytree(templates_dir(), tmp_path, dirs_exist_ok=True)
     (tmp_path / "default" / "not_filed" / "subject.txt.j2").write_text("{% if %}", "utf-8")
     with pytest.raises(ConfigError, match=r"subject\.txt\.j2"):
-        NoticeRenderer(settings, tmp_path)
+        NoticeRenderer(notices_of(settings), tmp_path)
 
 
 def test_configured_templates_dir_is_used(settings: GatewaySettings, tmp_path: Path) -> None:
@@ -760,7 +767,7 @@ def test_configured_templates_dir_is_used(settings: GatewaySettings, tmp_path: P
         default_config_path(), environ={"GATEWAY_NOTICES__TEMPLATES_DIR": str(tmp_path)}
     )
     office = custom.offices[0]
-    message = NoticeRenderer(custom).render(
+    message = NoticeRenderer(notices_of(custom)).render(
         NoticeKind.NOT_FILED, office, sample_message(office), now=NOW
     )
     assert message["Subject"].startswith("Custom: Motion to Continue")
@@ -770,7 +777,7 @@ def test_notice_settings_default_to_the_server_hostname() -> None:
     settings = load_settings(default_config_path(), environ={})
     bare = settings.model_copy(update={"notices": NoticeSettings()})
     office = bare.offices[0]
-    message = NoticeRenderer(bare).render(
+    message = NoticeRenderer(notices_of(bare)).render(
         NoticeKind.NOT_FILED, office, sample_message(office), now=NOW
     )
     assert message["From"] == (

@@ -44,8 +44,9 @@ def postmaster(gw: Gateway | GatewaySettings, action: str, **fields: Any) -> Ans
     settings = gw.settings if isinstance(gw, Gateway) else gw
     out, err, data = io.StringIO(), io.StringIO(), io.BytesIO()
     status = run_postmaster(
-        settings,
+        settings.postmaster,
         PostmasterRequest(action=action, **fields),
+        database=settings.storage.database,
         now=AFTER_CUTOFF,
         out=out,
         out_bytes=data,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +19,7 @@ from gateway.smtp.replies import (
     retired_reply,
     unknown_mailbox_reply,
 )
-from tests.conftest import make_settings, office
+from tests.conftest import office
 
 REF = "20170913-7K3QM9XD0A"
 PORTAL = "https://eservice.ice.gov/"
@@ -143,25 +142,23 @@ def test_a_long_line_in_mail_to_be_relayed_is_a_content_refusal_with_a_reference
     assert reply.endswith(f"(ref {REF})")
 
 
-def test_check_replies_accepts_the_founding_office(tmp_path: Path) -> None:
-    check_replies(make_settings(tmp_path, offices=[office(contact="+1 312 555 0100")]))
+def test_check_replies_accepts_the_founding_office() -> None:
+    check_replies([chicago(contact="+1 312 555 0100")])
 
 
-def test_check_replies_refuses_an_office_whose_replies_would_not_fit(tmp_path: Path) -> None:
+def test_check_replies_refuses_an_office_whose_replies_would_not_fit() -> None:
     # 510 octets: retired_reply, the longest, no longer fits; the others still would.
     portal = "https://portal.example/" + "p" * 340
-    settings = make_settings(tmp_path, offices=[office(portal_url=portal)])
     with pytest.raises(ConfigError, match="SMTP reply would be") as caught:
-        check_replies(settings)
+        check_replies([chicago(portal_url=portal)])
     assert caught.value.key == "offices[0]"
 
 
-def test_every_reply_of_an_office_that_check_replies_accepts_fits(tmp_path: Path) -> None:
+def test_every_reply_of_an_office_that_check_replies_accepts_fits() -> None:
     # The longest portal URL that check_replies lets through: every reply must still fit.
     portal = PORTAL + "x" * (MAX_REPLY - len(retired_reply(chicago(), REF)))
-    settings = make_settings(tmp_path, offices=[office(portal_url=portal, contact="x" * 200)])
-    check_replies(settings)
-    (accepted,) = settings.offices
+    accepted = chicago(portal_url=portal, contact="x" * 200)
+    check_replies([accepted])
     replies = [
         retired_reply(accepted, REF),
         accepted_reply(REF, accepted),

@@ -89,7 +89,7 @@ async def refusal(gw: Gateway, at: datetime) -> str:
 
 async def deliver_everything_due(gw: Gateway) -> None:
     """Run the real worker (file mode) until no job is waiting, then stop it."""
-    worker = build_delivery(gw.settings, gw.store, gw.clock, NoticeRenderer(gw.settings), None)
+    worker = build_delivery(gw.settings, gw.store, gw.clock, NoticeRenderer(gw.notices), None)
     task = asyncio.create_task(worker.run())
     try:
         await eventually(lambda: not rows(gw, "SELECT 1 FROM jobs WHERE state != 'delivered'"))

@@ -50,7 +50,7 @@ def random_paths(count: int) -> list[str]:
 async def test_mail_and_rcpt_paths_parse_exactly_as_aiosmtpd_parses_them(tmp_path: Path) -> None:
     loop = asyncio.get_running_loop()
     settings = make_settings(tmp_path)
-    ours = GatewaySMTP(None, Sessions(limit=1), settings, None)  # type: ignore[arg-type]
+    ours = GatewaySMTP(None, Sessions(limit=1), settings.server, None)  # type: ignore[arg-type]
     reference = SMTP(object(), hostname="reference.example", loop=loop)
     for path in SAMPLES + random_paths(3000):
         assert ours._getaddr(path) == reference._getaddr(path), path

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import default_config_path, load_settings
+from gateway.notices.context import NoticeContext
 from gateway.notices.render import suppression_reason
 from gateway.policy.decision import is_replyable_address, notice_suppression
 
@@ -182,8 +183,8 @@ def test_samples_are_suppressed_by_their_headers(sample: str, expected: str | No
 def test_suppression_reason_knows_the_gateways_own_addresses(
     sender: str, expected: str | None
 ) -> None:
-    settings = load_settings(default_config_path(), environ={})
-    assert suppression_reason(settings, sender=sender, headers={}) == expected
+    context = NoticeContext.from_settings(load_settings(default_config_path(), environ={}))
+    assert suppression_reason(context, sender=sender, headers={}) == expected
 
 
 def test_the_notices_own_from_address_is_never_answered_even_off_our_domains() -> None:
@@ -194,11 +195,12 @@ def test_the_notices_own_from_address_is_never_answered_even_off_our_domains() -
             "GATEWAY_NOTICES__DKIM_DOMAIN": "agency.example",
         },
     )
+    context = NoticeContext.from_settings(settings)
     assert (
-        suppression_reason(settings, sender="eservice-notices@agency.example", headers={})
+        suppression_reason(context, sender="eservice-notices@agency.example", headers={})
         == "own-address"
     )
-    assert suppression_reason(settings, sender="staff@agency.example", headers={}) is None
+    assert suppression_reason(context, sender="staff@agency.example", headers={}) is None
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from datetime import datetime
 from email import policy as email_policy
 from email.message import Message
@@ -26,11 +27,13 @@ from email.mime.base import MIMEBase
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email.utils import format_datetime
+from pathlib import Path
 from typing import Protocol
 
 from gateway.config import GatewaySettings
 from gateway.delivery.transport import OutgoingMail
 from gateway.errors import DeliveryDeferred, DeliveryFailed
+from gateway.notices.context import NoticeContext
 from gateway.notices.dkim import DkimKey, ensure_key, sign
 from gateway.notices.render import (
     FailedMessage,
@@ -44,9 +47,38 @@ from gateway.store.outbox import Attempt, Job, job_attempts, read_job
 from gateway.store.queries import list_decisions, read_message, read_raw
 from gateway.vocabulary import JobKind
 
-__all__ = ["Composer", "MailBuilder", "ProcessComposer", "ThreadComposer", "make_composer"]
+__all__ = [
+    "Composer",
+    "ComposerSettings",
+    "MailBuilder",
+    "ProcessComposer",
+    "ThreadComposer",
+    "make_composer",
+]
 
 _NOTICE_KINDS = {JobKind.NOTICE: NoticeKind.NOT_FILED, JobKind.ADVISORY: NoticeKind.ADVISORY}
+
+
+@dataclass(frozen=True, slots=True)
+class ComposerSettings:
+    """What composing reads: the store file, the host name of our Received and bounce
+    lines, how many processes, and the notices' context (a child process builds its renderer
+    and key from it)."""
+
+    database: Path
+    hostname: str
+    processes: int  # [delivery] composer_processes; 0: a thread of this process
+    notices: NoticeContext
+
+    @classmethod
+    def from_settings(cls, settings: GatewaySettings) -> ComposerSettings:
+        """The composer's part of `settings`."""
+        return cls(
+            database=settings.storage.database,
+            hostname=settings.server.hostname,
+            processes=settings.delivery.composer_processes,
+            notices=NoticeContext.from_settings(settings),
+        )
 
 
 class Composer(Protocol):
@@ -65,12 +97,12 @@ class MailBuilder:
     """Turns a job into the bytes to send, reading the record from the store file."""
 
     def __init__(
-        self, settings: GatewaySettings, renderer: NoticeRenderer, key: DkimKey | None
+        self, settings: ComposerSettings, renderer: NoticeRenderer, key: DkimKey | None
     ) -> None:
         self.settings = settings
         self.renderer = renderer
         self.key = key
-        self.database = settings.storage.database
+        self.database = settings.database
 
     def build(self, job: Job, now: datetime) -> OutgoingMail:
         """Blocking (SQLite, jinja2, RSA): run it in a thread.
@@ -81,9 +113,9 @@ class MailBuilder:
         conn = connect(self.database, readonly=True)
         try:
             if job.kind.is_relay:  # forward: postmaster mail, relayed the same
-                data = _relay_data(conn, job, self.settings.server.hostname)
+                data = _relay_data(conn, job, self.settings.hostname)
             elif job.kind is JobKind.BOUNCE:
-                data = _bounce_data(conn, job, self.settings.server.hostname, now)
+                data = _bounce_data(conn, job, self.settings.hostname, now)
             else:
                 data = self._notice_data(conn, job, now)
         finally:
@@ -94,7 +126,7 @@ class MailBuilder:
     def _notice_data(self, conn: sqlite3.Connection, job: Job, now: datetime) -> bytes:
         failed = _failed_message(conn, job)
         assert job.office is not None, "notice jobs always name their office"
-        office = self.settings.office(job.office)
+        office = self.settings.notices.office(job.office)
         try:
             message = self.renderer.render(_NOTICE_KINDS[job.kind], office, failed, now=now)
         except NoticeError as exc:
@@ -156,7 +188,7 @@ class ThreadComposer:
 _child_builder: MailBuilder | None = None
 
 
-def _start_child(settings: GatewaySettings, parent: int) -> None:
+def _start_child(settings: ComposerSettings, parent: int) -> None:
     global _child_builder  # one per child process, by design
     # The child writes nothing: let go of the parent's stdout and stderr, which may be the
     # audit log's pipe, so that whoever reads it sees it close when the gateway ends.
@@ -164,8 +196,8 @@ def _start_child(settings: GatewaySettings, parent: int) -> None:
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
-    key, _ = ensure_key(settings)
-    _child_builder = MailBuilder(settings, NoticeRenderer(settings), key)
+    key, _ = ensure_key(settings.notices)
+    _child_builder = MailBuilder(settings, NoticeRenderer(settings.notices), key)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -184,7 +216,7 @@ def _compose_in_child(job: Job, now: datetime) -> OutgoingMail:
 class ProcessComposer:
     """Composes in child processes, so rendering and signing never stall the event loop."""
 
-    def __init__(self, settings: GatewaySettings, processes: int) -> None:
+    def __init__(self, settings: ComposerSettings, processes: int) -> None:
         self.settings = settings
         self.processes = processes
         self._pool = self._new_pool()
@@ -218,10 +250,10 @@ class ProcessComposer:
 
 
 def make_composer(
-    settings: GatewaySettings, renderer: NoticeRenderer, key: DkimKey | None
+    settings: ComposerSettings, renderer: NoticeRenderer, key: DkimKey | None
 ) -> Composer:
     """The composer `[delivery] composer_processes` asks for (0: a thread of this process)."""
-    processes = settings.delivery.composer_processes
+    processes = settings.processes
     if processes == 0:
         return ThreadComposer(MailBuilder(settings, renderer, key))
     return ProcessComposer(settings, processes)

@@ -29,7 +29,7 @@ from typing import TypeVar
 import structlog
 
 from gateway.clock import Clock
-from gateway.config import GatewaySettings
+from gateway.config import DeliverySettings
 from gateway.delivery.composer import Composer
 from gateway.delivery.transport import Answer, MailSender, OutgoingMail
 from gateway.errors import DeliveryDeferred, DeliveryError, StoreError
@@ -79,18 +79,19 @@ class DeliveryWorker:
 
     def __init__(
         self,
-        settings: GatewaySettings,
+        delivery: DeliverySettings,
         outbox: Outbox,
         composer: Composer,
         sender: MailSender,
         clock: Clock,
         *,
+        raw_retention_days: int,
         rng: random.Random | None = None,
     ) -> None:
-        delivery = settings.delivery
         self.settings = delivery
-        # A relayed message's raw copy is kept this long once its relay is done.
-        self.raw_retention = timedelta(days=settings.storage.raw_retention_days)
+        # [storage] raw_retention_days: a relayed message's raw copy is kept this long once
+        # its relay is done.
+        self.raw_retention = timedelta(days=raw_retention_days)
         self.outbox = outbox
         self.composer = composer
         self.sender = sender

@@ -23,10 +23,9 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
-from gateway.config import GatewaySettings
 from gateway.durable import write_durably
 from gateway.errors import ConfigError
-from gateway.notices.render import notice_from_address
+from gateway.notices.context import NoticeContext
 
 __all__ = [
     "DkimKey",
@@ -82,9 +81,9 @@ class DkimKey:
         return f"{self.selector}._domainkey.{self.domain}"
 
 
-def dkim_domain(settings: GatewaySettings) -> str:
+def dkim_domain(context: NoticeContext) -> str:
     """The d= domain: [notices].dkim_domain, else the domain of the notices' From address."""
-    return settings.notices.dkim_domain or notice_from_address(settings).rpartition("@")[2]
+    return context.notices.dkim_domain or context.from_address.rpartition("@")[2]
 
 
 def generate_private_key() -> bytes:
@@ -130,10 +129,10 @@ def sign(message: bytes, key: DkimKey) -> bytes:
     return signature + message
 
 
-def default_key_path(settings: GatewaySettings) -> Path:
+def default_key_path(context: NoticeContext) -> Path:
     """Where a generated key lives: <state_dir>/dkim/<selector>.<domain>.pem."""
-    name = f"{settings.notices.dkim_selector}.{dkim_domain(settings)}.pem"
-    return settings.storage.state_dir / "dkim" / name
+    name = f"{context.notices.dkim_selector}.{dkim_domain(context)}.pem"
+    return context.state_dir / "dkim" / name
 
 
 def load_key(path: Path, *, selector: str, domain: str) -> DkimKey:
@@ -165,7 +164,7 @@ def write_new_key(path: Path, *, selector: str, domain: str) -> DkimKey:
     return DkimKey(selector=selector, domain=domain, private_pem=pem, path=path)
 
 
-def ensure_key(settings: GatewaySettings) -> tuple[DkimKey, bool]:
+def ensure_key(context: NoticeContext) -> tuple[DkimKey, bool]:
     """The signing key, created under the state directory when none is configured.
 
     Returns the key and whether it was created just now; when it was, the caller logs its
@@ -174,9 +173,9 @@ def ensure_key(settings: GatewaySettings) -> tuple[DkimKey, bool]:
     Raises:
         ConfigError: the configured key cannot be read or used, or a new one cannot be stored.
     """
-    selector, domain = settings.notices.dkim_selector, dkim_domain(settings)
-    configured = settings.notices.dkim_key_file
-    path = configured or default_key_path(settings)
+    selector, domain = context.notices.dkim_selector, dkim_domain(context)
+    configured = context.notices.dkim_key_file
+    path = configured or default_key_path(context)
     key_name = "notices.dkim_key_file" if configured else "storage.state_dir"
     try:
         try:

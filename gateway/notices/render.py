@@ -27,9 +27,10 @@ from typing import cast
 
 import jinja2
 
-from gateway.config import GatewaySettings, Language, OfficeSettings
+from gateway.config import Language, OfficeSettings
 from gateway.errors import ConfigError, NoticeError
 from gateway.mail.evidence import Attachment, MessageFacts
+from gateway.notices.context import NoticeContext
 from gateway.notices.text import (
     A_NUMBER_TEXT,
     MAX_A_NUMBERS,
@@ -58,7 +59,6 @@ __all__ = [
     "datetime_text",
     "decode_header_text",
     "notice_bytes",
-    "notice_from_address",
     "sample_message",
     "size_text",
     "suppression_reason",
@@ -213,21 +213,15 @@ _FILTERS: Mapping[str, Callable[..., str]] = {
 # Addresses and suppression
 
 
-def notice_from_address(settings: GatewaySettings) -> str:
-    """The notices' From address: the configured one, else no-reply@<server.hostname>."""
-    return settings.notices.from_address or f"no-reply@{settings.server.hostname}"
-
-
 def suppression_reason(
-    settings: GatewaySettings, *, sender: str, headers: Mapping[str, str]
+    context: NoticeContext, *, sender: str, headers: Mapping[str, str]
 ) -> str | None:
     """policy.notice_suppression() with the gateway's own domains and addresses filled in."""
-    own_domains = settings.address_book.served_domains | {settings.server.hostname.lower()}
     return notice_suppression(
         sender,
         headers,
-        own_domains=own_domains,
-        own_addresses=frozenset({notice_from_address(settings).lower()}),
+        own_domains=context.own_domains,
+        own_addresses=frozenset({context.from_address.lower()}),
     )
 
 
@@ -286,20 +280,18 @@ class _TemplateSet:
 class NoticeRenderer:
     """Renders notices from compiled templates; built once at startup."""
 
-    def __init__(self, settings: GatewaySettings, templates: Path | None = None) -> None:
+    def __init__(self, context: NoticeContext, templates: Path | None = None) -> None:
         """Compile every office's templates and render each once with a sample message.
 
         Raises:
             ConfigError: an office's template set is missing, or fails to render.
         """
-        self._settings = settings
-        self._root = templates or settings.notices.templates_dir or templates_dir()
-        self._from = Address(
-            display_name=settings.notices.from_name, addr_spec=notice_from_address(settings)
-        )
+        self._notices = context.notices
+        self._root = templates or context.notices.templates_dir or templates_dir()
+        self._from = Address(display_name=context.notices.from_name, addr_spec=context.from_address)
         self._environments: dict[str, jinja2.Environment] = {}
         self._sets: dict[tuple[str, NoticeKind], _TemplateSet] = {}
-        for index, office in enumerate(settings.offices):
+        for index, office in enumerate(context.offices):
             self._check_office(index, office)
 
     def _check_office(self, index: int, office: OfficeSettings) -> None:
@@ -346,7 +338,7 @@ class NoticeRenderer:
         if _REFERENCE.fullmatch(failed.reference) is None:
             raise NoticeError(f"malformed reference {failed.reference!r}")
         templates = self._template_set(office.templates, kind)
-        message_view = _message_view(failed, office, self._settings.notices.subject_max_chars)
+        message_view = _message_view(failed, office, self._notices.subject_max_chars)
         views = {lang: _office_view(office, lang) for lang in office.languages}
         first = office.languages[0]
         variables: dict[str, object] = {
@@ -354,7 +346,7 @@ class NoticeRenderer:
             "offices": views,
             "message": message_view,
             "languages": tuple(office.languages),
-            "subject_prefix": self._settings.notices.subject_prefix_in(first),
+            "subject_prefix": self._notices.subject_prefix_in(first),
         }
         subject = clean_text(templates.subject.render(variables), limit=SUBJECT_LIMIT)
         message = self._headers(

@@ -18,7 +18,7 @@ from gateway.config import GatewaySettings, default_config_path, load_settings
 from gateway.durable import write_durably
 from gateway.errors import ConfigError
 from gateway.notices import dkim
-from gateway.notices.render import notice_from_address
+from gateway.notices.context import NoticeContext
 
 __all__ = ["InitRequest", "run_init", "starting_config"]
 
@@ -110,7 +110,8 @@ def run_init(request: InitRequest, *, now: datetime, out: TextIO, err: TextIO) -
     try:
         settings = _checked(request.config, text)
         _make_state_dir(request.state_dir)
-        key = dkim.ensure_key(settings)[0] if request.make_key else None
+        notices = NoticeContext.from_settings(settings)
+        key = dkim.ensure_key(notices)[0] if request.make_key else None
         write_durably(request.config, text.encode("utf-8"), mode=_CONFIG_MODE)
     except ConfigError as exc:
         print(f"gateway: config error: {exc}", file=err)
@@ -159,7 +160,7 @@ def _print_records(settings: GatewaySettings, key: dkim.DkimKey | None, out: Tex
         )
     else:
         out.write(f"{dkim.zone_record(key)}\n")
-    sender = notice_from_address(settings).rpartition("@")[2]
+    sender = NoticeContext.from_settings(settings).from_address.rpartition("@")[2]
     # Notices go out with MAIL FROM:<>, so receivers check SPF on the HELO name (RFC 7208
     # §2.3); DMARC then aligns the From domain through the DKIM signature.
     out.write(

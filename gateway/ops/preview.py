@@ -26,6 +26,7 @@ from gateway.errors import ConfigError, PreviewError
 from gateway.mail.addresses import AddressKind, parse_address
 from gateway.mail.evidence import extract_facts
 from gateway.notices import dkim
+from gateway.notices.context import NoticeContext
 from gateway.notices.render import (
     FailedMessage,
     NoticeKind,
@@ -90,7 +91,8 @@ def render_preview(settings: GatewaySettings, request: PreviewRequest) -> bytes:
         failed = failed_message_from_eml(
             raw, office=office, sender=request.sender, received_at=request.received
         )
-    renderer = NoticeRenderer(settings.model_copy(update={"offices": [office]}), request.templates)
+    context = replace(NoticeContext.from_settings(settings), offices=(office,))
+    renderer = NoticeRenderer(context, request.templates)
     message = renderer.render(
         request.kind, office, failed, now=failed.received_at + timedelta(seconds=2)
     )
@@ -236,12 +238,13 @@ def run_dkim_keygen(
     With `out_file`, a new key is written there instead (never over an existing file).
     Returns the exit status.
     """
-    selector, domain = settings.notices.dkim_selector, dkim.dkim_domain(settings)
+    context = NoticeContext.from_settings(settings)
+    selector, domain = settings.notices.dkim_selector, dkim.dkim_domain(context)
     try:
         if out_file is not None:
             key, created = dkim.write_new_key(out_file, selector=selector, domain=domain), True
         else:
-            key, created = dkim.ensure_key(settings)
+            key, created = dkim.ensure_key(context)
     except FileExistsError:
         print(f"gateway: {out_file} exists; choose a new file name", file=err)
         return 1

@@ -13,6 +13,7 @@ from typing import BinaryIO, TextIO
 
 from gateway.config import GatewaySettings
 from gateway.errors import DeliveryError
+from gateway.notices.context import NoticeContext
 from gateway.notices.dkim import DkimKey, default_key_path, dkim_domain, load_key
 from gateway.store.outbox import Job, JobState, read_job
 from gateway.store.sentmail import sent_data
@@ -48,17 +49,19 @@ def write_job_message(
 
 def _build(settings: GatewaySettings, job: Job, *, now: datetime, err: TextIO) -> bytes:
     # Imported here: rendering pulls in jinja2 and the templates, which list and show never need.
-    from gateway.delivery.composer import MailBuilder
+    from gateway.delivery.composer import ComposerSettings, MailBuilder
     from gateway.notices.render import NoticeRenderer
 
-    builder = MailBuilder(settings, NoticeRenderer(settings), _existing_key(settings, err))
+    composing = ComposerSettings.from_settings(settings)
+    renderer = NoticeRenderer(composing.notices)
+    builder = MailBuilder(composing, renderer, _existing_key(composing.notices, err))
     return builder.build(job, now).data
 
 
-def _existing_key(settings: GatewaySettings, err: TextIO) -> DkimKey | None:
-    path = settings.notices.dkim_key_file or default_key_path(settings)
+def _existing_key(context: NoticeContext, err: TextIO) -> DkimKey | None:
+    path = context.notices.dkim_key_file or default_key_path(context)
     try:
-        return load_key(path, selector=settings.notices.dkim_selector, domain=dkim_domain(settings))
+        return load_key(path, selector=context.notices.dkim_selector, domain=dkim_domain(context))
     except (OSError, ValueError) as exc:
         err.write(f"gateway: shown unsigned (DKIM key {path}: {exc})\n")
         return None

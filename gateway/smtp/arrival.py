@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from gateway.config import GatewaySettings
+from gateway.config import DnsSettings, SenderAuthSettings
 from gateway.mail.dmarc import header_from_domain
 from gateway.mail.evidence import MessageFacts, extract_facts
 from gateway.policy.verdict import Addressee, Arrival, SenderCheck
@@ -79,12 +79,12 @@ def arrival_of(
 class SenderChecks:
     """SPF, DKIM and DMARC of a message's sender, when they are configured."""
 
-    def __init__(self, settings: GatewaySettings) -> None:
-        checks = settings.sender_auth
+    def __init__(self, checks: SenderAuthSettings, dns: DnsSettings, *, hostname: str) -> None:
         self.authenticator = (
-            SenderAuthenticator(settings.dns, timeout=checks.timeout) if checks.enabled else None
+            SenderAuthenticator(dns, timeout=checks.timeout) if checks.enabled else None
         )
-        self.authserv_id = checks.authserv_id or settings.server.hostname
+        # [server] hostname names us in Authentication-Results unless authserv_id does.
+        self.authserv_id = checks.authserv_id or hostname
 
     async def check(
         self,

@@ -13,10 +13,10 @@ from aiosmtpd.proxy_protocol import ProxyData
 from aiosmtpd.smtp import SMTP, Envelope
 
 from gateway.clock import Clock
-from gateway.config import GatewaySettings
 from gateway.mail.addresses import normalize_sender
-from gateway.smtp.arrival import declared_size
+from gateway.smtp.arrival import SenderChecks, declared_size
 from gateway.smtp.message import MessageDesk
+from gateway.smtp.receiving import ReceiveSettings
 from gateway.smtp.recipients import RecipientDesk
 from gateway.smtp.replies import REPLY_BAD_SENDER, REPLY_INTERNAL, REPLY_SENDER_OK, REPLY_VRFY
 from gateway.smtp.session import GatewayEnvelope, GatewaySession
@@ -30,12 +30,20 @@ log = structlog.get_logger()
 class InboundHandler:
     """aiosmtpd hooks: decide per recipient, record at the end of DATA, then answer."""
 
-    def __init__(self, settings: GatewaySettings, store: Store, clock: Clock) -> None:
-        self.settings = settings
+    def __init__(self, receiving: ReceiveSettings, store: Store, clock: Clock) -> None:
+        self.server = receiving.server
         self.store = store
         self.clock = clock
-        self.recipients = RecipientDesk(settings, store, clock)
-        self.messages = MessageDesk(settings, store, clock)
+        rules = receiving.rules
+        self.recipients = RecipientDesk(
+            receiving.book, rules.offices, server=receiving.server, store=store, clock=clock
+        )
+        checks = SenderChecks(
+            receiving.sender_auth, receiving.dns, hostname=receiving.server.hostname
+        )
+        self.messages = MessageDesk(
+            rules, checks, storage=receiving.storage, store=store, clock=clock
+        )
 
     # -- EHLO: advertise what we do, and only that -------------------------------------------
 
@@ -58,13 +66,13 @@ class InboundHandler:
     ) -> bool:
         """Accept a PROXY header only from a trusted load balancer; then the client it names
         is the peer for trust, limits and the record."""
-        if not self.settings.server.may_send_proxy(session.peer_ip) or not proxy_data.valid:
+        if not self.server.may_send_proxy(session.peer_ip) or not proxy_data.valid:
             log.warning("smtp.session.refused", reason="proxy-not-allowed", reply="")
             return False
         if proxy_data.src_addr is not None:  # None: a LOCAL/UNKNOWN health check of the balancer
             session.peer_ip = str(proxy_data.src_addr)
             session.peer_port = proxy_data.src_port
-            session.trusted = self.settings.server.is_trusted(session.peer_ip)
+            session.trusted = self.server.is_trusted(session.peer_ip)
             structlog.contextvars.bind_contextvars(peer_ip=session.peer_ip)
             log.info("smtp.session.proxied", peer_port=session.peer_port, trusted=session.trusted)
         return True

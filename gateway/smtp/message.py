@@ -13,10 +13,9 @@ from datetime import datetime, timedelta
 import structlog
 
 from gateway.clock import Clock
-from gateway.config import GatewaySettings
+from gateway.config import StorageSettings
 from gateway.errors import StoreError
-from gateway.notices.render import notice_from_address
-from gateway.policy.decision import Decision, NoticeScope
+from gateway.policy.decision import Decision
 from gateway.policy.verdict import Reply, Verdict, VerdictRules, judge, screen
 from gateway.smtp.arrival import (
     SenderChecks,
@@ -39,43 +38,28 @@ from gateway.store.db import (
 )
 from gateway.vocabulary import JobKind, format_notice_status
 
-__all__ = ["MessageDesk", "verdict_rules"]
+__all__ = ["MessageDesk"]
 
 log = structlog.get_logger()
-
-
-def verdict_rules(settings: GatewaySettings) -> VerdictRules:
-    """The settings the end-of-DATA verdict depends on."""
-    notices_from = notice_from_address(settings)
-    limits = settings.limits
-    return VerdictRules(
-        offices={o.name: o for o in settings.offices},
-        # Mail from these comes back to us: answering it would start a loop.
-        own_domains=settings.address_book.served_domains | {settings.server.hostname.lower()},
-        own_addresses=frozenset({notices_from.lower()}),
-        notice_domain=notices_from.rpartition("@")[2],
-        max_received=limits.max_received_headers,
-        should_tempfail_on_dns=settings.sender_auth.on_temperror == "tempfail",
-        dedup_window=timedelta(seconds=limits.dedup_window),
-        notice_limits={
-            NoticeScope.SENDER: limits.notices_per_sender,
-            NoticeScope.DOMAIN: limits.notices_per_domain,
-            NoticeScope.CLIENT: limits.notices_per_client,
-            NoticeScope.TOTAL: limits.notices_total,
-        },
-        forward_to=tuple(settings.postmaster.forward_to),
-    )
 
 
 class MessageDesk:
     """Answers the end of DATA, once the message's record is durable."""
 
-    def __init__(self, settings: GatewaySettings, store: Store, clock: Clock) -> None:
+    def __init__(
+        self,
+        rules: VerdictRules,
+        sender_checks: SenderChecks,
+        *,
+        storage: StorageSettings,
+        store: Store,
+        clock: Clock,
+    ) -> None:
         self.store = store
         self.clock = clock
-        self.rules = verdict_rules(settings)
-        self.storage = settings.storage
-        self.sender_checks = SenderChecks(settings)
+        self.rules = rules
+        self.storage = storage
+        self.sender_checks = sender_checks
 
     async def receive(self, session: GatewaySession, envelope: GatewayEnvelope) -> str:
         """The reply to the end of DATA; 451 if the record cannot be made."""

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
-from gateway.config import GatewaySettings
+from gateway.config import PostmasterSettings
 from gateway.store.db import JobRecord, connect
 from gateway.store.mailbox import FORWARD, PostmasterMail, find_postmaster_mail, read_mail
 from gateway.store.outbox import queue_jobs
@@ -132,27 +132,30 @@ class PostmasterRequest:
 
 
 def run_postmaster(
-    settings: GatewaySettings,
+    postmaster: PostmasterSettings,
     request: PostmasterRequest,
     *,
+    database: Path,
     now: datetime,
     out: TextIO,
     out_bytes: BinaryIO,
     err: TextIO,
 ) -> int:
     """Carry out one postmaster command; returns the exit status."""
-    if request.action == "forward" and not settings.postmaster.forward_to:
+    if request.action == "forward" and not postmaster.forward_to:
         err.write("gateway: [postmaster] forward_to is not set; there is nobody to forward to\n")
         return EXIT_CONFIG
-    path = settings.storage.database
-    if not path.is_file():
-        err.write(f"gateway: no state store at {path} (has the gateway run with this config?)\n")
+    if not database.is_file():
+        err.write(
+            f"gateway: no state store at {database} (has the gateway run with this config?)\n"
+        )
         return EXIT_CONFIG
-    conn = connect(path, readonly=request.action != "forward")
+    conn = connect(database, readonly=request.action != "forward")
     try:
         if request.action == "list":
             return _list(conn, request, out, err)
-        return _one(conn, settings, request, now=now, out=out, out_bytes=out_bytes, err=err)
+        jobs = forward_jobs(postmaster.forward_to)
+        return _one(conn, jobs, request, now=now, out=out, out_bytes=out_bytes, err=err)
     finally:
         conn.close()
 
@@ -169,7 +172,7 @@ def _list(conn: sqlite3.Connection, request: PostmasterRequest, out: TextIO, err
 
 def _one(
     conn: sqlite3.Connection,
-    settings: GatewaySettings,
+    forwards: Sequence[JobRecord],
     request: PostmasterRequest,
     *,
     now: datetime,
@@ -196,7 +199,7 @@ def _one(
         else:
             request.output.write_bytes(raw)
         return EXIT_OK
-    ids = queue_forward(conn, reference, forward_jobs(settings.postmaster.forward_to), now)
-    for job_id, job in zip(ids, forward_jobs(settings.postmaster.forward_to), strict=True):
+    ids = queue_forward(conn, reference, forwards, now)
+    for job_id, job in zip(ids, forwards, strict=True):
         out.write(f"{reference}: forward queued as job {job_id} to {', '.join(job.recipients)}\n")
     return EXIT_OK

@@ -8,14 +8,14 @@ filed yet and where filings go. It must not word replies (replies.py does).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import structlog
 
 from gateway.clock import Clock
-from gateway.config import GatewaySettings, OfficeSettings
+from gateway.config import OfficeSettings, ServerSettings
 from gateway.errors import StoreError
-from gateway.mail.addresses import AddressKind, parse_address
+from gateway.mail.addresses import AddressBook, AddressKind, parse_address
 from gateway.policy.decision import Action, Decision, decide
 from gateway.policy.verdict import answer_group
 from gateway.smtp.replies import (
@@ -47,13 +47,21 @@ _RELAYING = frozenset({Action.RELAY, Action.RELAY_AND_ADVISE})
 class RecipientDesk:
     """Answers RCPT: accepts a recipient into the transaction, or refuses or defers it."""
 
-    def __init__(self, settings: GatewaySettings, store: Store, clock: Clock) -> None:
+    def __init__(
+        self,
+        book: AddressBook,
+        offices: Mapping[str, OfficeSettings],
+        *,
+        server: ServerSettings,
+        store: Store,
+        clock: Clock,
+    ) -> None:
         self.store = store
         self.clock = clock
-        self.book = settings.address_book
-        self.offices = {o.name: o for o in settings.offices}
-        self.max_recipients = settings.server.max_recipients
-        self.max_message_size = settings.server.max_message_size
+        self.book = book
+        self.offices = offices
+        self.max_recipients = server.max_recipients
+        self.max_message_size = server.max_message_size
 
     async def admit(
         self,

@@ -7,7 +7,9 @@ them, in 7-bit text within RFC 5321's 512-octet line.
 
 from __future__ import annotations
 
-from gateway.config import GatewaySettings, OfficeSettings
+from collections.abc import Iterable
+
+from gateway.config import OfficeSettings
 from gateway.errors import ConfigError
 from gateway.policy.decision import NoticeScope
 from gateway.policy.verdict import Reply, ReplyKind
@@ -282,13 +284,13 @@ def retired_separate_transaction_reply(office: OfficeSettings) -> str:
     return f"452 4.5.3 {_send_again(office)}"
 
 
-def check_replies(settings: GatewaySettings) -> None:
+def check_replies(offices: Iterable[OfficeSettings]) -> None:
     """Refuse at startup any office whose replies would break RFC 5321's line limit.
 
     Raises:
         ConfigError: a reply would exceed 512 octets or is not ASCII.
     """
-    for index, office in enumerate(settings.offices):
+    for index, office in enumerate(offices):
         for reply in _office_replies(office):
             if len(reply) > MAX_REPLY or not reply.isascii():
                 raise ConfigError(

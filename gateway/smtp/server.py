@@ -20,9 +20,10 @@ from aiosmtpd.smtp import SMTP
 
 from gateway.audit.chain import ChainedLog
 from gateway.clock import Clock
-from gateway.config import GatewaySettings, ListenAddress
+from gateway.config import ListenAddress, ServerSettings
 from gateway.smtp.dataread import read_data
 from gateway.smtp.handler import GatewayEnvelope, GatewaySession, InboundHandler
+from gateway.smtp.receiving import ReceiveSettings
 from gateway.smtp.replies import (
     REPLY_IDLE_TIMEOUT,
     REPLY_INTERNAL,
@@ -97,7 +98,7 @@ class Sessions:
 class Snapshot:
     """The settings a session is served with, and the handler built from them."""
 
-    settings: GatewaySettings
+    receiving: ReceiveSettings
     handler: InboundHandler
 
 
@@ -105,22 +106,22 @@ class Serving:
     """What the next session is served with. A reload (SIGHUP) swaps the snapshot whole; a
     session keeps the one it took when it connected, to its end."""
 
-    def __init__(self, settings: GatewaySettings, store: Store, clock: Clock) -> None:
+    def __init__(self, receiving: ReceiveSettings, store: Store, clock: Clock) -> None:
         self._store = store
         self._clock = clock
-        self.current = self._snapshot(settings)
+        self.current = self._snapshot(receiving)
 
-    def use(self, settings: GatewaySettings) -> None:
-        """Serve sessions from now on with `settings`.
+    def use(self, receiving: ReceiveSettings) -> None:
+        """Serve sessions from now on with `receiving`.
 
         Raises:
             ConfigError: an office's replies would not fit an SMTP reply line.
         """
-        self.current = self._snapshot(settings)
+        self.current = self._snapshot(receiving)
 
-    def _snapshot(self, settings: GatewaySettings) -> Snapshot:
-        check_replies(settings)
-        return Snapshot(settings, InboundHandler(settings, self._store, self._clock))
+    def _snapshot(self, receiving: ReceiveSettings) -> Snapshot:
+        check_replies(receiving.rules.offices.values())
+        return Snapshot(receiving, InboundHandler(receiving, self._store, self._clock))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,11 +135,10 @@ class GatewaySMTP(SMTP):
         self,
         handler: InboundHandler,
         sessions: Sessions,
-        settings: GatewaySettings,
+        server: ServerSettings,
         tls_context: ssl.SSLContext | None,
         audit: ChainedLog | None = None,
     ) -> None:
-        server = settings.server
         super().__init__(
             handler,
             hostname=server.hostname,  # never getfqdn() per connection
@@ -155,7 +155,7 @@ class GatewaySMTP(SMTP):
         self._handler = handler
         self._sessions = sessions
         self._audit = audit
-        self._trust = settings.server.is_trusted
+        self._trust = server.is_trusted
         self._session_limit = server.session_timeout
         self._deadline: asyncio.TimerHandle | None = None
         self._drain_close: asyncio.TimerHandle | None = None
@@ -370,7 +370,7 @@ class GatewaySMTP(SMTP):
 
 
 async def start_server(
-    settings: GatewaySettings,
+    receiving: ReceiveSettings,
     store: Store,
     *,
     clock: Clock,
@@ -390,23 +390,25 @@ async def start_server(
     Port 0 binds a free port; read it from `server.sockets`. With `audit`, the chained audit
     log, sessions answer 451 rather than make a record while it cannot be written. With
     `serving`, each session takes its settings from it when it connects (reloadable);
-    else every session uses `settings`.
+    else every session uses `receiving`.
 
     Raises:
         OSError: an address cannot be bound.
         ConfigError: an office's replies would not fit an SMTP reply line.
     """
-    serving = serving or Serving(settings, store, clock)
+    serving = serving or Serving(receiving, store, clock)
     loop = asyncio.get_running_loop()
 
     def factory() -> GatewaySMTP:
         # One read of `current`: the settings and the handler always belong together.
         snapshot = serving.current
-        return GatewaySMTP(snapshot.handler, sessions, snapshot.settings, tls_context, audit)
+        return GatewaySMTP(
+            snapshot.handler, sessions, snapshot.receiving.server, tls_context, audit
+        )
 
     servers: list[asyncio.Server] = []
     try:
-        for address in listen or settings.server.listen:
+        for address in listen or receiving.server.listen:
             servers.append(await _bind(loop, factory, address, reuse_port=reuse_port))
     except OSError:
         for server in servers:
