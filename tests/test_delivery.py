@@ -214,6 +214,8 @@ async def test_permanent_refusal_fails_at_once(
         with capture_logs() as events:
             await run_worker(gw)
             job = await job_state(gw, "failed")
+            # The failed state is committed before its event is logged: wait for the line too.
+            await eventually(lambda: [e for e in events if e["event"] == "delivery.failed"])
     finally:
         listener.close()
     assert job.attempts == 1
