@@ -33,6 +33,7 @@ from tests.test_serve_process import (
     assert_one_line_error,
     database,
     run_cli,
+    serving,
     write_config,
 )
 
@@ -341,3 +342,49 @@ async def test_serve_on_a_newer_store_exits_1_with_one_line_naming_both_versions
     assert "newer eservice-gateway" in line  # what to do: run that one, or restore a copy
     assert "gateway.listening" not in result.stdout
     assert schema_of(database(tmp_path))[0] == SCHEMA_VERSION + 1
+
+
+# -- operator actions: looked for at every poll, without a write ---------------------------------
+
+
+async def test_looking_for_operator_actions_needs_no_write_lock(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.sqlite3"
+    store = Store(path)
+    await store.open()
+    try:
+        # Another process in a long write (a backup, a bulk `gateway queue delete`): the
+        # worker's look finds nothing to log without waiting for it.
+        with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as other:
+            other.execute("BEGIN IMMEDIATE")
+            async with asyncio.timeout(3):  # the writer would wait out its 10 s busy timeout
+                assert await take_operator_actions(store, AT) == []
+            other.execute("ROLLBACK")
+        await store.record_message(record("R1", jobs=(JobRecord("notice", "", ("a@b.example",)),)))
+        with contextlib.closing(connect(path)) as conn:
+            change_jobs(conn, QueueAction.HOLD, JobFilter(), now=AT, operator="clerk")
+        async with asyncio.timeout(10):
+            taken = await take_operator_actions(store, AT)
+    finally:
+        await store.close()
+    assert [(a.action, a.operator, a.job_ids) for a in taken] == [(QueueAction.HOLD, "clerk", (1,))]
+
+
+def store_state(watcher: sqlite3.Connection, path: Path) -> tuple[int, int, int]:
+    """What a write would move: the commits others made (data_version), the WAL, the file."""
+    version: int = watcher.execute("PRAGMA data_version").fetchone()[0]
+    wal = path.with_name(path.name + "-wal")
+    return version, wal.stat().st_size, path.stat().st_size
+
+
+async def test_an_idle_serving_gateway_writes_nothing_to_its_store(tmp_path: Path) -> None:
+    config = write_config(tmp_path, edit=('mode = "file"', 'mode = "file"\npoll_interval = 0.05'))
+    path = database(tmp_path)
+    async with serving(config, as_of=AFTER_CUTOFF) as serve:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as watcher:
+            # One probe first, so the worker is surely polling (it starts after the listener).
+            await asyncio.sleep(0.5)
+            before = store_state(watcher, path)
+            await asyncio.sleep(1.0)  # twenty polls at 0.05 s
+            after = store_state(watcher, path)
+        assert await serve.gateway.stop() == 0
+    assert after == before
