@@ -388,3 +388,25 @@ async def test_an_idle_serving_gateway_writes_nothing_to_its_store(tmp_path: Pat
             after = store_state(watcher, path)
         assert await serve.gateway.stop() == 0
     assert after == before
+
+
+@pytest.mark.parametrize(
+    ("version", "naming"),
+    [(2, "older than this gateway's version 3"), (SCHEMA_VERSION + 1, "newer")],
+    ids=["older", "newer"],
+)
+async def test_queue_changes_on_a_store_at_another_version_are_refused_in_one_line(
+    tmp_path: Path, version: int, naming: str
+) -> None:
+    # An upgraded `gateway queue hold` beside a gateway not yet restarted (or a newer one): a
+    # hold the running gateway would not honour is refused, not journalled.
+    config = write_config(tmp_path)
+    await an_older_store(database(tmp_path), 2, has_journal=False)
+    with contextlib.closing(sqlite3.connect(database(tmp_path), isolation_level=None)) as conn:
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+    result = await asyncio.to_thread(
+        run_cli, "queue", "hold", "2", "--config", str(config), cwd=tmp_path
+    )
+    assert_one_line_error(result, exit_code=1, naming=f"schema is version {version}")
+    assert naming in result.stderr
+    assert schema_of(database(tmp_path))[2] == [(1, "held"), (2, "queued")]

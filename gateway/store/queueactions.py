@@ -18,6 +18,7 @@ from enum import StrEnum
 
 from gateway.store.db import Store, connect, iso
 from gateway.store.outbox import Job
+from gateway.store.schema import require_current
 from gateway.vocabulary import JobState
 
 __all__ = [
@@ -121,13 +122,18 @@ def change_jobs(
     operator: str,
 ) -> list[int]:
     """Apply `action` to the jobs of `which` it applies to, and journal it, in one
-    transaction; returns the ids changed (none changed: nothing journalled)."""
+    transaction; returns the ids changed (none changed: nothing journalled).
+
+    Raises:
+        SchemaVersionError: the store is not at this code's schema version.
+    """
     states, assignment = _ACTIONS[action]
     where, params = _where(which, _narrow(which.states, states))
     if action is QueueAction.DELETE:
         where += " AND lease_owner IS NULL"  # a held job still out on its attempt is not gone
     with conn:
         conn.execute("BEGIN IMMEDIATE")
+        require_current(conn)  # in the transaction: no gateway migrates it meanwhile
         rows = conn.execute(
             f"UPDATE jobs SET {assignment}, updated_at = ? WHERE {where} RETURNING id",
             [iso(now), *params],

@@ -12,7 +12,15 @@ from __future__ import annotations
 
 import sqlite3
 
-__all__ = ["SCHEMA_VERSION", "SchemaTooNewError", "migrate", "schema_version"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "SchemaTooNewError",
+    "SchemaTooOldError",
+    "SchemaVersionError",
+    "migrate",
+    "require_current",
+    "schema_version",
+]
 
 # 1: the first release. 2: sent_notices and messages.refused_for. 3: the job state `held` and
 # the operator_actions journal (`gateway queue hold|release|flush|retry|delete`); a version-2
@@ -188,7 +196,11 @@ _STEPS: dict[int, tuple[str, tuple[tuple[str, str, str], ...]]] = {
 }
 
 
-class SchemaTooNewError(sqlite3.DatabaseError):
+class SchemaVersionError(sqlite3.DatabaseError):
+    """The store's schema is not at this code's version."""
+
+
+class SchemaTooNewError(SchemaVersionError):
     """The store was written by a newer gateway than this one."""
 
     def __init__(self, found: int) -> None:
@@ -199,6 +211,34 @@ class SchemaTooNewError(sqlite3.DatabaseError):
             " left untouched"
         )
         self.found = found
+
+
+class SchemaTooOldError(SchemaVersionError):
+    """The store has not yet been migrated to this code's version."""
+
+    def __init__(self, found: int | None) -> None:
+        super().__init__(
+            f"its schema is version {found or 0}, older than this gateway's version"
+            f" {SCHEMA_VERSION}: stop the older gateway and start this version's"
+            " `gateway serve`, which migrates the store, then try again"
+        )
+        self.found = found
+
+
+def require_current(conn: sqlite3.Connection) -> None:
+    """Check, for a tool that changes the store beside the gateway (`gateway queue hold`),
+    that the file is at this code's version: a change the serving gateway would misread,
+    or one the file has no table for, is refused.
+
+    Raises:
+        SchemaTooNewError: a newer gateway has used the store.
+        SchemaTooOldError: no gateway of this version has opened it yet.
+    """
+    found = schema_version(conn)
+    if found is not None and found > SCHEMA_VERSION:
+        raise SchemaTooNewError(found)
+    if found is None or found < SCHEMA_VERSION:
+        raise SchemaTooOldError(found)
 
 
 def schema_version(conn: sqlite3.Connection) -> int | None:
