@@ -173,7 +173,7 @@ CREATE TABLE IF NOT EXISTS sent_notices (
 CREATE INDEX IF NOT EXISTS sent_notices_sent_at ON sent_notices (sent_at);
 """
 # Version 3 journals operators' queue actions; the serving gateway logs each one once. The
-# partial index keeps the worker's look for unlogged actions (`has_unlogged_actions`) to
+# partial index keeps the worker's look for unlogged actions (queueactions.py) to
 # one index probe however long the journal grows.
 _TO_3 = """
 CREATE TABLE IF NOT EXISTS operator_actions (
@@ -262,7 +262,9 @@ def migrate(conn: sqlite3.Connection) -> None:
     if found == SCHEMA_VERSION:
         return
     start = 1 if found is None else found
-    script = [_SCHEMA]  # the tables of version 1; an older file may miss a later index
+    # The tables every version has (each with all its columns, for a new file); an older
+    # file may lack an index added since, which this adds.
+    script = [_SCHEMA]
     for version in range(start + 1, SCHEMA_VERSION + 1):
         ddl, columns = _STEPS[version]
         script.append(ddl)
