@@ -18,7 +18,7 @@ from gateway.errors import ConfigError
 from gateway.ops.queue import add_queue_arguments
 from gateway.smtp.replies import check_replies
 
-__all__ = ["main"]
+__all__ = ["command_parsers", "main"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -94,6 +94,12 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         )
     )
     return parser, by_name
+
+
+def command_parsers() -> dict[str, argparse.ArgumentParser]:
+    """Each command's parser by name: what the tests walk to try every command's options in
+    every position, so that a command added later is tried too."""
+    return _parser()[1]
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:

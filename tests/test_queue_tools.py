@@ -299,8 +299,8 @@ async def test_flush_sends_a_deferred_job_at_once(tmp_path: Path) -> None:
 async def test_a_hold_on_a_store_no_worker_has_polled_is_kept_and_logged(
     start_gateway: GatewayFactory, run_worker: WorkerFactory
 ) -> None:
-    # A store the journal table was never made in (no worker has looked at it yet, as with a
-    # store from before operator actions were journalled): the command makes it itself.
+    # A hold taken before any worker has polled the store: the worker finds the journalled
+    # action at its first look and logs it.
     sink = await start_sink()
     try:
         gw = await start_gateway(delivery=smarthost(sink))

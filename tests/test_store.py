@@ -17,8 +17,25 @@ import pytest
 
 from gateway.errors import StoreError
 from gateway.mail.evidence import Attachment, MessageFacts
-from gateway.store.db import JobRecord, MessageRecord, RecipientRecord, Store, new_reference
+from gateway.store.db import (
+    SCHEMA_VERSION,
+    JobRecord,
+    MessageRecord,
+    RecipientRecord,
+    Store,
+    connect,
+    new_reference,
+)
+from gateway.store.queueactions import JobFilter, QueueAction, change_jobs, take_operator_actions
 from tests.test_faults import fill, needs_root, tmpfs
+from tests.test_serve_process import (
+    AFTER_CUTOFF,
+    assert_one_line_error,
+    database,
+    run_cli,
+    serving,
+    write_config,
+)
 
 AT = datetime(2017, 9, 13, 15, 0, tzinfo=UTC)
 
@@ -216,3 +233,180 @@ async def _caller(store: Store, n: int) -> BaseException:
     except StoreError as exc:
         return exc
     raise AssertionError("the commit went through on a full disk")
+
+
+# -- the schema's version: older files migrated, newer ones refused ------------------------------
+
+
+def schema_of(path: Path) -> tuple[int, set[str], list[tuple[int, str]]]:
+    """The file's version, its tables, and its jobs (id, state)."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        version = int(
+            conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+        )
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        jobs = [(r[0], r[1]) for r in conn.execute("SELECT id, state FROM jobs ORDER BY id")]
+    return version, tables, jobs
+
+
+async def an_older_store(path: Path, version: int, *, has_journal: bool) -> None:
+    """A store as a gateway at `version` left it: made now, then taken back to that schema.
+
+    A version-2 gateway already had held jobs and, made on first use, the journal table
+    (`has_journal`): they came without a bump, which is what version 3 puts right.
+    """
+    store = Store(path)
+    await store.open()
+    notice = JobRecord("notice", "", ("a@b.example",), "chicago")
+    async with asyncio.timeout(10):
+        await store.record_message(record("OLD", jobs=(notice, notice)))
+    await store.close()
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("UPDATE jobs SET state = 'held' WHERE id = 1")
+        if not has_journal:
+            conn.execute("DROP TABLE operator_actions")  # its index goes with it
+        if version < 2:
+            conn.execute("DROP TABLE sent_notices")
+            conn.execute("ALTER TABLE messages DROP COLUMN refused_for")
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+
+
+@pytest.mark.parametrize(
+    ("version", "has_journal"),
+    [(1, False), (2, False), (2, True)],
+    ids=["from-1", "from-2", "from-2-with-a-journal-made-on-first-use"],
+)
+async def test_an_older_store_is_migrated_and_keeps_its_jobs(
+    tmp_path: Path, version: int, *, has_journal: bool
+) -> None:
+    path = tmp_path / "gateway.sqlite3"
+    await an_older_store(path, version, has_journal=has_journal)
+    store = Store(path)
+    await store.open()
+    try:
+        async with asyncio.timeout(10):
+            # The migrated journal works: a hold is journalled and taken once by the worker.
+            with contextlib.closing(connect(path)) as conn:
+                held = change_jobs(
+                    conn, QueueAction.HOLD, JobFilter(ids=(2,)), now=AT, operator="test"
+                )
+            taken = await take_operator_actions(store, AT)
+            again = await take_operator_actions(store, AT)
+    finally:
+        await store.close()
+    found, tables, jobs = schema_of(path)
+    assert found == SCHEMA_VERSION == 3
+    assert {"operator_actions", "sent_notices"} <= tables
+    assert jobs == [(1, "held"), (2, "held")]
+    assert held == [2]
+    assert [(a.action, a.job_ids) for a in taken] == [(QueueAction.HOLD, (2,))]
+    assert again == []
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(messages)")}
+    assert "refused_for" in columns
+
+
+async def newer_store(path: Path) -> None:
+    """A store a newer gateway has used: one schema version past this code's."""
+    await an_older_store(path, SCHEMA_VERSION, has_journal=False)
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute(
+            "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),)
+        )
+
+
+async def test_a_store_newer_than_the_code_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.sqlite3"
+    await newer_store(path)
+    before = schema_of(path)
+    with pytest.raises(StoreError) as refused:
+        await Store(path).open()
+    assert f"version {SCHEMA_VERSION + 1}" in str(refused.value)
+    assert f"version {SCHEMA_VERSION}:" in str(refused.value)
+    assert schema_of(path) == before  # nothing created in it, the version not lowered
+    assert "operator_actions" not in before[1]
+
+
+async def test_serve_on_a_newer_store_exits_1_with_one_line_naming_both_versions(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path)
+    await newer_store(database(tmp_path))
+    result = await asyncio.to_thread(
+        run_cli, "serve", "--config", str(config), "--as-of", AFTER_CUTOFF, cwd=tmp_path
+    )
+    assert_one_line_error(result, exit_code=1, naming=str(database(tmp_path)))
+    line = result.stderr.strip()
+    assert f"schema is version {SCHEMA_VERSION + 1}" in line
+    assert f"this gateway's version {SCHEMA_VERSION}" in line
+    assert "newer eservice-gateway" in line  # what to do: run that one, or restore a copy
+    assert "gateway.listening" not in result.stdout
+    assert schema_of(database(tmp_path))[0] == SCHEMA_VERSION + 1
+
+
+# -- operator actions: looked for at every poll, without a write ---------------------------------
+
+
+async def test_looking_for_operator_actions_needs_no_write_lock(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.sqlite3"
+    store = Store(path)
+    await store.open()
+    try:
+        # Another process in a long write (a backup, a bulk `gateway queue delete`): the
+        # worker's look finds nothing to log without waiting for it.
+        with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as other:
+            other.execute("BEGIN IMMEDIATE")
+            async with asyncio.timeout(3):  # the writer would wait out its 10 s busy timeout
+                assert await take_operator_actions(store, AT) == []
+            other.execute("ROLLBACK")
+        await store.record_message(record("R1", jobs=(JobRecord("notice", "", ("a@b.example",)),)))
+        with contextlib.closing(connect(path)) as conn:
+            change_jobs(conn, QueueAction.HOLD, JobFilter(), now=AT, operator="clerk")
+        async with asyncio.timeout(10):
+            taken = await take_operator_actions(store, AT)
+    finally:
+        await store.close()
+    assert [(a.action, a.operator, a.job_ids) for a in taken] == [(QueueAction.HOLD, "clerk", (1,))]
+
+
+def store_state(watcher: sqlite3.Connection, path: Path) -> tuple[int, int, int]:
+    """What a write would move: the commits others made (data_version), the WAL, the file."""
+    version: int = watcher.execute("PRAGMA data_version").fetchone()[0]
+    wal = path.with_name(path.name + "-wal")
+    return version, wal.stat().st_size, path.stat().st_size
+
+
+async def test_an_idle_serving_gateway_writes_nothing_to_its_store(tmp_path: Path) -> None:
+    config = write_config(tmp_path, edit=('mode = "file"', 'mode = "file"\npoll_interval = 0.05'))
+    path = database(tmp_path)
+    async with serving(config, as_of=AFTER_CUTOFF) as serve:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as watcher:
+            # One probe first, so the worker is surely polling (it starts after the listener).
+            await asyncio.sleep(0.5)
+            before = store_state(watcher, path)
+            await asyncio.sleep(1.0)  # twenty polls at 0.05 s
+            after = store_state(watcher, path)
+        assert await serve.gateway.stop() == 0
+    assert after == before
+
+
+@pytest.mark.parametrize(
+    ("version", "naming"),
+    [(2, "older than this gateway's version 3"), (SCHEMA_VERSION + 1, "newer")],
+    ids=["older", "newer"],
+)
+async def test_queue_changes_on_a_store_at_another_version_are_refused_in_one_line(
+    tmp_path: Path, version: int, naming: str
+) -> None:
+    # An upgraded `gateway queue hold` beside a gateway not yet restarted (or a newer one): a
+    # hold the running gateway would not honour is refused, not journalled.
+    config = write_config(tmp_path)
+    await an_older_store(database(tmp_path), 2, has_journal=False)
+    with contextlib.closing(sqlite3.connect(database(tmp_path), isolation_level=None)) as conn:
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+    result = await asyncio.to_thread(
+        run_cli, "queue", "hold", "2", "--config", str(config), cwd=tmp_path
+    )
+    assert_one_line_error(result, exit_code=1, naming=f"schema is version {version}")
+    assert naming in result.stderr
+    assert schema_of(database(tmp_path))[2] == [(1, "held"), (2, "queued")]

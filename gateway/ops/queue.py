@@ -35,6 +35,7 @@ from gateway.store.queueactions import (
     matching_jobs,
     select_jobs,
 )
+from gateway.store.schema import SchemaVersionError
 from gateway.vocabulary import JobState
 
 __all__ = ["QueueRequest", "add_queue_arguments", "queue_request", "run_queue"]
@@ -43,6 +44,7 @@ __all__ = ["QueueRequest", "add_queue_arguments", "queue_request", "run_queue"]
 _DUE = (JobState.QUEUED, JobState.DEFERRED)
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_NO_STORE, EXIT_USAGE = 0, 1, 2, 2
+EXIT_OTHER_SCHEMA = 1  # the store is at another schema version than this code
 
 _READING = ("list", "show", "show-message")
 # What each action did, as the line printed for each job it changed.
@@ -171,6 +173,9 @@ def run_queue(
     except UsageError as exc:
         err.write(f"gateway: {exc}\n")
         return EXIT_USAGE
+    except SchemaVersionError as exc:
+        err.write(f"gateway: cannot change the queue in {path}: {exc}\n")
+        return EXIT_OTHER_SCHEMA
     finally:
         conn.close()
 

@@ -2,11 +2,13 @@
 one transaction that changes the jobs and journals the action in operator_actions; the
 serving gateway, the one writer of the audit log, logs journalled actions at its next poll
 (take_operator_actions), so an action taken beside it is an audit event without a second
-writer on the log.
+writer on the log. The journal's table is part of the schema (schema.py, version 3).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import sqlite3
 from collections.abc import Sequence
@@ -14,8 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from gateway.store.db import Store, iso
+from gateway.store.db import Store, connect, iso
 from gateway.store.outbox import Job
+from gateway.store.schema import require_current
 from gateway.vocabulary import JobState
 
 __all__ = [
@@ -95,18 +98,6 @@ _ACTIONS: dict[QueueAction, tuple[tuple[JobState, ...], str]] = {
     ),
 }
 
-_ACTIONS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS operator_actions (
-    id           INTEGER PRIMARY KEY,
-    action       TEXT NOT NULL,
-    requested_at TEXT NOT NULL,
-    operator     TEXT NOT NULL,
-    job_ids      TEXT NOT NULL,
-    filter       TEXT NOT NULL,
-    logged_at    TEXT
-)
-"""
-
 
 def select_jobs(conn: sqlite3.Connection, which: JobFilter) -> list[Job]:
     """The jobs `which` names, oldest first."""
@@ -131,13 +122,18 @@ def change_jobs(
     operator: str,
 ) -> list[int]:
     """Apply `action` to the jobs of `which` it applies to, and journal it, in one
-    transaction; returns the ids changed (none changed: nothing journalled)."""
+    transaction; returns the ids changed (none changed: nothing journalled).
+
+    Raises:
+        SchemaVersionError: the store is not at this code's schema version.
+    """
     states, assignment = _ACTIONS[action]
     where, params = _where(which, _narrow(which.states, states))
     if action is QueueAction.DELETE:
         where += " AND lease_owner IS NULL"  # a held job still out on its attempt is not gone
     with conn:
         conn.execute("BEGIN IMMEDIATE")
+        require_current(conn)  # in the transaction: no gateway migrates it meanwhile
         rows = conn.execute(
             f"UPDATE jobs SET {assignment}, updated_at = ? WHERE {where} RETURNING id",
             [iso(now), *params],
@@ -153,10 +149,13 @@ async def take_operator_actions(store: Store, now: datetime) -> list[OperatorAct
 
     Marked in the same transaction that reads them: an action is logged at most once; a
     crash between this and the log line loses that line, as any crash before a write may.
+    The worker asks at every poll and the answer is nearly always none, so a read-only look
+    comes first: an idle gateway takes no write lock and writes nothing for it.
     """
+    if not await asyncio.to_thread(_has_unlogged, store):
+        return []
 
     def take(conn: sqlite3.Connection) -> list[OperatorAction]:
-        conn.execute(_ACTIONS_SCHEMA)
         rows = conn.execute(
             "SELECT * FROM operator_actions WHERE logged_at IS NULL ORDER BY id"
         ).fetchall()
@@ -169,6 +168,16 @@ async def take_operator_actions(store: Store, now: datetime) -> list[OperatorAct
     return await store.write(take)
 
 
+def _has_unlogged(store: Store) -> bool:
+    # Its own read-only connection, not the writer's queue: WAL readers take no lock a
+    # writer waits on, and the partial index makes this one probe.
+    with contextlib.closing(connect(store.path, readonly=True)) as conn:
+        row = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM operator_actions WHERE logged_at IS NULL)"
+        ).fetchone()
+    return bool(row[0])
+
+
 def _journal(
     conn: sqlite3.Connection,
     action: QueueAction,
@@ -178,7 +187,6 @@ def _journal(
     now: datetime,
     operator: str,
 ) -> None:
-    conn.execute(_ACTIONS_SCHEMA)  # stores made before operator actions were journalled
     conn.execute(
         "INSERT INTO operator_actions (action, requested_at, operator, job_ids, filter)"
         " VALUES (?,?,?,?,?)",

@@ -1,20 +1,31 @@
 """The store's schema: its tables, its version and the migration of an older file.
 
-Opening a store runs `migrate()` in the writer's first transaction: every CREATE is IF NOT
-EXISTS and columns added since version 1 are added by ALTER TABLE, so an older file gains what
-it lacks; a file newer than this code is refused rather than half understood.
+Opening a store runs `migrate()` before the writer takes any work. A file at an older version
+is brought up to this one step by step, in one transaction, and then says so in
+meta.schema_version; a file at a newer version is refused, untouched, rather than half
+understood: a newer gateway may keep states and tables this code would misread (a held job
+sent anyway, say). Every step is idempotent (IF NOT EXISTS, a column added only when it is
+missing), because stores made before a version was bumped may already have some of it.
 """
 
 from __future__ import annotations
 
 import sqlite3
 
-__all__ = ["SCHEMA_VERSION", "migrate"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "SchemaTooNewError",
+    "SchemaTooOldError",
+    "SchemaVersionError",
+    "migrate",
+    "require_current",
+    "schema_version",
+]
 
-# 2: sent_notices and messages.refused_for. Opening an older store adds what it lacks (CREATE
-# ... IF NOT EXISTS, ALTER TABLE for columns) and records the new version, so an older gateway,
-# which would neither fill nor purge them, refuses it.
-SCHEMA_VERSION = 2
+# 1: the first release. 2: sent_notices and messages.refused_for. 3: the job state `held` and
+# the operator_actions journal (`gateway queue hold|release|flush|retry|delete`); a version-2
+# gateway would send a held job and never log an operator's action.
+SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS messages (
@@ -141,6 +152,10 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints (
     at          TEXT NOT NULL,
     PRIMARY KEY (chain, seq)
 );
+"""
+
+# Version 2 added the notices as sent (sentmail.py) and why a message was refused.
+_TO_2 = """
 -- Each notice, advisory and bounce as sent, after DKIM signing: what the sender was told
 -- (sentmail.py). No foreign key: it has its own retention ([storage]
 -- notice_retention_days) and may outlive its job's record.
@@ -157,26 +172,122 @@ CREATE TABLE IF NOT EXISTS sent_notices (
 );
 CREATE INDEX IF NOT EXISTS sent_notices_sent_at ON sent_notices (sent_at);
 """
+# Version 3 journals operators' queue actions; the serving gateway logs each one once. The
+# partial index keeps the worker's look for unlogged actions (queueactions.py) to
+# one index probe however long the journal grows.
+_TO_3 = """
+CREATE TABLE IF NOT EXISTS operator_actions (
+    id           INTEGER PRIMARY KEY,
+    action       TEXT NOT NULL,
+    requested_at TEXT NOT NULL,
+    operator     TEXT NOT NULL,
+    job_ids      TEXT NOT NULL,
+    filter       TEXT NOT NULL,
+    logged_at    TEXT
+);
+CREATE INDEX IF NOT EXISTS operator_actions_unlogged ON operator_actions (id)
+    WHERE logged_at IS NULL;
+"""
 
-# Crockford's base32: no I, L, O, U, so a reference read over the phone is unambiguous.
+# The step to each version from the one before, and the columns it adds to existing tables.
+_STEPS: dict[int, tuple[str, tuple[tuple[str, str, str], ...]]] = {
+    2: (_TO_2, (("messages", "refused_for", "TEXT"),)),
+    3: (_TO_3, ()),
+}
 
 
-_ADDED_COLUMNS = (("messages", "refused_for", "TEXT"),)
+class SchemaVersionError(sqlite3.DatabaseError):
+    """The store's schema is not at this code's version."""
+
+
+class SchemaTooNewError(SchemaVersionError):
+    """The store was written by a newer gateway than this one."""
+
+    def __init__(self, found: int) -> None:
+        super().__init__(
+            f"its schema is version {found}, newer than this gateway's version"
+            f" {SCHEMA_VERSION}: a newer eservice-gateway has used it. Run that version (or"
+            " a later one), or restore a copy of the store made by this version; it is"
+            " left untouched"
+        )
+        self.found = found
+
+
+class SchemaTooOldError(SchemaVersionError):
+    """The store has not yet been migrated to this code's version."""
+
+    def __init__(self, found: int | None) -> None:
+        super().__init__(
+            f"its schema is version {found or 0}, older than this gateway's version"
+            f" {SCHEMA_VERSION}: stop the older gateway and start this version's"
+            " `gateway serve`, which migrates the store, then try again"
+        )
+        self.found = found
+
+
+def require_current(conn: sqlite3.Connection) -> None:
+    """Check, for a tool that changes the store beside the gateway (`gateway queue hold`),
+    that the file is at this code's version: a change the serving gateway would misread,
+    or one the file has no table for, is refused.
+
+    Raises:
+        SchemaTooNewError: a newer gateway has used the store.
+        SchemaTooOldError: no gateway of this version has opened it yet.
+    """
+    found = schema_version(conn)
+    if found is not None and found > SCHEMA_VERSION:
+        raise SchemaTooNewError(found)
+    if found is None or found < SCHEMA_VERSION:
+        raise SchemaTooOldError(found)
+
+
+def schema_version(conn: sqlite3.Connection) -> int | None:
+    """The version the store file says it is at; None for a new, empty file."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "meta" not in tables:
+        return None if "messages" not in tables else 1
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return 1 if row is None else int(row[0])
 
 
 def migrate(conn: sqlite3.Connection) -> None:
-    conn.executescript(_SCHEMA)
-    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    if row is not None and int(row[0]) > SCHEMA_VERSION:
-        raise sqlite3.DatabaseError(
-            f"store schema {row[0]} is newer than this gateway ({SCHEMA_VERSION})"
-        )
-    for table, column, kind in _ADDED_COLUMNS:
-        present = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
-        if column not in present:
-            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-    # The script and columns above have brought an older store up to date: say so.
-    conn.execute(
-        "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
-        (str(SCHEMA_VERSION),),
+    """Bring the store to SCHEMA_VERSION, in one transaction (none when it is already there).
+
+    Raises:
+        SchemaTooNewError: the file is at a newer version; nothing was changed.
+    """
+    found = schema_version(conn)
+    if found is not None and found > SCHEMA_VERSION:
+        raise SchemaTooNewError(found)
+    if found == SCHEMA_VERSION:
+        return
+    start = 1 if found is None else found
+    # The tables every version has (each with all its columns, for a new file); an older
+    # file may lack an index added since, which this adds.
+    script = [_SCHEMA]
+    for version in range(start + 1, SCHEMA_VERSION + 1):
+        ddl, columns = _STEPS[version]
+        script.append(ddl)
+        script.extend(_added_columns(conn, columns))
+    script.append(
+        f"INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}');"
     )
+    # executescript commits whatever is open first; BEGIN ... COMMIT makes the steps one, so
+    # a crash mid-way leaves the file at its old version, to be migrated again next time.
+    try:
+        conn.executescript("BEGIN IMMEDIATE;\n" + "\n".join(script) + "\nCOMMIT;")
+    except sqlite3.Error:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _added_columns(
+    conn: sqlite3.Connection, columns: tuple[tuple[str, str, str], ...]
+) -> list[str]:
+    statements = []
+    for table, column, kind in columns:
+        present = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+        if present and column not in present:  # a table the script creates has them all
+            statements.append(f"ALTER TABLE {table} ADD COLUMN {column} {kind};")
+    return statements
