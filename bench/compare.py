@@ -100,6 +100,7 @@ class Measurement:
     value: float  # tx/s, MiB, notices/s
     cpu_seconds: float
     detail: str = ""
+    client_share: float = 0.0  # of one core, while the load ran
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,7 +154,8 @@ class Bench:
         self.servers: dict[str, Running] = {}
         self.postfix: _postfix.Postfix | None = None
         self.notes: list[str] = []
-        self.data_sent: dict[str, int] = {}  # DATA transactions completed, per server
+        # Transactions answered as expected, per server and table: what its store must hold.
+        self.answered: dict[tuple[str, str], int] = {}
         self.states: dict[str, Path] = {}  # each gateway's state directory
         self.failures: list[str] = []
 
@@ -166,6 +168,10 @@ class Bench:
             ):
                 self.failures.append(f"{running.name} exited {status}")
         self.servers.clear()
+
+    def count_answered(self, name: str, row: Row, outcome: Outcome) -> None:
+        table = "refusals" if row.size is None else "messages"
+        self.answered[name, table] = self.answered.get((name, table), 0) + outcome.completed
 
     def start(self, name: str, running: Running) -> Running:
         self.servers[name] = running
@@ -247,7 +253,8 @@ class Bench:
 
 def _base_config(python: str) -> str:
     """The built-in config of the checkout whose Python runs the gateway, else this one's."""
-    candidate = Path(python).resolve().parent.parent.parent / "config" / "gateway.toml"
+    # Not resolve(): a venv's python is a symlink out of the checkout.
+    candidate = Path(python).absolute().parent.parent.parent / "config" / "gateway.toml"
     if not candidate.is_file():
         candidate = BENCH.parent / "config" / "gateway.toml"
     return candidate.read_text()
@@ -287,8 +294,7 @@ def measure_smtp(bench: Bench, row: Row, name: str, round_: int) -> Measurement:
         outcome = Outcome(0, transactions, bench.args.timeout, "timed out")
     cpu = _servers.tree_usage(running.process.pid).cpu_seconds - before
     client = (time.process_time() - client_before) / max(outcome.seconds, 1e-9)
-    if row.size is not None:
-        bench.data_sent[name] = bench.data_sent.get(name, 0) + outcome.completed
+    bench.count_answered(name, row, outcome)
     if outcome.unexpected:
         bench.failures.append(
             f"{row.key} on {name}: {outcome.unexpected} unexpected replies,"
@@ -296,7 +302,7 @@ def measure_smtp(bench: Bench, row: Row, name: str, round_: int) -> Measurement:
         )
     # The client's share of a core: near 1.0, the row measures the client as much as the server.
     detail = f"server cpu {1e6 * cpu / max(outcome.completed, 1):5.0f} µs/tx; client {client:4.0%}"
-    return Measurement(row.key, name, round_, outcome.rate, cpu, detail)
+    return Measurement(row.key, name, round_, outcome.rate, cpu, detail, client)
 
 
 def measure_memory(bench: Bench, name: str, round_: int) -> list[Measurement]:
@@ -484,9 +490,17 @@ def prepare_outbox(bench: Bench) -> tuple[str, str]:
 # Report
 
 
+CLIENT_BOUND = 0.8  # of a core: past it the figure says as much about the client
+
+
 def _median(results: Sequence[Measurement], key: str, server: str) -> float | None:
     values = [m.value for m in results if m.key == key and m.server == server]
     return statistics.median(values) if values else None
+
+
+def _is_client_bound(results: Sequence[Measurement], key: str, server: str) -> bool:
+    shares = [m.client_share for m in results if m.key == key and m.server == server]
+    return bool(shares) and statistics.median(shares) >= CLIENT_BOUND
 
 
 def _figure(value: float | None, *, digits: int = 0) -> str:
@@ -525,14 +539,18 @@ def _smtp_table(
         " | gateway/Postfix | gateway/bare |"
     )
     print("|---|---|---|---|---|---|---|---|")
+    bound = False
     for row in smtp_rows():
         if row.key not in keys:
             continue
         p, b, g = (_median(results, row.key, n) for n in SERVER_NAMES)
+        marks = ["≥ " if _is_client_bound(results, row.key, n) else "" for n in SERVER_NAMES]
+        bound = bound or any(marks)
         connections = "reused" if row.is_reused else "one per transaction"
         print(
-            f"| {row.label} | {row.sessions} | {connections} | {_figure(p)} tx/s"
-            f" | {_figure(b)} | {_figure(g)} | {_ratio(g, p)} | {_ratio(g, b)} |"
+            f"| {row.label} | {row.sessions} | {connections} | {marks[0]}{_figure(p)} tx/s"
+            f" | {marks[1]}{_figure(b)} | {marks[2]}{_figure(g)} | {_ratio(g, p)}"
+            f" | {_ratio(g, b)} |"
         )
     if "memory" in keys:
         for key, what in (("memory", "RSS"), ("memory-pss", "PSS")):
@@ -542,6 +560,11 @@ def _smtp_table(
                 f" | {_figure(p)} MiB | {_figure(b)} | {_figure(g)}"
                 f" | {_ratio(g, p)} | {_ratio(g, b)} |"
             )
+    if bound:
+        print(
+            f"\n≥: the client used {CLIENT_BOUND:.0%} of a core or more in that median"
+            " (a floor: the server may be faster than the one client can show)."
+        )
 
 
 def _other_table(
@@ -624,8 +647,7 @@ def _warm_up(bench: Bench, names: Sequence[str], rows: Sequence[Row]) -> None:
             outcome = asyncio.run(
                 run_load(load_for(warm, bench.servers[name].port, count, bench.args))
             )
-            if warm.size is not None:
-                bench.data_sent[name] = bench.data_sent.get(name, 0) + outcome.completed
+            bench.count_answered(name, warm, outcome)
             if outcome.unexpected:
                 raise RuntimeError(f"warm-up on {name}: {outcome.first_unexpected}")
 
@@ -638,16 +660,16 @@ def _print_setup(bench: Bench) -> None:
 
 
 def _sanity(bench: Bench) -> None:
-    """Every DATA transaction the gateway answered was recorded: its 550 promises the record
-    is durable, so the count is read while it still runs."""
-    for name, state in bench.states.items():
-        if name not in bench.data_sent or not _servers.database(state).exists():
+    """Every transaction a gateway answered was recorded: its 550 (after DATA, or at RCPT in
+    `refusals`) promises the record is durable, so the count is read while it still runs."""
+    for (name, table), answered in bench.answered.items():
+        state = bench.states.get(name)
+        if state is None or not _servers.database(state).exists():
             continue
-        rows = _servers.count_rows(state, "messages")
-        sent = bench.data_sent[name]
-        print(f"{name}: {rows:,} messages recorded for {sent:,} DATA transactions answered")
-        if rows < sent:
-            bench.failures.append(f"{name}: {sent} DATA transactions answered, {rows} recorded")
+        rows = _servers.count_rows(state, table)
+        print(f"{name}: {rows:,} rows in {table} for {answered:,} transactions answered")
+        if rows < answered:
+            bench.failures.append(f"{name}: {answered} answered, {rows} rows in {table}")
 
 
 @contextlib.contextmanager
