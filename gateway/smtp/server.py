@@ -348,7 +348,11 @@ class GatewaySMTP(SMTP):
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
-            received = await read_data(self._reader, size_limit=self.data_size_limit or 1 << 62)
+            received = await read_data(
+                self._reader,
+                size_limit=self.data_size_limit or 1 << 62,
+                line_limit=self.line_length_limit,  # the limit its StreamReader was made with
+            )
         except (asyncio.CancelledError, asyncio.IncompleteReadError):
             self._writer.close()
             raise
