@@ -33,6 +33,7 @@ from gateway.smtp.replies import (
     check_replies,
     with_enhanced_code,
 )
+from gateway.smtp.setup import set_up
 from gateway.store.db import Store
 
 __all__ = ["GatewaySMTP", "Serving", "Sessions", "Snapshot", "start_server"]
@@ -139,18 +140,17 @@ class GatewaySMTP(SMTP):
         audit: ChainedLog | None = None,
     ) -> None:
         server = settings.server
-        super().__init__(
+        # SMTP.__init__'s work, its command tables found once per class (setup.py).
+        set_up(
+            self,
             handler,
             hostname=server.hostname,  # never getfqdn() per connection
             ident="ESMTP",  # the banner does not give away software or versions
             data_size_limit=server.max_message_size,
-            enable_SMTPUTF8=True,
-            decode_data=False,
             tls_context=tls_context,
             timeout=server.idle_timeout,
             command_call_limit=server.max_commands,
             proxy_protocol_timeout=_PROXY_TIMEOUT if server.proxy_protocol else None,
-            auth_require_tls=True,
         )
         self._handler = handler
         self._sessions = sessions
