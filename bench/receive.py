@@ -1,7 +1,7 @@
 """Side-by-side receive benchmark: the gateway's full receive path against bare aiosmtpd.
 
     python bench/receive.py [--messages N] [--rounds R] [--sessions S] [--size BYTES]
-                            [--baseline CHECKOUT]
+                            [--baseline CHECKOUT] [--event-loop L] [--baseline-event-loop L]
 
 Both servers run as child processes on 127.0.0.1 and are driven by Postfix's `smtp-source`
 (C, so the client is never the bottleneck) with the same load, in interleaved rounds:
@@ -20,6 +20,10 @@ different number of messages than it was sent. A low ratio is a measurement, not
 With `--baseline CHECKOUT` a third server joins the same interleaved rounds: the gateway of
 another checkout (an earlier commit, say), run by that checkout's own `.venv/bin/python`, so a
 change is measured against the code before it side by side, on the same load and minute.
+
+`--event-loop` sets this checkout's `[server] event_loop` (auto, asyncio, uvloop), and
+`--baseline-event-loop` the baseline's: `--baseline . --event-loop uvloop
+--baseline-event-loop asyncio` measures the two loops side by side on the same code.
 
 If `smtp-source` is not on PATH nor in the cache, the Debian postfix package is fetched with
 `apt-get download postfix` and unpacked (not installed) into the cache directory.
@@ -417,6 +421,15 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         type=Path,
         help="another checkout (with its own .venv) whose gateway runs in the same rounds",
     )
+    loops = ["auto", "asyncio", "uvloop"]
+    parser.add_argument(
+        "--event-loop", choices=loops, help="[server] event_loop of this checkout's gateway"
+    )
+    parser.add_argument(
+        "--baseline-event-loop",
+        choices=loops,
+        help="the baseline's [server] event_loop (only for a checkout that has the setting)",
+    )
     parser.add_argument("--bare-server", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -457,14 +470,14 @@ def _run(args: argparse.Namespace, load: Load, scenarios: Sequence[str], work: P
                 log_path=work / "bare.log",
             )
         )
-        for name, checkout, python in _gateways(args):
+        for name, checkout, python, loop in _gateways(args):
             servers.append(
                 start_server(
                     name,
                     [python, "-m", "gateway", "serve", "--as-of", AS_OF],
                     ready_event="gateway.listening",
                     log_path=work / f"{name}.log",
-                    env=_gateway_env(args, work / f"{name}-state"),
+                    env=_gateway_env(args, work / f"{name}-state", event_loop=loop),
                     cwd=checkout,
                 )
             )
@@ -496,20 +509,25 @@ def _run(args: argparse.Namespace, load: Load, scenarios: Sequence[str], work: P
     return 1 if failures else 0
 
 
-def _gateways(args: argparse.Namespace) -> list[tuple[str, Path, str]]:
-    """(name, checkout, python) of each gateway to measure: this one, then the baseline."""
-    found = [("gateway", REPO, sys.executable)]
+def _gateways(args: argparse.Namespace) -> list[tuple[str, Path, str, str | None]]:
+    """(name, checkout, python, event loop) of each gateway to measure: this one, then the
+    baseline (which may be this checkout again, on another event loop)."""
+    found = [("gateway", REPO, sys.executable, args.event_loop)]
     if args.baseline is not None:
         checkout = args.baseline.resolve()
         python = checkout / ".venv" / "bin" / "python"
         if not python.exists():
             raise SystemExit(f"--baseline {checkout}: no {python}; make its venv first")
-        found.append(("baseline", checkout, str(python)))
+        found.append(("baseline", checkout, str(python), args.baseline_event_loop))
     return found
 
 
-def _gateway_env(args: argparse.Namespace, state: Path) -> dict[str, str]:
+def _gateway_env(
+    args: argparse.Namespace, state: Path, *, event_loop: str | None
+) -> dict[str, str]:
     gateway_env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    if event_loop is not None:
+        gateway_env["GATEWAY_SERVER__EVENT_LOOP"] = event_loop
     # server.max_commands (default 1000 of any one command per session) would cut a reused
     # session after 100 messages with 421 4.7.0; raise it so that each -d session can carry
     # its whole share, as the bare server (no limit) does.

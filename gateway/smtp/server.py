@@ -13,7 +13,7 @@ import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import AnyStr
+from typing import AnyStr, cast
 
 import structlog
 from aiosmtpd.smtp import SMTP
@@ -236,8 +236,9 @@ class GatewaySMTP(SMTP):
 
     def close_with(self, reply: str) -> None:
         """Send a final reply and close, whatever the session is doing."""
-        transport = self.transport
-        if not isinstance(transport, asyncio.WriteTransport) or transport.is_closing():
+        # Not an isinstance check: uvloop's transports do not derive from asyncio's classes.
+        transport = cast(asyncio.WriteTransport | None, self.transport)
+        if transport is None or transport.is_closing():
             return
         transport.write(reply.encode("ascii") + b"\r\n")
         transport.close()
