@@ -135,6 +135,9 @@ async def test_set_up_leaves_each_attribute_as_aiosmtpds_own_init_does(
         auth_require_tls=True,
     )
     expected = _attributes(reference)
+    # The one difference, on purpose: the stream's limit (server.py _STREAM_LIMIT).
+    assert expected["_strong_reader"] == ("StreamReader", SMTP.line_length_limit)
+    expected["_strong_reader"] = ("StreamReader", 64 * 1024)
     got = _attributes(ours)
     assert set(got) == set(expected) | OURS
     assert {k: got[k] for k in expected} == expected
@@ -157,3 +160,18 @@ async def test_help_answers_as_before_the_tables_were_cached(gateway: Gateway) -
         f"501 5.5.4 {listed}",
         "250 2.0.0 Syntax: NOOP [ignored]",
     ]
+
+
+@pytest.mark.parametrize("length", [600, 1001, 1002, 5000, 64 * 1024, 200 * 1024])
+async def test_a_command_line_too_long_is_refused_whichever_limit_catches_it(
+    gateway: Gateway, length: int
+) -> None:
+    # Up to the stream's limit aiosmtpd's command_size_limit refuses the line; past it, its
+    # LimitOverrunError path: the same 500 either way, and the session goes on.
+    async with await RawClient.connect(gateway.port) as client:
+        await client.reply()
+        await client.cmd("EHLO client.example")
+        too_long = await client.cmd("NOOP " + "x" * length)
+        after = await client.cmd("NOOP")
+    assert too_long.last == "500 5.5.2 Command line too long"
+    assert after.last == "250 2.0.0 OK"

@@ -8,12 +8,13 @@ identified, and never holds much more than the size limit in memory. It decides 
 
 Line ends and the end of data are found exactly as aiosmtpd finds them, line by line: only
 CRLF ends a line, a bare CR or LF is data, only "." CRLF at the start of a line ends the
-message, a line's leading dot is removed (RFC 5321 §4.5.2), and a line longer than the
-stream's limit is flagged. It reads in large chunks, though, not a line at a time: every end
-of data ends in "." CRLF, so `readuntil(b".\\r\\n")` stops at each candidate (rare in mail:
-a line ending in a dot) and, when none is near, the stream's LimitOverrunError says how much
-it holds, all of which is taken at once. It never reads past the final dot, so commands
-pipelined behind the data stay in the stream for the session.
+message, a line's leading dot is removed (RFC 5321 §4.5.2), and a line longer than
+aiosmtpd's line_length_limit (1001 octets, the dot counted) is flagged. It reads in large
+chunks, though, not a line at a time: every end of data ends in "." CRLF, so
+`readuntil(b".\\r\\n")` stops at each candidate (rare in mail: a line ending in a dot) and,
+when none is near, the stream's LimitOverrunError says how much it holds, all of which is
+taken at once. It never reads past the final dot, so commands pipelined behind the data stay
+in the stream for the session.
 """
 
 from __future__ import annotations
@@ -116,7 +117,8 @@ def _head_end(message: bytes, *, before: int) -> int | None:
 async def read_data(
     reader: asyncio.StreamReader, *, size_limit: int, line_limit: int
 ) -> ReceivedData:
-    """Read one message up to its final "." CRLF; `line_limit` is the stream's own limit.
+    """Read one message up to its final "." CRLF, flagging lines over `line_limit` octets
+    (the line reader's stream limit; the stream's own limit only sets how much is read at once).
 
     Raises:
         asyncio.IncompleteReadError: the connection ended before the final dot.

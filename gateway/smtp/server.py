@@ -50,6 +50,12 @@ _PLAIN_PATH = re.compile(
 
 # Seconds a load balancer has to send its PROXY header after connecting.
 _PROXY_TIMEOUT = 10.0
+# The session's StreamReader limit. aiosmtpd makes it line_length_limit (1001), so a 2 KB
+# message already stops reading from the socket (over twice the limit) and starts it again,
+# two epoll_ctl calls, and DATA comes in 1 KB pieces. Nothing depends on it being small:
+# command lines are held to aiosmtpd's command_size_limit, DATA lines to line_length_limit
+# by dataread.py; what it bounds is the unread input held per session (twice this).
+_STREAM_LIMIT = 64 * 1024
 # While draining: seconds a session whose transaction was just answered has to send QUIT.
 _QUIT_GRACE_S = 0.5
 
@@ -151,6 +157,7 @@ class GatewaySMTP(SMTP):
             timeout=server.idle_timeout,
             command_call_limit=server.max_commands,
             proxy_protocol_timeout=_PROXY_TIMEOUT if server.proxy_protocol else None,
+            stream_limit=_STREAM_LIMIT,
         )
         self._handler = handler
         self._sessions = sessions
@@ -352,7 +359,7 @@ class GatewaySMTP(SMTP):
             received = await read_data(
                 self._reader,
                 size_limit=self.data_size_limit or 1 << 62,
-                line_limit=self.line_length_limit,  # the limit its StreamReader was made with
+                line_limit=self.line_length_limit,  # RFC 5321's 1000 octets and the dot, 1001
             )
         except (asyncio.CancelledError, asyncio.IncompleteReadError):
             self._writer.close()

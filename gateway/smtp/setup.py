@@ -94,13 +94,15 @@ def set_up(
     timeout: float,
     command_call_limit: int,
     proxy_protocol_timeout: float | None,
+    stream_limit: int,
 ) -> None:
     """What `SMTP.__init__` does with these arguments, `enable_SMTPUTF8=True`,
-    `decode_data=False`, `auth_require_tls=True` and no AUTH callback, on a running loop."""
+    `decode_data=False`, `auth_require_tls=True` and no AUTH callback, on a running loop;
+    but the stream's limit is `stream_limit` where aiosmtpd takes `line_length_limit`."""
     loop = asyncio.get_running_loop()
     protocol.__ident__ = ident
     protocol.loop = loop
-    reader = asyncio.StreamReader(loop=loop, limit=protocol.line_length_limit)
+    reader = asyncio.StreamReader(loop=loop, limit=stream_limit)
     asyncio.StreamReaderProtocol.__init__(
         protocol, reader, client_connected_cb=protocol._cb_client_connected, loop=loop
     )
