@@ -12,7 +12,7 @@ from gateway.smtp.eventloop import LoopFactory, loop_factory
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
 ) -> Mapping[str, LoopFactory]:
-    factory = loop_factory("auto")
-    if factory is None:
-        pytest.skip("uvloop is not installed")
+    pytest.importorskip("uvloop")
+    factory = loop_factory("uvloop")
+    assert factory is not None
     return {"uvloop": factory}
