@@ -1,7 +1,8 @@
 """Side-by-side receive benchmark: the gateway's full receive path against bare aiosmtpd.
 
     python bench/receive.py [--messages N] [--rounds R] [--sessions S] [--size BYTES]
-                            [--baseline CHECKOUT]
+                            [--baseline CHECKOUT] [--before CHECKOUT]
+                            [--event-loop L] [--baseline-event-loop L]
 
 Both servers run as child processes on 127.0.0.1 and are driven by Postfix's `smtp-source`
 (C, so the client is never the bottleneck) with the same load, in interleaved rounds:
@@ -20,6 +21,13 @@ different number of messages than it was sent. A low ratio is a measurement, not
 With `--baseline CHECKOUT` a third server joins the same interleaved rounds: the gateway of
 another checkout (an earlier commit, say), run by that checkout's own `.venv/bin/python`, so a
 change is measured against the code before it side by side, on the same load and minute.
+
+`--before CHECKOUT` adds a fourth, named `before`, in the same way: a change's parent next to
+the baseline, say, so that one run shows both steps.
+
+`--event-loop` sets this checkout's `[server] event_loop` (auto, asyncio, uvloop), and
+`--baseline-event-loop` the baseline's: `--baseline . --event-loop uvloop
+--baseline-event-loop asyncio` measures the two loops side by side on the same code.
 
 If `smtp-source` is not on PATH nor in the cache, the Debian postfix package is fetched with
 `apt-get download postfix` and unpacked (not installed) into the cache directory.
@@ -349,13 +357,12 @@ def report(
 ) -> None:
     names = list(dict.fromkeys(m.server for m in results))
     gateways = [n for n in names if n != "bare"]
+    others = [n for n in gateways if n != "gateway"]
     print()
     print(f"{sessions} sessions, {size}-byte messages; msgs/s per round, then the medians;")
     print("µs/msg is each server's CPU time (all threads) per message")
     header = f"{'scenario':<28} {'round':>5}" + "".join(f" {n:>9}" for n in names)
-    header += f" {'gw/bare':>7}"
-    if "baseline" in names:
-        header += f" {'gw/base':>7}"
+    header += "".join(f" {'gw/' + n[:4]:>7}" for n in ["bare", *others])
     print(header + "".join(f" {n[:4] + ' µs/msg':>11}" for n in gateways))
     for scenario in scenarios:
         by = {
@@ -365,23 +372,45 @@ def report(
         for round_ in sorted(by["gateway"]):
             rates = {n: by[n][round_].rate for n in names}
             cpu = {n: _cpu_per_message([by[n][round_]]) for n in gateways}
-            print(_row(scenario, str(round_), rates, cpu))
+            print(_row(scenario, str(round_), rates, cpu, others))
         medians = {n: statistics.median(m.rate for m in by[n].values()) for n in names}
         cpu = {n: _cpu_per_message(list(by[n].values())) for n in gateways}
         ratio = medians["gateway"] / medians["bare"]
-        line = _row(scenario, "med", medians, cpu)
+        line = _row(scenario, "med", medians, cpu, others)
         print(f"{line}   target ≥ {TARGET:.2f}: {'met' if ratio >= TARGET else 'NOT met'}")
+        print(f"{'':<28} {'':>5}  {_paired(by, others)}")
+
+
+def _paired(by: dict[str, dict[int, Measurement]], others: Sequence[str]) -> str:
+    """Medians of each round's own ratios: servers measured in the same minute, so the
+    machine's drift (other work on it) cancels better than in a ratio of medians."""
+    parts = []
+    for other in ["bare", *others]:
+        rounds = sorted(by["gateway"])
+        rate = statistics.median(by["gateway"][r].rate / by[other][r].rate for r in rounds)
+        part = f"gw/{other[:4]} {rate:.2f}"
+        if other != "bare":
+            cpu = statistics.median(
+                by["gateway"][r].cpu_seconds / by[other][r].cpu_seconds for r in rounds
+            )
+            part += f" (CPU per message {cpu:.2f})"
+        parts.append(part)
+    return "paired by round: " + ", ".join(parts)
 
 
 def _cpu_per_message(measurements: Sequence[Measurement]) -> float:
     return statistics.median(m.cpu_seconds / m.messages for m in measurements)
 
 
-def _row(scenario: str, label: str, rates: dict[str, float], cpu: dict[str, float]) -> str:
+def _row(
+    scenario: str,
+    label: str,
+    rates: dict[str, float],
+    cpu: dict[str, float],
+    others: Sequence[str],
+) -> str:
     line = f"{scenario:<28} {label:>5}" + "".join(f" {r:9.0f}" for r in rates.values())
-    line += f" {rates['gateway'] / rates['bare']:7.2f}"
-    if "baseline" in rates:
-        line += f" {rates['gateway'] / rates['baseline']:7.2f}"
+    line += "".join(f" {rates['gateway'] / rates[n]:7.2f}" for n in ["bare", *others])
     return line + "".join(f" {1e6 * c:11.0f}" for c in cpu.values())
 
 
@@ -416,6 +445,20 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "--baseline",
         type=Path,
         help="another checkout (with its own .venv) whose gateway runs in the same rounds",
+    )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="a fourth server: another checkout (with its own .venv), this change's parent say",
+    )
+    loops = ["auto", "asyncio", "uvloop"]
+    parser.add_argument(
+        "--event-loop", choices=loops, help="[server] event_loop of this checkout's gateway"
+    )
+    parser.add_argument(
+        "--baseline-event-loop",
+        choices=loops,
+        help="the baseline's [server] event_loop (only for a checkout that has the setting)",
     )
     parser.add_argument("--bare-server", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -457,14 +500,14 @@ def _run(args: argparse.Namespace, load: Load, scenarios: Sequence[str], work: P
                 log_path=work / "bare.log",
             )
         )
-        for name, checkout, python in _gateways(args):
+        for name, checkout, python, loop in _gateways(args):
             servers.append(
                 start_server(
                     name,
                     [python, "-m", "gateway", "serve", "--as-of", AS_OF],
                     ready_event="gateway.listening",
                     log_path=work / f"{name}.log",
-                    env=_gateway_env(args, work / f"{name}-state"),
+                    env=_gateway_env(args, work / f"{name}-state", event_loop=loop),
                     cwd=checkout,
                 )
             )
@@ -496,20 +539,32 @@ def _run(args: argparse.Namespace, load: Load, scenarios: Sequence[str], work: P
     return 1 if failures else 0
 
 
-def _gateways(args: argparse.Namespace) -> list[tuple[str, Path, str]]:
-    """(name, checkout, python) of each gateway to measure: this one, then the baseline."""
-    found = [("gateway", REPO, sys.executable)]
+def _gateways(args: argparse.Namespace) -> list[tuple[str, Path, str, str | None]]:
+    """(name, checkout, python, event loop) of each gateway to measure: this one, then the
+    baseline (which may be this checkout again, on another event loop)."""
+    found = [("gateway", REPO, sys.executable, args.event_loop)]
     if args.baseline is not None:
-        checkout = args.baseline.resolve()
-        python = checkout / ".venv" / "bin" / "python"
-        if not python.exists():
-            raise SystemExit(f"--baseline {checkout}: no {python}; make its venv first")
-        found.append(("baseline", checkout, str(python)))
+        checkout, python = _checkout(args.baseline, "--baseline")
+        found.append(("baseline", checkout, python, args.baseline_event_loop))
+    if args.before is not None:
+        found.append(("before", *_checkout(args.before, "--before"), None))
     return found
 
 
-def _gateway_env(args: argparse.Namespace, state: Path) -> dict[str, str]:
+def _checkout(path: Path, option: str) -> tuple[Path, str]:
+    checkout = path.resolve()
+    python = checkout / ".venv" / "bin" / "python"
+    if not python.exists():
+        raise SystemExit(f"{option} {checkout}: no {python}; make its venv first")
+    return checkout, str(python)
+
+
+def _gateway_env(
+    args: argparse.Namespace, state: Path, *, event_loop: str | None
+) -> dict[str, str]:
     gateway_env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    if event_loop is not None:
+        gateway_env["GATEWAY_SERVER__EVENT_LOOP"] = event_loop
     # server.max_commands (default 1000 of any one command per session) would cut a reused
     # session after 100 messages with 421 4.7.0; raise it so that each -d session can carry
     # its whole share, as the bare server (no limit) does.

@@ -43,6 +43,7 @@ from gateway.notices.dkim import DkimKey, ensure_key, zone_record
 from gateway.notices.render import NoticeRenderer
 from gateway.reload import templates_digest
 from gateway.reloader import HangupSignals, Reloader
+from gateway.smtp.eventloop import loop_factory
 from gateway.smtp.receiving import ReceiveSettings
 from gateway.smtp.server import Serving, Sessions, start_server
 from gateway.store.db import Store
@@ -192,8 +193,11 @@ def serve(
     every_s = settings.audit.checkpoint_interval
     try:
         # The chain's first line and its head over time, in the store (see chain.py).
-        with anchored(chain, settings.storage.database, every_s=every_s):
-            asyncio.run(_serve(settings, parts, chain, as_of=as_of, reread=reread))
+        with (
+            anchored(chain, settings.storage.database, every_s=every_s),
+            asyncio.Runner(loop_factory=loop_factory(settings.server.event_loop)) as runner,
+        ):
+            runner.run(_serve(settings, parts, chain, as_of=as_of, reread=reread))
     except (GatewayError, OSError) as exc:
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
         return 1

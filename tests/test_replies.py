@@ -8,6 +8,8 @@ import pytest
 
 from gateway.config import OfficeSettings
 from gateway.errors import ConfigError
+from gateway.policy.verdict import Reply, ReplyKind
+from gateway.smtp.message import ReplyWords
 from gateway.smtp.replies import (
     MAX_REPLY,
     REPLY_NO_MAILBOX,
@@ -16,10 +18,12 @@ from gateway.smtp.replies import (
     line_too_long_reply,
     oversize_reply,
     reply_code,
+    reply_for,
     retired_reply,
     unknown_mailbox_reply,
 )
 from tests.conftest import office
+from tests.test_verdict import CHICAGO, FILING, RULES, arrival, verdict
 
 REF = "20170913-7K3QM9XD0A"
 PORTAL = "https://eservice.ice.gov/"
@@ -168,3 +172,17 @@ def test_every_reply_of_an_office_that_check_replies_accepts_fits() -> None:
     ]
     assert max(len(reply) for reply in replies) <= MAX_REPLY
     assert all(len(reply) <= MAX_REPLY and reply.isascii() for reply in replies)
+
+
+def test_reply_words_hold_the_words_of_each_reply_the_store_may_settle_on() -> None:
+    # A refusal that queues a notice may end on its own 550 or on a 451 per notice limit.
+    gated = verdict(arrival(FILING))
+    words = ReplyWords(gated, "20170913-7K3QM9XD0A", RULES.offices)
+    assert len(words) == 5
+    assert dict(words) == {
+        reply: reply_for(reply, "20170913-7K3QM9XD0A", CHICAGO if reply.office else None)
+        for reply in gated.possible_replies()
+    }
+    assert words[gated.reply].startswith("550 5.1.6 NOT FILED")
+    with pytest.raises(KeyError):
+        words[Reply(ReplyKind.LOOP)]  # not a reply this verdict can end on

@@ -71,6 +71,9 @@ class ServerSettings(_Model):
     # reports is the client's, for trust, limits and the record. Only these peers may send it.
     proxy_protocol: bool = False
     proxy_from: list[IPv4Network | IPv6Network] = Field(default_factory=lambda: _LOOPBACK.copy())
+    # The event loop: "uvloop" (the `fast` extra), "asyncio" (the standard library's), or
+    # "auto": uvloop when installed and measured faster, today asyncio (smtp/eventloop.py).
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
 
     def is_trusted(self, address: str) -> bool:
         """Whether a client at `address` counts as an authenticated sender."""

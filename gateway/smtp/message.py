@@ -1,19 +1,21 @@
 """The end of DATA: gather the facts, ask the verdict, make the record durable, then answer.
 
 The thin driver around policy/verdict.py: it turns the session and the message into the
-verdict's input, words the replies the verdict may end on (replies.py), hands the record to
-the store (which settles the notice limits in the same transaction) and returns the reply of
-the record as stored. It decides nothing itself.
+verdict's input, hands the record to the store (which settles the notice limits in the same
+transaction) with the words of the replies it may settle on (replies.py, each worded only
+when the store or the record asks for it) and returns the reply of the record as stored. It
+decides nothing itself.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
 
 import structlog
 
 from gateway.clock import Clock
-from gateway.config import StorageSettings
+from gateway.config import OfficeSettings, StorageSettings
 from gateway.errors import StoreError
 from gateway.policy.decision import Decision
 from gateway.policy.verdict import Reply, Verdict, VerdictRules, judge, screen
@@ -38,9 +40,38 @@ from gateway.store.db import (
 )
 from gateway.vocabulary import JobKind, format_notice_status
 
-__all__ = ["MessageDesk"]
+__all__ = ["MessageDesk", "ReplyWords"]
 
 log = structlog.get_logger()
+
+
+class ReplyWords(Mapping[Reply, str]):
+    """The words of each reply a verdict may end on (`Verdict.possible_replies()`), each
+    worded when first looked up: the record takes the verdict's own reply and the store the
+    one it settles on, nearly always the same, so one reply is worded per message, not the
+    five a notice's limits could lead to."""
+
+    def __init__(
+        self, verdict: Verdict, reference: str, offices: Mapping[str, OfficeSettings]
+    ) -> None:
+        self._replies = verdict.possible_replies()
+        self._reference = reference
+        self._offices = offices
+        self._words: dict[Reply, str] = {}
+
+    def __getitem__(self, reply: Reply) -> str:
+        if reply not in self._words:
+            if reply not in self._replies:
+                raise KeyError(reply)
+            office = None if not reply.office else self._offices[reply.office]
+            self._words[reply] = reply_for(reply, self._reference, office)
+        return self._words[reply]
+
+    def __iter__(self) -> Iterator[Reply]:
+        return iter(self._replies)
+
+    def __len__(self) -> int:
+        return len(self._replies)
 
 
 class MessageDesk:
@@ -82,7 +113,7 @@ class MessageDesk:
             rules=self.rules,
             at=received_at,
         )
-        replies = self._replies(verdict, reference)
+        replies = ReplyWords(verdict, reference, self.rules.offices)
         keep_raw, keep_until = self._retention(verdict, envelope, received_at)
         record = MessageRecord(
             reference=reference,
@@ -112,14 +143,6 @@ class MessageDesk:
             return REPLY_STORE_FAILED
         log_message(record)
         return record.reply
-
-    def _replies(self, verdict: Verdict, reference: str) -> dict[Reply, str]:
-        """The words of every reply the verdict may end on, once the store has settled it."""
-        offices = self.rules.offices
-        return {
-            reply: reply_for(reply, reference, None if not reply.office else offices[reply.office])
-            for reply in verdict.possible_replies()
-        }
 
     def _retention(
         self, verdict: Verdict, envelope: GatewayEnvelope, received_at: datetime

@@ -13,7 +13,7 @@ import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import AnyStr
+from typing import AnyStr, cast
 
 import structlog
 from aiosmtpd.smtp import SMTP
@@ -34,6 +34,7 @@ from gateway.smtp.replies import (
     check_replies,
     with_enhanced_code,
 )
+from gateway.smtp.setup import set_up
 from gateway.store.db import Store
 
 __all__ = ["GatewaySMTP", "Serving", "Sessions", "Snapshot", "start_server"]
@@ -50,6 +51,12 @@ _PLAIN_PATH = re.compile(
 
 # Seconds a load balancer has to send its PROXY header after connecting.
 _PROXY_TIMEOUT = 10.0
+# The session's StreamReader limit. aiosmtpd makes it line_length_limit (1001), so a 2 KB
+# message already stops reading from the socket (over twice the limit) and starts it again,
+# two epoll_ctl calls, and DATA comes in 1 KB pieces. Nothing depends on it being small:
+# command lines are held to aiosmtpd's command_size_limit, DATA lines to line_length_limit
+# by dataread.py; what it bounds is the unread input held per session (twice this).
+_STREAM_LIMIT = 64 * 1024
 # While draining: seconds a session whose transaction was just answered has to send QUIT.
 _QUIT_GRACE_S = 0.5
 
@@ -139,18 +146,18 @@ class GatewaySMTP(SMTP):
         tls_context: ssl.SSLContext | None,
         audit: ChainedLog | None = None,
     ) -> None:
-        super().__init__(
+        # SMTP.__init__'s work, its command tables found once per class (setup.py).
+        set_up(
+            self,
             handler,
             hostname=server.hostname,  # never getfqdn() per connection
             ident="ESMTP",  # the banner does not give away software or versions
             data_size_limit=server.max_message_size,
-            enable_SMTPUTF8=True,
-            decode_data=False,
             tls_context=tls_context,
             timeout=server.idle_timeout,
             command_call_limit=server.max_commands,
             proxy_protocol_timeout=_PROXY_TIMEOUT if server.proxy_protocol else None,
-            auth_require_tls=True,
+            stream_limit=_STREAM_LIMIT,
         )
         self._handler = handler
         self._sessions = sessions
@@ -236,8 +243,9 @@ class GatewaySMTP(SMTP):
 
     def close_with(self, reply: str) -> None:
         """Send a final reply and close, whatever the session is doing."""
-        transport = self.transport
-        if not isinstance(transport, asyncio.WriteTransport) or transport.is_closing():
+        # Not an isinstance check: uvloop's transports do not derive from asyncio's classes.
+        transport = cast(asyncio.WriteTransport | None, self.transport)
+        if transport is None or transport.is_closing():
             return
         transport.write(reply.encode("ascii") + b"\r\n")
         transport.close()
@@ -348,7 +356,11 @@ class GatewaySMTP(SMTP):
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
-            received = await read_data(self._reader, size_limit=self.data_size_limit or 1 << 62)
+            received = await read_data(
+                self._reader,
+                size_limit=self.data_size_limit or 1 << 62,
+                line_limit=self.line_length_limit,  # RFC 5321's 1000 octets and the dot, 1001
+            )
         except (asyncio.CancelledError, asyncio.IncompleteReadError):
             self._writer.close()
             raise

@@ -129,7 +129,9 @@ class NoticeCheck:
 
     verdict: Verdict
     # The wording of each reply the verdict may settle on (Verdict.possible_replies): the
-    # store chooses among them and words none itself.
+    # store looks up the one it settles on and words none itself. The sender's mapping may
+    # word each only when looked up (smtp/message.py ReplyWords): a lookup must be cheap,
+    # pure and safe from the store's writer thread.
     replies: Mapping[Reply, str]
 
 
