@@ -2,6 +2,10 @@
 
     python bench/pg_drivers.py [--rounds R] [--messages N] [--sessions 1,10,50] [--jobs J]
 
+It needs the postgres extra and asyncpg, which is no dependency of the project:
+`pip install -e '.[dev]' asyncpg`. PSYCOPG_IMPL=binary or python picks psycopg's build; the
+first lines printed say which one ran, and on which libpq.
+
 Against a fresh PostgreSQL server from tests/postgres.py (127.0.0.1, fsync=on, commits durable
 as a 250 requires), each of N concurrent sessions records messages the way the gateway's
 DATA path does, one transaction per message:
@@ -28,10 +32,12 @@ connections before the clock starts:
   sqlite      the gateway's own store (gateway.store.db.Store, group commit,
               synchronous=FULL) recording the same message with its notice check, for scale
 
-Then the outbox claim: J queued jobs taken in batches of 20 by one and by two concurrent
-claimers (`UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING`, each an
-autocommit transaction), and by the SQLite store's Outbox.claim for scale; every job must be
-claimed exactly once, or the script fails.
+Before the rounds it prints which of libpq's connection strings each driver takes
+(keyword/value, parameters such as connect_timeout, a service file with PGPASSFILE). After
+them comes the outbox claim: J queued jobs taken in batches of 20 by one and by two
+concurrent claimers (`UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED)
+RETURNING`, each an autocommit transaction), and by the SQLite store's Outbox.claim for
+scale; every job must be claimed exactly once, or the script fails.
 
 Every run is bounded by its message count and by --seconds; a run that hits the time bound
 says so. The machine is shared and noisy (bench/README.md): compare ratios within one run.
@@ -42,6 +48,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import os
 import statistics
 import sys
 import tempfile
@@ -72,7 +79,7 @@ from gateway.store.db import (  # noqa: E402
 )
 from gateway.store.outbox import Outbox  # noqa: E402
 from gateway.vocabulary import JobKind, NoticeStatus, NoticeStatusKind, Outcome  # noqa: E402
-from tests.postgres import running_postgres  # noqa: E402
+from tests.postgres import DATABASE, SUPERUSER, PostgresServer, running_postgres  # noqa: E402
 
 OFFICE = "occ-chicago"
 RETIRED = (
@@ -670,6 +677,57 @@ def summary(runs: list[Run], sessions: Sequence[int]) -> None:
                   f" {rates[name] / rates['asyncpg']:8.2f}")  # fmt: skip
 
 
+# -- connection strings as an operator writes them ---------------------------------------------
+
+
+async def connection_forms(server: PostgresServer) -> None:
+    """Which libpq connection strings each driver takes (docs/postgresql.md has the table)."""
+    service = server.root / "bench_service.conf"
+    service.write_text(
+        f"[gw]\nhost=127.0.0.1\nport={server.port}\ndbname={DATABASE}\nuser={SUPERUSER}\n"
+    )
+    passfile = server.root / "bench_pgpass"
+    passfile.write_text(f"127.0.0.1:{server.port}:*:{SUPERUSER}:{server.password}\n")
+    passfile.chmod(0o600)
+    keywords = (
+        f"host=127.0.0.1 port={server.port} dbname={DATABASE} user={SUPERUSER}"
+        f" password={server.password}"
+    )
+    forms = {
+        "keyword/value": keywords,
+        "?connect_timeout=5": server.dsn + "?connect_timeout=5",
+        "?keepalives_idle=30": server.dsn + "?keepalives_idle=30",
+        "?require_auth=scram-sha-256": server.dsn + "?require_auth=scram-sha-256",
+        "?channel_binding=disable": server.dsn + "?channel_binding=disable",
+        "?target_session_attrs=read-write": server.dsn + "?target_session_attrs=read-write",
+        "service=gw (+ PGPASSFILE)": "postgresql:///?service=gw",
+    }
+    saved = {k: os.environ.get(k) for k in ("PGSERVICEFILE", "PGPASSFILE")}
+    os.environ.update(PGSERVICEFILE=str(service), PGPASSFILE=str(passfile))
+    try:
+        print("connection strings: psycopg | asyncpg")
+        for label, dsn in forms.items():
+            first = await _try(psycopg.AsyncConnection.connect(dsn))
+            second = await _try(asyncpg.connect(dsn))
+            print(f"  {label:<34} {first} | {second}", flush=True)
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None)
+            if value is not None:
+                os.environ[key] = value
+    print()
+
+
+async def _try(connecting: Awaitable[Any]) -> str:
+    try:
+        async with asyncio.timeout(30):
+            conn = await connecting
+        await conn.close()
+        return "connects"
+    except (psycopg.Error, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+
+
 async def create_schema(dsn: str) -> None:
     conn = await asyncpg.connect(dsn)
     try:
@@ -691,6 +749,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"PostgreSQL in {server.root}, port {server.port}, fsync=on", flush=True)
         print(f"psycopg {psycopg.__version__} ({psycopg.pq.__impl__} libpq"
               f" {psycopg.pq.version()}), asyncpg {asyncpg.__version__}\n", flush=True)  # fmt: skip
+        asyncio.run(connection_forms(server))
         asyncio.run(create_schema(server.dsn))
         runs = asyncio.run(data_path(server.dsn, args))
         summary(runs, args.sessions)

@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.postgres import PostgresServer, postgres, postgres_for_tests
+from tests.postgres import DATABASE, SUPERUSER, PostgresServer, postgres, postgres_for_tests
 
 __all__ = ["postgres"]  # the fixture, imported so that pytest finds it here
 
@@ -99,6 +99,24 @@ async def test_a_wrong_password_is_refused(postgres: PostgresServer) -> None:
     wrong = postgres.dsn.replace(postgres.password, "not-" + postgres.password)
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         await fetch_all(wrong, "SELECT 1")
+
+
+async def test_a_service_file_and_a_passfile_are_read_as_libpq_reads_them(
+    postgres: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What an operator's pg_service.conf and .pgpass say, with no password in the DSN: the
+    # driver must find the database in the one and the password in the other, as psql does.
+    service = tmp_path / "pg_service.conf"
+    service.write_text(
+        f"[gateway]\nhost=127.0.0.1\nport={postgres.port}\ndbname={DATABASE}\nuser={SUPERUSER}\n"
+    )
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"127.0.0.1:{postgres.port}:{DATABASE}:{SUPERUSER}:{postgres.password}\n")
+    passfile.chmod(0o600)
+    monkeypatch.setenv("PGSERVICEFILE", str(service))
+    monkeypatch.setenv("PGPASSFILE", str(passfile))
+    rows = await fetch_all("postgresql:///?service=gateway", "SELECT current_database()")
+    assert rows == [(DATABASE,)]
 
 
 async def test_a_created_database_is_empty_and_separate(postgres: PostgresServer) -> None:
