@@ -20,7 +20,6 @@ a skip would hide a missing install step in .ci/run: there it fails.
 from __future__ import annotations
 
 import contextlib
-import grp
 import os
 import pwd
 import secrets
@@ -122,11 +121,6 @@ class PostgresServer:
     def dsn_for(self, database: str) -> str:
         """The libpq URL of `database` on this server, over TCP to 127.0.0.1."""
         return f"postgresql://{SUPERUSER}:{self.password}@127.0.0.1:{self.port}/{database}"
-
-    @property
-    def is_running(self) -> bool:
-        """Whether the postmaster answers (pg_ctl status)."""
-        return self._pg_ctl("status", check=False).returncode == 0
 
     def init(self) -> None:
         """Create the cluster: scram passwords over TCP, trust on the private unix socket."""
@@ -318,7 +312,7 @@ def _server_account() -> _Account | None:
         check=True,
     )
     entry = pwd.getpwnam("pgtest")
-    return _Account("pgtest", entry.pw_uid, grp.getgrgid(entry.pw_gid).gr_gid)
+    return _Account("pgtest", entry.pw_uid, entry.pw_gid)
 
 
 @contextlib.contextmanager
