@@ -69,6 +69,7 @@ __all__ = [
     "load_checkpoints",
     "parse_line",
     "read_link",
+    "worker_log",
 ]
 
 GENESIS = "0" * 64
@@ -132,6 +133,17 @@ def read_link(record: object) -> Link | None:
     if isinstance(chain, str) and isinstance(seq, int) and isinstance(prev, str) and seq >= 1:
         return Link(chain, seq, prev)
     return None
+
+
+def worker_log(log: str, index: int) -> str:
+    """Where worker `index` of a supervisor writes the log configured as `log`: a file of its
+    own beside it (`gateway.log` -> `gateway.worker-1.log`), so that each file has one writer
+    and one chain; standard output stays standard output (the supervisor passes each whole
+    line on, so the chains interleave by line, each still in order)."""
+    if log == "-":
+        return log
+    path = Path(log)
+    return str(path.with_name(f"{path.stem}.worker-{index}{path.suffix}"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,10 +325,10 @@ def _new_head() -> Head:
 
 
 def _open_locked(path: Path) -> int:
-    # SINGLE-PROCESS ASSUMPTION (issue 10, item 4): one writer per log file, held by an
-    # exclusive flock for the process's life; a second gateway process on the same file fails
-    # at start with AuditLogBusy. Several processes need a file each (and a chain id each, which
-    # _new_head gives them) or one writer process the others send their lines to.
+    # One writer per log file, held by an exclusive flock for the process's life: a second
+    # gateway process on the same file fails at start with AuditLogBusy. A supervisor's
+    # workers each write a file of their own (worker_log), with a chain of their own, which a
+    # restarted worker continues from its file's last line.
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

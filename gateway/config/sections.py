@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
@@ -71,6 +72,10 @@ class ServerSettings(_Model):
     # reports is the client's, for trust, limits and the record. Only these peers may send it.
     proxy_protocol: bool = False
     proxy_from: list[IPv4Network | IPv6Network] = Field(default_factory=lambda: _LOOPBACK.copy())
+    # SMTP serving processes. One is the plain single process; more make `gateway serve` a
+    # supervisor that binds the listeners once and hands them to that many children (one per
+    # core by default: one process's event loop is the bound, issue 14).
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
 
     def is_trusted(self, address: str) -> bool:
         """Whether a client at `address` counts as an authenticated sender."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -380,12 +381,16 @@ async def start_server(
     reuse_port: bool = False,
     audit: ChainedLog | None = None,
     serving: Serving | None = None,
+    sockets: Sequence[socket.socket] = (),
 ) -> list[asyncio.Server]:
     """Bind every listen address and start serving; returns the bound servers.
 
+    With `sockets` (listeners a supervisor bound and passed down, smtp/listeners.py) it
+    serves on those instead of binding anything.
+
     `reuse_port` (SO_REUSEPORT) is for several processes sharing [server] listen, the kernel
-    spreading connections among them. Nothing passes it yet (issue 10, item 4): app.py runs
-    one SMTP process, and the outbox, audit log and metrics endpoint assume one process too.
+    spreading connections among them. Nothing passes it: with [server] workers the supervisor
+    binds once and passes `sockets` down, so a dying child drops no queued connection.
 
     Port 0 binds a free port; read it from `server.sockets`. With `audit`, the chained audit
     log, sessions answer 451 rather than make a record while it cannot be written. With
@@ -406,7 +411,9 @@ async def start_server(
 
     servers: list[asyncio.Server] = []
     try:
-        for address in listen or settings.server.listen:
+        for sock in sockets:
+            servers.append(await loop.create_server(factory, sock=sock))
+        for address in () if sockets else listen or settings.server.listen:
             servers.append(await _bind(loop, factory, address, reuse_port=reuse_port))
     except OSError:
         for server in servers:
