@@ -279,6 +279,7 @@ class Supervisor:
         finally:
             os.close(write_end)
         worker.process, worker.started, worker.health_port = process, time.monotonic(), None
+        log.info("gateway.worker.started", worker=worker.index, pid=process.pid)
         if process.stdout is not None:
             worker.relay = asyncio.create_task(_relay(process.stdout))
         if self.stopping is not None:

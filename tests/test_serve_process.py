@@ -192,6 +192,23 @@ class ServeProcess:
             raise AssertionError(f"no {name} event; exit {self.process.returncode}: {self.stderr}")
         return found
 
+    async def first(self, matches: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        """The first event that `matches`, waiting for it to be logged.
+
+        Raises:
+            AssertionError: the process closed its stdout without logging one.
+        """
+
+        def found() -> dict[str, Any] | None:
+            return next((e for e in self.events if matches(e)), None)
+
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._stdout_closed or found() is not None)
+            event = found()
+        if event is None:
+            raise AssertionError(f"no such event; exit {self.process.returncode}")
+        return event
+
     def find(self, name: str) -> dict[str, Any] | None:
         return next((e for e in self.events if e.get("event") == name), None)
 
