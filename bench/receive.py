@@ -54,6 +54,10 @@ CLIENT_NAME = "bench-client.example"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 60.0
 TARGET = 0.70
+# The gateway with [server] workers = 1 (--single), beside the one with the default workers.
+SINGLE = "1-proc"
+# Other gateways the gateway's rate is also divided by, and their ratio columns' headings.
+_AGAINST = {"baseline": "gw/base", SINGLE: "gw/1p"}
 
 # name -> extra smtp-source options. Without -d smtp-source opens one connection per message.
 SCENARIOS: dict[str, list[str]] = {
@@ -136,9 +140,35 @@ def _fetch_postfix(cache: Path, root: Path) -> None:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """utime + stime of a live process, all its threads included."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """utime + stime of a live process and of its live descendants, all threads included
+    (a supervisor's workers and their composers: `[server] workers`)."""
+    return sum(_own_cpu(p) for p in _tree(pid))
+
+
+def _stat(pid: int) -> list[str]:
+    # After the command name, which may hold spaces and parentheses: state, ppid, ...
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+
+
+def _own_cpu(pid: int) -> float:
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        fields = _stat(pid)
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0  # it ended meanwhile
+
+
+def _tree(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError, IndexError):
+                children.setdefault(int(_stat(int(entry.name))[1]), []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
 
 
 @dataclass
@@ -354,8 +384,9 @@ def report(
     print("µs/msg is each server's CPU time (all threads) per message")
     header = f"{'scenario':<28} {'round':>5}" + "".join(f" {n:>9}" for n in names)
     header += f" {'gw/bare':>7}"
-    if "baseline" in names:
-        header += f" {'gw/base':>7}"
+    for other, label in _AGAINST.items():
+        if other in names:
+            header += f" {label:>7}"
     print(header + "".join(f" {n[:4] + ' µs/msg':>11}" for n in gateways))
     for scenario in scenarios:
         by = {
@@ -380,8 +411,9 @@ def _cpu_per_message(measurements: Sequence[Measurement]) -> float:
 def _row(scenario: str, label: str, rates: dict[str, float], cpu: dict[str, float]) -> str:
     line = f"{scenario:<28} {label:>5}" + "".join(f" {r:9.0f}" for r in rates.values())
     line += f" {rates['gateway'] / rates['bare']:7.2f}"
-    if "baseline" in rates:
-        line += f" {rates['gateway'] / rates['baseline']:7.2f}"
+    for other in _AGAINST:
+        if other in rates:
+            line += f" {rates['gateway'] / rates[other]:7.2f}"
     return line + "".join(f" {1e6 * c:11.0f}" for c in cpu.values())
 
 
@@ -416,6 +448,16 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "--baseline",
         type=Path,
         help="another checkout (with its own .venv) whose gateway runs in the same rounds",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="[server] workers of the gateway (default: the built-in config's, one per CPU)",
+    )
+    parser.add_argument(
+        "--single",
+        action="store_true",
+        help="also run this checkout's gateway with workers = 1 in the same rounds (1-proc)",
     )
     parser.add_argument("--bare-server", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -457,14 +499,14 @@ def _run(args: argparse.Namespace, load: Load, scenarios: Sequence[str], work: P
                 log_path=work / "bare.log",
             )
         )
-        for name, checkout, python in _gateways(args):
+        for name, checkout, python, workers in _gateways(args):
             servers.append(
                 start_server(
                     name,
                     [python, "-m", "gateway", "serve", "--as-of", AS_OF],
                     ready_event="gateway.listening",
                     log_path=work / f"{name}.log",
-                    env=_gateway_env(args, work / f"{name}-state"),
+                    env=_gateway_env(args, work / f"{name}-state", workers=workers),
                     cwd=checkout,
                 )
             )
@@ -496,20 +538,29 @@ def _run(args: argparse.Namespace, load: Load, scenarios: Sequence[str], work: P
     return 1 if failures else 0
 
 
-def _gateways(args: argparse.Namespace) -> list[tuple[str, Path, str]]:
-    """(name, checkout, python) of each gateway to measure: this one, then the baseline."""
-    found = [("gateway", REPO, sys.executable)]
+def _gateways(args: argparse.Namespace) -> list[tuple[str, Path, str, int | None]]:
+    """(name, checkout, python, workers) of each gateway to measure: this one, then the
+    baseline, then this one in a single process (--single)."""
+    found: list[tuple[str, Path, str, int | None]] = [
+        ("gateway", REPO, sys.executable, args.workers)
+    ]
     if args.baseline is not None:
         checkout = args.baseline.resolve()
         python = checkout / ".venv" / "bin" / "python"
         if not python.exists():
             raise SystemExit(f"--baseline {checkout}: no {python}; make its venv first")
-        found.append(("baseline", checkout, str(python)))
+        found.append(("baseline", checkout, str(python), args.workers))
+    if args.single:
+        found.append((SINGLE, REPO, sys.executable, 1))
     return found
 
 
-def _gateway_env(args: argparse.Namespace, state: Path) -> dict[str, str]:
+def _gateway_env(
+    args: argparse.Namespace, state: Path, *, workers: int | None = None
+) -> dict[str, str]:
     gateway_env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    if workers is not None:
+        gateway_env["GATEWAY_SERVER__WORKERS"] = str(workers)
     # server.max_commands (default 1000 of any one command per session) would cut a reused
     # session after 100 messages with 421 4.7.0; raise it so that each -d session can carry
     # its whole share, as the bare server (no limit) does.

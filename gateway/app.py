@@ -36,7 +36,7 @@ from gateway import __version__
 from gateway.audit.chain import ChainedLog, anchored, worker_log
 from gateway.audit.log import configure_logging
 from gateway.clock import Clock, make_clock
-from gateway.config import GatewaySettings, ListenAddress, ServerSettings
+from gateway.config import GatewaySettings, ServerSettings
 from gateway.delivery.composer import make_composer
 from gateway.delivery.transport import FileSender, MailSender, SmtpSender
 from gateway.delivery.worker import DeliveryWorker
@@ -48,6 +48,7 @@ from gateway.notices.dkim import DkimKey, ensure_key, zone_record
 from gateway.notices.render import NoticeRenderer
 from gateway.reload import templates_digest
 from gateway.reloader import HangupSignals, Reloader
+from gateway.role import WORKER_ENDPOINT, WorkerRole, watch_parent
 from gateway.smtp.listeners import adopt_listeners
 from gateway.smtp.server import Serving, Sessions, start_server
 from gateway.store.db import Store
@@ -66,26 +67,6 @@ __all__ = [
 ]
 
 log = structlog.get_logger()
-
-# Where a worker answers its supervisor's /readyz: loopback, any free port.
-_WORKER_ENDPOINT = ListenAddress("127.0.0.1", 0)
-# How often a worker looks whether its supervisor is still there.
-_PARENT_CHECK_S = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerRole:
-    """This process serves as worker `index` (1 to `count`) under a supervisor."""
-
-    index: int
-    count: int
-    listen_fds: tuple[int, ...]  # the listening sockets the supervisor bound
-    ready_fd: int  # written once serving: this worker's /readyz port, then closed
-
-    @property
-    def slot(self) -> str:
-        """The worker's name in leases and logs; the same in each of its lives."""
-        return f"worker-{self.index}"
 
 
 def tls_context(server: ServerSettings) -> ssl.SSLContext | None:
@@ -224,7 +205,11 @@ def serve(
         audit = audit.model_copy(update={"log": worker_log(audit.log, worker.index)})
         structlog.contextvars.bind_contextvars(worker=worker.index)
     try:
-        chain = configure_logging(audit, observers=parts.observers)
+        chain = configure_logging(
+            audit,
+            observers=parts.observers,
+            shared_with=None if worker is None else worker.stdout_lock,
+        )
     except OSError as exc:  # the log file cannot be opened, or another process writes it
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
         return 1
@@ -307,7 +292,8 @@ async def _serve(
             if chain is not None:
                 housekeeping.append(tasks.create_task(watch_log(chain), name="audit-log"))
             if worker is not None:
-                housekeeping.append(tasks.create_task(_watch_parent(stop), name="supervisor"))
+                watch = watch_parent(stop.trigger)
+                housekeeping.append(tasks.create_task(watch, name="supervisor"))
             reason = await stop.wait()
             log.info("gateway.stopping", reason=reason, sessions=len(sessions.live))
             for server in servers:
@@ -345,7 +331,7 @@ def _announce(
         **({} if worker is None else {"worker": worker.index, "workers": worker.count}),
     )
     if worker is not None:
-        _tell_ready(worker, endpoint)
+        worker.tell_ready(0 if endpoint is None else endpoint.port)
         return
     # Before gateway.listening, which tests and orchestrators take as "up".
     if endpoint is not None:
@@ -354,25 +340,6 @@ def _announce(
         for sock in server.sockets:
             host, port = sock.getsockname()[:2]
             log.info("gateway.listening", host=host, port=port)
-
-
-def _tell_ready(worker: WorkerRole, endpoint: Endpoint | None) -> None:
-    # One short line on a pipe of its own (atomic under PIPE_BUF): the port of this worker's
-    # /readyz, 0 with no endpoint. Closing it is the "serving" the supervisor waits for.
-    port = 0 if endpoint is None else endpoint.port
-    try:
-        os.write(worker.ready_fd, f"{port}\n".encode())
-    finally:
-        os.close(worker.ready_fd)
-
-
-async def _watch_parent(stop: _StopSignal) -> None:
-    """Drain and stop once the supervisor is gone (killed without passing a signal on), as
-    if it had sent SIGTERM: a worker left alone would serve on, unsupervised."""
-    parent = os.getppid()
-    while os.getppid() == parent:  # noqa: ASYNC110 - no event says a parent died; polling does
-        await asyncio.sleep(_PARENT_CHECK_S)
-    stop.trigger("supervisor-gone")
 
 
 async def watch_log(chain: ChainedLog, *, every_s: float = 1.0) -> None:
@@ -422,7 +389,7 @@ async def _start_endpoint(
             settings.storage.database, parts.clock, open_sessions=lambda: len(sessions.live)
         )
         parts.metrics.registry.register(outbox)
-    address = settings.metrics.listen if worker is None else _WORKER_ENDPOINT
+    address = settings.metrics.listen if worker is None else WORKER_ENDPOINT
     try:
         return await start_endpoint(address, parts.metrics.registry, readiness)
     except OSError:

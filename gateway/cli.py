@@ -121,6 +121,7 @@ def _add_worker(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
     serve.add_argument("--listen-fds", default="", help=argparse.SUPPRESS)
     serve.add_argument("--ready-fd", type=int, default=-1, help=argparse.SUPPRESS)
+    serve.add_argument("--run-dir", type=Path, default=None, help=argparse.SUPPRESS)
 
 
 def _add_init(
@@ -344,12 +345,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _serve(settings: GatewaySettings, args: argparse.Namespace) -> int:
-    from gateway.app import WorkerRole, serve
+    from gateway.app import serve
+    from gateway.role import WorkerRole
 
     worker = None
     if args.worker_index is not None:
         fds = tuple(int(fd) for fd in args.listen_fds.split(",") if fd)
-        worker = WorkerRole(args.worker_index, args.workers, fds, args.ready_fd)
+        worker = WorkerRole(args.worker_index, args.workers, fds, args.ready_fd, args.run_dir)
     elif settings.server.workers > 1:
         from gateway.supervisor import supervise
 

@@ -14,8 +14,9 @@ and chain. The supervisor:
   does), SIGHUP (each reloads) and SIGUSR1 (each reopens its log) likewise;
 - owns `[metrics] listen`: /readyz is ready when every worker is, /metrics sums them
   (http/host.py);
-- passes on, whole, every line the workers write to standard output (`[audit] log = "-"`), so
-  lines of different processes never mix inside one line.
+- with `[audit] log = "-"`, shares its standard output with the workers, every process
+  writing each line whole under a lock file of the run's (ChainedLog.to_stream), so lines of
+  different processes never mix inside one line.
 
 It serves no mail and writes no record; it decides nothing about a message.
 """
@@ -47,6 +48,7 @@ from gateway.errors import ConfigError, GatewayError
 from gateway.http.health import Endpoint, start_endpoint
 from gateway.http.host import HostReadiness, WorkerProbe, host_registry
 from gateway.notices.dkim import zone_record
+from gateway.role import stdout_lock
 from gateway.smtp.listeners import bind_listeners
 
 __all__ = ["Backoff", "supervise"]
@@ -57,8 +59,6 @@ log = structlog.get_logger()
 START_TIMEOUT_S = 60.0
 # After SIGTERM, workers get their drain_timeout and this much more before SIGKILL.
 STOP_GRACE_S = 10.0
-# Longest line a worker may write to standard output; audit lines are far shorter.
-_LINE_LIMIT = 1 << 24
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 # How a worker ends when asked to stop: drained (0), or by the signal itself when it came
 # before the worker had its handlers (still starting).
@@ -94,7 +94,6 @@ class _Worker:
     started: float = 0.0  # monotonic
     health_port: int | None = None  # its /readyz, while it serves
     backoff: Backoff = field(default_factory=Backoff)
-    relay: asyncio.Task[None] | None = None  # passing its standard output on
 
 
 def supervise(settings: GatewaySettings, *, config: Path | None, as_of: str | None) -> int:
@@ -119,9 +118,12 @@ def supervise(settings: GatewaySettings, *, config: Path | None, as_of: str | No
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
         return 1
     try:
-        chain = configure_logging(settings.audit)
+        run_dir = _run_dir(settings.storage.state_dir)
+        chain = configure_logging(settings.audit, shared_with=stdout_lock(run_dir))
     except OSError as exc:
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
+        for sock in sockets:
+            sock.close()
         return 1
     if chain is not None:
         log.info("gateway.log.opened", log=settings.audit.log, continued=not chain.is_new)
@@ -133,7 +135,6 @@ def supervise(settings: GatewaySettings, *, config: Path | None, as_of: str | No
             path=str(parts.dkim_key.path),
             dns_record=zone_record(parts.dkim_key),
         )
-    run_dir = _run_dir(settings.storage.state_dir)
     supervisor = Supervisor(
         settings,
         sockets,
@@ -198,6 +199,7 @@ class Supervisor:
         self.sockets = sockets
         self.chain = chain
         self.clock = clock
+        self.run_dir = run_dir
         self.metrics_dir = run_dir / "metrics"
         self.config = config
         self.as_of = as_of
@@ -265,9 +267,7 @@ class Supervisor:
                 *self._command(worker.index, fds, write_end),
                 pass_fds=(*fds, write_end),
                 stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE if self.settings.audit.log == "-" else None,
                 env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir)},
-                limit=_LINE_LIMIT,
                 # A process group of its own: a signal to ours (a terminal's Ctrl-C, a group
                 # kill) reaches each worker once, passed on by us, never twice, and never
                 # its composer processes directly.
@@ -280,8 +280,6 @@ class Supervisor:
             os.close(write_end)
         worker.process, worker.started, worker.health_port = process, time.monotonic(), None
         log.info("gateway.worker.started", worker=worker.index, pid=process.pid)
-        if process.stdout is not None:
-            worker.relay = asyncio.create_task(_relay(process.stdout))
         if self.stopping is not None:
             process.send_signal(signal.SIGTERM)  # told to stop while it was being started
         try:
@@ -311,6 +309,8 @@ class Supervisor:
             ",".join(str(fd) for fd in fds),
             "--ready-fd",
             str(ready_fd),
+            "--run-dir",
+            str(self.run_dir),
         ]
 
     def _announce(self, endpoint: Endpoint | None) -> None:
@@ -373,9 +373,6 @@ class Supervisor:
         assert process is not None
         status = await process.wait()
         worker.health_port = None
-        if worker.relay is not None:
-            await worker.relay  # its last lines come before the line saying it ended
-            worker.relay = None
         # Its open sessions end with it; its counters still count for the host.
         mark_process_dead(process.pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
         expected = self.stopping is not None and status in _CLEAN
@@ -449,11 +446,3 @@ def _read_all(fd: int) -> bytes:
     finally:
         os.close(fd)
     return b"".join(chunks)
-
-
-async def _relay(stdout: asyncio.StreamReader) -> None:
-    """Pass a worker's standard output on to ours, whole line by whole line."""
-    out = sys.stdout.buffer
-    while line := await stdout.readline():
-        out.write(line if line.endswith(b"\n") else line + b"\n")
-        out.flush()

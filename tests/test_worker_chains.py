@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
+import os
+import shutil
+import threading
 from pathlib import Path
+from typing import TextIO
 
 from gateway.audit.chain import ChainedLog, worker_log
 from gateway.audit.verify import Problem, log_files
@@ -81,3 +86,40 @@ def test_the_configured_log_brings_its_workers_logs_and_their_rotations(tmp_path
     result = check(*files)
     assert result.is_intact, result.findings
     assert sorted((s.first_seq, s.last_seq) for s in result.chains) == [(1, 2), (1, 4), (1, 5)]
+
+
+def test_long_lines_of_processes_sharing_a_pipe_stay_whole_under_the_lock(tmp_path: Path) -> None:
+    # Lines far longer than the pipe holds are written in pieces as the reader drains it;
+    # without the shared lock another writer's pieces land in between. Threads stand in for
+    # the processes: the lock is taken on an open file of each writer's own, as a process's.
+    read_end, write_end = os.pipe()
+    lock = tmp_path / "stdout.lock"
+    saved = tmp_path / "saved.log"
+    count, size = 20, 300_000
+
+    def drain() -> None:
+        with os.fdopen(read_end, "rb") as pipe, saved.open("wb") as out:
+            shutil.copyfileobj(pipe, out)
+
+    def writer(number: int, stream: TextIO) -> None:
+        chain = ChainedLog.to_stream(stream, shared_with=lock)
+        for n in range(count):
+            chain.msg(json.dumps({"event": "x", "n": n, "pad": str(number) * size}))
+        chain.close()
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    with os.fdopen(write_end, "w", encoding="ascii") as first:
+        second = os.fdopen(os.dup(write_end), "w", encoding="ascii")
+        with second:
+            writers = [
+                threading.Thread(target=writer, args=(n, s)) for n, s in ((1, first), (2, second))
+            ]
+            for thread in writers:
+                thread.start()
+            for thread in writers:
+                thread.join(timeout=60)
+    reader.join(timeout=60)
+    result = check(saved)
+    assert result.is_intact, result.findings[:3]
+    assert [s.records for s in result.chains] == [count, count]

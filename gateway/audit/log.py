@@ -207,6 +207,7 @@ def configure_logging(
     *,
     stream: TextIO | None = None,
     observers: Sequence[Processor] = (),
+    shared_with: Path | None = None,
 ) -> ChainedLog | None:
     """Route structlog to the configured destination; returns the chained log written to,
     or None for the console format (for people at a terminal, not chained).
@@ -214,6 +215,8 @@ def configure_logging(
     Called once by the CLI. `stream` overrides the destination (tests). `observers` are
     processors that see every event dict (with its timestamp, after redaction) just before it
     is rendered, e.g. to count events as metrics; they must return the event dict unchanged.
+    `shared_with`: the lock file of a standard output other processes write too (a supervisor
+    and its workers; ChainedLog.to_stream).
 
     Raises:
         AuditLogBusy: another process is writing the log file.
@@ -230,7 +233,9 @@ def configure_logging(
     else:
         renderer = structlog.processors.JSONRenderer()
         chain = (
-            ChainedLog.to_stream(out) if out is not None else ChainedLog.to_file(Path(settings.log))
+            ChainedLog.to_stream(out, shared_with=shared_with)
+            if out is not None
+            else ChainedLog.to_file(Path(settings.log))
         )
         factory = _ChainFactory(chain)
     redactor = Redactor.from_settings(settings)
