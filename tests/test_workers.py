@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,9 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import aiosmtplib
+import pytest
 
+from gateway.config import ServerSettings
 from gateway.store.outbox import find_jobs
 from gateway.store.queries import read_message
+from gateway.supervisor import Backoff
 from tests.polling import eventually
 from tests.test_faults import readyz
 from tests.test_metrics import scrape, value
@@ -38,6 +42,7 @@ from tests.test_serve_process import (
     Attempt,
     Reply,
     ServeProcess,
+    assert_one_line_error,
     assert_recorded,
     child_environment,
     database,
@@ -414,3 +419,47 @@ async def serving_to_files(config: Path, log: Path) -> AsyncIterator[asyncio.sub
                 process.kill()
         async with asyncio.timeout(STOP_TIMEOUT):
             await process.communicate()
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. The setting, and a supervisor that cannot start
+
+
+def test_workers_default_to_one_per_cpu() -> None:
+    assert ServerSettings().workers == (os.cpu_count() or 1)
+
+
+def test_check_config_shows_workers_and_refuses_none(tmp_path: Path) -> None:
+    shown = run_cli("check-config", "--config", str(workers_config(tmp_path)), cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert f"server.workers = {WORKERS}" in shown.stdout.splitlines()
+    broken = write_config(tmp_path, workers=0, name="broken.toml")
+    refused = run_cli("check-config", "--config", str(broken), cwd=tmp_path)
+    assert_one_line_error(refused, exit_code=2, naming="server.workers")
+
+
+def test_a_supervisor_on_a_port_in_use_says_so_in_one_line_and_exits_1(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = workers_config(tmp_path, listen=f"127.0.0.1:{port}")
+        result = run_cli("serve", "--config", str(config), "--as-of", AFTER_CUTOFF, cwd=tmp_path)
+    assert_one_line_error(result, exit_code=1, naming=str(port))
+    assert "in use" in result.stderr.lower()
+    assert "gateway.worker.started" not in result.stdout  # bound before any worker started
+
+
+@pytest.mark.parametrize(
+    ("lives_s", "delays"),
+    [
+        ([0.1, 0.1, 0.1, 0.1], [0.5, 1.0, 2.0, 4.0]),  # dying at once: doubling
+        ([0.1] * 9, [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]),  # capped
+        ([0.1, 0.1, 120.0, 0.1], [0.5, 1.0, 0.5, 1.0]),  # served a while: from the start
+    ],
+)
+def test_restarts_back_off_doubling_to_a_cap_and_start_over_after_a_good_run(
+    lives_s: list[float], delays: list[float]
+) -> None:
+    backoff = Backoff()
+    assert [backoff.after(ran_s) for ran_s in lives_s] == delays
