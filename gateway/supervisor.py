@@ -160,7 +160,7 @@ def supervise(settings: GatewaySettings, *, config: Path | None, as_of: str | No
 def _run_dir(state_dir: Path) -> Path:
     """This run's directory for the workers' metrics files, with those of runs whose
     supervisor is gone removed (their counts belong to no running host)."""
-    runs = state_dir / "run"
+    runs = state_dir.absolute() / "run"  # absolute: it is on the workers' command lines
     runs.mkdir(exist_ok=True)
     for old in runs.iterdir():
         if old.name.isdigit() and not _is_running(int(old.name)):

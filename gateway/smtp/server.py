@@ -50,9 +50,6 @@ _PLAIN_PATH = re.compile(
 
 # Seconds a load balancer has to send its PROXY header after connecting.
 _PROXY_TIMEOUT = 10.0
-# The accept queue of a listening socket shared by a supervisor's workers (smtp/listeners.py
-# binds it with the same length).
-_SHARED_BACKLOG = 100
 # While draining: seconds a session whose transaction was just answered has to send QUIT.
 _QUIT_GRACE_S = 0.5
 
@@ -415,7 +412,9 @@ async def start_server(
     servers: list[asyncio.Server] = []
     try:
         for sock in sockets:
-            servers.append(await _share(loop, factory, sock))
+            # asyncio calls listen() again with its default backlog, 100: the length the
+            # supervisor bound it with (smtp/listeners.py), so the shared queue keeps it.
+            servers.append(await loop.create_server(factory, sock=sock))
         for address in () if sockets else listen or settings.server.listen:
             servers.append(await _bind(loop, factory, address, reuse_port=reuse_port))
     except OSError:
@@ -423,23 +422,6 @@ async def start_server(
             server.close()
         raise
     return servers
-
-
-async def _share(
-    loop: asyncio.AbstractEventLoop, factory: Callable[[], GatewaySMTP], sock: socket.socket
-) -> asyncio.Server:
-    """Serve on a listening socket other processes accept on too (a supervisor's workers).
-
-    asyncio accepts up to `backlog` connections each time the socket is readable, so one
-    worker would take a whole burst (all of a client's parallel sessions) while its siblings,
-    woken by the same readiness, find nothing left. Taking one per wake-up spreads a burst
-    over the workers that are free to take it. asyncio also calls listen() with that
-    number, which sets the kernel's accept queue shared by all the workers: it is set back
-    at once to the queue length the supervisor bound it with.
-    """
-    server = await loop.create_server(factory, sock=sock, backlog=1)
-    sock.listen(_SHARED_BACKLOG)
-    return server
 
 
 async def _bind(
