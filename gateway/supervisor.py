@@ -336,18 +336,23 @@ class Supervisor:
     # -- watching and restarting ---------------------------------------------------------------
 
     async def _watch(self, worker: _Worker) -> None:
-        """Wait for the worker to end; start it again (after its backoff) until stopping."""
+        """Wait for the serving worker to end and start it again, until stopping."""
         while True:
             await self._reap(worker)
-            if self.stopping is not None:
+            if not await self._restart(worker):
                 return
+
+    async def _restart(self, worker: _Worker) -> bool:
+        """Start the worker again after its backoff, and again while it ends before serving;
+        returns whether it serves (False: told to stop meanwhile)."""
+        while self.stopping is None:
             delay = worker.backoff.after(time.monotonic() - worker.started)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._stopped.wait()
             if self.stopping is not None:
-                return
-            started = await self._start(worker)
+                return False
+            failed = await self._start(worker)  # an end before serving is reaped there
             assert worker.process is not None
             log.warning(
                 "gateway.worker.restarted",
@@ -356,15 +361,9 @@ class Supervisor:
                 delay_s=delay,
                 restarts=worker.backoff.restarts,
             )
-            while started is not None and self.stopping is None:
-                # It ended before serving (and was logged): back off further, then again.
-                delay = worker.backoff.after(0.0)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self._stopped.wait()
-                if self.stopping is not None:
-                    return
-                started = await self._start(worker)
+            if failed is None:
+                return True  # serving, or stopping and told so: reaped when it ends
+        return False
 
     async def _reap(self, worker: _Worker) -> int:
         """Wait for the worker's process to end, log it, forget its live gauges; returns its

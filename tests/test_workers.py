@@ -107,11 +107,12 @@ def started_pid(gateway: ServeProcess, worker: int) -> int:
 
 
 def process_alive(pid: int) -> bool:
+    """Whether the process runs (a zombie, ended but not yet reaped, does not)."""
     try:
-        Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
     except FileNotFoundError:
         return False
-    return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,6 +230,23 @@ async def test_sigkill_of_one_worker_under_load_loses_no_promise_and_it_is_resta
     db = database(tmp_path)
     for reply in [*replies[1], *replies[2], after]:
         assert_recorded(db, reply)
+
+
+async def test_workers_whose_supervisor_is_killed_drain_and_stop(tmp_path: Path) -> None:
+    config = workers_config(tmp_path)
+    async with serving(config, as_of=AFTER_CUTOFF) as served:
+        gateway = served.gateway
+        pids = [started_pid(gateway, index) for index in (1, 2)]
+        gateway.process.kill()  # no signal to pass on: the workers must notice by themselves
+        async with asyncio.timeout(STOP_TIMEOUT):
+            for index in (1, 2):
+                await gateway.first(named("gateway.stopped", worker=index))
+            await eventually(lambda: not any(process_alive(p) for p in pids), within=STOP_TIMEOUT)
+    stopping = gateway.named("gateway.stopping")
+    assert sorted((e["worker"], e["reason"]) for e in stopping) == [
+        (1, "supervisor-gone"),
+        (2, "supervisor-gone"),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
