@@ -39,7 +39,7 @@ import structlog
 from prometheus_client.multiprocess import mark_process_dead
 
 from gateway import __version__
-from gateway.app import check_state_dir, prepare, watch_log
+from gateway.app import Parts, check_state_dir, prepare, watch_log
 from gateway.audit.chain import ChainedLog, anchored
 from gateway.audit.log import configure_logging
 from gateway.clock import Clock
@@ -99,6 +99,39 @@ class _Worker:
 def supervise(settings: GatewaySettings, *, config: Path | None, as_of: str | None) -> int:
     """Run `settings.server.workers` workers until SIGTERM or SIGINT; returns the exit status
     (0 stopped, 1 could not start, 2 configuration error)."""
+    opened = _open(settings, as_of=as_of)
+    if isinstance(opened, int):
+        return opened
+    parts, sockets, run_dir, chain = opened
+    supervisor = Supervisor(
+        settings,
+        sockets,
+        chain,
+        clock=parts.clock,
+        run_dir=run_dir,
+        config=config,
+        as_of=as_of,
+    )
+    try:
+        # The store is made (or migrated) here, once, before any worker opens it.
+        with anchored(chain, settings.storage.database, every_s=settings.audit.checkpoint_interval):
+            return asyncio.run(supervisor.run())
+    except (GatewayError, OSError) as exc:
+        print(f"gateway: cannot start: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for sock in sockets:
+            sock.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+_Opened = tuple[Parts, list[socket.socket], Path, ChainedLog | None]
+
+
+def _open(settings: GatewaySettings, *, as_of: str | None) -> _Opened | int:
+    """Everything a host needs before its first worker starts: the checks one process makes,
+    the bound listeners, this run's directory and the supervisor's audit log; or the exit
+    status when one of them fails (its one line already on stderr)."""
     try:
         check_state_dir(settings.storage.state_dir)
     except OSError as exc:
@@ -135,26 +168,7 @@ def supervise(settings: GatewaySettings, *, config: Path | None, as_of: str | No
             path=str(parts.dkim_key.path),
             dns_record=zone_record(parts.dkim_key),
         )
-    supervisor = Supervisor(
-        settings,
-        sockets,
-        chain,
-        clock=parts.clock,
-        run_dir=run_dir,
-        config=config,
-        as_of=as_of,
-    )
-    try:
-        # The store is made (or migrated) here, once, before any worker opens it.
-        with anchored(chain, settings.storage.database, every_s=settings.audit.checkpoint_interval):
-            return asyncio.run(supervisor.run())
-    except (GatewayError, OSError) as exc:
-        print(f"gateway: cannot start: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        for sock in sockets:
-            sock.close()
-        shutil.rmtree(run_dir, ignore_errors=True)
+    return parts, sockets, run_dir, chain
 
 
 def _run_dir(state_dir: Path) -> Path:
