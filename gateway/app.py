@@ -57,7 +57,6 @@ from gateway.store.retention import purge_periodically
 
 __all__ = [
     "Parts",
-    "WorkerRole",
     "build_delivery",
     "check_state_dir",
     "prepare",
