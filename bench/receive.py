@@ -62,6 +62,9 @@ CLIENT_NAME = "bench-client.example"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 60.0
 TARGET = 0.70
+# The gateway with [server] workers = 1 (--single), beside the one with the default workers.
+SINGLE = "1-proc"
+# Other gateways the gateway's rate is also divided by, and their ratio columns' headings.
 
 # name -> extra smtp-source options. Without -d smtp-source opens one connection per message.
 SCENARIOS: dict[str, list[str]] = {
@@ -144,9 +147,35 @@ def _fetch_postfix(cache: Path, root: Path) -> None:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """utime + stime of a live process, all its threads included."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """utime + stime of a live process and of its live descendants, all threads included
+    (a supervisor's workers and their composers: `[server] workers`)."""
+    return sum(_own_cpu(p) for p in _tree(pid))
+
+
+def _stat(pid: int) -> list[str]:
+    # After the command name, which may hold spaces and parentheses: state, ppid, ...
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+
+
+def _own_cpu(pid: int) -> float:
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        fields = _stat(pid)
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0  # it ended meanwhile
+
+
+def _tree(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError, IndexError):
+                children.setdefault(int(_stat(int(entry.name))[1]), []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
 
 
 @dataclass
@@ -460,6 +489,16 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=loops,
         help="the baseline's [server] event_loop (only for a checkout that has the setting)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="[server] workers of the gateway (default: the built-in config's, one per CPU)",
+    )
+    parser.add_argument(
+        "--single",
+        action="store_true",
+        help="also run this checkout's gateway with workers = 1 in the same rounds (1-proc)",
+    )
     parser.add_argument("--bare-server", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -500,14 +539,16 @@ def _run(args: argparse.Namespace, load: Load, scenarios: Sequence[str], work: P
                 log_path=work / "bare.log",
             )
         )
-        for name, checkout, python, loop in _gateways(args):
+        for name, checkout, python, loop, workers in _gateways(args):
             servers.append(
                 start_server(
                     name,
                     [python, "-m", "gateway", "serve", "--as-of", AS_OF],
                     ready_event="gateway.listening",
                     log_path=work / f"{name}.log",
-                    env=_gateway_env(args, work / f"{name}-state", event_loop=loop),
+                    env=_gateway_env(
+                        args, work / f"{name}-state", event_loop=loop, workers=workers
+                    ),
                     cwd=checkout,
                 )
             )
@@ -539,15 +580,18 @@ def _run(args: argparse.Namespace, load: Load, scenarios: Sequence[str], work: P
     return 1 if failures else 0
 
 
-def _gateways(args: argparse.Namespace) -> list[tuple[str, Path, str, str | None]]:
-    """(name, checkout, python, event loop) of each gateway to measure: this one, then the
-    baseline (which may be this checkout again, on another event loop)."""
-    found = [("gateway", REPO, sys.executable, args.event_loop)]
+def _gateways(args: argparse.Namespace) -> list[tuple[str, Path, str, str | None, int | None]]:
+    """(name, checkout, python, event loop, workers) of each gateway to measure: this one, then
+    the baseline (which may be this checkout again, on another event loop), the one before,
+    and this one in a single process (--single)."""
+    found = [("gateway", REPO, sys.executable, args.event_loop, args.workers)]
     if args.baseline is not None:
         checkout, python = _checkout(args.baseline, "--baseline")
-        found.append(("baseline", checkout, python, args.baseline_event_loop))
+        found.append(("baseline", checkout, python, args.baseline_event_loop, args.workers))
     if args.before is not None:
-        found.append(("before", *_checkout(args.before, "--before"), None))
+        found.append(("before", *_checkout(args.before, "--before"), None, args.workers))
+    if args.single:
+        found.append((SINGLE, REPO, sys.executable, args.event_loop, 1))
     return found
 
 
@@ -560,11 +604,17 @@ def _checkout(path: Path, option: str) -> tuple[Path, str]:
 
 
 def _gateway_env(
-    args: argparse.Namespace, state: Path, *, event_loop: str | None
+    args: argparse.Namespace,
+    state: Path,
+    *,
+    event_loop: str | None = None,
+    workers: int | None = None,
 ) -> dict[str, str]:
     gateway_env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     if event_loop is not None:
         gateway_env["GATEWAY_SERVER__EVENT_LOOP"] = event_loop
+    if workers is not None:
+        gateway_env["GATEWAY_SERVER__WORKERS"] = str(workers)
     # server.max_commands (default 1000 of any one command per session) would cut a reused
     # session after 100 messages with 421 4.7.0; raise it so that each -d session can carry
     # its whole share, as the bare server (no limit) does.

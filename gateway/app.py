@@ -5,6 +5,12 @@ startup and shutdown.
 sessions in flight finish within server.drain_timeout (the rest get 421), give deliveries in
 flight the same time (the rest go back to the queue), commit what is pending, exit 0.
 
+Under a supervisor (`[server] workers` above 1, supervisor.py) this runs as worker I of N:
+it serves on the listeners passed down instead of binding, writes its own audit log (and
+chain), answers /readyz on a loopback port of its own for the supervisor to ask, and tells
+the supervisor that port once it serves. Its counters go to the supervisor's metrics
+directory (prometheus_client's multiprocess mode), which serves them summed for the host.
+
 SIGHUP reopens the audit log and reloads: the config file and templates are read again and,
 if they load, serve the sessions that connect from then on (reload.py says what changed and
 what waits for a restart); if not, the old ones go on serving. SIGUSR1 only reopens the log.
@@ -27,7 +33,7 @@ import structlog
 from structlog.typing import Processor
 
 from gateway import __version__
-from gateway.audit.chain import ChainedLog, anchored
+from gateway.audit.chain import ChainedLog, anchored, worker_log
 from gateway.audit.log import configure_logging
 from gateway.clock import Clock, make_clock
 from gateway.config import GatewaySettings, ServerSettings
@@ -43,14 +49,24 @@ from gateway.notices.dkim import DkimKey, ensure_key, zone_record
 from gateway.notices.render import NoticeRenderer
 from gateway.reload import templates_digest
 from gateway.reloader import HangupSignals, Reloader
+from gateway.role import WORKER_ENDPOINT, WorkerRole, watch_parent
 from gateway.smtp.eventloop import loop_factory
+from gateway.smtp.listeners import adopt_listeners
 from gateway.smtp.receiving import ReceiveSettings
 from gateway.smtp.server import Serving, Sessions, start_server
 from gateway.store.db import Store
 from gateway.store.outbox import Outbox
 from gateway.store.retention import purge_periodically
 
-__all__ = ["Parts", "build_delivery", "check_state_dir", "serve", "tls_context", "watch_log"]
+__all__ = [
+    "Parts",
+    "build_delivery",
+    "check_state_dir",
+    "prepare",
+    "serve",
+    "tls_context",
+    "watch_log",
+]
 
 log = structlog.get_logger()
 
@@ -107,7 +123,9 @@ def check_state_dir(state_dir: Path) -> None:
         raise OSError(exc.errno, f"state directory {state_dir} is not writable: {why}") from exc
 
 
-def prepare(settings: GatewaySettings, *, as_of: str | None) -> Parts:
+def prepare(
+    settings: GatewaySettings, *, as_of: str | None, worker: WorkerRole | None = None
+) -> Parts:
     """Check and build the parts that depend only on settings and files.
 
     Raises:
@@ -120,7 +138,12 @@ def prepare(settings: GatewaySettings, *, as_of: str | None) -> Parts:
     key, created = ensure_key(notices)
     # A registry of this process's own: prometheus_client's default REGISTRY is a global.
     metrics = (
-        EventMetrics(new_registry(), offices=[o.name for o in settings.offices])
+        EventMetrics(
+            new_registry(),
+            offices=[o.name for o in settings.offices],
+            # Summed by the supervisor over the workers; one process counts its own live.
+            count_sessions=worker is not None,
+        )
         if settings.metrics.listen is not None
         else None
     )
@@ -133,8 +156,11 @@ def build_delivery(
     clock: Clock,
     renderer: NoticeRenderer,
     key: DkimKey | None,
+    *,
+    slot: str | None = None,
 ) -> DeliveryWorker:
-    """The delivery worker for the configured mode."""
+    """The delivery worker for the configured mode; `slot` names the worker process it runs
+    in when several serve the store (their leases must not be taken for stale)."""
     sender: MailSender
     if settings.delivery.mode == "file":
         sender = FileSender(settings.delivery.outbox_dir)
@@ -143,11 +169,17 @@ def build_delivery(
         sender = SmtpSender(
             settings.delivery, local_hostname=settings.server.hostname, resolver=resolver
         )
-    owner = f"{socket.gethostname()}:{os.getpid()}:{id(store):x}"
+    # Every worker process delivers (each with composers of its own), made safe by its leases:
+    # recover() at start frees only those of this slot's earlier lives, never a live
+    # sibling's (store/outbox.py). One delivering process would leave the signing, the
+    # bound of notice throughput, to one core.
+    incarnations = None if slot is None else f"{socket.gethostname()}/{slot}/"
+    owner = f"{incarnations or socket.gethostname() + ':'}{os.getpid()}:{id(store):x}"
     composer = make_composer(ComposerSettings.from_settings(settings), renderer, key)
+    outbox = Outbox(store, owner=owner, incarnations=incarnations)
     return DeliveryWorker(
         settings.delivery,
-        Outbox(store, owner=owner),
+        outbox,
         composer,
         sender,
         clock,
@@ -160,28 +192,39 @@ def serve(
     *,
     as_of: str | None = None,
     reread: Callable[[], GatewaySettings] | None = None,
+    worker: WorkerRole | None = None,
 ) -> int:
     """Run the gateway until SIGTERM or SIGINT; returns the exit status.
 
     `reread` reads the settings again from where `settings` came from, on SIGHUP; without
-    it SIGHUP only reopens the audit log."""
+    it SIGHUP only reopens the audit log. With `worker`, serve as that worker of a
+    supervisor (supervisor.py)."""
     try:
         check_state_dir(settings.storage.state_dir)
     except OSError as exc:  # not a configuration error: the host's file system refuses
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
         return 1
     try:
-        parts = prepare(settings, as_of=as_of)
+        parts = prepare(settings, as_of=as_of, worker=worker)
     except ConfigError as exc:
         print(f"gateway: config error: {exc}", file=sys.stderr)
         return 2
+    audit = settings.audit
+    if worker is not None:
+        # A file and a chain per worker: one writer per file, each chain in order.
+        audit = audit.model_copy(update={"log": worker_log(audit.log, worker.index)})
+        structlog.contextvars.bind_contextvars(worker=worker.index)
     try:
-        chain = configure_logging(settings.audit, observers=parts.observers)
+        chain = configure_logging(
+            audit,
+            observers=parts.observers,
+            shared_with=None if worker is None else worker.stdout_lock,
+        )
     except OSError as exc:  # the log file cannot be opened, or another process writes it
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
         return 1
     if chain is not None:
-        log.info("gateway.log.opened", log=settings.audit.log, continued=not chain.is_new)
+        log.info("gateway.log.opened", log=audit.log, continued=not chain.is_new)
     if parts.dkim_created:
         log.warning(
             "dkim.key_created",
@@ -197,7 +240,7 @@ def serve(
             anchored(chain, settings.storage.database, every_s=every_s),
             asyncio.Runner(loop_factory=loop_factory(settings.server.event_loop)) as runner,
         ):
-            runner.run(_serve(settings, parts, chain, as_of=as_of, reread=reread))
+            runner.run(_serve(settings, parts, chain, as_of=as_of, reread=reread, worker=worker))
     except (GatewayError, OSError) as exc:
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
         return 1
@@ -211,6 +254,7 @@ async def _serve(
     *,
     as_of: str | None,
     reread: Callable[[], GatewaySettings] | None,
+    worker: WorkerRole | None = None,
 ) -> None:
     # Signals are caught before anything is announced: a SIGTERM sent the moment an
     # orchestrator sees `gateway.listening` must drain, not kill, and a SIGHUP (whose default
@@ -225,7 +269,7 @@ async def _serve(
     serving = Serving(receiving, store, parts.clock)
     endpoint: Endpoint | None = None
     try:
-        # No reuse_port: one SMTP process per store (see start_server and issue 10, item 4).
+        # No reuse_port: a supervisor's workers share the sockets it bound (smtp/listeners.py).
         servers = await start_server(
             receiving,
             store,
@@ -234,50 +278,42 @@ async def _serve(
             tls_context=parts.tls,
             audit=chain,
             serving=serving,
+            sockets=adopt_listeners(worker.listen_fds) if worker is not None else (),
         )
-        worker = build_delivery(settings, store, parts.clock, parts.renderer, parts.dkim_key)
+        slot = None if worker is None else worker.slot
+        delivery = build_delivery(
+            settings, store, parts.clock, parts.renderer, parts.dkim_key, slot=slot
+        )
         templates = await asyncio.to_thread(templates_digest, settings)
-        reloader = Reloader(settings, templates, serving, worker, parts.dkim_key, reread)
+        reloader = Reloader(settings, templates, serving, delivery, parts.dkim_key, reread)
         readiness = Readiness(
             settings.metrics,
             servers=servers,
             store=store,
-            worker=worker,
+            worker=delivery,
             clock=parts.clock,
             audit=chain,
         )
-        endpoint = await _start_endpoint(settings, parts, readiness, servers, sessions)
-        log.info(
-            "gateway.started",
-            version=__version__,
-            offices=[o.name for o in settings.offices],
-            as_of=as_of,
-            state_dir=str(settings.storage.state_dir),
-            delivery=settings.delivery.mode,
-        )
-        # Before gateway.listening, which tests and orchestrators take as "up".
-        if endpoint is not None:
-            log.info("gateway.metrics.listening", host=endpoint.host, port=endpoint.port)
-        for server in servers:
-            for sock in server.sockets:
-                host, port = sock.getsockname()[:2]
-                log.info("gateway.listening", host=host, port=port)
+        endpoint = await _start_endpoint(settings, parts, readiness, servers, sessions, worker)
+        _announce(settings, servers, endpoint, as_of=as_of, worker=worker)
         async with asyncio.TaskGroup() as tasks:
-            readiness.delivery_task = tasks.create_task(worker.run(), name="delivery")
-            housekeeping = [
-                tasks.create_task(
-                    purge_periodically(store, parts.clock, settings.storage), name="retention"
-                )
-            ]
+            readiness.delivery_task = tasks.create_task(delivery.run(), name="delivery")
+            housekeeping = [tasks.create_task(hangups.serve(reloader, chain), name="signals")]
+            if worker is None or worker.index == 1:
+                # One purger per host is enough; several would only take turns at the lock.
+                purge = purge_periodically(store, parts.clock, settings.storage)
+                housekeeping.append(tasks.create_task(purge, name="retention"))
             if chain is not None:
                 housekeeping.append(tasks.create_task(watch_log(chain), name="audit-log"))
-            housekeeping.append(tasks.create_task(hangups.serve(reloader, chain), name="signals"))
+            if worker is not None:
+                watch = watch_parent(stop.trigger)
+                housekeeping.append(tasks.create_task(watch, name="supervisor"))
             reason = await stop.wait()
             log.info("gateway.stopping", reason=reason, sessions=len(sessions.live))
             for server in servers:
                 server.close()
             deadline = settings.server.drain_timeout
-            cut, _ = await asyncio.gather(sessions.drain(deadline), worker.stop(deadline))
+            cut, _ = await asyncio.gather(sessions.drain(deadline), delivery.stop(deadline))
             for task in housekeeping:
                 task.cancel()
         log.info("gateway.stopped", sessions_cut=cut)
@@ -287,6 +323,37 @@ async def _serve(
         stop.remove()
         hangups.remove()
         await store.close()
+
+
+def _announce(
+    settings: GatewaySettings,
+    servers: list[asyncio.Server],
+    endpoint: Endpoint | None,
+    *,
+    as_of: str | None,
+    worker: WorkerRole | None,
+) -> None:
+    """Log that the gateway serves; a worker tells its supervisor instead of logging where
+    it listens (the supervisor logs gateway.listening once every worker serves)."""
+    log.info(
+        "gateway.started",
+        version=__version__,
+        offices=[o.name for o in settings.offices],
+        as_of=as_of,
+        state_dir=str(settings.storage.state_dir),
+        delivery=settings.delivery.mode,
+        **({} if worker is None else {"worker": worker.index, "workers": worker.count}),
+    )
+    if worker is not None:
+        worker.tell_ready(0 if endpoint is None else endpoint.port)
+        return
+    # Before gateway.listening, which tests and orchestrators take as "up".
+    if endpoint is not None:
+        log.info("gateway.metrics.listening", host=endpoint.host, port=endpoint.port)
+    for server in servers:
+        for sock in server.sockets:
+            host, port = sock.getsockname()[:2]
+            log.info("gateway.listening", host=host, port=port)
 
 
 async def watch_log(chain: ChainedLog, *, every_s: float = 1.0) -> None:
@@ -320,20 +387,25 @@ async def _start_endpoint(
     readiness: Readiness,
     servers: list[asyncio.Server],
     sessions: Sessions,
+    worker: WorkerRole | None = None,
 ) -> Endpoint | None:
-    """Serve /metrics, /healthz and /readyz, unless [metrics] listen is off.
+    """Serve /metrics, /healthz and /readyz, unless [metrics] listen is off; a worker's on a
+    loopback port for its supervisor, which owns [metrics] listen and reads the queue gauges
+    itself.
 
     Raises:
         OSError: the metrics address cannot be bound; the SMTP servers are closed first.
     """
     if parts.metrics is None or settings.metrics.listen is None:
         return None
-    outbox = OutboxCollector(
-        settings.storage.database, parts.clock, open_sessions=lambda: len(sessions.live)
-    )
-    parts.metrics.registry.register(outbox)
+    if worker is None:
+        outbox = OutboxCollector(
+            settings.storage.database, parts.clock, open_sessions=lambda: len(sessions.live)
+        )
+        parts.metrics.registry.register(outbox)
+    address = settings.metrics.listen if worker is None else WORKER_ENDPOINT
     try:
-        return await start_endpoint(settings.metrics.listen, parts.metrics.registry, readiness)
+        return await start_endpoint(address, parts.metrics.registry, readiness)
     except OSError:
         for server in servers:
             server.close()
@@ -352,8 +424,12 @@ class _StopSignal:
             loop.add_signal_handler(signum, self._on_signal, signum)
 
     def _on_signal(self, signum: int) -> None:
+        self.trigger(signal.Signals(signum).name)
+
+    def trigger(self, reason: str) -> None:
+        """Stop as a signal would, for `reason`."""
         if not self._received.done():
-            self._received.set_result(signal.Signals(signum).name)
+            self._received.set_result(reason)
 
     async def wait(self) -> str:
         return await self._received

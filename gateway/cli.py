@@ -53,6 +53,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         default=None,
         help="run the clock as if it were this moment (trials and rehearsals; logged loudly)",
     )
+    _add_worker(serve)
     command(
         "check-config",
         "Validate the settings and print what is in force (like postconf -n), each office's"
@@ -117,6 +118,16 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     args = commands[words[0]].parse_intermixed_args(words[1:])
     args.command = words[0]
     return args
+
+
+def _add_worker(serve: argparse.ArgumentParser) -> None:
+    # How a supervisor ([server] workers above 1, supervisor.py) starts each of its workers;
+    # not for people, so not in --help.
+    serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
+    serve.add_argument("--listen-fds", default="", help=argparse.SUPPRESS)
+    serve.add_argument("--ready-fd", type=int, default=-1, help=argparse.SUPPRESS)
+    serve.add_argument("--run-dir", type=Path, default=None, help=argparse.SUPPRESS)
 
 
 def _add_init(
@@ -299,10 +310,7 @@ def _run(args: argparse.Namespace) -> int:
         print_check(settings, now=datetime.now(UTC), out=sys.stdout)
         return EXIT_OK
     if args.command == "serve":
-        from gateway.app import serve
-
-        # SIGHUP reads the same file again, the same way (environment overrides included).
-        return serve(settings, as_of=args.as_of, reread=lambda: _settings(args.config))
+        return _serve(settings, args)
     if args.command == "queue":
         from gateway.clock import make_clock
         from gateway.ops.queue import queue_request, run_queue
@@ -340,6 +348,22 @@ def _run(args: argparse.Namespace) -> int:
 
         return run_dkim_keygen(settings, out_file=args.out, out=sys.stdout, err=sys.stderr)
     return EXIT_FAILED  # pragma: no cover - argparse rejects unknown commands
+
+
+def _serve(settings: GatewaySettings, args: argparse.Namespace) -> int:
+    from gateway.app import serve
+    from gateway.role import WorkerRole
+
+    worker = None
+    if args.worker_index is not None:
+        fds = tuple(int(fd) for fd in args.listen_fds.split(",") if fd)
+        worker = WorkerRole(args.worker_index, args.workers, fds, args.ready_fd, args.run_dir)
+    elif settings.server.workers > 1:
+        from gateway.supervisor import supervise
+
+        return supervise(settings, config=args.config, as_of=args.as_of)
+    # SIGHUP reads the same file again, the same way (environment overrides included).
+    return serve(settings, as_of=args.as_of, reread=lambda: _settings(args.config), worker=worker)
 
 
 def _audit(settings: GatewaySettings, args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ RESTART_ONLY: tuple[str, ...] = (
     "server.tls_key",
     "server.max_connections",
     "server.drain_timeout",
+    "server.workers",
     "storage",
     "audit",
     "delivery",

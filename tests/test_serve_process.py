@@ -56,7 +56,7 @@ CLI_TIMEOUT = 30.0
 REFERENCE = re.compile(r"\b(\d{8}-[0-9A-HJKMNP-TV-Z]{10})\b")
 
 
-def _config_text(state_dir: Path, *, listen: str, drain_timeout: float) -> str:
+def _config_text(state_dir: Path, *, listen: str, drain_timeout: float, workers: int) -> str:
     def q(value: object) -> str:
         return json.dumps(str(value))  # a TOML basic string
 
@@ -64,6 +64,7 @@ def _config_text(state_dir: Path, *, listen: str, drain_timeout: float) -> str:
 [server]
 listen = [{q(listen)}]
 hostname = "mx.test.example"
+workers = {workers}
 drain_timeout = {drain_timeout}
 idle_timeout = 30
 
@@ -111,9 +112,15 @@ def write_config(
     drain_timeout: float = 15,
     edit: tuple[str, str] | None = None,
     name: str = "gateway.toml",
+    workers: int = 1,
 ) -> Path:
-    """A config in tmp_path; `edit` replaces one exact piece of the text (it must be there)."""
-    text = _config_text(tmp_path / "state", listen=listen, drain_timeout=drain_timeout)
+    """A config in tmp_path; `edit` replaces one exact piece of the text (it must be there).
+
+    One serving process unless `workers` says otherwise: these tests read one process's
+    events (test_workers.py runs a supervisor and its workers)."""
+    text = _config_text(
+        tmp_path / "state", listen=listen, drain_timeout=drain_timeout, workers=workers
+    )
     if edit is not None:
         old, new = edit
         assert old in text, f"{old!r} is not in the config"
@@ -184,6 +191,23 @@ class ServeProcess:
             await self.finish()
             raise AssertionError(f"no {name} event; exit {self.process.returncode}: {self.stderr}")
         return found
+
+    async def first(self, matches: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        """The first event that `matches`, waiting for it to be logged.
+
+        Raises:
+            AssertionError: the process closed its stdout without logging one.
+        """
+
+        def found() -> dict[str, Any] | None:
+            return next((e for e in self.events if matches(e)), None)
+
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._stdout_closed or found() is not None)
+            event = found()
+        if event is None:
+            raise AssertionError(f"no such event; exit {self.process.returncode}")
+        return event
 
     def find(self, name: str) -> dict[str, Any] | None:
         return next((e for e in self.events if e.get("event") == name), None)

@@ -69,6 +69,7 @@ __all__ = [
     "load_checkpoints",
     "parse_line",
     "read_link",
+    "worker_log",
 ]
 
 GENESIS = "0" * 64
@@ -134,6 +135,18 @@ def read_link(record: object) -> Link | None:
     return None
 
 
+def worker_log(log: str, index: int) -> str:
+    """Where worker `index` of a supervisor writes the log configured as `log`: a file of its
+    own beside it (`gateway.log` -> `gateway.worker-1.log`), so that each file has one writer
+    and one chain; standard output stays standard output (each process writes its lines
+    whole, under a lock they share: ChainedLog.to_stream), so the chains interleave by line,
+    each still in order."""
+    if log == "-":
+        return log
+    path = Path(log)
+    return str(path.with_name(f"{path.stem}.worker-{index}{path.suffix}"))
+
+
 # ---------------------------------------------------------------------------------------------
 # Writing
 
@@ -160,9 +173,12 @@ class ChainedLog:
         path: Path | None = None,
         fd: int | None = None,
         check_every_s: float = ROTATION_CHECK_S,
+        shared: int | None = None,
     ) -> None:
         self._chain, self._seq, self._hash = head.chain, head.seq, head.hash
         self._stream = stream
+        # An open lock file taken around each line written to a stream that processes share.
+        self._shared = shared
         self._path = path
         self._fd = fd
         self._file_id = _file_id(fd) if fd is not None else None
@@ -177,9 +193,21 @@ class ChainedLog:
         self._dropped = 0
 
     @classmethod
-    def to_stream(cls, stream: TextIO) -> ChainedLog:
-        """A new chain written to `stream` (standard output, or a test's buffer)."""
-        return cls(_new_head(), stream=stream)
+    def to_stream(cls, stream: TextIO, *, shared_with: Path | None = None) -> ChainedLog:
+        """A new chain written to `stream` (standard output, or a test's buffer).
+
+        `shared_with` names a lock file that every process writing the same stream (a
+        supervisor and its workers, on one standard output) takes around each line: a
+        write(2) to a pipe longer than PIPE_BUF (4 KiB) may otherwise be split, and another
+        process's line land inside it. Each process keeps a chain of its own.
+
+        Raises:
+            OSError: the lock file cannot be opened.
+        """
+        if shared_with is None:
+            return cls(_new_head(), stream=stream)
+        shared = os.open(shared_with, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        return cls(_new_head(), stream=stream, shared=shared)
 
     @classmethod
     def to_file(cls, path: Path, *, check_every_s: float = ROTATION_CHECK_S) -> ChainedLog:
@@ -268,12 +296,21 @@ class ChainedLog:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+            if self._shared is not None:
+                os.close(self._shared)
+                self._shared = None
 
     def _write(self, data: bytes) -> None:
         if self._stream is not None:
-            # The JSON renderer escapes everything outside ASCII, so text and bytes agree.
-            self._stream.write(data.decode())
-            self._stream.flush()
+            if self._shared is not None:
+                fcntl.flock(self._shared, fcntl.LOCK_EX)
+            try:
+                # The JSON renderer escapes everything outside ASCII, so text and bytes agree.
+                self._stream.write(data.decode())
+                self._stream.flush()
+            finally:
+                if self._shared is not None:
+                    fcntl.flock(self._shared, fcntl.LOCK_UN)
             return
         assert self._fd is not None
         written = 0
@@ -313,10 +350,10 @@ def _new_head() -> Head:
 
 
 def _open_locked(path: Path) -> int:
-    # SINGLE-PROCESS ASSUMPTION (issue 10, item 4): one writer per log file, held by an
-    # exclusive flock for the process's life; a second gateway process on the same file fails
-    # at start with AuditLogBusy. Several processes need a file each (and a chain id each, which
-    # _new_head gives them) or one writer process the others send their lines to.
+    # One writer per log file, held by an exclusive flock for the process's life: a second
+    # gateway process on the same file fails at start with AuditLogBusy. A supervisor's
+    # workers each write a file of their own (worker_log), with a chain of their own, which a
+    # restarted worker continues from its file's last line.
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -39,7 +39,29 @@ _DELIVERY_KEYS = (
 _OPERATOR_KEYS = ("action_id", "operator", "requested_at", "jobs", "count", "filter")
 # event name -> the keys it carries (besides timestamp, level and event).
 EVENTS: dict[str, tuple[str, ...]] = {
-    "gateway.started": ("version", "offices", "as_of", "state_dir", "delivery"),
+    # worker/workers: this process is worker I of N under a supervisor ([server] workers).
+    "gateway.started": (
+        "version",
+        "offices",
+        "as_of",
+        "state_dir",
+        "delivery",
+        "worker",
+        "workers",
+    ),
+    # The supervisor ([server] workers above 1): it bound the listeners; each worker process it
+    # started (pid), each that ended (status: its exit status, or the signal that ended it;
+    # ran_s: how long it lived), and each restart, after a delay (backoff, doubling up to a cap).
+    "gateway.supervisor.started": ("version", "workers", "state_dir", "as_of"),
+    # Told to stop (reason: the signal), passing it on to the workers still running; stopped
+    # once all have ended (status: the supervisor's exit status, 0 when each ended cleanly).
+    "gateway.supervisor.stopping": ("reason", "workers"),
+    "gateway.supervisor.stopped": ("status",),
+    "gateway.worker.started": ("worker", "pid"),
+    "gateway.worker.exited": ("worker", "pid", "status", "ran_s", "expected"),
+    "gateway.worker.restarted": ("worker", "pid", "delay_s", "restarts"),
+    # A signal passed on to every worker (SIGTERM, SIGINT, SIGHUP, SIGUSR1).
+    "gateway.signal.forwarded": ("signal", "workers"),
     "gateway.listening": ("host", "port"),
     "gateway.metrics.listening": ("host", "port"),  # the HTTP /metrics, /healthz, /readyz
     "gateway.stopping": ("reason", "sessions"),
@@ -185,6 +207,7 @@ def configure_logging(
     *,
     stream: TextIO | None = None,
     observers: Sequence[Processor] = (),
+    shared_with: Path | None = None,
 ) -> ChainedLog | None:
     """Route structlog to the configured destination; returns the chained log written to,
     or None for the console format (for people at a terminal, not chained).
@@ -192,6 +215,8 @@ def configure_logging(
     Called once by the CLI. `stream` overrides the destination (tests). `observers` are
     processors that see every event dict (with its timestamp, after redaction) just before it
     is rendered, e.g. to count events as metrics; they must return the event dict unchanged.
+    `shared_with`: the lock file of a standard output other processes write too (a supervisor
+    and its workers; ChainedLog.to_stream).
 
     Raises:
         AuditLogBusy: another process is writing the log file.
@@ -208,7 +233,9 @@ def configure_logging(
     else:
         renderer = structlog.processors.JSONRenderer()
         chain = (
-            ChainedLog.to_stream(out) if out is not None else ChainedLog.to_file(Path(settings.log))
+            ChainedLog.to_stream(out, shared_with=shared_with)
+            if out is not None
+            else ChainedLog.to_file(Path(settings.log))
         )
         factory = _ChainFactory(chain)
     redactor = Redactor.from_settings(settings)

@@ -4,7 +4,11 @@ The chain itself (what each line carries, how lines are written and anchored) is
 Here the lines of one or more files, oldest first, are walked once: each must be JSON, carry
 its link, follow its predecessor by seq and name that line's SHA-256 as its prev; a chain's
 first line must match its anchor in the store and every checkpoint in the store the line
-with that seq. The result lists what is wrong, in the order of the lines. Reading files is
+with that seq. Each chain is walked on its own, so the chains of several processes may come
+interleaved line by line (a supervisor's workers on one standard output) or in files of their
+own (their log files, `gateway.worker-N.log`), in any order between chains. A damaged line
+counts against the chain of the line before it. The result lists what is wrong, in the order
+of the lines. Reading files is
 the only I/O; `verify()` itself is a pure walk over lines already read.
 """
 
@@ -70,9 +74,13 @@ def _open_log(path: Path) -> BinaryIO:
 
 def log_files(log: Path) -> list[Path]:
     """The log and its rotated predecessors (`gateway.log.1`, `gateway.log.2.gz`,
-    `gateway.log-20171001`...), oldest first by their first chained line."""
-    siblings = [p for p in log.parent.glob(f"{log.name}[.-]*") if p.is_file()]
-    return order_files([*siblings, log] if log.is_file() else siblings)
+    `gateway.log-20171001`...), and the logs of a supervisor's workers beside it with theirs
+    (`gateway.worker-1.log`, `gateway.worker-1.log.1`...; chain.worker_log), oldest first by
+    their first chained line (so each chain's files come in the order it wrote them)."""
+    workers = f"{log.stem}.worker-*{log.suffix}"
+    patterns = (log.name, f"{log.name}[.-]*", workers, f"{workers}[.-]*")
+    found = {p for pattern in patterns for p in log.parent.glob(pattern) if p.is_file()}
+    return order_files(found)
 
 
 def order_files(paths: Iterable[Path]) -> list[Path]:
@@ -190,7 +198,10 @@ class _Verifier:
         self.has_store = anchors is not None
         self.findings: list[Finding] = []
         self.spans: list[ChainSpan] = []
-        self.run: _Run | None = None
+        # Every chain being walked, by id: lines of several processes' chains may come
+        # interleaved, line by line (the workers' standard output, saved as one file).
+        self.runs: dict[str, _Run] = {}
+        self.run: _Run | None = None  # the chain of the last chained line
         self.records = 0
         self.unchained = 0
         self.sources: dict[str, int] = {}
@@ -208,23 +219,26 @@ class _Verifier:
             return
         found = read_link(record)
         if found is None:
-            if self.run is None and not self.spans:
+            if not self.runs and not self.spans:
                 self.unchained += 1
             else:
                 self.add(Problem.INSERTED, line.where, "a line without chain, seq and prev")
             return
         self.records += 1
         digest = line_hash(line.raw)
-        run = self.run
+        run = self.runs.get(found.chain)
         if found.seq == 1 and found.prev == GENESIS:
-            self._finish()
+            if run is not None:
+                self._finish(run)  # the same chain begun again: its first walk ends here
             self._start(found, line, digest)
-        elif run is None or run.chain != found.chain:
-            self._finish()
+        elif run is None:
+            # A chain whose beginning is in files not given.
             self.run = _Run(found.chain, found.seq, found.seq + 1, digest, line.where, False, 1)
             self.run.last_seq = found.seq
+            self.runs[found.chain] = self.run
             self._checkpoint(found, line, digest)
         else:
+            self.run = run
             self._next(run, found, line, digest)
 
     def _damaged(self, line: LogLine) -> None:
@@ -241,6 +255,7 @@ class _Verifier:
 
     def _start(self, found: Link, line: LogLine, digest: str) -> None:
         self.run = _Run(found.chain, 1, 2, digest, line.where, True, 1, last_seq=1)
+        self.runs[found.chain] = self.run
         if self.anchors is None:
             return
         anchor = self.anchors.get(found.chain)
@@ -315,10 +330,10 @@ class _Verifier:
                 f"record seq {found.seq} differs from the store's checkpoint of {iso(point.at)}",
             )
 
-    def _finish(self) -> None:
-        run, self.run = self.run, None
-        if run is None:
-            return
+    def _finish(self, run: _Run) -> None:
+        del self.runs[run.chain]
+        if self.run is run:
+            self.run = None
         for broke, seqs in run.early.items():
             self.add(
                 Problem.REORDERED,
@@ -363,7 +378,8 @@ class _Verifier:
         )
 
     def result(self) -> Verification:
-        self._finish()
+        for run in list(self.runs.values()):
+            self._finish(run)
         ordered = sorted(self.findings, key=lambda f: _sort_key(f.where, self.sources))
         return Verification(self.records, tuple(self.spans), tuple(ordered), self.unchained)
 

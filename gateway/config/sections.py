@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
@@ -74,6 +75,10 @@ class ServerSettings(_Model):
     # The event loop: "uvloop" (the `fast` extra), "asyncio" (the standard library's), or
     # "auto": uvloop when installed and measured faster, today asyncio (smtp/eventloop.py).
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    # SMTP serving processes. One is the plain single process; more make `gateway serve` a
+    # supervisor that binds the listeners once and hands them to that many children (one per
+    # core by default: one process's event loop is the bound, issue 14).
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
 
     def is_trusted(self, address: str) -> bool:
         """Whether a client at `address` counts as an authenticated sender."""

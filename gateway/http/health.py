@@ -22,7 +22,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -35,7 +35,7 @@ from gateway.delivery.worker import DeliveryWorker
 from gateway.errors import StoreError
 from gateway.store.db import Store
 
-__all__ = ["Check", "Endpoint", "Readiness", "start_endpoint"]
+__all__ = ["Check", "Endpoint", "Readiness", "ReadinessCheck", "start_endpoint"]
 
 # In-flight requests get this long when the endpoint closes; probes are quick or pointless.
 _SHUTDOWN_S = 1.0
@@ -48,6 +48,12 @@ class Check:
     part: str  # "smtp", "store", "delivery"
     ok: bool
     detail: str
+
+
+class ReadinessCheck(Protocol):
+    """What /readyz asks: this process's parts (Readiness), or a host's workers (http/host.py)."""
+
+    async def check(self) -> list[Check]: ...
 
 
 class Readiness:
@@ -137,7 +143,7 @@ class Endpoint:
 
 
 class _Routes:
-    def __init__(self, registry: CollectorRegistry, readiness: Readiness) -> None:
+    def __init__(self, registry: CollectorRegistry, readiness: ReadinessCheck) -> None:
         self.registry = registry
         self.readiness = readiness
 
@@ -164,7 +170,7 @@ class _Routes:
 
 
 async def start_endpoint(
-    address: ListenAddress, registry: CollectorRegistry, readiness: Readiness
+    address: ListenAddress, registry: CollectorRegistry, readiness: ReadinessCheck
 ) -> Endpoint:
     """Bind `address` (port 0: any free port) and serve /healthz, /readyz and /metrics.
 
@@ -181,10 +187,9 @@ async def start_endpoint(
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_S)
     await runner.setup()
     try:
-        # SINGLE-PROCESS ASSUMPTION (issue 10, item 4): one process owns [metrics] listen, and
-        # its counters are that process's only. A second process on the same port fails to
-        # bind; several need a port each (or a shared registry directory, prometheus_client's
-        # multiprocess mode) and /readyz answering for the process it runs in.
+        # One process owns [metrics] listen: the gateway, or under [server] workers the
+        # supervisor, which answers for the host (http/host.py); each worker then serves its
+        # own /readyz on a loopback port of its own, for the supervisor to ask.
         await web.TCPSite(runner, address.host, address.port).start()
     except OSError:
         await runner.cleanup()

@@ -23,6 +23,7 @@ from typing import Any
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     Info,
     PlatformCollector,
@@ -115,7 +116,13 @@ def _count(value: Any) -> int:
 class EventMetrics:
     """The counters, and the structlog processor that keeps them from the audit events."""
 
-    def __init__(self, registry: CollectorRegistry, *, offices: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        offices: Iterable[str] = (),
+        count_sessions: bool = False,
+    ) -> None:
         self.registry = registry
         # The configured offices' names: their message series read 0 from the start.
         self.offices = ("", *offices)
@@ -199,8 +206,20 @@ class EventMetrics:
             ["table"],
             registry=registry,
         )
+        # Under a supervisor the open sessions are counted here, from the events, as a gauge
+        # summed over the live workers (a dead one's share goes with it); alone, the process
+        # reads its own session table at scrape time (OutboxCollector) instead.
+        self.sessions_open: Gauge | None = None
+        if count_sessions:
+            self.sessions_open = Gauge(
+                "gateway_smtp_sessions_open",
+                "SMTP sessions open now.",
+                registry=registry,
+                multiprocess_mode="livesum",
+            )
         self._handlers: Mapping[str, Callable[[EventDict], None]] = {
-            "smtp.session.opened": lambda _event: self.connections.inc(),
+            "smtp.session.opened": self._session_opened,
+            "smtp.session.closed": self._session_closed,
             "smtp.session.refused": self._connection_refused,
             "smtp.reply.sent": self._reply_sent,
             "smtp.recipient.refused": self._recipient_refused,
@@ -239,6 +258,15 @@ class EventMetrics:
         if handle is not None:
             handle(event_dict)
         return event_dict
+
+    def _session_opened(self, _event: EventDict) -> None:
+        self.connections.inc()
+        if self.sessions_open is not None:
+            self.sessions_open.inc()
+
+    def _session_closed(self, _event: EventDict) -> None:
+        if self.sessions_open is not None:
+            self.sessions_open.dec()
 
     def _connection_refused(self, event: EventDict) -> None:
         self.connections_refused.labels(_label(event.get("reason"))).inc()
@@ -321,9 +349,12 @@ class OutboxCollector(Collector):
         sqlite3.Error: the store file cannot be read.
     """
 
-    def __init__(self, database: Path, clock: Clock, *, open_sessions: Callable[[], int]) -> None:
+    def __init__(
+        self, database: Path, clock: Clock, *, open_sessions: Callable[[], int] | None
+    ) -> None:
         self.database = database
         self.clock = clock
+        # None: the sessions gauge is another collector's (a supervisor sums its workers').
         self.open_sessions = open_sessions
 
     def describe(self) -> Iterable[Metric]:
@@ -333,19 +364,19 @@ class OutboxCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         with contextlib.closing(connect(self.database, readonly=True)) as conn:
             queue = read_queue(conn)
-        jobs, oldest, sessions = self._families()
+        jobs, oldest, *sessions = self._families()
         for state, count in queue.depth.items():
             jobs.add_metric([state.value], count)
         age = 0.0
         if queue.oldest_waiting is not None:
             age = max(0.0, (self.clock() - queue.oldest_waiting).total_seconds())
         oldest.add_metric([], age)
-        sessions.add_metric([], self.open_sessions())
-        return [jobs, oldest, sessions]
+        if self.open_sessions is not None:
+            sessions[0].add_metric([], self.open_sessions())
+        return [jobs, oldest, *sessions]
 
-    @staticmethod
-    def _families() -> list[GaugeMetricFamily]:
-        return [
+    def _families(self) -> list[GaugeMetricFamily]:
+        families = [
             GaugeMetricFamily(
                 "gateway_outbox_jobs",
                 "Jobs in the outbox by state (queued, in-flight, deferred, held, failed).",
@@ -355,5 +386,9 @@ class OutboxCollector(Collector):
                 "gateway_outbox_oldest_job_age_seconds",
                 "Age of the oldest job still to be delivered (0: none waiting).",
             ),
-            GaugeMetricFamily("gateway_smtp_sessions_open", "SMTP sessions open now."),
         ]
+        if self.open_sessions is not None:
+            families.append(
+                GaugeMetricFamily("gateway_smtp_sessions_open", "SMTP sessions open now.")
+            )
+        return families

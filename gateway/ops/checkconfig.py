@@ -72,7 +72,7 @@ def settings_in_force(settings: GatewaySettings) -> list[tuple[str, list[str]]]:
         (
             "endpoints",
             [
-                *_keys("server", server, ("listen", "hostname", "tls_cert", "tls_key")),
+                *_keys("server", server, ("listen", "workers", "hostname", "tls_cert", "tls_key")),
                 f"server.starttls = {'offered' if server.tls_cert else 'off'}",
                 *_keys("metrics", settings.metrics, ("listen",)),
                 *_keys("storage", settings.storage, ("state_dir",)),

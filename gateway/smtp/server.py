@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -392,12 +393,16 @@ async def start_server(
     reuse_port: bool = False,
     audit: ChainedLog | None = None,
     serving: Serving | None = None,
+    sockets: Sequence[socket.socket] = (),
 ) -> list[asyncio.Server]:
     """Bind every listen address and start serving; returns the bound servers.
 
+    With `sockets` (listeners a supervisor bound and passed down, smtp/listeners.py) it
+    serves on those instead of binding anything.
+
     `reuse_port` (SO_REUSEPORT) is for several processes sharing [server] listen, the kernel
-    spreading connections among them. Nothing passes it yet (issue 10, item 4): app.py runs
-    one SMTP process, and the outbox, audit log and metrics endpoint assume one process too.
+    spreading connections among them. Nothing passes it: with [server] workers the supervisor
+    binds once and passes `sockets` down, so a dying child drops no queued connection.
 
     Port 0 binds a free port; read it from `server.sockets`. With `audit`, the chained audit
     log, sessions answer 451 rather than make a record while it cannot be written. With
@@ -420,7 +425,11 @@ async def start_server(
 
     servers: list[asyncio.Server] = []
     try:
-        for address in listen or receiving.server.listen:
+        for sock in sockets:
+            # asyncio calls listen() again with its default backlog, 100: the length the
+            # supervisor bound it with (smtp/listeners.py), so the shared queue keeps it.
+            servers.append(await loop.create_server(factory, sock=sock))
+        for address in () if sockets else listen or receiving.server.listen:
             servers.append(await _bind(loop, factory, address, reuse_port=reuse_port))
     except OSError:
         for server in servers:

@@ -105,32 +105,49 @@ class Bounce:
 class Outbox:
     """The queue operations the delivery worker needs; each returns once it is durable."""
 
-    def __init__(self, store: Store, *, owner: str) -> None:
+    def __init__(self, store: Store, *, owner: str, incarnations: str | None = None) -> None:
         self.store = store
         # Who holds leases taken here; recover() frees leases of earlier owners.
         self.owner = owner
+        # The prefix every owner name of this worker's earlier lives starts with (its host and
+        # worker slot), when other live workers share the store; None when none does.
+        self.incarnations = incarnations
 
     async def recover(self) -> int:
-        """Return jobs in flight under an earlier owner (a crashed worker) to the queue.
+        """Return jobs in flight under an earlier life of this worker (it crashed, or was
+        killed) to the queue; returns how many.
 
-        There is one delivery worker per store, so any other owner's lease is stale.
+        Alone on the store (`incarnations` None: one serving process), every other owner's
+        lease is stale. Beside other workers (`[server] workers` above 1), only leases of
+        owners named with this worker's own prefix are: the supervisor starts a worker slot
+        again only once its previous process has died, so those leases have no one behind
+        them, while another slot's may be an attempt under way right now, which releasing
+        would send twice. Those of a slot that is gone for good (workers lowered) come back
+        when their lease runs out, as claim() takes expired leases anyway.
         """
-        # SINGLE-PROCESS ASSUMPTION (issue 10, item 4): this releases every lease not held by
-        # `self.owner`, a live worker's in another process included, which would then deliver
-        # the same job twice. Several workers per store need recover() limited to leases that
-        # have expired (lease_until in the past) or to owners known to be dead.
+
+        def stale(column: str) -> tuple[str, tuple[object, ...]]:
+            if self.incarnations is None:
+                return f"{column} IS NOT ?", (self.owner,)
+            prefix = self.incarnations
+            return f"{column} IS NOT ? AND substr({column}, 1, ?) = ?", (
+                self.owner,
+                len(prefix),
+                prefix,
+            )
 
         def release(conn: sqlite3.Connection) -> int:
+            others, values = stale("lease_owner")
             # A job held during its attempt keeps its hold; only the stale lease goes.
             conn.execute(
                 "UPDATE jobs SET lease_owner = NULL, lease_until = NULL"
-                " WHERE state = ? AND lease_owner IS NOT NULL AND lease_owner IS NOT ?",
-                (JobState.HELD, self.owner),
+                f" WHERE state = ? AND lease_owner IS NOT NULL AND {others}",
+                (JobState.HELD, *values),
             )
             cursor = conn.execute(
                 "UPDATE jobs SET state = ?, lease_owner = NULL, lease_until = NULL"
-                " WHERE state = ? AND lease_owner IS NOT ?",
-                (JobState.QUEUED, JobState.IN_FLIGHT, self.owner),
+                f" WHERE state = ? AND {others}",
+                (JobState.QUEUED, JobState.IN_FLIGHT, *values),
             )
             return cursor.rowcount
 
