@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import command_parsers, main
+from gateway.arguments import command_parsers
+from gateway.cli import main
 from gateway.store.db import connect
 from gateway.store.queueactions import JobFilter, QueueAction, change_jobs, select_jobs
 from tests.conftest import GatewayFactory
