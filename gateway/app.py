@@ -33,7 +33,8 @@ import structlog
 from structlog.typing import Processor
 
 from gateway import __version__
-from gateway.audit.chain import ChainedLog, anchored, worker_log
+from gateway.audit.anchoring import anchored
+from gateway.audit.chain import ChainedLog, worker_log
 from gateway.audit.log import configure_logging
 from gateway.clock import Clock, make_clock
 from gateway.config import GatewaySettings, ServerSettings

@@ -40,7 +40,8 @@ from prometheus_client.multiprocess import mark_process_dead
 
 from gateway import __version__
 from gateway.app import Parts, check_state_dir, prepare, watch_log
-from gateway.audit.chain import ChainedLog, anchored
+from gateway.audit.anchoring import anchored
+from gateway.audit.chain import ChainedLog
 from gateway.audit.log import configure_logging
 from gateway.clock import Clock
 from gateway.config import GatewaySettings
@@ -48,10 +49,11 @@ from gateway.errors import ConfigError, GatewayError
 from gateway.http.health import Endpoint, start_endpoint
 from gateway.http.host import HostReadiness, WorkerProbe, host_registry
 from gateway.notices.dkim import zone_record
+from gateway.policy.restart import Backoff
 from gateway.role import stdout_lock
 from gateway.smtp.listeners import bind_listeners
 
-__all__ = ["Backoff", "supervise"]
+__all__ = ["supervise"]
 
 log = structlog.get_logger()
 
@@ -63,26 +65,6 @@ _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 # How a worker ends when asked to stop: drained (0), or by the signal itself when it came
 # before the worker had its handlers (still starting).
 _CLEAN = (0, -signal.SIGTERM, -signal.SIGINT)
-
-
-@dataclass(slots=True)
-class Backoff:
-    """How long to wait before starting a worker again: doubling from `first_s` up to `cap_s`
-    while it keeps ending soon after starting; from `first_s` again once one served `stable_s`.
-    """
-
-    first_s: float = 0.5
-    cap_s: float = 30.0
-    stable_s: float = 60.0
-    restarts: int = 0  # in a row, each within stable_s of its start
-
-    def after(self, ran_s: float) -> float:
-        """The delay before the next start of a worker that ran `ran_s` seconds."""
-        if ran_s >= self.stable_s:
-            self.restarts = 0
-        delay = min(self.cap_s, self.first_s * 2.0**self.restarts)
-        self.restarts += 1
-        return delay
 
 
 @dataclass(slots=True)

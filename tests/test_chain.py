@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from gateway.audit.anchoring import anchored
 from gateway.audit.chain import (
     GENESIS,
     AuditLogBusy,
     ChainedLog,
-    anchored,
     line_hash,
     link,
     load_anchors,

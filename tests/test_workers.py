@@ -26,9 +26,9 @@ import aiosmtplib
 import pytest
 
 from gateway.config import ServerSettings
+from gateway.policy.restart import Backoff
 from gateway.store.outbox import find_jobs
 from gateway.store.queries import read_message
-from gateway.supervisor import Backoff
 from tests.polling import eventually
 from tests.test_faults import readyz
 from tests.test_metrics import scrape, value

@@ -1,0 +1,101 @@
+"""A chain's anchors in the state store: its first line's hash once, its head over time.
+
+chain.py says what the anchors catch (a forged beginning, a tail cut off). The anchor and a
+first checkpoint are written when serving starts, then a thread records the head every
+`checkpoint_interval` seconds and once more at stop; the rows are store/anchors.py's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+
+from gateway.audit.chain import ChainedLog, Head
+from gateway.store.anchors import Anchor, Checkpoint, save_head, save_head_now
+from gateway.store.db import Store
+
+__all__ = ["anchored"]
+
+log = structlog.get_logger()
+
+
+def _head_rows(chain: ChainedLog, head: Head) -> tuple[Anchor | None, Checkpoint | None]:
+    """The chain's anchor once its first line is written (saved again: ignored), and its head."""
+    anchor = None
+    if chain.is_new and chain.first_hash is not None:
+        anchor = Anchor(head.chain, chain.started_at, chain.destination, chain.first_hash)
+    point = Checkpoint(head.chain, head.seq, head.hash, datetime.now(UTC)) if head.seq else None
+    return anchor, point
+
+
+async def _write_start(database: Path, chain: ChainedLog) -> None:
+    store = Store(database)  # creates the file and the tables on a first start
+    await store.open()
+    try:
+        anchor, point = _head_rows(chain, chain.head)
+        await store.write(lambda conn: save_head(conn, anchor, point))
+    finally:
+        await store.close()
+
+
+class _Checkpoints:
+    """A thread that records the chain's head in the store every `every_s` seconds."""
+
+    def __init__(self, chain: ChainedLog, database: Path, *, every_s: float) -> None:
+        self._chain = chain
+        self._database = database
+        self._every_s = every_s
+        self._stop = threading.Event()
+        self._saved = chain.head
+        self._thread = threading.Thread(target=self._run, name="audit-checkpoints", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop the thread and record the head one last time."""
+        self._stop.set()
+        self._thread.join()
+        self._save()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every_s):
+            self._save()
+
+    def _save(self) -> None:
+        head = self._chain.head
+        if head == self._saved or head.seq == 0:
+            return
+        try:
+            save_head_now(self._database, *_head_rows(self._chain, head))
+        except sqlite3.Error as exc:
+            log.error("store.checkpoint_failed", error=str(exc))
+            return
+        self._saved = head
+
+
+@contextlib.contextmanager
+def anchored(chain: ChainedLog | None, database: Path, *, every_s: float) -> Iterator[None]:
+    """Anchor `chain` in the store, checkpoint its head while the body runs and once more
+    when it ends. Does nothing for a log without a chain (the console format).
+
+    Raises:
+        StoreError: the store cannot be opened or written.
+    """
+    if chain is None:
+        yield
+        return
+    asyncio.run(_write_start(database, chain))
+    checkpoints = _Checkpoints(chain, database, every_s=every_s)
+    checkpoints.start()
+    try:
+        yield
+    finally:
+        checkpoints.close()
