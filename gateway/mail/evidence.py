@@ -122,8 +122,12 @@ class _Structure:
     truncated: bool
 
 
-def extract_facts(raw: bytes) -> MessageFacts:
-    """Record what `raw`, a message as received in DATA, says about itself; never raises."""
+def extract_facts(raw: bytes, *, sha256: str | None = None) -> MessageFacts:
+    """Record what `raw`, a message as received in DATA, says about itself; never raises.
+
+    `sha256`: `raw`'s digest when the caller has it already (the server hashes DATA as it
+    reads it), so a large message is not hashed twice.
+    """
     head_end, body_start, is_capped = _header_end(raw, 0, _MAX_HEADER_BLOCK)
     msg, codec = _parse_block(raw[:head_end])
     first, received = _first_values(msg)
@@ -134,7 +138,7 @@ def extract_facts(raw: bytes) -> MessageFacts:
         structure = _walk(raw, _head_of(msg, codec, in_digest=False), body_start)
     return MessageFacts(
         size=len(raw),
-        sha256=hashlib.sha256(raw).hexdigest(),
+        sha256=sha256 or hashlib.sha256(raw).hexdigest(),
         message_id=header_text(first.get("message-id")),
         subject=subject,
         date=header_text(first.get("date")),

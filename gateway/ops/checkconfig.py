@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from gateway.config import GatewaySettings, OfficeSettings
 from gateway.policy.decision import Phase, phase_at
+from gateway.smtp.eventloop import loop_name
 
 __all__ = ["print_check", "settings_in_force"]
 
@@ -65,6 +66,12 @@ def print_check(settings: GatewaySettings, *, now: datetime, out: TextIO) -> Non
     _address_table(settings, out)
 
 
+def _loop(choice: str) -> str:
+    """`choice`, and the loop it means when that is not the same word ("auto (asyncio)")."""
+    name = loop_name(choice)
+    return choice if choice == name else f"{choice} ({name})"
+
+
 def settings_in_force(settings: GatewaySettings) -> list[tuple[str, list[str]]]:
     """The settings in force under their headings, each line `section.key = value`."""
     server, notices = settings.server, settings.notices
@@ -72,7 +79,9 @@ def settings_in_force(settings: GatewaySettings) -> list[tuple[str, list[str]]]:
         (
             "endpoints",
             [
-                *_keys("server", server, ("listen", "workers", "hostname", "tls_cert", "tls_key")),
+                *_keys("server", server, ("listen", "workers")),
+                f"server.event_loop = {_loop(server.event_loop)}",
+                *_keys("server", server, ("hostname", "tls_cert", "tls_key")),
                 f"server.starttls = {'offered' if server.tls_cert else 'off'}",
                 *_keys("metrics", settings.metrics, ("listen",)),
                 *_keys("storage", settings.storage, ("state_dir",)),

@@ -47,7 +47,7 @@ def received_data(envelope: GatewayEnvelope) -> ReceivedData:
 
 def facts_of(data: ReceivedData) -> MessageFacts:
     """The message's facts; of an oversize one, what its kept head says."""
-    facts = extract_facts(data.content)
+    facts = extract_facts(data.content, sha256=data.sha256)
     if data.is_complete:
         return facts
     # Only the header block was kept: the record has the size and hash of all that came.

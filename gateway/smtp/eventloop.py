@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from gateway.errors import ConfigError
 
-__all__ = ["loop_factory"]
+__all__ = ["loop_factory", "loop_name"]
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 
@@ -43,3 +43,12 @@ def loop_factory(choice: str) -> LoopFactory | None:
         return None
     factory: LoopFactory = uvloop.new_event_loop
     return factory
+
+
+def loop_name(choice: str) -> str:
+    """The loop `choice` serves on, as check-config shows it: "asyncio" or "uvloop".
+
+    Raises:
+        ConfigError: "uvloop" was chosen and is not installed.
+    """
+    return "asyncio" if loop_factory(choice) is None else "uvloop"

@@ -28,6 +28,7 @@ from tests.test_serve_process import (  # noqa: E402
     assert_recorded,
     database,
     mixed_attempts,
+    run_cli,
     send_batch,
     serving,
     smtp_session,
@@ -57,6 +58,21 @@ def test_without_uvloop_auto_is_asyncio_and_uvloop_refuses_to_start(
     assert loop_factory("auto") is None
     with pytest.raises(ConfigError, match=r"server\.event_loop: uvloop is not installed"):
         loop_factory("uvloop")
+
+
+@pytest.mark.parametrize(
+    ("choice", "shown"),
+    [("auto", "auto (asyncio)"), ("asyncio", "asyncio"), ("uvloop", "uvloop")],
+)
+def test_check_config_names_the_loop_each_choice_serves_on(
+    tmp_path: Path, choice: str, shown: str
+) -> None:
+    config = write_config(
+        tmp_path, edit=("idle_timeout = 30\n", f'idle_timeout = 30\nevent_loop = "{choice}"\n')
+    )
+    checked = run_cli("check-config", "--config", str(config), cwd=tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    assert f"server.event_loop = {shown}" in checked.stdout.splitlines()
 
 
 def test_the_setting_defaults_to_auto_and_takes_only_the_three_choices() -> None:
