@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import AnyStr, cast
 
 import structlog
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, syntax
 
 from gateway.audit.chain import ChainedLog
 from gateway.clock import Clock
@@ -316,6 +316,7 @@ class GatewaySMTP(SMTP):
     async def smtp_AUTH(self, arg: str) -> None:
         await self.push(REPLY_NO_AUTH)
 
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")  # HELP, as aiosmtpd's
     async def smtp_MAIL(self, arg: str) -> None:
         # aiosmtpd answers a declared SIZE over the limit with 552 before any recipient is
         # named, so a filing could never be told it was not filed. The limit is lifted for
@@ -334,6 +335,7 @@ class GatewaySMTP(SMTP):
         finally:
             self.data_size_limit = limit
 
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_RCPT(self, arg: str) -> None:
         # A refusal at RCPT is a record too: none while the audit log cannot be written.
         refusal = self._unrecordable()
@@ -342,6 +344,7 @@ class GatewaySMTP(SMTP):
             return
         await super().smtp_RCPT(arg)
 
+    @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
         # Our own reading of DATA (dataread.py): an oversize message or an overlong line is
         # read to its end and still answered by the handler, with its record.
