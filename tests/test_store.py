@@ -306,6 +306,22 @@ async def test_an_older_store_is_migrated_and_keeps_its_jobs(
     assert "refused_for" in columns
 
 
+async def test_stores_opened_at_once_on_an_older_file_migrate_it_once(tmp_path: Path) -> None:
+    # Several processes starting together (workers, an operator's command) each open the
+    # store: one migrates, the others find it done. Each Store here has its own writer
+    # thread and lock file descriptor, as a process would.
+    for attempt in range(5):
+        path = tmp_path / f"gateway-{attempt}.sqlite3"
+        await an_older_store(path, 1, has_journal=False)
+        stores = [Store(path) for _ in range(4)]
+        async with asyncio.timeout(30):
+            opened = await asyncio.gather(*(s.open() for s in stores), return_exceptions=True)
+        for store in stores:
+            await store.close()
+        assert [o for o in opened if isinstance(o, BaseException)] == []
+        assert schema_of(path)[0] == SCHEMA_VERSION
+
+
 async def newer_store(path: Path) -> None:
     """A store a newer gateway has used: one schema version past this code's."""
     await an_older_store(path, SCHEMA_VERSION, has_journal=False)

@@ -222,7 +222,10 @@ class Store:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             lock = os.open(_lock_path(self.path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
             conn = connect(self.path)
-            migrate(conn)
+            # Under the writers' lock: another process opening the same older file at the
+            # same moment would otherwise add the same columns again and fail.
+            with _writer_turn(lock):
+                migrate(conn)
         except (OSError, sqlite3.Error) as exc:
             if lock >= 0:
                 os.close(lock)
