@@ -63,6 +63,7 @@ __all__ = [
     "Parts",
     "build_delivery",
     "check_state_dir",
+    "log_opened",
     "prepare",
     "serve",
     "tls_context",
@@ -224,16 +225,7 @@ def serve(
     except OSError as exc:  # the log file cannot be opened, or another process writes it
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
         return 1
-    if chain is not None:
-        log.info("gateway.log.opened", log=audit.log, continued=not chain.is_new)
-    if parts.dkim_created:
-        log.warning(
-            "dkim.key_created",
-            selector=parts.dkim_key.selector,
-            domain=parts.dkim_key.domain,
-            path=str(parts.dkim_key.path),
-            dns_record=zone_record(parts.dkim_key),
-        )
+    log_opened(parts, chain, audit.log)
     every_s = settings.audit.checkpoint_interval
     try:
         # The chain's first line and its head over time, in the store (see chain.py).
@@ -355,6 +347,21 @@ def _announce(
         for sock in server.sockets:
             host, port = sock.getsockname()[:2]
             log.info("gateway.listening", host=host, port=port)
+
+
+def log_opened(parts: Parts, chain: ChainedLog | None, destination: str) -> None:
+    """The first events of a process's log: the log itself, and a DKIM key made just now
+    with the DNS record to publish for it (an operator must act on that one)."""
+    if chain is not None:
+        log.info("gateway.log.opened", log=destination, continued=not chain.is_new)
+    if parts.dkim_created:
+        log.warning(
+            "dkim.key_created",
+            selector=parts.dkim_key.selector,
+            domain=parts.dkim_key.domain,
+            path=str(parts.dkim_key.path),
+            dns_record=zone_record(parts.dkim_key),
+        )
 
 
 async def watch_log(chain: ChainedLog, *, every_s: float = 1.0) -> None:

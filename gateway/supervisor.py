@@ -39,7 +39,7 @@ import structlog
 from prometheus_client.multiprocess import mark_process_dead
 
 from gateway import __version__
-from gateway.app import Parts, check_state_dir, prepare, watch_log
+from gateway.app import Parts, check_state_dir, log_opened, prepare, watch_log
 from gateway.audit.anchoring import anchored
 from gateway.audit.chain import ChainedLog
 from gateway.audit.log import configure_logging
@@ -48,7 +48,6 @@ from gateway.config import GatewaySettings
 from gateway.errors import ConfigError, GatewayError
 from gateway.http.health import Endpoint, start_endpoint
 from gateway.http.host import HostReadiness, WorkerProbe, host_registry
-from gateway.notices.dkim import zone_record
 from gateway.policy.restart import Backoff
 from gateway.role import stdout_lock
 from gateway.smtp.listeners import bind_listeners
@@ -140,16 +139,7 @@ def _open(settings: GatewaySettings, *, as_of: str | None) -> _Opened | int:
         for sock in sockets:
             sock.close()
         return 1
-    if chain is not None:
-        log.info("gateway.log.opened", log=settings.audit.log, continued=not chain.is_new)
-    if parts.dkim_created:
-        log.warning(
-            "dkim.key_created",
-            selector=parts.dkim_key.selector,
-            domain=parts.dkim_key.domain,
-            path=str(parts.dkim_key.path),
-            dns_record=zone_record(parts.dkim_key),
-        )
+    log_opened(parts, chain, settings.audit.log)
     return parts, sockets, run_dir, chain
 
 
