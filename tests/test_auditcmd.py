@@ -14,7 +14,6 @@ import io
 import json
 import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,9 +38,9 @@ from tests.test_serve_process import (
     SENDER,
     START_TIMEOUT,
     STOP_TIMEOUT,
-    child_environment,
     run_cli,
     smtp_session,
+    start_serve,
     write_config,
 )
 
@@ -270,21 +269,7 @@ async def serving_to(config: Path, log: Path, *, stdout: Path) -> AsyncIterator[
     would save it); yields the SMTP port once `log` says gateway.listening."""
     before = await asyncio.to_thread(count_lines, log)  # a restart: look past the last run
     with stdout.open("ab") as saved:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "gateway",
-            "serve",
-            "--config",
-            str(config),
-            "--as-of",
-            AFTER_CUTOFF,
-            stdin=subprocess.DEVNULL,
-            stdout=saved,
-            stderr=subprocess.PIPE,
-            cwd=config.parent,
-            env=child_environment(),
-        )
+        process = await start_serve(config, as_of=AFTER_CUTOFF, stdout=saved)
     try:
         listening = await eventually(
             lambda: event_after(log, before, "gateway.listening"), within=START_TIMEOUT

@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -35,13 +34,13 @@ from tests.test_serve_process import (
     STOP_TIMEOUT,
     Attempt,
     assert_one_line_error,
-    child_environment,
     database,
     read_store,
     run_cli,
     send,
     serving,
     smtp_session,
+    start_serve,
     write_config,
 )
 
@@ -116,15 +115,7 @@ def assert_chain_unbroken(path: Path) -> None:
 @contextlib.asynccontextmanager
 async def serving_to_file(config: Path, log: Path) -> AsyncIterator[tuple[Any, int, int]]:
     """`gateway serve` logging to `log`; yields the process, the SMTP and the metrics port."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        *("-m", "gateway", "serve", "--config", str(config), "--as-of", AFTER_CUTOFF),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        cwd=config.parent,
-        env=child_environment(),
-    )
+    process = await start_serve(config, as_of=AFTER_CUTOFF, stdout=subprocess.DEVNULL)
     try:
 
         def started() -> tuple[int, int] | None:

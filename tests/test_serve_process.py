@@ -21,7 +21,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import aiosmtplib
 import pytest
@@ -137,6 +137,22 @@ def child_environment(**extra: str) -> dict[str, str]:
     return env
 
 
+async def start_serve(
+    config: Path, *, as_of: str, stdout: int | IO[bytes] = subprocess.PIPE
+) -> asyncio.subprocess.Process:
+    """`python -m gateway serve` on `config`, from its directory, with no GATEWAY_* setting
+    of ours; standard output to `stdout`, standard error piped."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "gateway", "serve", "--config", str(config), "--as-of", as_of),
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        cwd=config.parent,
+        env=child_environment(),
+    )
+
+
 def database(tmp_path: Path) -> Path:
     return tmp_path / "state" / "gateway.sqlite3"
 
@@ -243,21 +259,7 @@ async def serving(config: Path, *, as_of: str) -> AsyncIterator[Listening]:
     On the way out a child that is still running is killed, and its pipes are always drained,
     so no transport is left open whatever the test did.
     """
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "serve",
-        "--config",
-        str(config),
-        "--as-of",
-        as_of,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=config.parent,
-        env=child_environment(),
-    )
+    process = await start_serve(config, as_of=as_of)
     gateway = ServeProcess(process)
     try:
         async with asyncio.timeout(START_TIMEOUT):

@@ -16,7 +16,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -44,7 +43,6 @@ from tests.test_serve_process import (
     ServeProcess,
     assert_one_line_error,
     assert_recorded,
-    child_environment,
     database,
     read_store,
     run_cli,
@@ -52,6 +50,7 @@ from tests.test_serve_process import (
     send_data,
     serving,
     smtp_session,
+    start_serve,
     write_config,
 )
 
@@ -411,21 +410,7 @@ def pid_in(worker_log: Path) -> int | None:
 @contextlib.asynccontextmanager
 async def serving_to_files(config: Path, log: Path) -> AsyncIterator[asyncio.subprocess.Process]:
     """`gateway serve` logging to files: up once the supervisor's log says gateway.listening."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "serve",
-        "--config",
-        str(config),
-        "--as-of",
-        AFTER_CUTOFF,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        cwd=config.parent,
-        env=child_environment(),
-    )
+    process = await start_serve(config, as_of=AFTER_CUTOFF, stdout=subprocess.DEVNULL)
     try:
         await eventually(
             lambda: any(e["event"] == "gateway.listening" for e in events_of(log)), within=20
