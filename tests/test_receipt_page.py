@@ -306,8 +306,23 @@ async def test_a_client_past_its_limit_gets_429_with_retry_after_and_others_go_o
     assert (refused.status, again.status, other.status) == (429, 429, 200)
     assert 1 <= int(refused.headers["Retry-After"]) <= 30
     limited = [e for e in logs if e["event"] == "receipt.rate_limited"]
-    assert [(e["client"], e["retry_after_s"] >= 1) for e in limited] == [("127.0.0.1", True)]
+    assert [(e["scope"], e["client"], e["retry_after_s"] >= 1) for e in limited] == [
+        ("client", "127.0.0.1", True)
+    ]
     assert len([e for e in logs if e["event"] == "receipt.looked_up"]) == 4
+
+
+async def test_all_clients_together_are_held_to_total_per_second(
+    filed: Filed, serve_receipts: ReceiptsFactory
+) -> None:
+    receipts = await serve_receipts(filed.gateway, total_per_second=2, per_minute=600, burst=100)
+    ref = filed.refs["motion"]
+    with capture_logs() as logs:
+        pages = [await receipts.get(f"/ref/{ref}", source=f"127.0.0.{n}") for n in (1, 2, 3)]
+    assert [p.status for p in pages] == [200, 200, 429]
+    assert pages[2].headers["Retry-After"] == "1"
+    limited = [e for e in logs if e["event"] == "receipt.rate_limited"]
+    assert [(e["scope"], e["client"]) for e in limited] == [("total", "127.0.0.3")]
 
 
 async def test_every_answer_carries_the_security_headers(

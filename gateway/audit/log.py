@@ -200,7 +200,8 @@ EVENTS: dict[str, tuple[str, ...]] = {
     # every reference that has no receipt, whatever the reason) and a client passing its limit
     # (once per episode: the 429s that follow are not logged one by one).
     "receipt.looked_up": ("reference", "found", "format", "lang", "client"),
-    "receipt.rate_limited": ("client", "retry_after_s"),
+    # scope: "client" (its own per_minute and burst) or "total" (total_per_second).
+    "receipt.rate_limited": ("scope", "client", "retry_after_s"),
     **dict.fromkeys(
         ("outbox.held", "outbox.released", "outbox.flushed", "outbox.retried", "outbox.deleted"),
         _OPERATOR_KEYS,

@@ -409,6 +409,10 @@ class LookupSettings(_Model):
     # nobody can walk the reference space; past it, 429 with Retry-After.
     per_minute: int = Field(default=30, ge=1, le=6000)
     burst: int = Field(default=10, ge=1, le=1000)
+    # Lookups per second from all clients together: the page shares a process (and, with one
+    # worker, the event loop) with SMTP, and many addresses must not starve it of its CPU.
+    # bench/receipt.py measured 50 a second costing one process's SMTP side about 10 %.
+    total_per_second: int = Field(default=50, ge=1, le=100_000)
     # Days after arrival a receipt can be looked up; 0: as long as the record is kept.
     max_age_days: int = Field(default=0, ge=0)
     # Show the SHA-256 of the message as received, for a firm to match against its sent copy.

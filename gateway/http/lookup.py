@@ -118,6 +118,8 @@ class _Receipts:
         self.reader = reader
         self.clock = clock
         self.limit = RateLimit(per_minute=settings.per_minute, burst=settings.burst)
+        total = settings.total_per_second
+        self.total = RateLimit(per_minute=total * 60, burst=total, max_clients=1)
         pages = _pages()
         self.page = pages.get_template("receipt.html.j2")
         self.not_found = pages.get_template("notfound.html.j2").render(
@@ -127,11 +129,15 @@ class _Receipts:
 
     async def lookup(self, request: web.Request) -> web.Response:
         client = request.remote or "unknown"
-        verdict = self.limit.ask(client, time.monotonic())
+        now = time.monotonic()
+        verdict, scope = self.limit.ask(client, now), "client"
+        if verdict.is_allowed:
+            # Every client's lookups together; one client's own refusals do not count here.
+            verdict, scope = self.total.ask("*", now), "total"
         if not verdict.is_allowed:
             if verdict.is_first_refusal:
                 wait = verdict.retry_after_s
-                log.warning("receipt.rate_limited", client=client, retry_after_s=wait)
+                log.warning("receipt.rate_limited", scope=scope, client=client, retry_after_s=wait)
             return web.Response(
                 status=429,
                 text="Too many lookups; try again later.\n",

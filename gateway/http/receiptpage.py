@@ -87,6 +87,11 @@ class ReceiptPage:
     json_href: str
     words: Mapping[str, str]
 
+    @property
+    def has_sha256(self) -> bool:
+        """Whether the facts show the SHA-256 (then the page says what it is for)."""
+        return any(fact.label == self.words["sha256"] for fact in self.facts)
+
 
 def choose_language(
     offered: Sequence[str], *, asked: str | None, accept_language: str | None
