@@ -44,6 +44,7 @@ from gateway.delivery.worker import DeliveryWorker
 from gateway.dns_lookup.mx import DnsMxResolver
 from gateway.errors import ConfigError, GatewayError
 from gateway.http.health import Endpoint, Readiness, start_endpoint
+from gateway.http.lookup import start_lookup
 from gateway.http.metrics import EventMetrics, OutboxCollector, new_registry
 from gateway.notices.context import NoticeContext
 from gateway.notices.dkim import DkimKey, ensure_key, zone_record
@@ -261,6 +262,7 @@ async def _serve(
     receiving = ReceiveSettings.from_settings(settings)
     serving = Serving(receiving, store, parts.clock)
     endpoint: Endpoint | None = None
+    receipts: Endpoint | None = None
     try:
         # No reuse_port: a supervisor's workers share the sockets it bound (smtp/listeners.py).
         servers = await start_server(
@@ -288,7 +290,9 @@ async def _serve(
             audit=chain,
         )
         endpoint = await _start_endpoint(settings, parts, readiness, servers, sessions, worker)
-        _announce(settings, servers, endpoint, as_of=as_of, worker=worker)
+        # Under a supervisor the receipt page is the supervisor's, as the host's /metrics is.
+        receipts = None if worker is not None else await start_lookup(settings, parts.clock)
+        _announce(settings, servers, endpoint, receipts, as_of=as_of, worker=worker)
         async with asyncio.TaskGroup() as tasks:
             readiness.delivery_task = tasks.create_task(delivery.run(), name="delivery")
             housekeeping = [tasks.create_task(hangups.serve(reloader, chain), name="signals")]
@@ -311,8 +315,9 @@ async def _serve(
                 task.cancel()
         log.info("gateway.stopped", sessions_cut=cut)
     finally:
-        if endpoint is not None:
-            await endpoint.close()
+        for http in (endpoint, receipts):
+            if http is not None:
+                await http.close()
         stop.remove()
         hangups.remove()
         await store.close()
@@ -322,6 +327,7 @@ def _announce(
     settings: GatewaySettings,
     servers: list[asyncio.Server],
     endpoint: Endpoint | None,
+    receipts: Endpoint | None,
     *,
     as_of: str | None,
     worker: WorkerRole | None,
@@ -343,6 +349,8 @@ def _announce(
     # Before gateway.listening, which tests and orchestrators take as "up".
     if endpoint is not None:
         log.info("gateway.metrics.listening", host=endpoint.host, port=endpoint.port)
+    if receipts is not None:
+        log.info("gateway.lookup.listening", host=receipts.host, port=receipts.port)
     for server in servers:
         for sock in server.sockets:
             host, port = sock.getsockname()[:2]

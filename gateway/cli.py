@@ -197,5 +197,5 @@ def _settings(path: Path | None) -> GatewaySettings:
     if path is None and os.environ.get("GATEWAY_CONFIG"):
         path = Path(os.environ["GATEWAY_CONFIG"])
     settings = load_settings(path, os.environ)
-    check_replies(settings.offices)
+    check_replies(settings.offices, public_url=settings.lookup.public_url)
     return settings

@@ -33,6 +33,7 @@ RESTART_ONLY: tuple[str, ...] = (
     "delivery",
     "dns",
     "metrics",
+    "lookup",
     "notices.dkim_selector",
     "notices.dkim_domain",
     "notices.dkim_key_file",

@@ -133,7 +133,7 @@ class Reloader:
             OSError: a template directory cannot be read.
         """
         plan = plan_reload(self.settings, reread())
-        check_replies(plan.settings.offices)
+        check_replies(plan.settings.offices, public_url=plan.settings.lookup.public_url)
         # Compiles and trial-renders every set.
         renderer = NoticeRenderer(NoticeContext.from_settings(plan.settings))
         return plan, renderer, templates_digest(plan.settings)

@@ -48,6 +48,7 @@ from gateway.config import GatewaySettings
 from gateway.errors import ConfigError, GatewayError
 from gateway.http.health import Endpoint, start_endpoint
 from gateway.http.host import HostReadiness, WorkerProbe, host_registry
+from gateway.http.lookup import start_lookup
 from gateway.policy.restart import Backoff
 from gateway.role import stdout_lock
 from gateway.smtp.listeners import bind_listeners
@@ -200,9 +201,11 @@ class Supervisor:
         for signum in _FORWARDED:
             loop.add_signal_handler(signum, self._on_signal, signum)
         endpoint: Endpoint | None = None
+        receipts: Endpoint | None = None
         watch_chain = None
         try:
             endpoint = await self._start_endpoint()
+            receipts = await start_lookup(self.settings, self.clock)  # the host's, like /metrics
             log.info(
                 "gateway.supervisor.started",
                 version=__version__,
@@ -214,7 +217,7 @@ class Supervisor:
                 watch_chain = asyncio.create_task(watch_log(self.chain), name="audit-log")
             failed = await self._start_all()
             if failed is None and self.stopping is None:
-                self._announce(endpoint)
+                self._announce(endpoint, receipts)
                 await self._stopped.wait()
             status = await self._stop_all()
             return status if failed is None else failed
@@ -223,8 +226,9 @@ class Supervisor:
                 watch_chain.cancel()
             for signum in _FORWARDED:
                 loop.remove_signal_handler(signum)
-            if endpoint is not None:
-                await endpoint.close()
+            for http in (endpoint, receipts):
+                if http is not None:
+                    await http.close()
 
     # -- starting ------------------------------------------------------------------------------
 
@@ -299,11 +303,12 @@ class Supervisor:
             str(self.run_dir),
         ]
 
-    def _announce(self, endpoint: Endpoint | None) -> None:
+    def _announce(self, endpoint: Endpoint | None, receipts: Endpoint | None) -> None:
         # gateway.listening last, once every worker serves: tests and orchestrators take it
         # as "up", as they do from one process.
-        if endpoint is not None:
-            log.info("gateway.metrics.listening", host=endpoint.host, port=endpoint.port)
+        for event, http in (("metrics", endpoint), ("lookup", receipts)):
+            if http is not None:
+                log.info(f"gateway.{event}.listening", host=http.host, port=http.port)
         for sock in self.sockets:
             host, port = sock.getsockname()[:2]
             log.info("gateway.listening", host=host, port=port)

@@ -24,7 +24,7 @@ from tests.smtpclient import message, transaction
 
 __all__ = ["ATTEMPTS", "CLERK", "FAR", "Filed", "fill_store"]
 
-REFERENCE = re.compile(r"\d{8}-[0-9A-Z]{10}")
+REFERENCE = re.compile(r"\d{8}-[0-9A-Z]{13}")
 CLERK = "clerk@Other-Firm.example"
 FAR = "attorney@far.example"  # writes from a client outside the trusted networks
 UNTRUSTED = "127.0.0.2"

@@ -120,7 +120,7 @@ def message(
 
 
 SENDER = "paralegal@lawfirm.example"
-REFERENCE = re.compile(r"\(ref (\d{8}-[0-9A-Z]{10})\)")
+REFERENCE = re.compile(r"\(ref (\d{8}-[0-9A-Z]{13})\)")
 
 
 async def transaction(

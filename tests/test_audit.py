@@ -58,6 +58,7 @@ def test_event_names_are_dotted_area_and_past_tense() -> None:
             "delivery",
             "store",
             "dkim",
+            "receipt",  # the public receipt page (http/lookup.py)
         }
 
 

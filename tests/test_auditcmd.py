@@ -78,7 +78,7 @@ async def test_the_table_lines_up_and_counts_the_attempts(start_gateway: Gateway
     assert total == "7 attempts"
     assert blank == ""
     column = header.index("REFERENCE")
-    assert [row[column : column + 19] for row in rows] == list(filed.refs.values())
+    assert [row[column : column + 22] for row in rows] == list(filed.refs.values())
     assert header.index("NOTICE") == rows[0].index("delivered")
     assert "Motion to continue [A-number]" in rows[0]
 

@@ -59,6 +59,7 @@ def test_the_settings_in_force_are_one_key_per_line_under_their_headings(tmp_pat
         "# limits",
         "# delivery",
         "# notices",
+        "# receipt page",
     ]
     for expected in (
         "server.listen = 127.0.0.1:2525",
@@ -70,6 +71,9 @@ def test_the_settings_in_force_are_one_key_per_line_under_their_headings(tmp_pat
         "limits.notices_per_sender = 30",
         "delivery.mode = file",
         "delivery.retry_schedule = 60, 300, 900, 3600, 14400",
+        "lookup.listen = (none)",
+        "lookup.public_url = (none)",
+        "lookup.per_minute = 30",
     ):
         assert expected in lines
 

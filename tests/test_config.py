@@ -190,6 +190,7 @@ def test_unknown_environment_override_lists_every_overridable_section() -> None:
         "notices",
         "metrics",
         "postmaster",
+        "lookup",
     ]
 
 
@@ -344,3 +345,27 @@ def test_check_config_prints_every_problem_with_its_key(
     assert "gateway: config error: 2 problems:" in err
     assert "server.max_recipents: is not a setting here; did you mean 'max_recipients'?" in err
     assert "offices[0].timezone: unknown IANA time zone" in err
+
+
+def test_lookup_is_off_by_default_and_takes_its_listener_and_url_from_the_environment() -> None:
+    assert load_settings().lookup.listen is None
+    assert load_settings().lookup.public_url is None
+    environ = {
+        "GATEWAY_LOOKUP__LISTEN": "127.0.0.1:8025",
+        "GATEWAY_LOOKUP__PUBLIC_URL": "https://eservice-mx.agency.example/ref/",
+    }
+    lookup = load_settings(None, environ).lookup
+    assert lookup.listen is not None
+    assert (lookup.listen.host, lookup.listen.port) == ("127.0.0.1", 8025)
+    assert lookup.receipt_url("20170913-AB") == (
+        "https://eservice-mx.agency.example/ref/20170913-AB"
+    )
+
+
+@pytest.mark.parametrize(
+    "url", ["eservice-mx.agency.example/ref/", "https://x/ref/ space", "ftp://x/"]
+)
+def test_a_public_url_that_is_not_an_absolute_http_url_is_refused(url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, {"GATEWAY_LOOKUP__PUBLIC_URL": url})
+    assert caught.value.key == "lookup.public_url"

@@ -22,7 +22,7 @@ from tests.smtpclient import RawClient, Reply
 
 PORTAL = "https://eservice.ice.gov/"
 LIMIT = 8192
-REF = re.compile(r"(?:\(ref |Queued as )(\d{8}-[0-9A-Z]{10})")
+REF = re.compile(r"(?:\(ref |Queued as )(\d{8}-[0-9A-Z]{13})")
 SERVICE = "occ-chicago-service@occ-chicago.example"
 RETIRED_FORMS = {
     RETIRED,

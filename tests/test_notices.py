@@ -959,3 +959,20 @@ def _failed(
         attachments=attachments,
         a_numbers=a_numbers,
     )
+
+
+@pytest.mark.parametrize(("lang", "label"), [("en", "Receipt"), ("es", "Constancia")])
+def test_a_notice_links_to_its_receipt_page_when_receipts_are_published(
+    settings: GatewaySettings, lang: str, label: str
+) -> None:
+    receipts = "https://eservice-mx.agency.example/ref/"
+    office = office_in(settings, lang)
+    published = NoticeRenderer(replace(notices_of(settings, office), public_url=receipts))
+    failed = failed_from("multipart-attachments", office)
+    text, html = parts(sent(published, office, failed))
+    url = f"{receipts}{failed.reference}"
+    assert f"{label}: {url}\n" in text
+    assert f'<a href="{url}">{url}</a>' in html
+    unpublished = NoticeRenderer(notices_of(settings, office))
+    plain_text, plain_html = parts(sent(unpublished, office, failed))
+    assert receipts not in plain_text + plain_html

@@ -25,7 +25,7 @@ from gateway.smtp.replies import (
 from tests.conftest import office
 from tests.test_verdict import CHICAGO, FILING, RULES, arrival, verdict
 
-REF = "20170913-7K3QM9XD0A"
+REF = "20170913-7K3QM9XD0AB4C"
 PORTAL = "https://eservice.ice.gov/"
 NO_MAILBOX = (
     "550 5.1.1 No such mailbox here; nothing was filed. Electronic filings to ICE OCC Chicago"
@@ -41,7 +41,7 @@ def test_retired_reply_says_not_filed_and_that_paper_service_still_works() -> No
     assert retired_reply(chicago(), REF) == (
         "550 5.1.6 NOT FILED: this address was retired on 2017-09-12; nothing was filed with or"
         " served on ICE OCC Chicago. File electronically only via https://eservice.ice.gov/;"
-        " paper service still accepted (ref 20170913-7K3QM9XD0A)"
+        " paper service still accepted (ref 20170913-7K3QM9XD0AB4C)"
     )
 
 
@@ -177,12 +177,36 @@ def test_every_reply_of_an_office_that_check_replies_accepts_fits() -> None:
 def test_reply_words_hold_the_words_of_each_reply_the_store_may_settle_on() -> None:
     # A refusal that queues a notice may end on its own 550 or on a 451 per notice limit.
     gated = verdict(arrival(FILING))
-    words = ReplyWords(gated, "20170913-7K3QM9XD0A", RULES.offices)
+    words = ReplyWords(gated, "20170913-7K3QM9XD0AB4C", RULES.offices)
     assert len(words) == 5
     assert dict(words) == {
-        reply: reply_for(reply, "20170913-7K3QM9XD0A", CHICAGO if reply.office else None)
+        reply: reply_for(reply, "20170913-7K3QM9XD0AB4C", CHICAGO if reply.office else None)
         for reply in gated.possible_replies()
     }
     assert words[gated.reply].startswith("550 5.1.6 NOT FILED")
     with pytest.raises(KeyError):
         words[Reply(ReplyKind.LOOP)]  # not a reply this verdict can end on
+
+
+RECEIPTS = "https://eservice-mx.agency.example/ref/"
+
+
+def test_replies_naming_a_reference_carry_its_receipt_page_when_one_is_published() -> None:
+    receipt = f"{RECEIPTS}{REF}"
+    replies = [
+        retired_reply(CHICAGO, REF, public_url=RECEIPTS),
+        accepted_reply(REF, CHICAGO, public_url=RECEIPTS),
+        accepted_reply(REF, None, public_url=RECEIPTS),
+        unknown_mailbox_reply(CHICAGO, REF, public_url=RECEIPTS),
+        oversize_reply(CHICAGO, REF, public_url=RECEIPTS),
+        oversize_reply(None, REF, public_url=RECEIPTS),
+    ]
+    assert all(receipt in reply for reply in replies)
+    assert retired_reply(CHICAGO, REF).endswith(f"(ref {REF})")
+    assert retired_reply(CHICAGO, REF, public_url=RECEIPTS).endswith(f"(ref {REF}, {receipt})")
+
+
+def test_a_public_url_too_long_for_the_replies_is_refused_naming_it() -> None:
+    check_replies([CHICAGO], public_url=RECEIPTS)
+    with pytest.raises(ConfigError, match=r"lookup\.public_url"):
+        check_replies([CHICAGO], public_url=RECEIPTS + "x" * 250)

@@ -53,7 +53,7 @@ SMTP_TIMEOUT = 10.0
 CLI_TIMEOUT = 30.0
 
 # A store reference: the UTC date and ten Crockford base32 characters.
-REFERENCE = re.compile(r"\b(\d{8}-[0-9A-HJKMNP-TV-Z]{10})\b")
+REFERENCE = re.compile(r"\b(\d{8}-[0-9A-HJKMNP-TV-Z]{13})\b")
 
 
 def _config_text(state_dir: Path, *, listen: str, drain_timeout: float, workers: int) -> str:

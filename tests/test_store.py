@@ -172,7 +172,7 @@ def test_references_are_dated_unambiguous_and_distinct() -> None:
     assert len(references) == 10_000
     sample = next(iter(references))
     assert sample.startswith("20170913-")
-    assert len(sample) == 19
+    assert len(sample) == 22  # 13 characters of base 32 after the date: 65 random bits
     assert not set(sample[9:]) & set("ILOU")
 
 

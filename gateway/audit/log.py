@@ -64,6 +64,7 @@ EVENTS: dict[str, tuple[str, ...]] = {
     "gateway.signal.forwarded": ("signal", "workers"),
     "gateway.listening": ("host", "port"),
     "gateway.metrics.listening": ("host", "port"),  # the HTTP /metrics, /healthz, /readyz
+    "gateway.lookup.listening": ("host", "port"),  # the public receipt page ([lookup] listen)
     "gateway.stopping": ("reason", "sessions"),
     "gateway.stopped": ("sessions_cut",),
     # The first event a serving process logs: where the audit log goes and whether this line
@@ -195,6 +196,12 @@ EVENTS: dict[str, tuple[str, ...]] = {
     # serving gateway at its next poll (the command journals it in the store): action_id
     # numbers it there, requested_at is when it was taken, jobs the ids it changed, filter
     # what the command line selected.
+    # The public receipt page: each lookup (reference only when well-formed; found is false for
+    # every reference that has no receipt, whatever the reason) and a client passing its limit
+    # (once per episode: the 429s that follow are not logged one by one).
+    "receipt.looked_up": ("reference", "found", "format", "lang", "client"),
+    # scope: "client" (its own per_minute and burst) or "total" (total_per_second).
+    "receipt.rate_limited": ("scope", "client", "retry_after_s"),
     **dict.fromkeys(
         ("outbox.held", "outbox.released", "outbox.flushed", "outbox.retried", "outbox.deleted"),
         _OPERATOR_KEYS,

@@ -1,5 +1,5 @@
 """The settings sections: [server], [storage], [audit], [limits], [metrics], [sender_auth],
-[dns], [delivery], [notices] and [postmaster], each with its own checks.
+[dns], [delivery], [notices], [postmaster] and [lookup], each with its own checks.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ __all__ = [
     "DeliverySettings",
     "DnsSettings",
     "LimitSettings",
+    "LookupSettings",
     "MetricsSettings",
     "NoticeSettings",
     "PostmasterSettings",
@@ -388,3 +389,45 @@ class PostmasterSettings(_Model):
     forward_to: list[Annotated[str, Field(pattern=_PLAIN_ADDRESS, max_length=254)]] = Field(
         default_factory=list
     )
+
+
+# An absolute http(s) URL in printable ASCII: it goes into SMTP replies (7-bit, RFC 5321) and
+# notices as is, with the reference appended.
+_PUBLIC_URL = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*)?$"
+
+
+class LookupSettings(_Model):
+    """`[lookup]`: the public receipt page, where a sender looks up what became of a message."""
+
+    # Its own HTTP listener, apart from [metrics] (which is the operator's); "" turns it off.
+    listen: ListenAddress | None = None
+    # Where senders reach the page, ending where the reference goes: replies after DATA,
+    # refusals naming a reference, and notices then carry <public_url><reference>. Empty: they
+    # carry the reference alone (the page may still be served, e.g. behind a proxy).
+    public_url: str | None = Field(default=None, max_length=120, pattern=_PUBLIC_URL)
+    # Lookups per client address: `burst` at once, then `per_minute` (a token bucket), so that
+    # nobody can walk the reference space; past it, 429 with Retry-After.
+    per_minute: int = Field(default=30, ge=1, le=6000)
+    burst: int = Field(default=10, ge=1, le=1000)
+    # Lookups per second from all clients together: the page shares a process (and, with one
+    # worker, the event loop) with SMTP, and many addresses must not starve it of its CPU.
+    # bench/receipt.py measured 50 a second costing one process's SMTP side about 10 %.
+    total_per_second: int = Field(default=50, ge=1, le=100_000)
+    # Days after arrival a receipt can be looked up; 0: as long as the record is kept.
+    max_age_days: int = Field(default=0, ge=0)
+    # Show the SHA-256 of the message as received, for a firm to match against its sent copy.
+    show_sha256: bool = True
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _listen(cls, value: Any) -> ListenAddress | None:
+        return None if value in (None, "") else _parse_listen(value)
+
+    @field_validator("public_url", mode="before")
+    @classmethod
+    def _public_url(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    def receipt_url(self, reference: str) -> str | None:
+        """Where the receipt of `reference` is published, or None when no public_url is set."""
+        return None if self.public_url is None else f"{self.public_url}{reference}"

@@ -29,6 +29,7 @@ from gateway.config.sections import (
     DeliverySettings,
     DnsSettings,
     LimitSettings,
+    LookupSettings,
     MetricsSettings,
     NoticeSettings,
     PostmasterSettings,
@@ -54,6 +55,7 @@ class GatewaySettings(_Model):
     notices: NoticeSettings = Field(default_factory=NoticeSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     postmaster: PostmasterSettings = Field(default_factory=PostmasterSettings)
+    lookup: LookupSettings = Field(default_factory=LookupSettings)
     offices: list[OfficeSettings] = Field(min_length=1)
 
     @cached_property

@@ -26,6 +26,7 @@ class NoticeContext:
     hostname: str  # [server] hostname: the default From domain, and one of our own
     served_domains: frozenset[str]  # the offices' domains: mail from them is our own
     state_dir: Path  # [storage] state_dir: where a generated DKIM key is kept
+    public_url: str | None = None  # [lookup] public_url: each notice links to its receipt
 
     @classmethod
     def from_settings(cls, settings: GatewaySettings) -> NoticeContext:
@@ -36,6 +37,7 @@ class NoticeContext:
             hostname=settings.server.hostname,
             served_domains=settings.address_book.served_domains,
             state_dir=settings.storage.state_dir,
+            public_url=settings.lookup.public_url,
         )
 
     @property

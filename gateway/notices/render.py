@@ -141,6 +141,7 @@ class MessageView:
     a_numbers: tuple[str, ...]
     a_numbers_not_in_subject: tuple[str, ...]
     reference: str
+    receipt_url: str | None = None  # the public receipt page ([lookup] public_url), if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +175,9 @@ def _office_view(office: OfficeSettings, lang: Language) -> OfficeView:
     )
 
 
-def _message_view(failed: FailedMessage, office: OfficeSettings, subject_limit: int) -> MessageView:
+def _message_view(
+    failed: FailedMessage, office: OfficeSettings, subject_limit: int, public_url: str | None
+) -> MessageView:
     subject = clean_text(decode_header_text(failed.subject or ""), limit=subject_limit)
     a_numbers = tuple(
         a_number_text(a)
@@ -198,6 +201,7 @@ def _message_view(failed: FailedMessage, office: OfficeSettings, subject_limit: 
             a for a in a_numbers if digits_of(a) not in digits_of(subject)
         ),
         reference=failed.reference,
+        receipt_url=None if public_url is None else f"{public_url}{failed.reference}",
     )
 
 
@@ -287,6 +291,7 @@ class NoticeRenderer:
             ConfigError: an office's template set is missing, or fails to render.
         """
         self._notices = context.notices
+        self._public_url = context.public_url
         self._root = templates or context.notices.templates_dir or templates_dir()
         self._from = Address(display_name=context.notices.from_name, addr_spec=context.from_address)
         self._environments: dict[str, jinja2.Environment] = {}
@@ -338,7 +343,8 @@ class NoticeRenderer:
         if _REFERENCE.fullmatch(failed.reference) is None:
             raise NoticeError(f"malformed reference {failed.reference!r}")
         templates = self._template_set(office.templates, kind)
-        message_view = _message_view(failed, office, self._notices.subject_max_chars)
+        limit = self._notices.subject_max_chars
+        message_view = _message_view(failed, office, limit, self._public_url)
         views = {lang: _office_view(office, lang) for lang in office.languages}
         first = office.languages[0]
         variables: dict[str, object] = {

@@ -112,6 +112,7 @@ def settings_in_force(settings: GatewaySettings) -> list[tuple[str, list[str]]]:
             "notices",
             list(_keys("notices", notices, ("from_address", "dkim_selector", "dkim_domain"))),
         ),
+        ("receipt page", list(_keys("lookup", settings.lookup, _fields(settings.lookup)))),
     ]
 
 

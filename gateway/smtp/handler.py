@@ -36,13 +36,23 @@ class InboundHandler:
         self.clock = clock
         rules = receiving.rules
         self.recipients = RecipientDesk(
-            receiving.book, rules.offices, server=receiving.server, store=store, clock=clock
+            receiving.book,
+            rules.offices,
+            server=receiving.server,
+            store=store,
+            clock=clock,
+            public_url=receiving.public_url,
         )
         checks = SenderChecks(
             receiving.sender_auth, receiving.dns, hostname=receiving.server.hostname
         )
         self.messages = MessageDesk(
-            rules, checks, storage=receiving.storage, store=store, clock=clock
+            rules,
+            checks,
+            storage=receiving.storage,
+            store=store,
+            clock=clock,
+            public_url=receiving.public_url,
         )
 
     # -- EHLO: advertise what we do, and only that -------------------------------------------

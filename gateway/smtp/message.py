@@ -52,8 +52,14 @@ class ReplyWords(Mapping[Reply, str]):
     five a notice's limits could lead to."""
 
     def __init__(
-        self, verdict: Verdict, reference: str, offices: Mapping[str, OfficeSettings]
+        self,
+        verdict: Verdict,
+        reference: str,
+        offices: Mapping[str, OfficeSettings],
+        *,
+        public_url: str | None = None,
     ) -> None:
+        self._public_url = public_url
         self._replies = verdict.possible_replies()
         self._reference = reference
         self._offices = offices
@@ -64,7 +70,8 @@ class ReplyWords(Mapping[Reply, str]):
             if reply not in self._replies:
                 raise KeyError(reply)
             office = None if not reply.office else self._offices[reply.office]
-            self._words[reply] = reply_for(reply, self._reference, office)
+            url = self._public_url
+            self._words[reply] = reply_for(reply, self._reference, office, public_url=url)
         return self._words[reply]
 
     def __iter__(self) -> Iterator[Reply]:
@@ -85,7 +92,9 @@ class MessageDesk:
         storage: StorageSettings,
         store: Store,
         clock: Clock,
+        public_url: str | None = None,
     ) -> None:
+        self.public_url = public_url
         self.store = store
         self.clock = clock
         self.rules = rules
@@ -113,7 +122,7 @@ class MessageDesk:
             rules=self.rules,
             at=received_at,
         )
-        replies = ReplyWords(verdict, reference, self.rules.offices)
+        replies = ReplyWords(verdict, reference, self.rules.offices, public_url=self.public_url)
         keep_raw, keep_until = self._retention(verdict, envelope, received_at)
         record = MessageRecord(
             reference=reference,

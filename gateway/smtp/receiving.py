@@ -37,6 +37,8 @@ class ReceiveSettings:
     sender_auth: SenderAuthSettings
     dns: DnsSettings
     storage: StorageSettings  # keep_raw and raw_retention_days
+    # [lookup] public_url: replies naming a reference carry <public_url><reference>.
+    public_url: str | None = None
 
     @classmethod
     def from_settings(cls, settings: GatewaySettings) -> ReceiveSettings:
@@ -48,6 +50,7 @@ class ReceiveSettings:
             sender_auth=settings.sender_auth,
             dns=settings.dns,
             storage=settings.storage,
+            public_url=settings.lookup.public_url,
         )
 
 

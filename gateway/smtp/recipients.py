@@ -55,7 +55,9 @@ class RecipientDesk:
         server: ServerSettings,
         store: Store,
         clock: Clock,
+        public_url: str | None = None,
     ) -> None:
+        self.public_url = public_url  # [lookup]'s: refusals name their receipt page
         self.store = store
         self.clock = clock
         self.book = book
@@ -114,7 +116,7 @@ class RecipientDesk:
         def reply(reference: str) -> str:
             if decision.action is Action.GONE:
                 return REPLY_GONE
-            return retired_reply(office, reference)
+            return retired_reply(office, reference, public_url=self.public_url)
 
         return await self._refuse(
             session,
@@ -135,7 +137,7 @@ class RecipientDesk:
             session,
             envelope,
             recipient,
-            lambda ref: oversize_reply(office, ref),
+            lambda ref: oversize_reply(office, ref, public_url=self.public_url),
             reason="message-too-big",
             office=self.offices[decision.office],
             phase=decision.phase,
@@ -152,7 +154,7 @@ class RecipientDesk:
             session,
             envelope,
             recipient,
-            lambda ref: unknown_mailbox_reply(office, ref),
+            lambda ref: unknown_mailbox_reply(office, ref, public_url=self.public_url),
             reason="no-such-mailbox",
             office=office,
             phase=None,

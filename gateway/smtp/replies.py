@@ -38,6 +38,7 @@ __all__ = [
     "REPLY_VRFY",
     "accepted_reply",
     "check_replies",
+    "cite",
     "line_too_long_reply",
     "oversize_reply",
     "rate_limited_reply",
@@ -53,7 +54,7 @@ __all__ = [
 
 # RFC 5321 §4.2: a reply line is at most 512 octets including CRLF.
 MAX_REPLY = 510
-_SAMPLE_REFERENCE = "20991231-ZZZZZZZZZZ"
+_SAMPLE_REFERENCE = "20991231-ZZZZZZZZZZZZZ"
 
 # aiosmtpd's own replies, rewritten to carry RFC 3463 enhanced codes (RFC 2034 §3: every
 # 2xx/4xx/5xx except the greeting and the HELO/EHLO replies).
@@ -119,62 +120,81 @@ REPLY_IDLE_TIMEOUT = "421 4.4.2 Idle too long, closing connection"
 REPLY_SESSION_TIMEOUT = "421 4.4.2 Session time limit reached, closing connection"
 
 
-def retired_reply(office: OfficeSettings, reference: str) -> str:
+def cite(reference: str, public_url: str | None = None) -> str:
+    """How a reply names its record: the reference, and its receipt page when one is published
+    ([lookup] public_url)."""
+    return f"ref {reference}" if public_url is None else f"ref {reference}, {public_url}{reference}"
+
+
+def retired_reply(office: OfficeSettings, reference: str, *, public_url: str | None = None) -> str:
     """The 550 for a retired address: what happened, where to file instead, our reference."""
     retired_on = office.lifecycle.retires.astimezone(office.zone).date().isoformat()
     return (
         f"550 5.1.6 NOT FILED: this address was retired on {retired_on};"
-        f" {_nothing_filed(office)} {_file_electronically(office)} (ref {reference})"
+        f" {_nothing_filed(office)} {_file_electronically(office)}"
+        f" ({cite(reference, public_url)})"
     )
 
 
 def accepted_reply(
-    reference: str, office: OfficeSettings | None, *, notice_follows: bool = True
+    reference: str,
+    office: OfficeSettings | None,
+    *,
+    notice_follows: bool = True,
+    public_url: str | None = None,
 ) -> str:
     """The 250 at the end of DATA; when the message is not filed, it says so.
 
     `notice_follows` False: no notice will be sent (suppressed, say), so none is promised.
     """
     if office is None:
-        return f"250 2.0.0 Queued as {reference}"
+        receipt = "" if public_url is None else f" ({public_url}{reference})"
+        return f"250 2.0.0 Queued as {reference}{receipt}"
     promise = "; a notice follows" if notice_follows else ""
     return (
         f"250 2.0.0 Received but NOT FILED: {office.short_name} takes electronic filings only"
-        f" via {office.portal_url}{promise} (ref {reference})"
+        f" via {office.portal_url}{promise} ({cite(reference, public_url)})"
     )
 
 
-def unknown_mailbox_reply(office: OfficeSettings | None, reference: str) -> str:
+def unknown_mailbox_reply(
+    office: OfficeSettings | None, reference: str, *, public_url: str | None = None
+) -> str:
     """The 550 for an unknown local part in a served domain: perhaps a typo of a filing
     address, or a reply to the notices' no-reply address. It is on record, hence `reference`."""
     if office is None:
         return REPLY_NO_MAILBOX
     reply = (
         f"{REPLY_NO_MAILBOX}; nothing was filed. Electronic filings to {office.short_name} go"
-        f" only via {office.portal_url} (ref {reference})"
+        f" only via {office.portal_url} ({cite(reference, public_url)})"
     )
     return _with_contact(reply, office)
 
 
-def oversize_reply(office: OfficeSettings | None, reference: str) -> str:
+def oversize_reply(
+    office: OfficeSettings | None, reference: str, *, public_url: str | None = None
+) -> str:
     """The 552 for a message over the size limit (RFC 5321 §4.5.3.1.10), declared at MAIL and
     answered at RCPT, or found in DATA; None: not a filing (relayed or postmaster mail)."""
     # RFC 3463 X.3.4 "Message too big for system": the limit is ours, not the mailbox's.
     if office is None:
-        return f"552 5.3.4 Message too big for this system (ref {reference})"
+        return f"552 5.3.4 Message too big for this system ({cite(reference, public_url)})"
     return (
         f"552 5.3.4 NOT FILED: message too big for this system; {_nothing_filed(office)}"
-        f" {_file_electronically(office)} (ref {reference})"
+        f" {_file_electronically(office)} ({cite(reference, public_url)})"
     )
 
 
-def line_too_long_reply(reference: str) -> str:
+def line_too_long_reply(reference: str, *, public_url: str | None = None) -> str:
     """The 554 for mail to be relayed with a line over 1000 octets (RFC 5321 §4.5.3.1.6)."""
     # Not 500 5.5.2: the fault is in the message content, not in a command's syntax, and it is
     # answered after the end of DATA, where RFC 5321 §4.3.2 lists 554, not 500. RFC 3463 X.6.0
     # "Other or undefined media error" is the content-format code that fits. Filings with a
     # long line are not refused for it (nothing is passed on), so this names no portal.
-    return f"554 5.6.0 Line over 1000 octets (RFC 5321 4.5.3.1.6); not relayed (ref {reference})"
+    return (
+        "554 5.6.0 Line over 1000 octets (RFC 5321 4.5.3.1.6); not relayed"
+        f" ({cite(reference, public_url)})"
+    )
 
 
 def _nothing_filed(office: OfficeSettings) -> str:
@@ -217,38 +237,48 @@ def _not_filed(office: OfficeSettings | None) -> str:
 
 
 def rate_limited_reply(
-    scope: NoticeScope, reference: str, office: OfficeSettings | None = None
+    scope: NoticeScope,
+    reference: str,
+    office: OfficeSettings | None = None,
+    *,
+    public_url: str | None = None,
 ) -> str:
     """The 451 for a message whose notice would pass a rate limit: try later, not refused."""
     return (
         f"451 4.7.1 Too many messages {_SCOPE_WORDS[scope]} this hour; not accepted,"
-        f" please try again later{_not_filed(office)} (ref {reference})"
+        f" please try again later{_not_filed(office)} ({cite(reference, public_url)})"
     )
 
 
-def sender_check_failed_reply(reference: str, office: OfficeSettings | None = None) -> str:
+def sender_check_failed_reply(
+    reference: str, office: OfficeSettings | None = None, *, public_url: str | None = None
+) -> str:
     """The 451 when DNS trouble kept us from checking the sender: retried, never dropped."""
     return (
         "451 4.4.3 Could not check the sender's domain (DNS trouble); not accepted,"
-        f" please try again later{_not_filed(office)} (ref {reference})"
+        f" please try again later{_not_filed(office)} ({cite(reference, public_url)})"
     )
 
 
-def reply_for(reply: Reply, reference: str, office: OfficeSettings | None) -> str:
+def reply_for(
+    reply: Reply, reference: str, office: OfficeSettings | None, *, public_url: str | None = None
+) -> str:
     """The words of the end-of-DATA `reply` (policy/verdict.py); `office` is the one the reply
-    names (`reply.office`), if any."""
+    names (`reply.office`), if any; `public_url` is [lookup]'s, where receipts are published."""
+    url = public_url
     if reply.kind is ReplyKind.RETIRED and office is not None:
-        return retired_reply(office, reference)
+        return retired_reply(office, reference, public_url=url)
     if reply.kind is ReplyKind.ACCEPTED:
-        return accepted_reply(reference, office, notice_follows=reply.is_notice_promised)
+        promised = reply.is_notice_promised
+        return accepted_reply(reference, office, notice_follows=promised, public_url=url)
     if reply.kind is ReplyKind.TOO_BIG:
-        return oversize_reply(office, reference)
+        return oversize_reply(office, reference, public_url=url)
     if reply.kind is ReplyKind.LINE_TOO_LONG:
-        return line_too_long_reply(reference)
+        return line_too_long_reply(reference, public_url=url)
     if reply.kind is ReplyKind.SENDER_CHECK_FAILED:
-        return sender_check_failed_reply(reference, office)
+        return sender_check_failed_reply(reference, office, public_url=url)
     if reply.kind is ReplyKind.RATE_LIMITED and reply.scope is not None:
-        return rate_limited_reply(reply.scope, reference, office)
+        return rate_limited_reply(reply.scope, reference, office, public_url=url)
     return _FIXED_REPLIES[reply.kind]
 
 
@@ -284,30 +314,32 @@ def retired_separate_transaction_reply(office: OfficeSettings) -> str:
     return f"452 4.5.3 {_send_again(office)}"
 
 
-def check_replies(offices: Iterable[OfficeSettings]) -> None:
+def check_replies(offices: Iterable[OfficeSettings], *, public_url: str | None = None) -> None:
     """Refuse at startup any office whose replies would break RFC 5321's line limit.
 
     Raises:
         ConfigError: a reply would exceed 512 octets or is not ASCII.
     """
     for index, office in enumerate(offices):
-        for reply in _office_replies(office):
+        for reply in _office_replies(office, public_url):
             if len(reply) > MAX_REPLY or not reply.isascii():
+                shorten = "short_name or portal_url" + (", or lookup.public_url" * bool(public_url))
                 raise ConfigError(
                     f"offices[{index}]",
-                    f"SMTP reply would be {len(reply)} octets; shorten short_name or portal_url",
+                    f"SMTP reply would be {len(reply)} octets; shorten {shorten}",
                 )
 
 
-def _office_replies(office: OfficeSettings) -> tuple[str, ...]:
+def _office_replies(office: OfficeSettings, url: str | None) -> tuple[str, ...]:
+    ref = _SAMPLE_REFERENCE
     return (
-        retired_reply(office, _SAMPLE_REFERENCE),
-        accepted_reply(_SAMPLE_REFERENCE, office),
-        accepted_reply(_SAMPLE_REFERENCE, office, notice_follows=False),
-        unknown_mailbox_reply(office, _SAMPLE_REFERENCE),
-        oversize_reply(office, _SAMPLE_REFERENCE),
-        rate_limited_reply(NoticeScope.DOMAIN, _SAMPLE_REFERENCE, office),
-        sender_check_failed_reply(_SAMPLE_REFERENCE, office),
+        retired_reply(office, ref, public_url=url),
+        accepted_reply(ref, office, public_url=url),
+        accepted_reply(ref, office, notice_follows=False, public_url=url),
+        unknown_mailbox_reply(office, ref, public_url=url),
+        oversize_reply(office, ref, public_url=url),
+        rate_limited_reply(NoticeScope.DOMAIN, ref, office, public_url=url),
+        sender_check_failed_reply(ref, office, public_url=url),
         retired_too_many_recipients_reply(office),
         retired_separate_transaction_reply(office),
     )

@@ -128,7 +128,7 @@ class Serving:
         self.current = self._snapshot(receiving)
 
     def _snapshot(self, receiving: ReceiveSettings) -> Snapshot:
-        check_replies(receiving.rules.offices.values())
+        check_replies(receiving.rules.offices.values(), public_url=receiving.public_url)
         return Snapshot(receiving, InboundHandler(receiving, self._store, self._clock))
 
 

@@ -22,6 +22,7 @@ from gateway.policy.verdict import Job, NoticeGate, NoticeHistory, Reply, Verdic
 from gateway.vocabulary import NOTICE_KINDS, format_notice_status
 
 __all__ = [
+    "REFERENCE_BITS",
     "JobRecord",
     "MessageRecord",
     "NoticeCheck",
@@ -37,10 +38,17 @@ __all__ = [
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
+# Random bits in a reference: 13 characters of Crockford's base 32. The reference is the key
+# to a public receipt page, so it must not be guessable: 65 bits (the date adds nothing a
+# guesser does not know). References made before were 10 characters (50 bits); they still
+# resolve, and the page's rate limit covers them.
+REFERENCE_BITS = 65
+
+
 def new_reference(at: datetime) -> str:
-    """A reference id: the UTC date and 50 random bits, e.g. "20170912-7K3QM9XD0A"."""
-    bits = secrets.randbits(50)
-    tail = "".join(_ALPHABET[(bits >> shift) & 31] for shift in range(45, -1, -5))
+    """A reference id: the UTC date and 65 random bits, e.g. "20170912-7K3QM9XD0AB4C"."""
+    bits = secrets.randbits(REFERENCE_BITS)
+    tail = "".join(_ALPHABET[(bits >> shift) & 31] for shift in range(REFERENCE_BITS - 5, -1, -5))
     return f"{at:%Y%m%d}-{tail}"
 
 
