@@ -19,7 +19,10 @@ import psycopg
 import pytest
 
 from gateway.errors import StoreError
+from gateway.policy.decision import NoticeScope
+from gateway.policy.verdict import NoticeHistory
 from gateway.store.outbox import Attempt
+from gateway.store.postgres.messages import history
 from gateway.store.postgres.outbox import PgOutbox
 from gateway.store.postgres.queries import read_message
 from gateway.store.postgres.schema import SCHEMA_VERSION, migrate
@@ -283,3 +286,14 @@ async def test_recovery_returns_only_expired_leases_and_a_hold_outlives_its_leas
     assert states == {live[0].id: "in-flight", brief[0].id: "queued", brief[1].id: "held"}
     leases = dict(await fetch(dsn, "SELECT id, lease_owner FROM jobs"))
     assert leases == {live[0].id: "mx1:1:1", brief[0].id: None, brief[1].id: None}
+
+
+def test_a_gate_that_found_neither_a_repeat_nor_counts_reads_as_no_history() -> None:
+    # Retention removed the repeat's entry between the gate's two statements: settle() then
+    # passes the notice, which the store refuses to record uncounted (store.py).
+    scopes = (NoticeScope.SENDER, NoticeScope.TOTAL)
+    assert history(scopes, None, None) == NoticeHistory()
+    assert history(scopes, "20170913-ABC", None) == NoticeHistory(duplicate_of="20170913-ABC")
+    assert history(scopes, None, [2, 7]) == NoticeHistory(
+        counts={NoticeScope.SENDER: 2, NoticeScope.TOTAL: 7}
+    )

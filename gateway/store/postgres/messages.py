@@ -146,7 +146,10 @@ def history(
     """What the gate found, as policy.verdict.settle() reads it."""
     if duplicate_of is not None:
         return NoticeHistory(duplicate_of=duplicate_of)
-    assert isinstance(counts, list)
+    if not isinstance(counts, list):
+        # Neither a repeat nor counted: the repeat's entry went between two statements
+        # (retention). An empty history lets the caller see the gate did not count it.
+        return NoticeHistory()
     return NoticeHistory(counts=dict(zip(scopes, (int(c) for c in counts), strict=True)))
 
 
