@@ -131,8 +131,21 @@ async def test_an_unreachable_server_is_refused_at_open_without_its_password(
     async with asyncio.timeout(BOUND_S):
         with pytest.raises(StoreError) as refused:
             await PgStore(nobody, node="mx1", wait_s=0.5).open()
-    assert "cannot open postgresql 127.0.0.1:1/gateway_test" in str(refused.value)
+    assert "cannot open postgresql 127.0.0.1:1/gateway_test: connection failed" in str(
+        refused.value
+    )
     assert postgres.password not in str(refused.value)
+
+
+async def test_a_wrong_password_is_refused_at_open_in_libpqs_words(
+    postgres: PostgresServer,
+) -> None:
+    wrong = postgres.dsn.replace(postgres.password, "not-the-password")
+    async with asyncio.timeout(BOUND_S):
+        with pytest.raises(StoreError) as refused:
+            await PgStore(wrong, node="mx1", wait_s=0.5).open()
+    assert 'password authentication failed for user "gateway"' in str(refused.value)
+    assert "not-the-password" not in str(refused.value)
 
 
 async def test_a_closed_store_fails_calls_with_store_error(store: PgStore) -> None:

@@ -79,7 +79,6 @@ class PgStore:
         self._wait_s = wait_s
         self._connect_timeout_s = connect_timeout_s
         self._pool: psycopg_pool.AsyncConnectionPool[Connection] | None = None
-        self._refused: str | None = None  # why the server's last connection was refused
 
     async def open(self) -> None:
         """Connect, check durability and bring the schema to this version.
@@ -88,28 +87,35 @@ class PgStore:
             StoreError: the server cannot be reached, does not make commits durable, or
                 holds a store of a newer version (the SQLite store's words).
         """
+        settings: dict[str, Any] = {
+            "autocommit": True,
+            "application_name": f"eservice-gateway {self.node}"[:63],
+            "connect_timeout": self._connect_timeout_s,
+        }
         pool = psycopg_pool.AsyncConnectionPool(
             self.dsn,
             open=False,
             min_size=1,
             max_size=self._max,
-            kwargs={
-                "autocommit": True,
-                "application_name": f"eservice-gateway {self.node}"[:63],
-                "connect_timeout": self._connect_timeout_s,
-            },
+            kwargs=settings,
             configure=self._configure,
             check=psycopg_pool.AsyncConnectionPool.check_connection,
             timeout=self._wait_s,
             name=f"store-{self.node}",
         )
         try:
-            await pool.open(wait=True, timeout=self._wait_s)
-            async with pool.connection() as conn:
+            # One connection of our own first: the pool retries a failed connection in the
+            # background and would report only a timeout, not libpq's reason (a wrong
+            # password, no such database, the server refusing).
+            async with await psycopg.AsyncConnection.connect(self.dsn, **settings) as conn:
+                refusal = await _durability_problem(conn)
+                if refusal is not None:
+                    raise StoreError(refusal)
                 await migrate(conn)
-        except (psycopg.Error, SchemaTooNewError) as exc:
+            await pool.open(wait=True, timeout=self._wait_s)
+        except (psycopg.Error, SchemaTooNewError, StoreError) as exc:
             await pool.close()
-            reason = self._refused or str(exc)
+            reason = _reason(exc) if isinstance(exc, psycopg.Error) else str(exc)
             raise StoreError(f"cannot open {where(self.dsn)}: {reason}") from exc
         self._pool = pool
 
@@ -239,18 +245,24 @@ class PgStore:
             await conn.execute(sql.RAW, raw)
 
     async def _configure(self, conn: Connection) -> None:
-        """Each new connection: its commits must be durable when COMMIT returns."""
-        cursor = await conn.execute("SELECT current_setting('synchronous_commit')")
-        row = await cursor.fetchone()
-        setting = "" if row is None else str(row[0])
-        if setting in _NOT_DURABLE:
-            # The pool drops the connection and tries again; open() reports why.
-            self._refused = (
-                f"synchronous_commit is {setting!r} for this role or database, so a commit"
-                " could be lost after the gateway answered; set it to 'on'"
-            )
-            raise StoreError(self._refused)
-        self._refused = None
+        """Each new connection of the pool: its commits must be durable when COMMIT returns
+        (a setting may change after open(), for the role or the database)."""
+        refusal = await _durability_problem(conn)
+        if refusal is not None:
+            raise StoreError(refusal)  # the pool drops the connection and tries again
+
+
+async def _durability_problem(conn: Connection) -> str | None:
+    """Why COMMIT on `conn` could return before the commit is on the server's disk, or None."""
+    cursor = await conn.execute("SELECT current_setting('synchronous_commit')")
+    row = await cursor.fetchone()
+    setting = "" if row is None else str(row[0])
+    if setting not in _NOT_DURABLE:
+        return None
+    return (
+        f"synchronous_commit is {setting!r} for this role or database, so a commit could be"
+        " lost after the gateway answered; set it to 'on'"
+    )
 
 
 def _reason(exc: psycopg.Error) -> str:
