@@ -177,6 +177,24 @@ async def test_a_database_whose_commits_may_be_lost_is_refused(dsn: str, setting
     assert f"synchronous_commit is '{setting}'" in str(refused.value)
 
 
+async def test_a_database_made_non_durable_after_open_gets_no_more_records(
+    store: PgStore, dsn: str
+) -> None:
+    database = dsn.rpartition("/")[2]
+    await execute(dsn, f"ALTER DATABASE {database} SET synchronous_commit = off")
+    # The store's connections go (as at a failover); the pool's new ones are each checked.
+    await execute(
+        dsn,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        f" WHERE datname = '{database}' AND application_name = 'eservice-gateway mx1'",
+    )
+    record = relay_record()
+    async with asyncio.timeout(BOUND_S):
+        with pytest.raises(StoreError):
+            await store.record_message(record)
+    assert await fetch(dsn, "SELECT count(*) FROM messages") == [(0,)]
+
+
 # -- the schema ------------------------------------------------------------------------------------
 
 
