@@ -1,0 +1,217 @@
+"""The outbox in PostgreSQL: one queue that every node's delivery worker takes jobs from.
+
+The SQLite Outbox's operations (gateway/store/outbox.py) with the same values and states.
+A claim locks due rows with `FOR UPDATE SKIP LOCKED`, so two nodes claiming at once never
+take the same job and never wait for each other; the rows it locks but does not pick (the
+per-route limit) go back at COMMIT. Leases are set and compared on one clock, the server's
+`now()`, whatever each node's own clock says; due times (next_attempt_at) stay on the
+gateway's clock, which set them. recover() takes back only leases that have run out: a lease
+still running may be an attempt under way on another node, and releasing it would send that
+mail twice.
+
+This module decides nothing about retries (policy/ does) and sends nothing (delivery/).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from gateway.store.outbox import Attempt, Bounce, Job
+from gateway.store.postgres.store import Connection, PgStore
+from gateway.store.sentmail import SentNotice
+from gateway.vocabulary import JobKind, JobState
+
+__all__ = ["PgOutbox", "job_from_row"]
+
+_PENDING = [JobState.QUEUED, JobState.IN_FLIGHT, JobState.DEFERRED, JobState.HELD]
+
+# Due jobs, and jobs whose lease ran out on the server's clock, oldest due first.
+_CANDIDATES = (
+    "SELECT id, route FROM jobs WHERE (state IN ('queued', 'deferred') AND next_attempt_at <= %s)"
+    " OR (state = 'in-flight' AND lease_until < now())"
+    " ORDER BY next_attempt_at, id LIMIT %s FOR UPDATE SKIP LOCKED"
+)
+_LEASE = (
+    "UPDATE jobs SET state = 'in-flight', lease_owner = %s,"
+    " lease_until = now() + make_interval(secs => %s), updated_at = %s"
+    " WHERE id = ANY (%s) RETURNING *"
+)
+
+
+def job_from_row(row: Mapping[str, Any]) -> Job:
+    """A job as the SQLite store's Job value, from a row read with dict_row."""
+    return Job(
+        id=row["id"],
+        reference=row["reference"],
+        kind=JobKind(row["kind"]),
+        office=row["office"],
+        mail_from=row["mail_from"],
+        recipients=tuple(row["recipients"]),
+        destination=row["destination"],
+        route=row["route"],
+        state=JobState(row["state"]),
+        created_at=row["created_at"],
+        next_attempt_at=row["next_attempt_at"],
+        attempts=row["attempts"],
+        last_reply=row["last_reply"],
+        about_job=row["about_job"],
+    )
+
+
+class PgOutbox:
+    """The queue operations the delivery worker needs; each returns once it is committed."""
+
+    def __init__(self, store: PgStore, *, owner: str) -> None:
+        self.store = store
+        self.owner = owner  # who holds the leases taken here
+
+    async def recover(self) -> int:
+        """Return jobs whose lease has run out (their owner died or hung) to the queue;
+        returns how many. A job held meanwhile keeps its hold, without the lease."""
+        async with self.store.transaction() as conn:
+            await conn.execute(
+                "UPDATE jobs SET lease_owner = NULL, lease_until = NULL"
+                " WHERE state = 'held' AND lease_until < now()"
+            )
+            cursor = await conn.execute(
+                "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_until = NULL"
+                " WHERE state = 'in-flight' AND lease_until < now()"
+            )
+            return cursor.rowcount
+
+    async def claim(
+        self, now: datetime, *, limit: int, lease_s: float, busy: Mapping[str, int], per_route: int
+    ) -> list[Job]:
+        """Lease up to `limit` due jobs for `lease_s` seconds of the server's clock, at most
+        `per_route` in flight per route (counting `busy`), oldest due first."""
+        if limit <= 0:
+            return []
+        async with self.store.transaction() as conn:
+            cursor = await conn.execute(_CANDIDATES, (now, limit * 10))
+            rows = await cursor.fetchall()
+            chosen = _pick(rows, limit=limit, busy=busy, per_route=per_route)
+            if not chosen:
+                return []
+            leased = conn.cursor(row_factory=dict_row)
+            await leased.execute(_LEASE, (self.owner, lease_s, now, chosen))
+            jobs = {row["id"]: job_from_row(row) for row in await leased.fetchall()}
+        return [jobs[i] for i in chosen]
+
+    async def finish(
+        self,
+        job: Job,
+        attempt: Attempt,
+        *,
+        next_attempt_at: datetime | None = None,
+        note: str | None = None,
+        raw_keep_until: datetime | None = None,
+        bounce: bool = False,
+        sent: tuple[SentNotice, bytes] | None = None,
+    ) -> Bounce | None:
+        """Record an attempt and move the job to the attempt's outcome, in one transaction
+        (the SQLite Outbox.finish's semantics: `note`, `raw_keep_until`, `bounce`, `sent`)."""
+        number = job.attempts + 1
+        async with self.store.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO attempts (job_id, attempt, started_at, finished_at, host, code,"
+                " reply, outcome, node) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (job.id, number, attempt.started_at, attempt.finished_at, attempt.host,
+                 attempt.code, attempt.reply, attempt.outcome, self.store.node),
+            )  # fmt: skip
+            # An operator may have held the job during this attempt: a deferral keeps it
+            # held; a final outcome leaves nothing to hold.
+            reply = f"{note}; last: {_summary(attempt)}" if note else _summary(attempt)
+            await conn.execute(
+                "UPDATE jobs SET state = CASE WHEN state = 'held' AND %s = 'deferred'"
+                " THEN state ELSE %s END, attempts = %s, next_attempt_at = %s, last_reply = %s,"
+                " lease_owner = NULL, lease_until = NULL, updated_at = %s WHERE id = %s",
+                (attempt.outcome, attempt.outcome, number, next_attempt_at or attempt.finished_at,
+                 reply, attempt.finished_at, job.id),
+            )  # fmt: skip
+            if raw_keep_until is not None:
+                await _release_raw(conn, job.reference, raw_keep_until)
+            if sent is not None:
+                await _insert_sent(conn, *sent)
+            if not bounce:
+                return None
+            return await self._queue_bounce(conn, job, attempt.finished_at)
+
+    async def release(self, job: Job, now: datetime) -> None:
+        """Give a leased job back untried (shutdown), due again at once."""
+        async with self.store.transaction() as conn:
+            await conn.execute(
+                "UPDATE jobs SET state = CASE WHEN state = 'held' THEN state ELSE 'queued' END,"
+                " lease_owner = NULL, lease_until = NULL, updated_at = %s"
+                " WHERE id = %s AND state IN ('in-flight', 'held')",
+                (now, job.id),
+            )
+
+    async def _queue_bounce(self, conn: Connection, relay: Job, at: datetime) -> Bounce | None:
+        # RFC 5321 §6.1: mail we accepted and cannot deliver is reported to its sender, but
+        # never to a sender we could not authenticate (backscatter) nor to the null sender.
+        cursor = await conn.execute(
+            "SELECT mail_from FROM messages WHERE reference = %s AND sender_authenticated"
+            " AND mail_from != ''",
+            (relay.reference,),
+        )
+        row = await cursor.fetchone()
+        if row is None:
+            return None
+        sender = str(row[0])
+        cursor = await conn.execute(
+            "INSERT INTO jobs (reference, kind, office, mail_from, recipients, route, created_at,"
+            " next_attempt_at, updated_at, about_job, node)"
+            " VALUES (%s, %s, %s, '', %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+            (relay.reference, JobKind.BOUNCE, relay.office, Jsonb([sender]),
+             sender.rpartition("@")[2].lower(), at, at, at, relay.id, self.store.node),
+        )  # fmt: skip
+        created = await cursor.fetchone()
+        assert created is not None  # RETURNING of a one-row INSERT
+        return Bounce(int(created[0]), sender)
+
+
+async def _release_raw(conn: Connection, reference: str, keep_until: datetime) -> None:
+    await conn.execute(
+        "UPDATE raw_messages SET keep_until = %s WHERE reference = %s AND keep_until IS NULL"
+        " AND NOT EXISTS (SELECT 1 FROM jobs WHERE reference = %s AND kind = %s"
+        "  AND state = ANY (%s))"
+        " AND NOT EXISTS (SELECT 1 FROM message_recipients WHERE reference = %s"
+        "  AND kind = 'postmaster')",
+        (keep_until, reference, reference, JobKind.RELAY, _PENDING, reference),
+    )
+
+
+async def _insert_sent(conn: Connection, notice: SentNotice, data: bytes) -> None:
+    await conn.execute(
+        "INSERT INTO sent_notices (job_id, reference, kind, message_id, sha256, size, sent_at,"
+        " data) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        (notice.job_id, notice.reference, notice.kind, notice.message_id, notice.sha256,
+         notice.size, notice.sent_at, data),
+    )  # fmt: skip
+
+
+def _pick(
+    rows: list[tuple[Any, ...]], *, limit: int, busy: Mapping[str, int], per_route: int
+) -> list[int]:
+    """The ids to lease, in order: at most `per_route` in flight per route, `limit` in all."""
+    taken: dict[str, int] = dict(busy)
+    chosen: list[int] = []
+    for job_id, route in rows:
+        if taken.get(route, 0) >= per_route:
+            continue
+        taken[route] = taken.get(route, 0) + 1
+        chosen.append(int(job_id))
+        if len(chosen) == limit:
+            break
+    return chosen
+
+
+def _summary(attempt: Attempt) -> str:
+    host = f"{attempt.host}: " if attempt.host else ""
+    code = f"{attempt.code} " if attempt.code else ""
+    return f"{host}{code}{attempt.reply}"[:1000]
