@@ -34,7 +34,7 @@ from gateway.config import GatewaySettings
 from gateway.delivery.transport import OutgoingMail
 from gateway.errors import DeliveryDeferred, DeliveryFailed
 from gateway.notices.context import NoticeContext
-from gateway.notices.dkim import DkimKey, ensure_key, sign
+from gateway.notices.dkim import DkimKey, DkimSigner, ensure_key
 from gateway.notices.render import (
     FailedMessage,
     NoticeError,
@@ -102,6 +102,7 @@ class MailBuilder:
         self.settings = settings
         self.renderer = renderer
         self.key = key
+        self.signer = None if key is None else DkimSigner(key)  # the key loaded once
         self.database = settings.database
 
     def build(self, job: Job, now: datetime) -> OutgoingMail:
@@ -132,7 +133,7 @@ class MailBuilder:
         except NoticeError as exc:
             raise DeliveryFailed(f"no notice can be made: {exc}") from exc
         data = notice_bytes(message)
-        return data if self.key is None else sign(data, self.key)
+        return data if self.signer is None else self.signer.sign(data)
 
 
 def _failed_message(conn: sqlite3.Connection, job: Job) -> FailedMessage:
