@@ -144,6 +144,7 @@ class DeliveryWorker:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        await self.sender.close()
         await asyncio.to_thread(self.composer.close)
 
     async def _log_operator_actions(self) -> None:
