@@ -36,6 +36,13 @@ class Sink:
     attempts: int = 0
     server: asyncio.Server | None = None
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    connections: int = 0  # connections the listener accepted
+    open_connections: int = 0  # of those, the ones not closed yet
+    # A server that lets sessions go: at this command ("RSET" or "MAIL"), in a session that
+    # has carried a mail, it closes the connection without an answer (`drops` times).
+    drop_at: str | None = None
+    drops: int = 0
+    _carried: dict[int, int] = field(default_factory=dict)  # mails accepted per connection
 
     @property
     def port(self) -> int:
@@ -49,6 +56,7 @@ class Sink:
             await asyncio.sleep(self.stall_s)
         reply = self.replies.pop(0) if self.replies else "250 2.0.0 Accepted"
         if reply.startswith("250"):
+            self._carried[id(server)] = self._carried.get(id(server), 0) + 1
             login = session.auth_data.login.decode() if session.auth_data else None
             self.accepted.append(
                 Received(
@@ -62,6 +70,32 @@ class Sink:
             self.arrived.set()
         return reply
 
+    async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        await self._maybe_drop("RSET", server)
+        return "250 OK"
+
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        await self._maybe_drop("MAIL", server)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def _maybe_drop(self, command: str, server: SMTP) -> None:
+        if self.drop_at != command or not self.drops or not self._carried.get(id(server)):
+            return
+        self.drops -= 1
+        assert server.transport is not None
+        server.transport.close()
+        # No answer: the closed connection cancels this handler.
+        await asyncio.Event().wait()
+
     async def wait_for(self, count: int, *, within: float = 10.0) -> list[Received]:
         async with asyncio.timeout(within):
             while len(self.accepted) < count:
@@ -72,6 +106,19 @@ class Sink:
     def close(self) -> None:
         if self.server is not None:
             self.server.close()
+
+
+class _CountingSMTP(SMTP):
+    """aiosmtpd's server, counting its connections in the sink (its handler)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.event_handler.connections += 1
+        self.event_handler.open_connections += 1
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.event_handler.open_connections -= 1
+        super().connection_lost(error)
 
 
 def _authenticator(users: dict[str, str]) -> Any:
@@ -100,7 +147,7 @@ async def start_sink(
     sink = Sink(host=host, replies=list(replies or []))
 
     def factory() -> SMTP:
-        return SMTP(
+        return _CountingSMTP(
             sink,
             hostname="sink.test.example",
             tls_context=tls,

@@ -258,6 +258,28 @@ def test_rendering_is_reproducible_byte_for_byte(
     assert b"\n" not in first.replace(b"\r\n", b"")
 
 
+def test_a_renderer_in_use_makes_each_notice_as_a_new_renderer_does(
+    settings: GatewaySettings,
+) -> None:
+    # The renderer keeps its email policies and header classes from notice to notice; none
+    # of one notice (a UTF-8 address, another sample's headers) may carry into the next.
+    office = office_in(settings)
+    cases = [
+        (kind, failed_from(name, office, sender=sender))
+        for sender in ("josé@abogados.example", "paralegal@lawfirm.example")
+        for name, kind in [(n, NoticeKind.NOT_FILED) for n in NOTICE_SAMPLES]
+        + [("plain", NoticeKind.ADVISORY)]
+    ]
+    expected = [
+        notice_bytes(NoticeRenderer(notices_of(settings)).render(kind, office, failed, now=NOW))
+        for kind, failed in cases
+    ]
+    used = NoticeRenderer(notices_of(settings))
+    for _ in range(2):
+        made = [notice_bytes(used.render(kind, office, f, now=NOW)) for kind, f in cases]
+        assert made == expected
+
+
 def test_wire_form_is_seven_bit_and_lines_fit_rfc5322(
     settings: GatewaySettings, renderer: NoticeRenderer
 ) -> None:

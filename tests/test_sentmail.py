@@ -332,6 +332,8 @@ async def test_a_store_from_before_kept_notices_opens_and_gains_the_table(tmp_pa
             "<folded@x.example>",
         ),
         (b"To: a@b.example\r\n\r\nMessage-ID: <in-the-body@x.example>\r\n", None),
+        (b"To: a@b.example\n\nMessage-ID: <in-the-body@x.example>\n", None),
+        (b"Message-ID: <no-body@x.example>\r\n", "<no-body@x.example>"),
     ],
 )
 def test_the_record_names_the_message_id_of_the_header_hash_and_size(

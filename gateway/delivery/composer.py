@@ -34,7 +34,7 @@ from gateway.config import GatewaySettings
 from gateway.delivery.transport import OutgoingMail
 from gateway.errors import DeliveryDeferred, DeliveryFailed
 from gateway.notices.context import NoticeContext
-from gateway.notices.dkim import DkimKey, ensure_key, sign
+from gateway.notices.dkim import DkimKey, DkimSigner, ensure_key
 from gateway.notices.render import (
     FailedMessage,
     NoticeError,
@@ -101,8 +101,13 @@ class MailBuilder:
     ) -> None:
         self.settings = settings
         self.renderer = renderer
-        self.key = key
+        self.signer = None if key is None else DkimSigner(key)  # the key loaded once
         self.database = settings.database
+        # One read-only connection per thread that builds, kept from job to job: opening
+        # the file for each notice cost more than reading its record.
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
 
     def build(self, job: Job, now: datetime) -> OutgoingMail:
         """Blocking (SQLite, jinja2, RSA): run it in a thread.
@@ -110,18 +115,48 @@ class MailBuilder:
         Raises:
             DeliveryFailed: the record is missing or no notice can be made for it.
         """
-        conn = connect(self.database, readonly=True)
+        conn = self._connection()
         try:
-            if job.kind.is_relay:  # forward: postmaster mail, relayed the same
-                data = _relay_data(conn, job, self.settings.hostname)
-            elif job.kind is JobKind.BOUNCE:
-                data = _bounce_data(conn, job, self.settings.hostname, now)
-            else:
-                data = self._notice_data(conn, job, now)
-        finally:
-            conn.close()
+            data = self._data(conn, job, now)
+        except sqlite3.Error:
+            self._forget(conn)  # the next job opens the file afresh
+            raise
+        except DeliveryFailed:
+            # Before failing a job for good, make sure a kept connection did not read an old
+            # snapshot (a statement left open holds one): read again on a new connection.
+            self._forget(conn)
+            data = self._data(self._connection(), job, now)
         name = f"{job.reference}-{job.id}-{job.kind}"
         return OutgoingMail(job.mail_from, job.recipients, data, name, job.destination)
+
+    def _data(self, conn: sqlite3.Connection, job: Job, now: datetime) -> bytes:
+        if job.kind.is_relay:  # forward: postmaster mail, relayed the same
+            return _relay_data(conn, job, self.settings.hostname)
+        if job.kind is JobKind.BOUNCE:
+            return _bounce_data(conn, job, self.settings.hostname, now)
+        return self._notice_data(conn, job, now)
+
+    def close(self) -> None:
+        """Close every thread's connection; call it once no build runs."""
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            conn.close()
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.database, readonly=True, check_same_thread=False)
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def _forget(self, conn: sqlite3.Connection) -> None:
+        self._local.conn = None
+        with self._lock:
+            self._connections.remove(conn)
+        conn.close()
 
     def _notice_data(self, conn: sqlite3.Connection, job: Job, now: datetime) -> bytes:
         failed = _failed_message(conn, job)
@@ -132,7 +167,7 @@ class MailBuilder:
         except NoticeError as exc:
             raise DeliveryFailed(f"no notice can be made: {exc}") from exc
         data = notice_bytes(message)
-        return data if self.key is None else sign(data, self.key)
+        return data if self.signer is None else self.signer.sign(data)
 
 
 def _failed_message(conn: sqlite3.Connection, job: Job) -> FailedMessage:
@@ -178,7 +213,7 @@ class ThreadComposer:
         return await asyncio.to_thread(self.builder.build, job, now)
 
     def close(self) -> None:
-        pass
+        self.builder.close()
 
     def retire(self) -> None:
         pass

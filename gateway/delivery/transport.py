@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import ssl
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Protocol
 import aiosmtplib
 
 from gateway.config import DeliverySettings
+from gateway.delivery.sessions import Security, Session, SessionKey, SessionPool
 from gateway.dns_lookup.mx import MxResolver
 from gateway.durable import write_durably
 from gateway.errors import DeliveryDeferred, DeliveryError, DeliveryFailed
@@ -68,6 +70,10 @@ class Target:
 class MailSender(Protocol):
     async def send(self, mail: OutgoingMail) -> Answer: ...
 
+    async def close(self) -> None:
+        """Let go of what it keeps between mails; no send() runs or follows."""
+        ...
+
 
 class FileSender:
     """Writes each mail as an .eml file: the default, so a first run needs no mail server."""
@@ -81,6 +87,9 @@ class FileSender:
         except OSError as exc:
             raise DeliveryDeferred(f"cannot write to {self.directory}: {exc}", host="file") from exc
         return Answer(host="file", code=250, reply=f"written to {path}")
+
+    async def close(self) -> None:
+        pass
 
     def _write(self, mail: OutgoingMail) -> Path:
         # The envelope goes in front, as headers; the content stays byte for byte (and its
@@ -98,7 +107,12 @@ class SmtpSender:
     """SMTP delivery: relays to their fixed host, other mail to the smarthost or by MX."""
 
     def __init__(
-        self, settings: DeliverySettings, *, local_hostname: str, resolver: MxResolver | None
+        self,
+        settings: DeliverySettings,
+        *,
+        local_hostname: str,
+        resolver: MxResolver | None,
+        sessions: SessionPool | None = None,
     ) -> None:
         self.settings = settings
         self.local_hostname = local_hostname
@@ -109,6 +123,8 @@ class SmtpSender:
         self._opportunistic.check_hostname = False
         self._opportunistic.verify_mode = ssl.CERT_NONE
         self._verified = ssl.create_default_context(cafile=settings.ca_file)
+        # At most one idle session per delivery that may run at once.
+        self._sessions = sessions or SessionPool(max_idle=settings.concurrency)
 
     async def send(self, mail: OutgoingMail) -> Answer:
         targets = await self._targets(mail)
@@ -151,6 +167,18 @@ class SmtpSender:
         return targets
 
     async def _deliver(self, target: Target, mail: OutgoingMail, *, tls: bool) -> Answer:
+        key = self._session_key(target, mail, tls=tls)
+        session = self._sessions.take(key)
+        if session is not None:
+            try:
+                return await self._carry(session, target, mail)
+            except _StaleSession:
+                pass  # the server let the idle session go: a fresh one carries the mail
+        return await self._carry(await self._open(key, target, mail, tls=tls), target, mail)
+
+    async def _open(
+        self, key: SessionKey, target: Target, mail: OutgoingMail, *, tls: bool
+    ) -> Session:
         client = aiosmtplib.SMTP(
             hostname=target.address,
             port=target.port,
@@ -158,28 +186,59 @@ class SmtpSender:
             timeout=self.settings.command_timeout,
             start_tls=False,
         )
+        is_open = False
         try:
             async with asyncio.timeout(self.settings.connect_timeout):
                 await client.connect()
             await client.ehlo()
             await self._secure(client, target, mail, tls=tls)
-            _errors, reply = await client.sendmail(
-                mail.mail_from,
-                list(mail.recipients),
-                mail.data,
-                mail_options=_mail_options(client, target, mail),
-            )
-            return Answer(host=target.name, code=250, reply=_partial(reply, _errors))
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            first = exc.recipients[0]
-            raise _error(first.code, first.message, target) from exc
+            is_open = True
         except aiosmtplib.SMTPResponseException as exc:
             raise _error(exc.code, exc.message, target) from exc
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            reason = str(exc) or type(exc).__name__
-            raise DeliveryDeferred(f"no answer: {reason}", host=target.name) from exc
+            raise _no_answer(exc, target) from exc
         finally:
-            client.close()
+            if not is_open:
+                client.close()
+        return Session(key, client, opened_at=time.monotonic())
+
+    async def _carry(self, session: Session, target: Target, mail: OutgoingMail) -> Answer:
+        """Send `mail` on `session`, which goes back to the pool only if the mail was taken.
+
+        Raises:
+            _StaleSession: a reused session turned out closed before the mail was sent.
+            DeliveryError: the server refused the mail or did not answer.
+        """
+        is_taken = False
+        try:
+            if session.is_reused:
+                await _reset(session.client, target)
+            answer = await _transact(session.client, target, mail, is_reused=session.is_reused)
+            is_taken = True
+            session.mails += 1
+        finally:
+            if is_taken:
+                self._sessions.give_back(session)
+            else:
+                # After any failure the session's state is unknown: a late reply must never
+                # be read as the next mail's answer.
+                session.client.close()
+        return answer
+
+    def _session_key(self, target: Target, mail: OutgoingMail, *, tls: bool) -> SessionKey:
+        smarthost = self._is_smarthost(mail)
+        if not tls:
+            security = Security.CLEAR
+        elif self._tls_required(mail):
+            security = Security.REQUIRED
+        else:
+            security = Security.VERIFIED if smarthost else Security.OPPORTUNISTIC
+        login = self.settings.username if smarthost else None
+        return SessionKey(target.name, target.address, target.port, security, login or None)
+
+    async def close(self) -> None:
+        """QUIT the sessions kept for reuse."""
+        await self._sessions.close()
 
     def _is_smarthost(self, mail: OutgoingMail) -> bool:
         return mail.destination is None and self.settings.mode == "smarthost"
@@ -214,6 +273,60 @@ class SmtpSender:
 
 class _TlsFailed(DeliveryDeferred):
     """STARTTLS was offered but no encrypted session could be had."""
+
+
+class _StaleSession(DeliveryDeferred):
+    """A kept session was closed by the server before it carried the mail."""
+
+
+async def _reset(client: aiosmtplib.SMTP, target: Target) -> None:
+    """RSET before a kept session's next mail: a transaction from a known state (RFC 5321
+    §4.1.1.5), and a cheap probe that the server still holds the session.
+
+    Raises:
+        _StaleSession: any answer but 250, or none; nothing of the mail was sent.
+    """
+    try:
+        await client.rset()
+    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+        raise _StaleSession(f"RSET failed: {exc}", host=target.name) from exc
+
+
+async def _transact(
+    client: aiosmtplib.SMTP, target: Target, mail: OutgoingMail, *, is_reused: bool
+) -> Answer:
+    """One mail transaction: MAIL, RCPT, DATA, and the server's answer to it.
+
+    Raises:
+        _StaleSession: a reused session was closed by the server (a disconnect, or 421, its
+            notice that it is closing, RFC 5321 §3.8); the mail is sent again, once, on a
+            fresh session, as it would be on the next attempt.
+        DeliveryError: the server refused the mail or did not answer.
+    """
+    try:
+        errors, reply = await client.sendmail(
+            mail.mail_from,
+            list(mail.recipients),
+            mail.data,
+            mail_options=_mail_options(client, target, mail),
+        )
+    except aiosmtplib.SMTPRecipientsRefused as exc:
+        first = exc.recipients[0]
+        raise _error(first.code, first.message, target) from exc
+    except aiosmtplib.SMTPResponseException as exc:
+        if is_reused and exc.code == 421:
+            raise _StaleSession(exc.message, code=421, host=target.name) from exc
+        raise _error(exc.code, exc.message, target) from exc
+    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+        if is_reused and isinstance(exc, ConnectionError):
+            raise _StaleSession(str(exc), host=target.name) from exc
+        raise _no_answer(exc, target) from exc
+    return Answer(host=target.name, code=250, reply=_partial(reply, errors))
+
+
+def _no_answer(exc: BaseException, target: Target) -> DeliveryDeferred:
+    reason = str(exc) or type(exc).__name__
+    return DeliveryDeferred(f"no answer: {reason}", host=target.name)
 
 
 def _mail_options(client: aiosmtplib.SMTP, target: Target, mail: OutgoingMail) -> list[str]:

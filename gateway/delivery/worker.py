@@ -144,6 +144,7 @@ class DeliveryWorker:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        await self.sender.close()
         await asyncio.to_thread(self.composer.close)
 
     async def _log_operator_actions(self) -> None:
@@ -170,6 +171,12 @@ class DeliveryWorker:
             per_route=self.limits.per_route,
         )
         for job in jobs:
+            if self._stopping:
+                # stop() began while the claim was under way and waits only for the jobs
+                # started before it: this one goes back untouched, to be sent after restart
+                # (it would otherwise meet the closed composer and be deferred for it).
+                await self.outbox.release(job, self.clock())
+                continue
             if job.id in self._in_flight:
                 # Its outcome is still being recorded (its lease ran out meanwhile): sending
                 # it again would be the duplicate the retried record is there to prevent.

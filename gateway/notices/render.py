@@ -234,8 +234,26 @@ def notice_bytes(message: EmailMessage) -> bytes:
     return message.as_bytes()
 
 
+class _HeaderClasses(HeaderRegistry):
+    """email's header registry, making each header's class once.
+
+    The standard one builds a new class with type() for every header it parses, which was
+    a tenth of a notice's rendering; the classes are stateless, so one per name will do.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._made: dict[str, type[BaseHeader]] = {}
+
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        made = self._made.get(name.lower())
+        if made is None:
+            made = self._made[name.lower()] = super().__getitem__(name)
+        return made
+
+
 def _email_policy(*, utf8: bool) -> email_policy.EmailPolicy[EmailMessage]:
-    registry = HeaderRegistry()
+    registry = _HeaderClasses()
     # As unstructured headers, a long msg-id would be RFC 2047-encoded, which breaks threading.
     # (The registry mixes BaseHeader into the class; the stubs do not know that.)
     msg_id = cast("type[BaseHeader]", MessageIDHeader)
@@ -296,6 +314,8 @@ class NoticeRenderer:
         self._from = Address(display_name=context.notices.from_name, addr_spec=context.from_address)
         self._environments: dict[str, jinja2.Environment] = {}
         self._sets: dict[tuple[str, NoticeKind], _TemplateSet] = {}
+        # Made once: a policy holds the header registry and its classes (keyed by is_utf8).
+        self._policies = {utf8: _email_policy(utf8=utf8) for utf8 in (False, True)}
         for index, office in enumerate(context.offices):
             self._check_office(index, office)
 
@@ -380,7 +400,7 @@ class NoticeRenderer:
         now: datetime,
         in_reply_to: str | None,
     ) -> EmailMessage:
-        message = EmailMessage(policy=_email_policy(utf8=not failed.sender.isascii()))
+        message = EmailMessage(policy=self._policies[not failed.sender.isascii()])
         message["From"] = self._from
         # RFC 3834 §4: to the envelope sender only, never to addresses from the headers. It
         # is one dot-atom address (checked in render()), so it parses only one way.

@@ -78,10 +78,17 @@ class _Pending:
     loop: asyncio.AbstractEventLoop
 
 
-def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
-    """Open the store file with the settings every connection needs."""
+def connect(
+    path: Path, *, readonly: bool = False, check_same_thread: bool = True
+) -> sqlite3.Connection:
+    """Open the store file with the settings every connection needs.
+
+    `check_same_thread=False` only lets another thread close a read-only connection that
+    one thread uses (MailBuilder's); it never makes a connection safe to share."""
     if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)
+        conn = sqlite3.connect(
+            f"file:{path}?mode=ro", uri=True, timeout=10.0, check_same_thread=check_same_thread
+        )
     else:
         conn = sqlite3.connect(path, timeout=10.0, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
