@@ -37,7 +37,7 @@ from gateway.audit.anchoring import anchored
 from gateway.audit.chain import ChainedLog, worker_log
 from gateway.audit.log import configure_logging
 from gateway.clock import Clock, make_clock
-from gateway.config import GatewaySettings, ServerSettings
+from gateway.config import GatewaySettings
 from gateway.delivery.composer import ComposerSettings, make_composer
 from gateway.delivery.transport import FileSender, MailSender, SmtpSender
 from gateway.delivery.worker import DeliveryWorker
@@ -56,6 +56,7 @@ from gateway.smtp.eventloop import loop_factory
 from gateway.smtp.listeners import adopt_listeners
 from gateway.smtp.receiving import ReceiveSettings
 from gateway.smtp.server import Serving, Sessions, start_server
+from gateway.smtp.tls import tls_context
 from gateway.store.db import Store
 from gateway.store.outbox import Outbox
 from gateway.store.retention import purge_periodically
@@ -67,27 +68,10 @@ __all__ = [
     "log_opened",
     "prepare",
     "serve",
-    "tls_context",
     "watch_log",
 ]
 
 log = structlog.get_logger()
-
-
-def tls_context(server: ServerSettings) -> ssl.SSLContext | None:
-    """A server context for STARTTLS, or None when no certificate is configured.
-
-    Raises:
-        ConfigError: the certificate or key cannot be loaded.
-    """
-    if server.tls_cert is None or server.tls_key is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        context.load_cert_chain(server.tls_cert, server.tls_key)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError("server.tls_cert", f"cannot load certificate/key: {exc}") from exc
-    return context
 
 
 @dataclass(frozen=True, slots=True)

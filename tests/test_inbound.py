@@ -13,8 +13,8 @@ import pytest
 import trustme
 from structlog.testing import capture_logs
 
-from gateway.app import tls_context
 from gateway.config import ServerSettings
+from gateway.smtp.tls import tls_context
 from tests.conftest import (
     AFTER_CUTOFF,
     BEFORE_PORTAL,
