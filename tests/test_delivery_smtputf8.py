@@ -167,6 +167,33 @@ async def test_mx_mode_sends_with_smtputf8_only_where_it_is_offered(
         listener.close()
 
 
+async def test_mx_mode_passes_over_an_exchanger_without_smtputf8_to_one_that_offers_it(
+    start_gateway: GatewayFactory, run_worker: WorkerFactory
+) -> None:
+    # RFC 5321 §5.1: the exchangers in preference order. The first cannot take a UTF-8
+    # envelope (RFC 6531 §3.2), the second can: the notice goes there, at the first try.
+    plain = await start_sink("127.0.0.2")
+    utf8 = await start_sink("127.0.0.3", plain.port, smtputf8=True)
+    zone: Zone = {
+        ("bufete.example", "MX"): [(10, "mx1.bufete.example"), (20, "mx2.bufete.example")],
+        ("mx1.bufete.example", "A"): ["127.0.0.2"],
+        ("mx2.bufete.example", "A"): ["127.0.0.3"],
+    }
+    try:
+        async with DnsServer(zone) as dns:
+            gw = await start_gateway(**mx_mode(dns.port, plain.port))
+            await file_utf8_filing(gw)
+            await run_worker(gw)
+            (received,) = await utf8.wait_for(1)
+            assert received.recipients == (UTF8_SENDER,)
+            job = await job_state(gw, "delivered")
+            assert job.attempts == 1
+            assert (plain.attempts, plain.connections) == (0, 1)  # asked, and passed over
+    finally:
+        plain.close()
+        utf8.close()
+
+
 async def test_a_utf8_senders_relay_goes_with_smtputf8_to_a_legacy_host_that_offers_it(
     start_gateway: GatewayFactory, run_worker: WorkerFactory, utf8_sink: Sink
 ) -> None:

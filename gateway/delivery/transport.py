@@ -129,13 +129,19 @@ class SmtpSender:
     async def send(self, mail: OutgoingMail) -> Answer:
         targets = await self._targets(mail)
         deferred: DeliveryDeferred | None = None
+        without_utf8: _NoSmtpUtf8 | None = None
         for target in targets:
             try:
                 return await self._deliver_to(target, mail)
             except DeliveryDeferred as exc:
                 deferred = exc  # try the next exchanger (RFC 5321 §5.1)
-        assert deferred is not None, "every route has at least one target"
-        raise deferred
+            except _NoSmtpUtf8 as exc:
+                without_utf8 = exc  # another exchanger of the domain may offer it
+        # One exchanger's temporary trouble outweighs another's lack of SMTPUTF8: the first
+        # may take the mail later. Only when none offers it does the job fail.
+        failure = deferred or without_utf8
+        assert failure is not None, "every route has at least one target"
+        raise failure
 
     async def _deliver_to(self, target: Target, mail: OutgoingMail) -> Answer:
         try:
@@ -275,6 +281,10 @@ class _TlsFailed(DeliveryDeferred):
     """STARTTLS was offered but no encrypted session could be had."""
 
 
+class _NoSmtpUtf8(DeliveryFailed):
+    """The server does not offer SMTPUTF8 and the envelope needs it: never to this server."""
+
+
 class _StaleSession(DeliveryDeferred):
     """A kept session was closed by the server before it carried the mail."""
 
@@ -333,14 +343,14 @@ def _mail_options(client: aiosmtplib.SMTP, target: Target, mail: OutgoingMail) -
     """MAIL FROM's parameters: SMTPUTF8 when an address needs it (after STARTTLS's new EHLO).
 
     Raises:
-        DeliveryFailed: an address needs SMTPUTF8 and the server does not offer it.
+        _NoSmtpUtf8: an address needs SMTPUTF8 and the server does not offer it.
     """
     if not mail.has_utf8_envelope:
         return []
     if not client.supports_extension("smtputf8"):
         # RFC 6531 §3.2: such mail must not be sent to a server without SMTPUTF8; waiting
         # would not change what the server offers, so the job fails at once, not at max_age.
-        raise DeliveryFailed(
+        raise _NoSmtpUtf8(
             "the server does not offer SMTPUTF8, which a non-ASCII address needs"
             " (RFC 6531 §3.2); not retried",
             host=target.name,
