@@ -17,13 +17,11 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email import policy as email_policy
-from email.headerregistry import Address, BaseHeader, HeaderRegistry, MessageIDHeader
+from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
 from importlib import resources
 from pathlib import Path
-from typing import cast
 
 import jinja2
 
@@ -46,6 +44,7 @@ from gateway.notices.text import (
     digits_of,
     size_text,
 )
+from gateway.notices.wire import notice_bytes, wire_policy
 from gateway.policy.decision import is_replyable_address, notice_suppression
 
 __all__ = [
@@ -229,40 +228,6 @@ def suppression_reason(
     )
 
 
-def notice_bytes(message: EmailMessage) -> bytes:
-    """The notice as it goes on the wire (CRLF line ends): what DKIM signs and SMTP sends."""
-    return message.as_bytes()
-
-
-class _HeaderClasses(HeaderRegistry):
-    """email's header registry, making each header's class once.
-
-    The standard one builds a new class with type() for every header it parses, which was
-    a tenth of a notice's rendering; the classes are stateless, so one per name will do.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._made: dict[str, type[BaseHeader]] = {}
-
-    def __getitem__(self, name: str) -> type[BaseHeader]:
-        made = self._made.get(name.lower())
-        if made is None:
-            made = self._made[name.lower()] = super().__getitem__(name)
-        return made
-
-
-def _email_policy(*, utf8: bool) -> email_policy.EmailPolicy[EmailMessage]:
-    registry = _HeaderClasses()
-    # As unstructured headers, a long msg-id would be RFC 2047-encoded, which breaks threading.
-    # (The registry mixes BaseHeader into the class; the stubs do not know that.)
-    msg_id = cast("type[BaseHeader]", MessageIDHeader)
-    registry.map_to_type("in-reply-to", msg_id)
-    registry.map_to_type("references", msg_id)
-    base = email_policy.SMTPUTF8 if utf8 else email_policy.SMTP
-    return base.clone(header_factory=registry)
-
-
 # ---------------------------------------------------------------------------------------------
 # Rendering
 
@@ -315,7 +280,7 @@ class NoticeRenderer:
         self._environments: dict[str, jinja2.Environment] = {}
         self._sets: dict[tuple[str, NoticeKind], _TemplateSet] = {}
         # Made once: a policy holds the header registry and its classes (keyed by is_utf8).
-        self._policies = {utf8: _email_policy(utf8=utf8) for utf8 in (False, True)}
+        self._policies = {utf8: wire_policy(utf8=utf8) for utf8 in (False, True)}
         for index, office in enumerate(context.offices):
             self._check_office(index, office)
 
