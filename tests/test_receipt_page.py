@@ -312,6 +312,34 @@ async def test_a_client_past_its_limit_gets_429_with_retry_after_and_others_go_o
     assert len([e for e in logs if e["event"] == "receipt.looked_up"]) == 4
 
 
+async def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_limit(
+    filed: Filed, serve_receipts: ReceiptsFactory
+) -> None:
+    # The agency's TLS proxy at 127.0.0.1 forwards every attorney's lookups: counted by the
+    # proxy's address they would all share one bucket. Another peer's header is not believed.
+    receipts = await serve_receipts(
+        filed.gateway, per_minute=1, burst=1, proxy_from=["127.0.0.1/32"]
+    )
+    ref = filed.refs["motion"]
+    with capture_logs() as logs:
+        first = await receipts.get(f"/ref/{ref}", X_Forwarded_For="198.51.100.7")
+        again = await receipts.get(f"/ref/{ref}", X_Forwarded_For="198.51.100.7")
+        other = await receipts.get(f"/ref/{ref}", X_Forwarded_For="203.0.113.9")
+        forged = await receipts.get(f"/ref/{ref}", source="127.0.0.2", X_Forwarded_For="192.0.2.1")
+        forged_again = await receipts.get(
+            f"/ref/{ref}", source="127.0.0.2", X_Forwarded_For="192.0.2.2"
+        )
+    assert [p.status for p in (first, again, other, forged, forged_again)] == [
+        200,
+        429,
+        200,
+        200,
+        429,
+    ]
+    looked_up = [e["client"] for e in logs if e["event"] == "receipt.looked_up"]
+    assert looked_up == ["198.51.100.7", "203.0.113.9", "127.0.0.2"]
+
+
 async def test_all_clients_together_are_held_to_total_per_second(
     filed: Filed, serve_receipts: ReceiptsFactory
 ) -> None:

@@ -417,6 +417,10 @@ class LookupSettings(_Model):
     max_age_days: int = Field(default=0, ge=0)
     # Show the SHA-256 of the message as received, for a firm to match against its sent copy.
     show_sha256: bool = True
+    # Reverse proxies in front of the page (the agency's TLS proxy): from these peers the
+    # client is read from X-Forwarded-For, for the per-client limit and the audit event.
+    # Empty (the default): the header is ignored, since any client could write it.
+    proxy_from: list[IPv4Network | IPv6Network] = Field(default_factory=list)
 
     @field_validator("listen", mode="before")
     @classmethod

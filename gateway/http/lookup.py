@@ -27,6 +27,7 @@ from aiohttp import web
 
 from gateway.clock import Clock
 from gateway.config import GatewaySettings, LookupSettings, OfficeSettings
+from gateway.http.forwarded import client_address
 from gateway.http.health import Endpoint
 from gateway.http.ratelimit import RateLimit
 from gateway.http.receiptpage import (
@@ -128,7 +129,11 @@ class _Receipts:
         self.css = _page_source("receipt.css")
 
     async def lookup(self, request: web.Request) -> web.Response:
-        client = request.remote or "unknown"
+        client = client_address(
+            request.remote or "unknown",
+            request.headers.getall("X-Forwarded-For", []),
+            self.settings.proxy_from,
+        )
         now = time.monotonic()
         verdict, scope = self.limit.ask(client, now), "client"
         if verdict.is_allowed:
