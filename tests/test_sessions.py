@@ -164,6 +164,27 @@ async def test_idle_sessions_are_closed_with_quit(sink: Sink, sender_to: SmtpSen
     assert sink.connections == 2
 
 
+async def test_a_server_whose_sessions_all_expired_leaves_nothing_in_the_pool(
+    sink: Sink,
+) -> None:
+    # In mx mode every sender domain's exchanger is a server of its own: over years the pool
+    # must not keep an entry for each one it ever spoke to.
+    pool = SessionPool(max_idle=4, idle_s=0.2)
+    settings = DeliverySettings.model_validate(smarthost(sink))
+    sender = SmtpSender(
+        settings, local_hostname="gateway.test.example", resolver=None, sessions=pool
+    )
+    try:
+        async with asyncio.timeout(10):
+            for number, host in enumerate(("127.0.0.1", "localhost")):
+                await sender.send(outgoing(number, destination=f"{host}:{sink.port}"))
+            assert (pool.idle, pool.servers) == (2, 2)
+            await eventually(lambda: pool.idle == 0)
+            assert pool.servers == 0
+    finally:
+        await sender.close()
+
+
 async def test_closing_the_sender_quits_its_kept_sessions(
     sink: Sink, sender_to: SmtpSender
 ) -> None:

@@ -105,12 +105,17 @@ class SessionPool:
         """How many sessions wait in the pool."""
         return len(self._timers)
 
+    @property
+    def servers(self) -> int:
+        """How many servers (keys) have a session waiting."""
+        return len(self._idle)
+
     def take(self, key: SessionKey) -> Session | None:
         """An idle session for `key`, now the caller's alone; None when there is none."""
         sessions = self._idle.get(key, [])
         while sessions:
-            session = sessions.pop()  # the most recently used: the likeliest to be alive
-            self._timers.pop(session).cancel()
+            session = sessions[-1]  # the most recently used: the likeliest to be alive
+            self._forget(session)
             if self._is_reusable(session):
                 return session
             self._quit(session)
@@ -149,15 +154,22 @@ class SessionPool:
         )
 
     def _expire(self, session: Session) -> None:
-        self._timers.pop(session, None)
-        self._idle[session.key].remove(session)
+        self._forget(session)
         self._quit(session)
 
     def _quit_oldest(self) -> None:
         oldest = min(self._timers, key=lambda s: s.idle_since)
-        self._timers.pop(oldest).cancel()
-        self._idle[oldest.key].remove(oldest)
+        self._forget(oldest)
         self._quit(oldest)
+
+    def _forget(self, session: Session) -> None:
+        """Take an idle session out of the pool, and its server's entry once it has none:
+        in mx mode the servers are every sender domain's, over years."""
+        self._timers.pop(session).cancel()
+        sessions = self._idle[session.key]
+        sessions.remove(session)
+        if not sessions:
+            del self._idle[session.key]
 
     def _quit(self, session: Session) -> None:
         # A task of the pool's own, awaited by close(): a QUIT must not hold up the mail

@@ -18,7 +18,7 @@ from email.policy import compat32
 
 from gateway.mail.headertext import MAX_TEXT, a_numbers_in, clean, clean_filename, header_text
 
-__all__ = ["Attachment", "MessageFacts", "extract_facts"]
+__all__ = ["Attachment", "MessageFacts", "extract_facts", "header_block"]
 
 # Real header blocks are a few KB (a long Received chain, tens of KB; a MIME part's, a few
 # hundred bytes); these only bound abuse.
@@ -150,6 +150,11 @@ def extract_facts(raw: bytes, *, sha256: str | None = None) -> MessageFacts:
         mime_parts=structure.parts,
         truncated=structure.truncated,
     )
+
+
+def header_block(raw: bytes) -> bytes:
+    """`raw`'s header section, up to the blank line that ends it (all of `raw` when none)."""
+    return raw[: _header_end(raw, 0, len(raw))[0]]
 
 
 def _header_end(raw: bytes, start: int, cap: int) -> tuple[int, int, bool]:

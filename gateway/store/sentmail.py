@@ -16,6 +16,7 @@ from datetime import datetime
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
+from gateway.mail.evidence import header_block
 from gateway.store.db import iso
 from gateway.vocabulary import JobKind
 
@@ -69,14 +70,8 @@ def describe_sent(
 def _message_id(data: bytes) -> str | None:
     # compat32 keeps the header as written: what the recipient's client shows and threads on.
     # Only the header block is parsed: the parser would otherwise copy the whole body.
-    value = BytesHeaderParser(policy=compat32).parsebytes(_header_block(data))["Message-ID"]
+    value = BytesHeaderParser(policy=compat32).parsebytes(header_block(data))["Message-ID"]
     return None if value is None else " ".join(str(value).split())
-
-
-def _header_block(data: bytes) -> bytes:
-    """`data` up to the blank line that ends its header section (all of it when none)."""
-    ends = [at for at in (data.find(b"\r\n\r\n"), data.find(b"\n\n")) if at >= 0]
-    return data[: min(ends) + 2] if ends else data
 
 
 def insert_sent(conn: sqlite3.Connection, notice: SentNotice, data: bytes) -> None:
