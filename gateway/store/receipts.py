@@ -3,7 +3,9 @@
 Read from the state store by reference, and only what the page shows: the arrival, the
 office and retired addresses, the answer and the notice's fate, the sender's domain and the
 message's SHA-256. Never the subject, the attachments' names, A-numbers or the sender's local
-part: they are not even read, so no page can show them. Nothing here writes or formats.
+part: the attempt is read as `gateway audit` reads it (records.find_attempts), but a Receipt
+has no field for any of those, so no page built from one can show them. Nothing here writes
+or formats.
 """
 
 from __future__ import annotations
