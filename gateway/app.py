@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import ssl
 import sys
 import tempfile
@@ -57,8 +56,8 @@ from gateway.smtp.listeners import adopt_listeners
 from gateway.smtp.receiving import ReceiveSettings
 from gateway.smtp.server import Serving, Sessions, start_server
 from gateway.smtp.tls import tls_context
-from gateway.store.db import Store
-from gateway.store.outbox import Outbox
+from gateway.store.backend import StoreLocation, make_queue, new_store
+from gateway.store.interface import RecordStore
 from gateway.store.retention import purge_periodically
 
 __all__ = [
@@ -139,7 +138,7 @@ def prepare(
 
 def build_delivery(
     settings: GatewaySettings,
-    store: Store,
+    store: RecordStore,
     clock: Clock,
     renderer: NoticeRenderer,
     key: DkimKey | None,
@@ -160,10 +159,10 @@ def build_delivery(
     # recover() at start frees only those of this slot's earlier lives, never a live
     # sibling's (store/outbox.py). One delivering process would leave the signing, the
     # bound of notice throughput, to one core.
-    incarnations = None if slot is None else f"{socket.gethostname()}/{slot}/"
-    owner = f"{incarnations or socket.gethostname() + ':'}{os.getpid()}:{id(store):x}"
+    incarnations = None if slot is None else f"{settings.server.node}/{slot}/"
+    owner = f"{incarnations or settings.server.node + ':'}{os.getpid()}:{id(store):x}"
     composer = make_composer(ComposerSettings.from_settings(settings), renderer, key)
-    outbox = Outbox(store, owner=owner, incarnations=incarnations)
+    outbox = make_queue(store, owner=owner, incarnations=incarnations)
     return DeliveryWorker(
         settings.delivery,
         outbox,
@@ -201,6 +200,8 @@ def serve(
         # A file and a chain per worker: one writer per file, each chain in order.
         audit = audit.model_copy(update={"log": worker_log(audit.log, worker.index)})
         structlog.contextvars.bind_contextvars(worker=worker.index)
+    # Every audit line names the MX host that wrote it, as every record does.
+    structlog.contextvars.bind_contextvars(node=settings.server.node)
     try:
         chain = configure_logging(
             audit,
@@ -215,7 +216,7 @@ def serve(
     try:
         # The chain's first line and its head over time, in the store (see chain.py).
         with (
-            anchored(chain, settings.storage.database, every_s=every_s),
+            anchored(chain, StoreLocation.from_settings(settings), every_s=every_s),
             asyncio.Runner(loop_factory=loop_factory(settings.server.event_loop)) as runner,
         ):
             runner.run(_serve(settings, parts, chain, as_of=as_of, reread=reread, worker=worker))
@@ -240,7 +241,7 @@ async def _serve(
     loop = asyncio.get_running_loop()
     stop = _StopSignal(loop)
     hangups = HangupSignals(loop)
-    store = Store(settings.storage.database)
+    store = new_store(StoreLocation.from_settings(settings))
     await store.open()
     sessions = Sessions(limit=settings.server.max_connections)
     receiving = ReceiveSettings.from_settings(settings)
@@ -398,7 +399,7 @@ async def _start_endpoint(
     """
     if parts.metrics is None or settings.metrics.listen is None:
         return None
-    if worker is None:
+    if worker is None and not settings.storage.is_shared:  # the gauges read SQLite
         outbox = OutboxCollector(
             settings.storage.database, parts.clock, open_sessions=lambda: len(sessions.live)
         )

@@ -51,6 +51,11 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "Validate the settings and print what is in force (like postconf -n), each office's"
         " phases, the phase now and the next boundary, and the address table.",
     )
+    command(
+        "migrate",
+        "Bring the store ([storage] url, or the SQLite file) to this version's schema and say"
+        " from which version; a store of a newer gateway is refused untouched.",
+    )
     _add_preview(command("preview", "Render the notice a message would get; nothing is sent."))
     add_queue_arguments(
         command(

@@ -52,6 +52,10 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.command == "serve":
         return _serve(settings, args)
+    if args.command == "migrate":
+        from gateway.ops.migrate import run_migrate
+
+        return run_migrate(settings, out=sys.stdout, err=sys.stderr)
     if args.command == "queue":
         from gateway.clock import make_clock
         from gateway.ops.queue import queue_request, run_queue

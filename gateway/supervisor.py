@@ -52,6 +52,7 @@ from gateway.http.lookup import start_lookup
 from gateway.policy.restart import Backoff
 from gateway.role import stdout_lock
 from gateway.smtp.listeners import bind_listeners
+from gateway.store.backend import StoreLocation
 
 __all__ = ["supervise"]
 
@@ -96,7 +97,8 @@ def supervise(settings: GatewaySettings, *, config: Path | None, as_of: str | No
     )
     try:
         # The store is made (or migrated) here, once, before any worker opens it.
-        with anchored(chain, settings.storage.database, every_s=settings.audit.checkpoint_interval):
+        store = StoreLocation.from_settings(settings)
+        with anchored(chain, store, every_s=settings.audit.checkpoint_interval):
             return asyncio.run(supervisor.run())
     except (GatewayError, OSError) as exc:
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
@@ -134,6 +136,7 @@ def _open(settings: GatewaySettings, *, as_of: str | None) -> _Opened | int:
         return 1
     try:
         run_dir = _run_dir(settings.storage.state_dir)
+        structlog.contextvars.bind_contextvars(node=settings.server.node)
         chain = configure_logging(settings.audit, shared_with=stdout_lock(run_dir))
     except OSError as exc:
         print(f"gateway: cannot start: {exc}", file=sys.stderr)

@@ -30,6 +30,7 @@ from gateway.audit.chain import (
     load_checkpoints,
 )
 from gateway.audit.verify import Problem, Verification, log_files, order_files, read_lines, verify
+from gateway.store.backend import StoreLocation
 from gateway.store.db import connect
 
 
@@ -248,7 +249,7 @@ def test_a_rewritten_tail_passes_the_file_alone_but_not_the_stores_checkpoint(
     # only what the store recorded of the chain's head can show it.
     log, database = tmp_path / "gateway.log", tmp_path / "state" / "gateway.sqlite3"
     chain = ChainedLog.to_file(log, check_every_s=0)
-    with anchored(chain, database, every_s=3600):
+    with anchored(chain, StoreLocation(database, node="n1"), every_s=3600):
         write(chain, 10)
     chain.close()
     lines = lines_of(log)
@@ -271,7 +272,7 @@ def test_a_rewritten_tail_passes_the_file_alone_but_not_the_stores_checkpoint(
 def test_a_cut_off_tail_is_caught_against_the_stop_checkpoint(tmp_path: Path) -> None:
     log, database = tmp_path / "gateway.log", tmp_path / "state" / "gateway.sqlite3"
     chain = ChainedLog.to_file(log, check_every_s=0)
-    with anchored(chain, database, every_s=3600):
+    with anchored(chain, StoreLocation(database, node="n1"), every_s=3600):
         write(chain, 10)
     chain.close()
     assert check(log, database=database).is_intact
@@ -286,7 +287,7 @@ def test_a_cut_off_tail_is_caught_against_the_stop_checkpoint(tmp_path: Path) ->
 def test_the_store_records_the_head_while_the_gateway_runs(tmp_path: Path) -> None:
     log, database = tmp_path / "gateway.log", tmp_path / "state" / "gateway.sqlite3"
     chain = ChainedLog.to_file(log, check_every_s=0)
-    with anchored(chain, database, every_s=0.01):
+    with anchored(chain, StoreLocation(database, node="n1"), every_s=0.01):
         write(chain, 5)
         with contextlib.closing(connect(database, readonly=True)) as conn:
             deadline = 200
@@ -302,7 +303,7 @@ def test_the_store_records_the_head_while_the_gateway_runs(tmp_path: Path) -> No
 def test_a_forged_beginning_is_not_anchored(tmp_path: Path) -> None:
     log, database = tmp_path / "gateway.log", tmp_path / "state" / "gateway.sqlite3"
     chain = ChainedLog.to_file(log, check_every_s=0)
-    with anchored(chain, database, every_s=3600):
+    with anchored(chain, StoreLocation(database, node="n1"), every_s=3600):
         write(chain, 3)
     chain.close()
     forged = tmp_path / "forged.log"
@@ -324,7 +325,7 @@ def test_standard_output_starts_a_chain_per_start_and_the_saved_stream_verifies(
     stream = io.StringIO()
     for start in range(2):
         chain = ChainedLog.to_stream(stream)
-        with anchored(chain, database, every_s=3600):
+        with anchored(chain, StoreLocation(database, node="n1"), every_s=3600):
             write(chain, 4, start=10 * start)
     saved = tmp_path / "saved.log"
     saved.write_text(stream.getvalue(), encoding="utf-8")

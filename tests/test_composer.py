@@ -12,6 +12,7 @@ from gateway.delivery.composer import ComposerSettings, MailBuilder
 from gateway.notices.dkim import ensure_key
 from gateway.notices.render import NoticeRenderer
 from gateway.store.outbox import Job
+from gateway.store.reading import SqliteRecords
 from tests.conftest import SENDER, Gateway, GatewayFactory
 from tests.smtpclient import message
 from tests.test_delivery import file_a_filing
@@ -56,10 +57,11 @@ async def test_close_closes_the_connection_of_every_thread(
     async with asyncio.timeout(10):
         await asyncio.to_thread(builder.build, job, gw.clock())
     builder.build(job, gw.clock())  # this thread: a second connection
-    kept = list(builder._connections)
+    kept = [r._conn for r in builder._connections if isinstance(r, SqliteRecords)]
     assert len(kept) == 2
     builder.close()
     for conn in kept:
+        assert conn is not None
         with pytest.raises(sqlite3.ProgrammingError, match="closed"):
             _ = conn.total_changes
 
@@ -74,7 +76,10 @@ async def test_a_record_missing_from_an_old_snapshot_is_read_again_before_failin
     # An open statement holds its snapshot, and later commits are invisible to it: here a
     # blob handle on the first filing's raw bytes (this test must not speak SQL itself).
     # (The builder closes that connection, and the handle with it.)
-    held = builder._connection().blobopen("raw_messages", "raw", 1, readonly=True)
+    records = builder._connection()
+    assert isinstance(records, SqliteRecords)
+    assert records._conn is not None
+    held = records._conn.blobopen("raw_messages", "raw", 1, readonly=True)
     assert len(held) > 0
     second = await notice_job(gw, 2)
     mail = builder.build(second, gw.clock())

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import structlog
 
 from gateway.audit.chain import ChainedLog, Head
-from gateway.store.anchors import Anchor, Checkpoint, save_head, save_head_now
-from gateway.store.db import Store
+from gateway.errors import StoreError
+from gateway.store.anchors import Anchor, Checkpoint
+from gateway.store.backend import StoreLocation, head_store, new_store
+from gateway.store.interface import HeadStore
 
 __all__ = ["anchored"]
 
@@ -35,22 +35,18 @@ def _head_rows(chain: ChainedLog, head: Head) -> tuple[Anchor | None, Checkpoint
     return anchor, point
 
 
-async def _write_start(database: Path, chain: ChainedLog) -> None:
-    store = Store(database)  # creates the file and the tables on a first start
-    await store.open()
-    try:
-        anchor, point = _head_rows(chain, chain.head)
-        await store.write(lambda conn: save_head(conn, anchor, point))
-    finally:
-        await store.close()
+async def _open_once(store: StoreLocation) -> None:
+    record = new_store(store)  # creates the file (or the schema) and tables on a first start
+    await record.open()
+    await record.close()
 
 
 class _Checkpoints:
     """A thread that records the chain's head in the store every `every_s` seconds."""
 
-    def __init__(self, chain: ChainedLog, database: Path, *, every_s: float) -> None:
+    def __init__(self, chain: ChainedLog, heads: HeadStore, *, every_s: float) -> None:
         self._chain = chain
-        self._database = database
+        self._heads = heads
         self._every_s = every_s
         self._stop = threading.Event()
         self._saved = chain.head
@@ -64,6 +60,7 @@ class _Checkpoints:
         self._stop.set()
         self._thread.join()
         self._save()
+        self._heads.close()
 
     def _run(self) -> None:
         while not self._stop.wait(self._every_s):
@@ -74,15 +71,15 @@ class _Checkpoints:
         if head == self._saved or head.seq == 0:
             return
         try:
-            save_head_now(self._database, *_head_rows(self._chain, head))
-        except sqlite3.Error as exc:
+            self._heads.save_head(*_head_rows(self._chain, head))
+        except StoreError as exc:
             log.error("store.checkpoint_failed", error=str(exc))
             return
         self._saved = head
 
 
 @contextlib.contextmanager
-def anchored(chain: ChainedLog | None, database: Path, *, every_s: float) -> Iterator[None]:
+def anchored(chain: ChainedLog | None, store: StoreLocation, *, every_s: float) -> Iterator[None]:
     """Anchor `chain` in the store, checkpoint its head while the body runs and once more
     when it ends. Does nothing for a log without a chain (the console format).
 
@@ -92,8 +89,14 @@ def anchored(chain: ChainedLog | None, database: Path, *, every_s: float) -> Ite
     if chain is None:
         yield
         return
-    asyncio.run(_write_start(database, chain))
-    checkpoints = _Checkpoints(chain, database, every_s=every_s)
+    asyncio.run(_open_once(store))
+    heads = head_store(store)
+    try:
+        heads.save_head(*_head_rows(chain, chain.head))
+    except StoreError:
+        heads.close()
+        raise
+    checkpoints = _Checkpoints(chain, heads, every_s=every_s)
     checkpoints.start()
     try:
         yield

@@ -171,6 +171,8 @@ EVENTS: dict[str, tuple[str, ...]] = {
     "store.raw_purged": ("count",),
     "store.purge_failed": ("error",),
     "store.checkpoint_failed": ("error",),  # the audit chain's head could not be recorded
+    # psycopg or its pool warned (a connection lost, a reconnect failing): `logger`, `text`.
+    "store.driver_warned": ("logger", "driver_level", "text"),
     # Records past [storage] retention_days: received before `before`; rows per table.
     "store.records_purged": (
         "before",
@@ -265,7 +267,26 @@ def configure_logging(
     library_log = logging.getLogger("mail.log")
     library_log.propagate = False
     library_log.addHandler(logging.NullHandler())
+    # psycopg's pool reports lost connections and failed reconnects through stdlib logging:
+    # warnings and worse become events of ours; its chatter below that goes nowhere.
+    driver_log = logging.getLogger("psycopg")
+    driver_log.propagate = False
+    driver_log.setLevel(logging.WARNING)
+    driver_log.handlers = [_DriverWarnings()]
     return chain
+
+
+class _DriverWarnings(logging.Handler):
+    """The PostgreSQL driver's stdlib warnings, as `store.driver_warned` events."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage().splitlines()
+        get_logger().warning(
+            "store.driver_warned",
+            logger=record.name,
+            driver_level=record.levelname.lower(),
+            text=text[0] if text else "",
+        )
 
 
 def _open_destination(log: str) -> TextIO:

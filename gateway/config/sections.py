@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import Mapping
 from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
 from pathlib import Path
@@ -80,6 +81,9 @@ class ServerSettings(_Model):
     # supervisor that binds the listeners once and hands them to that many children (one per
     # core by default: one process's event loop is the bound, issue 14).
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    # This gateway's name among the MX hosts sharing one store: written on every message,
+    # refusal, job, attempt and audit line, so each can be traced to the host that made it.
+    node: str = Field(default_factory=socket.gethostname, pattern=r"^[A-Za-z0-9][\w.-]{0,62}$")
 
     def is_trusted(self, address: str) -> bool:
         """Whether a client at `address` counts as an authenticated sender."""
@@ -127,10 +131,29 @@ class StorageSettings(_Model):
     # counted from when it was sent; 0 keeps them forever. Its own period: what the sender
     # was told may have to be shown long after, or not at all after, the rest of the record.
     notice_retention_days: int = Field(default=0, ge=0)
+    # Empty: the SQLite file in state_dir. `postgresql://...` or libpq's `key=value`: one
+    # PostgreSQL that several MX hosts share (docs/postgresql.md).
+    url: str = Field(default="", repr=False)
+    # Only from GATEWAY_STORAGE__PASSWORD(_FILE), never the file; libpq's `password=`.
+    password: str | None = Field(default=None, repr=False)
 
     @property
     def database(self) -> Path:
         return self.state_dir / "gateway.sqlite3"
+
+    @property
+    def is_shared(self) -> bool:
+        """Whether the store is PostgreSQL (`url` set), not the SQLite file."""
+        return bool(self.url)
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_url(cls, url: str) -> str:
+        url = url.strip()
+        is_uri = url.startswith(("postgresql://", "postgres://"))
+        if url and not is_uri and ("://" in url or "=" not in url):
+            raise ValueError("expected empty (the SQLite file), postgresql://... or key=value")
+        return url
 
     @field_validator("retention_days")
     @classmethod

@@ -155,6 +155,12 @@ def load_settings(
             "never put the password in the config file; use GATEWAY_DELIVERY__PASSWORD,"
             " GATEWAY_DELIVERY__PASSWORD_FILE or password_file",
         )
+    if "password" in data.get("storage", {}):
+        raise ConfigError(
+            "storage.password",
+            "never put the password in the config file; use GATEWAY_STORAGE__PASSWORD,"
+            " GATEWAY_STORAGE__PASSWORD_FILE, or the libpq service or password file",
+        )
     _apply_environment(data, os.environ if environ is None else environ)
     try:
         return GatewaySettings.model_validate(data)

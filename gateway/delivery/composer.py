@@ -14,7 +14,6 @@ import asyncio
 import multiprocessing
 import os
 import re
-import sqlite3
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -27,12 +26,11 @@ from email.mime.base import MIMEBase
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email.utils import format_datetime
-from pathlib import Path
 from typing import Protocol
 
 from gateway.config import GatewaySettings
 from gateway.delivery.transport import OutgoingMail
-from gateway.errors import DeliveryDeferred, DeliveryFailed
+from gateway.errors import DeliveryDeferred, DeliveryFailed, StoreError
 from gateway.notices.context import NoticeContext
 from gateway.notices.dkim import DkimKey, DkimSigner, ensure_key
 from gateway.notices.render import (
@@ -42,9 +40,9 @@ from gateway.notices.render import (
     NoticeRenderer,
     notice_bytes,
 )
-from gateway.store.db import connect
-from gateway.store.outbox import Attempt, Job, job_attempts, read_job
-from gateway.store.queries import list_decisions, read_message, read_raw
+from gateway.store.backend import StoreLocation, open_records
+from gateway.store.interface import MailRecords
+from gateway.store.outbox import Attempt, Job
 from gateway.vocabulary import JobKind
 
 __all__ = [
@@ -61,11 +59,11 @@ _NOTICE_KINDS = {JobKind.NOTICE: NoticeKind.NOT_FILED, JobKind.ADVISORY: NoticeK
 
 @dataclass(frozen=True, slots=True)
 class ComposerSettings:
-    """What composing reads: the store file, the host name of our Received and bounce
+    """What composing reads: the store, the host name of our Received and bounce
     lines, how many processes, and the notices' context (a child process builds its renderer
     and key from it)."""
 
-    database: Path
+    store: StoreLocation
     hostname: str
     processes: int  # [delivery] composer_processes; 0: a thread of this process
     notices: NoticeContext
@@ -74,7 +72,7 @@ class ComposerSettings:
     def from_settings(cls, settings: GatewaySettings) -> ComposerSettings:
         """The composer's part of `settings`."""
         return cls(
-            database=settings.storage.database,
+            store=StoreLocation.from_settings(settings),
             hostname=settings.server.hostname,
             processes=settings.delivery.composer_processes,
             notices=NoticeContext.from_settings(settings),
@@ -94,7 +92,7 @@ class Composer(Protocol):
 
 
 class MailBuilder:
-    """Turns a job into the bytes to send, reading the record from the store file."""
+    """Turns a job into the bytes to send, reading the record from the store."""
 
     def __init__(
         self, settings: ComposerSettings, renderer: NoticeRenderer, key: DkimKey | None
@@ -102,15 +100,14 @@ class MailBuilder:
         self.settings = settings
         self.renderer = renderer
         self.signer = None if key is None else DkimSigner(key)  # the key loaded once
-        self.database = settings.database
-        # One read-only connection per thread that builds, kept from job to job: opening
-        # the file for each notice cost more than reading its record.
+        # One reader (connection) per thread that builds, kept from job to job: opening
+        # the store for each notice cost more than reading its record.
         self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
+        self._connections: list[MailRecords] = []
         self._lock = threading.Lock()
 
     def build(self, job: Job, now: datetime) -> OutgoingMail:
-        """Blocking (SQLite, jinja2, RSA): run it in a thread.
+        """Blocking (the store's reads, jinja2, RSA): run it in a thread.
 
         Raises:
             DeliveryFailed: the record is missing or no notice can be made for it.
@@ -118,8 +115,8 @@ class MailBuilder:
         conn = self._connection()
         try:
             data = self._data(conn, job, now)
-        except sqlite3.Error:
-            self._forget(conn)  # the next job opens the file afresh
+        except StoreError:
+            self._forget(conn)  # the next job opens the store afresh
             raise
         except DeliveryFailed:
             # Before failing a job for good, make sure a kept connection did not read an old
@@ -129,7 +126,7 @@ class MailBuilder:
         name = f"{job.reference}-{job.id}-{job.kind}"
         return OutgoingMail(job.mail_from, job.recipients, data, name, job.destination)
 
-    def _data(self, conn: sqlite3.Connection, job: Job, now: datetime) -> bytes:
+    def _data(self, conn: MailRecords, job: Job, now: datetime) -> bytes:
         if job.kind.is_relay:  # forward: postmaster mail, relayed the same
             return _relay_data(conn, job, self.settings.hostname)
         if job.kind is JobKind.BOUNCE:
@@ -143,22 +140,22 @@ class MailBuilder:
         for conn in connections:
             conn.close()
 
-    def _connection(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+    def _connection(self) -> MailRecords:
+        conn: MailRecords | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = connect(self.database, readonly=True, check_same_thread=False)
+            conn = open_records(self.settings.store)
             self._local.conn = conn
             with self._lock:
                 self._connections.append(conn)
         return conn
 
-    def _forget(self, conn: sqlite3.Connection) -> None:
+    def _forget(self, conn: MailRecords) -> None:
         self._local.conn = None
         with self._lock:
             self._connections.remove(conn)
         conn.close()
 
-    def _notice_data(self, conn: sqlite3.Connection, job: Job, now: datetime) -> bytes:
+    def _notice_data(self, conn: MailRecords, job: Job, now: datetime) -> bytes:
         failed = _failed_message(conn, job)
         assert job.office is not None, "notice jobs always name their office"
         office = self.settings.notices.office(job.office)
@@ -170,12 +167,12 @@ class MailBuilder:
         return data if self.signer is None else self.signer.sign(data)
 
 
-def _failed_message(conn: sqlite3.Connection, job: Job) -> FailedMessage:
-    message = read_message(conn, job.reference)
+def _failed_message(conn: MailRecords, job: Job) -> FailedMessage:
+    message = conn.read_message(job.reference)
     if message is None:
         raise DeliveryFailed(f"no record of message {job.reference}")
     # A notice names the office it answers for; the first of its recipients is the address.
-    retired = [] if job.office is None else list_decisions(conn, job.reference, office=job.office)
+    retired = [] if job.office is None else conn.list_decisions(job.reference, office=job.office)
     return FailedMessage(
         reference=job.reference,
         sender=job.recipients[0],
@@ -188,8 +185,8 @@ def _failed_message(conn: sqlite3.Connection, job: Job) -> FailedMessage:
     )
 
 
-def _relay_data(conn: sqlite3.Connection, job: Job, hostname: str) -> bytes:
-    message, raw = read_message(conn, job.reference), read_raw(conn, job.reference)
+def _relay_data(conn: MailRecords, job: Job, hostname: str) -> bytes:
+    message, raw = conn.read_message(job.reference), conn.read_raw(job.reference)
     if message is None or raw is None:
         raise DeliveryFailed(f"the message {job.reference} to relay is not in the store")
     # RFC 5321 §4.4: each relay prepends its Received line and changes nothing else.
@@ -294,11 +291,11 @@ def make_composer(
     return ProcessComposer(settings, processes)
 
 
-def _bounce_data(conn: sqlite3.Connection, job: Job, hostname: str, now: datetime) -> bytes:
+def _bounce_data(conn: MailRecords, job: Job, hostname: str, now: datetime) -> bytes:
     """An RFC 3464 delivery status notification for a relay that failed for good."""
-    message = read_message(conn, job.reference)
-    relay = None if job.about_job is None else read_job(conn, job.about_job)
-    tried = [] if relay is None else job_attempts(conn, relay.id)
+    message = conn.read_message(job.reference)
+    relay = None if job.about_job is None else conn.read_job(job.about_job)
+    tried = [] if relay is None else conn.job_attempts(relay.id)
     if message is None or relay is None or not tried:
         raise DeliveryFailed(f"nothing on record to report for {job.reference}")
     recipients, last = list(relay.recipients), tried[-1]
@@ -317,7 +314,7 @@ def _bounce_data(conn: sqlite3.Connection, job: Job, hostname: str, now: datetim
     report.attach(_delivery_status(hostname, arrived, recipients, last))
     headers = MIMEBase("text", "rfc822-headers")
     headers.set_payload(
-        _header_block(read_raw(conn, job.reference) or b"").decode("ascii", "replace")
+        _header_block(conn.read_raw(job.reference) or b"").decode("ascii", "replace")
     )
     report.attach(headers)
     # A non-ASCII sender's address goes in To: as UTF-8 (RFC 6532 §3.2), sent with SMTPUTF8.

@@ -34,17 +34,10 @@ from gateway.delivery.composer import Composer
 from gateway.delivery.transport import Answer, MailSender, OutgoingMail
 from gateway.errors import DeliveryDeferred, DeliveryError, StoreError
 from gateway.policy.decision import next_attempt_at
-from gateway.store.db import iso
-from gateway.store.outbox import (
-    Attempt,
-    Job,
-    JobState,
-    Outbox,
-)
-from gateway.store.queueactions import (
-    QueueAction,
-    take_operator_actions,
-)
+from gateway.store.interface import JobQueue
+from gateway.store.messages import iso
+from gateway.store.outbox import Attempt, Job, JobState
+from gateway.store.queueactions import QueueAction
 from gateway.store.sentmail import SentNotice, describe_sent, should_keep
 from gateway.vocabulary import JobKind
 
@@ -80,7 +73,7 @@ class DeliveryWorker:
     def __init__(
         self,
         delivery: DeliverySettings,
-        outbox: Outbox,
+        outbox: JobQueue,
         composer: Composer,
         sender: MailSender,
         clock: Clock,
@@ -150,7 +143,7 @@ class DeliveryWorker:
     async def _log_operator_actions(self) -> None:
         # `gateway queue` journals its changes in the store; this process holds the audit log,
         # so it writes their events.
-        for action in await take_operator_actions(self.outbox.store, self.clock()):
+        for action in await self.outbox.take_operator_actions(self.clock()):
             log.info(
                 _OPERATOR_EVENTS[action.action],
                 action_id=action.id,

@@ -33,7 +33,7 @@ from gateway.clock import Clock
 from gateway.config import ListenAddress, MetricsSettings
 from gateway.delivery.worker import DeliveryWorker
 from gateway.errors import StoreError
-from gateway.store.db import Store
+from gateway.store.interface import RecordStore
 
 __all__ = ["Check", "Endpoint", "Readiness", "ReadinessCheck", "start_endpoint"]
 
@@ -64,7 +64,7 @@ class Readiness:
         settings: MetricsSettings,
         *,
         servers: Sequence[asyncio.Server],
-        store: Store,
+        store: RecordStore,
         worker: DeliveryWorker,
         clock: Clock,
         audit: ChainedLog | None = None,

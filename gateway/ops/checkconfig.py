@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from gateway.config import GatewaySettings, OfficeSettings
 from gateway.policy.decision import Phase, phase_at
 from gateway.smtp.eventloop import loop_name
+from gateway.store.backend import masked
 
 __all__ = ["print_check", "settings_in_force"]
 
@@ -85,7 +86,7 @@ def settings_in_force(settings: GatewaySettings) -> list[tuple[str, list[str]]]:
                 f"server.starttls = {'offered' if server.tls_cert else 'off'}",
                 *_keys("metrics", settings.metrics, ("listen",)),
                 *_keys("storage", settings.storage, ("state_dir",)),
-                f"storage.database = {settings.storage.database}",
+                *_store_lines(settings),
                 *_keys("audit", settings.audit, ("log", "format")),
             ],
         ),
@@ -113,6 +114,18 @@ def settings_in_force(settings: GatewaySettings) -> list[tuple[str, list[str]]]:
             list(_keys("notices", notices, ("from_address", "dkim_selector", "dkim_domain"))),
         ),
         ("receipt page", list(_keys("lookup", settings.lookup, _fields(settings.lookup)))),
+    ]
+
+
+def _store_lines(settings: GatewaySettings) -> list[str]:
+    storage = settings.storage
+    if not storage.is_shared:
+        return [f"storage.database = {storage.database}", f"server.node = {settings.server.node}"]
+    password = "(set)" if storage.password is not None else "(from the URL or libpq)"
+    return [
+        f"storage.url = {masked(storage.url)}",
+        f"storage.password = {password}",
+        f"server.node = {settings.server.node}",
     ]
 
 

@@ -10,7 +10,7 @@ import structlog
 
 from gateway.policy.decision import Action
 from gateway.smtp.replies import reply_code
-from gateway.store.db import MessageRecord
+from gateway.store.messages import MessageRecord
 from gateway.vocabulary import Outcome, parse_notice_status
 
 __all__ = ["log_message", "message_office", "refusal_reason"]

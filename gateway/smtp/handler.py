@@ -20,7 +20,7 @@ from gateway.smtp.receiving import ReceiveSettings
 from gateway.smtp.recipients import RecipientDesk
 from gateway.smtp.replies import REPLY_BAD_SENDER, REPLY_INTERNAL, REPLY_SENDER_OK, REPLY_VRFY
 from gateway.smtp.session import GatewayEnvelope, GatewaySession
-from gateway.store.db import Store
+from gateway.store.interface import RecordStore
 
 __all__ = ["GatewayEnvelope", "GatewaySession", "InboundHandler"]
 
@@ -30,7 +30,7 @@ log = structlog.get_logger()
 class InboundHandler:
     """aiosmtpd hooks: decide per recipient, record at the end of DATA, then answer."""
 
-    def __init__(self, receiving: ReceiveSettings, store: Store, clock: Clock) -> None:
+    def __init__(self, receiving: ReceiveSettings, store: RecordStore, clock: Clock) -> None:
         self.server = receiving.server
         self.store = store
         self.clock = clock

@@ -30,11 +30,11 @@ from gateway.smtp.arrival import (
 from gateway.smtp.events import log_message
 from gateway.smtp.replies import REPLY_STORE_FAILED, reply_for
 from gateway.smtp.session import Accepted, GatewayEnvelope, GatewaySession
-from gateway.store.db import (
+from gateway.store.interface import RecordStore
+from gateway.store.messages import (
     MessageRecord,
     NoticeCheck,
     RecipientRecord,
-    Store,
     job_record,
     new_reference,
 )
@@ -90,7 +90,7 @@ class MessageDesk:
         sender_checks: SenderChecks,
         *,
         storage: StorageSettings,
-        store: Store,
+        store: RecordStore,
         clock: Clock,
         public_url: str | None = None,
     ) -> None:

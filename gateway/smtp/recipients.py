@@ -35,7 +35,8 @@ from gateway.smtp.replies import (
     unknown_mailbox_reply,
 )
 from gateway.smtp.session import Accepted, GatewayEnvelope, GatewaySession
-from gateway.store.db import RefusalRecord, Store, new_reference
+from gateway.store.interface import RecordStore
+from gateway.store.messages import RefusalRecord, new_reference
 
 __all__ = ["RecipientDesk"]
 
@@ -53,7 +54,7 @@ class RecipientDesk:
         offices: Mapping[str, OfficeSettings],
         *,
         server: ServerSettings,
-        store: Store,
+        store: RecordStore,
         clock: Clock,
         public_url: str | None = None,
     ) -> None:

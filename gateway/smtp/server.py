@@ -36,7 +36,7 @@ from gateway.smtp.replies import (
     with_enhanced_code,
 )
 from gateway.smtp.setup import set_up
-from gateway.store.db import Store
+from gateway.store.interface import RecordStore
 
 __all__ = ["GatewaySMTP", "Serving", "Sessions", "Snapshot", "start_server"]
 
@@ -114,7 +114,7 @@ class Serving:
     """What the next session is served with. A reload (SIGHUP) swaps the snapshot whole; a
     session keeps the one it took when it connected, to its end."""
 
-    def __init__(self, receiving: ReceiveSettings, store: Store, clock: Clock) -> None:
+    def __init__(self, receiving: ReceiveSettings, store: RecordStore, clock: Clock) -> None:
         self._store = store
         self._clock = clock
         self.current = self._snapshot(receiving)
@@ -387,7 +387,7 @@ class GatewaySMTP(SMTP):
 
 async def start_server(
     receiving: ReceiveSettings,
-    store: Store,
+    store: RecordStore,
     *,
     clock: Clock,
     sessions: Sessions,

@@ -47,7 +47,9 @@ from gateway.store.messages import (
     job_record,
     new_reference,
 )
-from gateway.store.schema import SCHEMA_VERSION, migrate
+from gateway.store.purging import Purged, purge_messages, purge_refusals
+from gateway.store.schema import SCHEMA_VERSION, SchemaVersionError, migrate
+from gateway.store.sentmail import purge_sent
 from gateway.vocabulary import NOTICE_KINDS
 
 __all__ = [
@@ -206,6 +208,31 @@ class Store:
 
         return await self.write(purge)
 
+    async def purge_messages(self, before: datetime, *, limit: int) -> Purged:
+        """Delete up to `limit` messages received before `before` (with their rows), none
+        with a job still to be delivered; returns what went.
+
+        Raises:
+            StoreError: the batch could not be committed.
+        """
+        return await self.write(lambda conn: purge_messages(conn, before=before, limit=limit))
+
+    async def purge_refusals(self, before: datetime, *, limit: int) -> int:
+        """Delete up to `limit` refusals made before `before`; returns how many.
+
+        Raises:
+            StoreError: the batch could not be committed.
+        """
+        return await self.write(lambda conn: purge_refusals(conn, before=before, limit=limit))
+
+    async def purge_sent(self, before: datetime, *, limit: int) -> int:
+        """Delete up to `limit` notices kept as sent before `before`; returns how many.
+
+        Raises:
+            StoreError: the batch could not be committed.
+        """
+        return await self.write(lambda conn: purge_sent(conn, before=before, limit=limit))
+
     def write(self, write: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         """Run `write` in the writer's next transaction; the future holds its result once
         that transaction is durable. A write that raises fails alone, the batch commits.
@@ -233,7 +260,7 @@ class Store:
             # same moment would otherwise add the same columns again and fail.
             with _writer_turn(lock):
                 migrate(conn)
-        except (OSError, sqlite3.Error) as exc:
+        except (OSError, sqlite3.Error, SchemaVersionError) as exc:
             if lock >= 0:
                 os.close(lock)
             self._open_error = exc

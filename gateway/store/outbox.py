@@ -16,10 +16,15 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from gateway.store.db import JobRecord, Store, iso
+from gateway.store.purging import PENDING_STATES
 from gateway.store.sentmail import SentNotice, insert_sent
 from gateway.vocabulary import JobKind, JobState
+
+if TYPE_CHECKING:
+    from gateway.store.queueactions import OperatorAction
 
 __all__ = [
     "PENDING_STATES",
@@ -42,7 +47,6 @@ _DUE_STATES = (JobState.QUEUED, JobState.DEFERRED)
 # Still to be sent, like Postfix's mailq: what `gateway queue list` shows by default, and what
 # retention keeps whatever its age; a job in these states may still be sent, so its message
 # must be kept until it is.
-PENDING_STATES = (JobState.QUEUED, JobState.IN_FLIGHT, JobState.DEFERRED, JobState.HELD)
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +266,13 @@ class Outbox:
             )
 
         await self.store.write(give_back)
+
+    async def take_operator_actions(self, now: datetime) -> list[OperatorAction]:
+        """Operators' queue actions not yet logged, marked logged (queueactions.py)."""
+        # queueactions.py builds on this module's Job, so it is imported where it is used.
+        from gateway.store.queueactions import take_operator_actions
+
+        return await take_operator_actions(self.store, now)
 
 
 def _queue_bounce(conn: sqlite3.Connection, relay: Job, at: datetime) -> Bounce | None:

@@ -17,10 +17,7 @@ leaves an audit event saying what and up to when. This module decides nothing ab
 from __future__ import annotations
 
 import asyncio
-import functools
-import sqlite3
-from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -28,9 +25,9 @@ import structlog
 from gateway.clock import Clock
 from gateway.config import StorageSettings
 from gateway.errors import StoreError
-from gateway.store.db import Store, iso
-from gateway.store.outbox import PENDING_STATES
-from gateway.store.sentmail import purge_sent
+from gateway.store.interface import RecordStore
+from gateway.store.messages import iso
+from gateway.store.purging import Purged, purge_message
 
 __all__ = [
     "BATCH",
@@ -50,28 +47,6 @@ log = structlog.get_logger()
 BATCH = 500
 # How often the purge runs; retention is counted in days, so hourly is prompt enough.
 EVERY_S = 3600.0
-# Jobs still to be delivered keep their message, and themselves, whatever their age.
-_PENDING = PENDING_STATES
-
-
-@dataclass(frozen=True, slots=True)
-class Purged:
-    """Rows deleted, by table."""
-
-    messages: int = 0
-    message_recipients: int = 0
-    raw_messages: int = 0
-    jobs: int = 0
-    attempts: int = 0
-    refusals: int = 0
-    sent_notices: int = 0
-
-    def __add__(self, other: Purged) -> Purged:
-        return Purged(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
-
-    @property
-    def total(self) -> int:
-        return sum(getattr(self, f.name) for f in fields(self))
 
 
 def records_cutoff(now: datetime, retention_days: int) -> datetime | None:
@@ -81,84 +56,28 @@ def records_cutoff(now: datetime, retention_days: int) -> datetime | None:
     return (now - timedelta(days=retention_days)).astimezone(UTC)
 
 
-async def purge_records(store: Store, *, before: datetime, batch: int = BATCH) -> Purged:
+async def purge_records(store: RecordStore, *, before: datetime, batch: int = BATCH) -> Purged:
     """Delete the records received before `before`, `batch` messages (or refusals) per
     transaction, keeping every message that has a job still to be delivered.
 
     Raises:
         StoreError: a batch could not be committed (the batches before it stay purged).
     """
-    cutoff = iso(before.astimezone(UTC))
+    cutoff = before.astimezone(UTC)
     total = Purged()
     while True:
-        done = await store.write(functools.partial(_purge_messages, before=cutoff, limit=batch))
+        done = await store.purge_messages(cutoff, limit=batch)
         total += done
         if done.messages < batch:
             break
     while True:
-        refusals = await store.write(functools.partial(_purge_refusals, before=cutoff, limit=batch))
+        refusals = await store.purge_refusals(cutoff, limit=batch)
         total += Purged(refusals=refusals)
         if refusals < batch:
             return total
 
 
-def _purge_messages(conn: sqlite3.Connection, *, before: str, limit: int) -> Purged:
-    marks = ",".join("?" * len(_PENDING))
-    rows = conn.execute(
-        "SELECT reference FROM messages AS m WHERE received_at < ? AND NOT EXISTS ("
-        f" SELECT 1 FROM jobs AS j WHERE j.reference = m.reference AND j.state IN ({marks}))"
-        " ORDER BY received_at LIMIT ?",
-        (before, *_PENDING, limit),
-    ).fetchall()
-    return _purge_references(conn, [row[0] for row in rows])
-
-
-def purge_message(
-    conn: sqlite3.Connection, reference: str, *, should_keep_jobs: bool = False
-) -> Purged:
-    """Delete one message's record now, whatever its jobs' state; `should_keep_jobs` leaves
-    its jobs and their attempts behind, as a hand-made repair of the file might.
-
-    Retention itself waits for the jobs to finish (`purge_records`); this is for tools and
-    tests that stand in for what happens to a store outside the gateway.
-    """
-    return _purge_references(conn, [reference], should_keep_jobs=should_keep_jobs)
-
-
-def _purge_references(
-    conn: sqlite3.Connection, references: Sequence[str], *, should_keep_jobs: bool = False
-) -> Purged:
-    keys = [(reference,) for reference in references]
-
-    def delete(sql: str) -> int:
-        return conn.executemany(sql, keys).rowcount
-
-    # Children first: attempts belong to jobs, recipients and raw bytes to messages.
-    jobs = Purged()
-    if not should_keep_jobs:
-        jobs = Purged(
-            attempts=delete(
-                "DELETE FROM attempts WHERE job_id IN (SELECT id FROM jobs WHERE reference = ?)"
-            ),
-            jobs=delete("DELETE FROM jobs WHERE reference = ?"),
-        )
-    return jobs + Purged(
-        raw_messages=delete("DELETE FROM raw_messages WHERE reference = ?"),
-        message_recipients=delete("DELETE FROM message_recipients WHERE reference = ?"),
-        messages=delete("DELETE FROM messages WHERE reference = ?"),
-    )
-
-
-def _purge_refusals(conn: sqlite3.Connection, *, before: str, limit: int) -> int:
-    cursor = conn.execute(
-        "DELETE FROM refusals WHERE reference IN"
-        " (SELECT reference FROM refusals WHERE at < ? ORDER BY at LIMIT ?)",
-        (before, limit),
-    )
-    return cursor.rowcount
-
-
-async def purge_raw(store: Store, now: datetime, *, batch: int = BATCH) -> int:
+async def purge_raw(store: RecordStore, now: datetime, *, batch: int = BATCH) -> int:
     """Delete raw messages whose own retention ended before `now`, `batch` per transaction.
 
     Raises:
@@ -172,7 +91,7 @@ async def purge_raw(store: Store, now: datetime, *, batch: int = BATCH) -> int:
             return total
 
 
-async def purge_notices(store: Store, *, before: datetime, batch: int = BATCH) -> int:
+async def purge_notices(store: RecordStore, *, before: datetime, batch: int = BATCH) -> int:
     """Delete the notices kept as sent before `before`, `batch` per transaction; how many.
 
     Raises:
@@ -180,15 +99,13 @@ async def purge_notices(store: Store, *, before: datetime, batch: int = BATCH) -
     """
     total = 0
     while True:
-        count = await store.write(
-            functools.partial(purge_sent, before=before.astimezone(UTC), limit=batch)
-        )
+        count = await store.purge_sent(before.astimezone(UTC), limit=batch)
         total += count
         if count < batch:
             return total
 
 
-async def purge_once(store: Store, storage: StorageSettings, now: datetime) -> Purged:
+async def purge_once(store: RecordStore, storage: StorageSettings, now: datetime) -> Purged:
     """Run the purges as of `now` and log what they deleted; returns the records purged.
 
     A failure is logged (store.purge_failed), not raised: the next run tries again.
@@ -205,7 +122,7 @@ async def purge_once(store: Store, storage: StorageSettings, now: datetime) -> P
     return replace(purged, sent_notices=notices)
 
 
-async def _purge_notices_due(store: Store, storage: StorageSettings, now: datetime) -> int:
+async def _purge_notices_due(store: RecordStore, storage: StorageSettings, now: datetime) -> int:
     before = records_cutoff(now, storage.notice_retention_days)
     if before is None:
         return 0
@@ -220,7 +137,7 @@ async def _purge_notices_due(store: Store, storage: StorageSettings, now: dateti
     return count
 
 
-async def _purge_records_due(store: Store, storage: StorageSettings, now: datetime) -> Purged:
+async def _purge_records_due(store: RecordStore, storage: StorageSettings, now: datetime) -> Purged:
     before = records_cutoff(now, storage.retention_days)
     if before is None:
         return Purged()
@@ -241,7 +158,7 @@ async def _purge_records_due(store: Store, storage: StorageSettings, now: dateti
 
 
 async def purge_periodically(
-    store: Store, clock: Clock, storage: StorageSettings, *, every_s: float = EVERY_S
+    store: RecordStore, clock: Clock, storage: StorageSettings, *, every_s: float = EVERY_S
 ) -> None:
     """Purge at once, then every `every_s` seconds, until cancelled."""
     while True:

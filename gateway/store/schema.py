@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from gateway.errors import StoreError
+
 __all__ = [
     "SCHEMA_VERSION",
     "SchemaTooNewError",
@@ -196,7 +198,7 @@ _STEPS: dict[int, tuple[str, tuple[tuple[str, str, str], ...]]] = {
 }
 
 
-class SchemaVersionError(sqlite3.DatabaseError):
+class SchemaVersionError(StoreError):
     """The store's schema is not at this code's version."""
 
 

@@ -17,7 +17,7 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 
 from gateway.mail.evidence import header_block
-from gateway.store.db import iso
+from gateway.store.messages import iso
 from gateway.vocabulary import JobKind
 
 __all__ = [

@@ -23,6 +23,7 @@ from psycopg.types.json import Jsonb
 
 from gateway.store.outbox import Attempt, Bounce, Job
 from gateway.store.postgres.store import Connection, PgStore
+from gateway.store.queueactions import OperatorAction, QueueAction
 from gateway.store.sentmail import SentNotice
 from gateway.vocabulary import JobKind, JobState
 
@@ -150,6 +151,33 @@ class PgOutbox:
                 " WHERE id = %s AND state IN ('in-flight', 'held')",
                 (now, job.id),
             )
+
+    async def take_operator_actions(self, now: datetime) -> list[OperatorAction]:
+        """Operators' queue actions not yet logged, oldest first, marked logged as of `now`.
+
+        SKIP LOCKED: two nodes polling at once split the actions, and each is logged once,
+        by the node that took it.
+        """
+        async with self.store.transaction() as conn:
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute(
+                "UPDATE operator_actions SET logged_at = %s WHERE id IN (SELECT id FROM"
+                " operator_actions WHERE logged_at IS NULL ORDER BY id FOR UPDATE SKIP LOCKED)"
+                " RETURNING *",
+                (now,),
+            )
+            rows = await cursor.fetchall()
+        return [
+            OperatorAction(
+                id=r["id"],
+                action=QueueAction(r["action"]),
+                requested_at=r["requested_at"],
+                operator=r["operator"],
+                job_ids=tuple(r["job_ids"]),
+                filter=r["filter"],
+            )
+            for r in sorted(rows, key=lambda r: int(r["id"]))
+        ]
 
     async def _queue_bounce(self, conn: Connection, relay: Job, at: datetime) -> Bounce | None:
         # RFC 5321 §6.1: mail we accepted and cannot deliver is reported to its sender, but

@@ -18,7 +18,7 @@ from gateway.store.postgres.outbox import job_from_row
 from gateway.store.postgres.store import PgStore
 from gateway.store.queries import StoredMessage
 
-__all__ = ["find_jobs", "list_refusals", "read_message"]
+__all__ = ["find_jobs", "list_refusals", "message_from_row", "read_message"]
 
 
 async def read_message(store: PgStore, reference: str) -> StoredMessage | None:
@@ -31,7 +31,7 @@ async def read_message(store: PgStore, reference: str) -> StoredMessage | None:
         cursor = conn.cursor(row_factory=dict_row)
         await cursor.execute("SELECT * FROM messages WHERE reference = %s", (reference,))
         row = await cursor.fetchone()
-    return None if row is None else _message(row)
+    return None if row is None else message_from_row(row)
 
 
 async def find_jobs(store: PgStore, *, reference: str) -> list[Job]:
@@ -74,7 +74,7 @@ async def list_refusals(store: PgStore) -> list[RefusalRecord]:
     ]
 
 
-def _message(row: dict[str, Any]) -> StoredMessage:
+def message_from_row(row: dict[str, Any]) -> StoredMessage:
     return StoredMessage(
         reference=row["reference"],
         received_at=row["received_at"],

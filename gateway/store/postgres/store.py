@@ -30,10 +30,12 @@ from gateway.errors import StoreError
 from gateway.policy.verdict import NoticeGate, settle
 from gateway.store.messages import MessageRecord, NoticeCheck, RefusalRecord
 from gateway.store.postgres import messages as sql
-from gateway.store.postgres.schema import migrate
+from gateway.store.postgres import purging
+from gateway.store.postgres.schema import migrate, schema_version
+from gateway.store.purging import Purged
 from gateway.store.schema import SchemaTooNewError
 
-__all__ = ["PgStore", "where"]
+__all__ = ["PgStore", "stored_version", "where"]
 
 Connection = psycopg.AsyncConnection[Any]
 # Settings under which COMMIT returns before the commit is on the server's disk.
@@ -177,6 +179,44 @@ class PgStore:
         async with self.transaction() as conn:
             await conn.execute(sql.REFUSAL, sql.refusal_row(record, node=self.node))
 
+    # -- retention (retention.py loops over the batches) ---------------------------------------
+
+    async def purge_expired_raw(self, now: datetime, *, limit: int = -1) -> int:
+        """Delete kept raw copies whose retention ended, at most `limit` (-1: all); how many.
+
+        Raises:
+            StoreError: the batch could not be committed.
+        """
+        async with self.transaction() as conn:
+            return await purging.purge_expired_raw(conn, now=now, limit=limit)
+
+    async def purge_messages(self, before: datetime, *, limit: int) -> Purged:
+        """Delete up to `limit` messages received before `before`, with their rows.
+
+        Raises:
+            StoreError: the batch could not be committed.
+        """
+        async with self.transaction() as conn:
+            return await purging.purge_messages(conn, before=before, limit=limit)
+
+    async def purge_refusals(self, before: datetime, *, limit: int) -> int:
+        """Delete up to `limit` refusals made before `before`; how many.
+
+        Raises:
+            StoreError: the batch could not be committed.
+        """
+        async with self.transaction() as conn:
+            return await purging.purge_refusals(conn, before=before, limit=limit)
+
+    async def purge_sent(self, before: datetime, *, limit: int) -> int:
+        """Delete up to `limit` notices kept as sent before `before`; how many.
+
+        Raises:
+            StoreError: the batch could not be committed.
+        """
+        async with self.transaction() as conn:
+            return await purging.purge_sent(conn, before=before, limit=limit)
+
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:
         """A pooled connection (autocommit) for one call; driver errors as StoreError.
@@ -250,6 +290,19 @@ class PgStore:
         refusal = await _durability_problem(conn)
         if refusal is not None:
             raise StoreError(refusal)  # the pool drops the connection and tries again
+
+
+async def stored_version(dsn: str) -> int | None:
+    """The version the store at `dsn` is at; None for an empty database.
+
+    Raises:
+        StoreError: the server cannot be reached or read (libpq's reason, no password).
+    """
+    try:
+        async with await psycopg.AsyncConnection.connect(dsn, connect_timeout=5) as conn:
+            return await schema_version(conn)
+    except psycopg.Error as exc:
+        raise StoreError(f"cannot open {where(dsn)}: {_reason(exc)}") from exc
 
 
 async def _durability_problem(conn: Connection) -> str | None:
