@@ -138,10 +138,14 @@ def child_environment(**extra: str) -> dict[str, str]:
 
 
 async def start_serve(
-    config: Path, *, as_of: str, stdout: int | IO[bytes] = subprocess.PIPE
+    config: Path,
+    *,
+    as_of: str,
+    stdout: int | IO[bytes] = subprocess.PIPE,
+    env: Mapping[str, str] | None = None,
 ) -> asyncio.subprocess.Process:
     """`python -m gateway serve` on `config`, from its directory, with no GATEWAY_* setting
-    of ours; standard output to `stdout`, standard error piped."""
+    of ours but `env`'s; standard output to `stdout`, standard error piped."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
         *("-m", "gateway", "serve", "--config", str(config), "--as-of", as_of),
@@ -149,7 +153,7 @@ async def start_serve(
         stdout=stdout,
         stderr=subprocess.PIPE,
         cwd=config.parent,
-        env=child_environment(),
+        env=child_environment(**(env or {})),
     )
 
 
@@ -253,13 +257,15 @@ class Listening:
 
 
 @contextlib.asynccontextmanager
-async def serving(config: Path, *, as_of: str) -> AsyncIterator[Listening]:
+async def serving(
+    config: Path, *, as_of: str, env: Mapping[str, str] | None = None
+) -> AsyncIterator[Listening]:
     """Start `gateway serve` and yield once it has logged gateway.listening.
 
     On the way out a child that is still running is killed, and its pipes are always drained,
     so no transport is left open whatever the test did.
     """
-    process = await start_serve(config, as_of=as_of)
+    process = await start_serve(config, as_of=as_of, env=env)
     gateway = ServeProcess(process)
     try:
         async with asyncio.timeout(START_TIMEOUT):

@@ -1,0 +1,261 @@
+"""Two MX hosts, one record: two `gateway serve` processes sharing the tests' PostgreSQL.
+
+Each node has its own state directory, port and audit log; only the store is shared. The
+notices go by smarthost to a real recording listener (tests/sink.py), so "one notice" is
+what a sender would count in their mailbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from tests.polling import eventually
+from tests.postgres import PostgresServer, postgres
+from tests.sink import Sink, start_sink
+from tests.test_serve_process import (
+    AFTER_CUTOFF,
+    RETIRED,
+    SENDER,
+    Attempt,
+    Listening,
+    Reply,
+    send,
+    send_batch,
+    serving,
+    smtp_session,
+    write_config,
+)
+
+__all__ = ["postgres"]
+
+_databases = itertools.count(1)
+
+
+async def shared_database(server: PostgresServer) -> str:
+    """A fresh database's URL for one test, without its password (that goes in the env)."""
+    dsn = await asyncio.to_thread(server.create_database, f"nodes_{next(_databases)}")
+    return make_conninfo(dsn, password="")
+
+
+def node_config(
+    tmp_path: Path, node: str, *, url: str, sink: Sink, extra: str = "", lease_s: float = 600
+) -> Path:
+    """A node's config: its own directory and port, the shared store, the sink as smarthost."""
+    directory = tmp_path / node
+    directory.mkdir()
+    path = write_config(
+        directory,
+        edit=(
+            'mode = "file"',
+            f'mode = "smarthost"\nsmarthost = "127.0.0.1:{sink.port}"\nstarttls = "opportunistic"\n'
+            f"poll_interval = 0.05\nretry_schedule = [0.5]\nretry_jitter = 0\nlease = {lease_s}",
+        ),
+    )
+    text = path.read_text(encoding="utf-8")
+    text = text.replace("[storage]\n", f'[storage]\nurl = "{_bare(url)}"\n', 1)
+    text = text.replace("[server]\n", f'[server]\nnode = "{node}"\n', 1)
+    path.write_text(text + extra, encoding="utf-8")
+    return path
+
+
+def _bare(url: str) -> str:
+    """The URL with no password at all: the config file must never hold one."""
+    parts = {k: v for k, v in conninfo_to_dict(url).items() if k != "password"}
+    return make_conninfo("", **parts)
+
+
+def password_env(server: PostgresServer) -> dict[str, str]:
+    return {"GATEWAY_STORAGE__PASSWORD": server.password}
+
+
+@contextlib.asynccontextmanager
+async def two_nodes(
+    server: PostgresServer, first: Path, second: Path
+) -> AsyncIterator[tuple[Listening, Listening]]:
+    env = password_env(server)
+    async with (
+        serving(first, as_of=AFTER_CUTOFF, env=env) as one,
+        serving(second, as_of=AFTER_CUTOFF, env=env) as two,
+    ):
+        yield one, two
+
+
+def query(server: PostgresServer, url: str, sql: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url, password=server.password, connect_timeout=5) as conn:
+        return conn.execute(sql).fetchall()
+
+
+async def test_the_same_filing_sent_to_both_nodes_gets_one_notice(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    url = await shared_database(postgres)
+    sink = await start_sink()
+    first = node_config(tmp_path, "mx1", url=url, sink=sink)
+    second = node_config(tmp_path, "mx2", url=url, sink=sink)
+    filing = Attempt(1, SENDER, RETIRED)  # the same Message-ID, sender and bytes, twice
+    try:
+        async with two_nodes(postgres, first, second) as (one, two):
+            async with smtp_session(one.port) as client:
+                reply_one = await send(client, filing)
+            async with smtp_session(two.port) as client:
+                reply_two = await send(client, filing)
+            received = await sink.wait_for(1, within=20)
+            # Both nodes poll every 50 ms: a second notice would have come by now.
+            await asyncio.sleep(1.5)
+            events_one, events_two = one.gateway.events, two.gateway.events
+            assert await one.gateway.stop() == 0
+            assert await two.gateway.stop() == 0
+    finally:
+        sink.close()
+    assert reply_one.code == reply_two.code == 550
+    assert len(received) == len(sink.accepted) == 1
+    notice = message_from_bytes(received[0].data)
+    assert notice["References"] == "<1.serve-test@lawfirm.example>"
+    rows = query(postgres, url, "SELECT node, duplicate_of FROM messages ORDER BY seq")
+    assert rows == [("mx1", None), ("mx2", reply_one.reference)]
+    # Every audit line names the node that wrote it.
+    assert {e.get("node") for e in events_one} == {"mx1"}
+    assert {e.get("node") for e in events_two} == {"mx2"}
+
+
+async def test_a_senders_hourly_limit_holds_across_both_nodes(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    url = await shared_database(postgres)
+    sink = await start_sink()
+    limit = "\n[limits]\nnotices_per_sender = 3\n"
+    first = node_config(tmp_path, "mx1", url=url, sink=sink, extra=limit)
+    second = node_config(tmp_path, "mx2", url=url, sink=sink, extra=limit)
+    try:
+        async with two_nodes(postgres, first, second) as (one, two):
+            async with smtp_session(one.port) as client:
+                replies = await send_batch(client, [Attempt(n, SENDER, RETIRED) for n in (1, 2)])
+            async with smtp_session(two.port) as client:
+                replies += await send_batch(
+                    client, [Attempt(n, SENDER, RETIRED) for n in (3, 4, 5)]
+                )
+            await sink.wait_for(3, within=20)
+            await asyncio.sleep(1.0)
+            assert await one.gateway.stop() == 0
+            assert await two.gateway.stop() == 0
+    finally:
+        sink.close()
+    assert [r.code for r in replies] == [550, 550, 550, 451, 451]
+    assert all("4.7.1" in r.text for r in replies[3:])
+    assert len(sink.accepted) == 3
+
+
+async def test_a_killed_nodes_leased_jobs_go_out_from_the_other_after_the_lease(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    url = await shared_database(postgres)
+    sink = await start_sink()
+    sink.stall_s = 60.0  # every DATA hangs: mx1's jobs are in flight when it dies
+    lease_s = 4.0
+    first = node_config(tmp_path, "mx1", url=url, sink=sink, lease_s=lease_s)
+    second = node_config(tmp_path, "mx2", url=url, sink=sink, lease_s=lease_s)
+    env = password_env(postgres)
+    try:
+        async with serving(first, as_of=AFTER_CUTOFF, env=env) as one:
+            async with smtp_session(one.port) as client:
+                await send_batch(client, [Attempt(n, SENDER, RETIRED) for n in range(3)])
+            await eventually(lambda: sink.attempts >= 3, within=20)
+            one.gateway.process.kill()
+        leased = query(
+            postgres,
+            url,
+            "SELECT j.id, j.lease_until, m.message_id FROM jobs AS j JOIN messages AS m"
+            " USING (reference) WHERE j.state = 'in-flight' AND j.lease_owner LIKE 'mx1:%'",
+        )
+        assert len(leased) == 3
+        expires = min(row[1] for row in leased)
+        sink.stall_s = 0.0
+        async with serving(second, as_of=AFTER_CUTOFF, env=env) as two:
+            # Until the lease runs out, mx2 leaves the jobs alone: mx1 might still be sending.
+            while datetime.now(UTC) < expires - timedelta(seconds=0.5):
+                assert sink.accepted == []
+                await asyncio.sleep(0.1)
+            received = await sink.wait_for(3, within=lease_s + 20)
+            assert await two.gateway.stop() == 0
+        arrived = datetime.now(UTC)
+    finally:
+        sink.close()
+    assert arrived >= expires
+    references = {str(message_from_bytes(r.data)["References"]).strip("<>") for r in received}
+    assert references == {str(row[2]).strip("<>") for row in leased}
+    attempts = query(postgres, url, "SELECT node, outcome FROM attempts")
+    assert attempts == [("mx2", "delivered")] * 3
+
+
+async def _load(
+    port: int, numbers: range, replies: list[Reply], *, stop: asyncio.Event, deadline: float
+) -> None:
+    """Filings one per session to `port` until `stop` or the deadline (or the numbers) run out;
+    a session the gateway drops is recorded as code 0."""
+    loop = asyncio.get_running_loop()
+    for n in numbers:
+        if stop.is_set() or loop.time() > deadline:
+            return
+        attempt = Attempt(n, SENDER, RETIRED)
+        try:
+            async with smtp_session(port) as client:
+                replies.append(await send(client, attempt))
+        except (aiosmtplib.SMTPException, OSError):
+            replies.append(Reply(attempt, 0, "dropped"))
+
+
+async def test_postgresql_stopped_under_load_gets_451_loses_nothing_and_recovers(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    url = await shared_database(postgres)
+    sink = await start_sink()
+    roomy = "\n[limits]\nnotices_per_sender = 100000\nnotices_per_client = 100000\n"
+    first = node_config(tmp_path, "mx1", url=url, sink=sink, extra=roomy)
+    second = node_config(tmp_path, "mx2", url=url, sink=sink, extra=roomy)
+    replies: list[Reply] = []
+    stop = asyncio.Event()
+    try:
+        async with two_nodes(postgres, first, second) as (one, two):
+            deadline = asyncio.get_running_loop().time() + 90
+            ports = (one.port, two.port, one.port, two.port)
+            numbers = [range(i * 10_000, i * 10_000 + 2_000) for i in range(len(ports))]
+            load = [
+                asyncio.create_task(_load(p, n, replies, stop=stop, deadline=deadline))
+                for p, n in zip(ports, numbers, strict=True)
+            ]
+            await eventually(lambda: len(replies) >= 20, within=30)
+            await asyncio.to_thread(postgres.stop, "immediate")  # a crash: no checkpoint
+            down_at = len(replies)
+            # Longer than a session waits for a connection (5 s): the answers must be 451.
+            await asyncio.sleep(8)
+            await asyncio.to_thread(postgres.start)
+            up_at = len(replies)
+            await eventually(lambda: sum(r.code == 550 for r in replies[up_at:]) >= 20, within=30)
+            stop.set()
+            async with asyncio.timeout(30):
+                await asyncio.gather(*load)
+            assert await one.gateway.stop() == 0
+            assert await two.gateway.stop() == 0
+    finally:
+        stop.set()
+        sink.close()
+    outage = replies[down_at:up_at]
+    assert outage, "sessions were answered while the server was down"
+    assert {r.code for r in outage} <= {451, 550}
+    assert any(r.code == 451 and r.text.startswith("451 4.3.0") for r in outage)
+    assert all(r.code in (451, 550) for r in replies), {r.code for r in replies}
+    # Nothing was answered 550 without its record, before, during or after the outage.
+    answered = {r.reference for r in replies if r.code == 550}
+    stored = {row[0] for row in query(postgres, url, "SELECT reference FROM messages")}
+    assert answered <= stored
