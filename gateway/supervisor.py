@@ -320,7 +320,9 @@ class Supervisor:
         listen = self.settings.metrics.listen
         if listen is None:
             return None
-        registry = host_registry(self.metrics_dir, self.settings.storage.database, self.clock)
+        storage = self.settings.storage
+        database = None if storage.is_shared else storage.database  # the gauges read SQLite
+        registry = host_registry(self.metrics_dir, database, self.clock)
         readiness = HostReadiness(
             lambda: [WorkerProbe(w.index, w.health_port) for w in self.workers],
             timeout_s=self.settings.metrics.ready_timeout + 1.0,

@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 STORE = ROOT / "gateway" / "store"
 # These test the schema itself (migration, purge by table, the kept bytes), so they may. The
 # PostgreSQL fixture's test speaks SQL to the tests' server, about no table of the gateway's;
-# the PostgreSQL store's own test reads back the rows it wrote (its node, its leases).
+# the PostgreSQL store's own test reads back the rows it wrote (its node, its leases), and so
+# do the two-node end-to-end tests (which node wrote, leased and sent what) and the interface
+# tests (the checkpoint rows); the store-choice tests set a newer schema version to refuse.
 SCHEMA_TESTS = frozenset(
     {
         "test_store.py",
@@ -26,6 +28,9 @@ SCHEMA_TESTS = frozenset(
         "test_sentmail.py",
         "test_postgres_fixture.py",
         "test_postgres_store.py",
+        "test_store_choice.py",
+        "test_store_interface.py",
+        "test_two_nodes.py",
     }
 )
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from gateway.cli import main
 from gateway.config import load_settings
 from gateway.errors import ConfigError
 from gateway.ops.checkconfig import settings_in_force
@@ -137,3 +138,30 @@ async def test_migrate_makes_the_postgresql_store_and_refuses_a_newer_one(
     assert wrong.returncode == 1
     assert "password authentication failed" in wrong.stderr
     assert "Traceback" not in wrong.stderr + refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "status"),
+    [(["queue", "list"], 1), (["postmaster", "list"], 1), (["audit", "show", "X"], 2)],
+)
+def test_an_operator_command_not_yet_on_postgresql_says_so(
+    tmp_path: Path, argv: list[str], status: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = config_with(tmp_path, 'url = "postgresql://gw@db.example/gateway"')
+    command = " ".join(argv[:2]) if argv[0] == "audit" else argv[0]
+    assert main([*argv, "--config", str(config)]) == status
+    err = capsys.readouterr().err
+    assert f"`gateway {command}` reads only the SQLite store so far" in err
+
+
+def test_audit_says_when_the_shared_store_cannot_be_reached(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as closed:  # a loopback port that nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    config = config_with(tmp_path, f'url = "postgresql://gw@127.0.0.1:{port}/gateway"')
+    assert main(["audit", "list", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot read the store: postgresql 127.0.0.1:{port}/gateway:" in err
+    assert "Traceback" not in err

@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
@@ -30,6 +33,7 @@ from tests.test_serve_process import (
     Attempt,
     Listening,
     Reply,
+    child_environment,
     send,
     send_batch,
     serving,
@@ -49,13 +53,21 @@ async def shared_database(server: PostgresServer) -> str:
 
 
 def node_config(
-    tmp_path: Path, node: str, *, url: str, sink: Sink, extra: str = "", lease_s: float = 600
+    tmp_path: Path,
+    node: str,
+    *,
+    url: str,
+    sink: Sink,
+    extra: str = "",
+    lease_s: float = 600,
+    workers: int = 1,
 ) -> Path:
     """A node's config: its own directory and port, the shared store, the sink as smarthost."""
     directory = tmp_path / node
     directory.mkdir()
     path = write_config(
         directory,
+        workers=workers,
         edit=(
             'mode = "file"',
             f'mode = "smarthost"\nsmarthost = "127.0.0.1:{sink.port}"\nstarttls = "opportunistic"\n'
@@ -89,6 +101,19 @@ async def two_nodes(
         serving(second, as_of=AFTER_CUTOFF, env=env) as two,
     ):
         yield one, two
+
+
+def audit(config: Path, server: PostgresServer, *args: str) -> subprocess.CompletedProcess[str]:
+    """`gateway audit ARGS` as an operator on that node runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "audit", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_environment(**password_env(server)),
+        cwd=config.parent,
+        check=False,
+    )
 
 
 def query(server: PostgresServer, url: str, sql: str) -> list[tuple[Any, ...]]:
@@ -127,6 +152,22 @@ async def test_the_same_filing_sent_to_both_nodes_gets_one_notice(
     # Every audit line names the node that wrote it.
     assert {e.get("node") for e in events_one} == {"mx1"}
     assert {e.get("node") for e in events_two} == {"mx2"}
+    # `gateway audit` on either node answers for both, naming the node of each attempt.
+    listed = await asyncio.to_thread(audit, second, postgres, "list", "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    items = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert sorted((i["node"], i["decision"], i["notice"]) for i in items) == [
+        ("mx1", "rejected", "delivered"),
+        ("mx2", "rejected", "suppressed:duplicate"),
+    ]
+    table = await asyncio.to_thread(audit, first, postgres, "list")
+    assert table.returncode == 0, table.stderr
+    header, *lines = table.stdout.splitlines()[:3]
+    assert header.split()[-1] == "NODE"
+    assert sorted(row.split()[-1] for row in lines) == ["mx1", "mx2"]
+    summary = await asyncio.to_thread(audit, first, postgres, "summary", "--format", "json")
+    assert [json.loads(line)["attempts"] for line in summary.stdout.splitlines()] == [2]
+    assert postgres.password not in listed.stdout + table.stdout + summary.stdout
 
 
 async def test_a_senders_hourly_limit_holds_across_both_nodes(
@@ -259,3 +300,23 @@ async def test_postgresql_stopped_under_load_gets_451_loses_nothing_and_recovers
     answered = {r.reference for r in replies if r.code == 550}
     stored = {row[0] for row in query(postgres, url, "SELECT reference FROM messages")}
     assert answered <= stored
+
+
+async def test_a_node_with_a_supervisor_and_two_workers_serves_from_the_shared_store(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    url = await shared_database(postgres)
+    sink = await start_sink()
+    config = node_config(tmp_path, "mx1", url=url, sink=sink, workers=2)
+    try:
+        async with serving(config, as_of=AFTER_CUTOFF, env=password_env(postgres)) as node:
+            async with smtp_session(node.port) as client:
+                replies = await send_batch(client, [Attempt(n, SENDER, RETIRED) for n in (1, 2)])
+            received = await sink.wait_for(2, within=20)
+            assert await node.gateway.stop() == 0
+    finally:
+        sink.close()
+    assert [r.code for r in replies] == [550, 550]
+    assert len(received) == 2
+    rows = query(postgres, url, "SELECT DISTINCT node FROM messages")
+    assert rows == [("mx1",)]

@@ -73,12 +73,14 @@ def _worker_check(part: str, body: object) -> Check:
     return Check(part, False, "; ".join(failing) or "not ready")
 
 
-def host_registry(metrics_dir: Path, database: Path, clock: Clock) -> CollectorRegistry:
+def host_registry(metrics_dir: Path, database: Path | None, clock: Clock) -> CollectorRegistry:
     """The supervisor's registry: the workers' counters summed (gauges by their own mode),
-    the queue gauges read from the store, and the supervisor's own process metrics."""
+    the queue gauges read from the SQLite store (None: the store is PostgreSQL, whose gauges
+    are not read yet), and the supervisor's own process metrics."""
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(metrics_dir))  # type: ignore[no-untyped-call]
-    registry.register(OutboxCollector(database, clock, open_sessions=None))
+    if database is not None:
+        registry.register(OutboxCollector(database, clock, open_sessions=None))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     # Info cannot be kept in multiprocess files; the supervisor states the one version.

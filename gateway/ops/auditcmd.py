@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import BinaryIO, TextIO
 
 from gateway.config import GatewaySettings
+from gateway.errors import StoreError
 from gateway.mail.redaction import Redactor
 from gateway.ops.auditevidence import show_attempt, write_kept_notice
 from gateway.ops.auditreport import write_report
@@ -33,10 +34,12 @@ from gateway.ops.auditrequest import (
 )
 from gateway.ops.audittables import write_attempts, write_senders, write_summary
 from gateway.ops.auditverify import verify_logs
+from gateway.store.backend import StoreLocation
 from gateway.store.db import connect
-from gateway.store.records import find_attempts, redacted
+from gateway.store.records import AttemptRecord, Filters, find_attempts, redacted
 from gateway.store.summaries import sender_activity, summarize
 
+EXIT_FAILED = 1
 # AuditRequest and ACTIONS are re-exported: cli.py and the tests build requests from here.
 __all__ = ["ACTIONS", "AuditRequest", "run_audit"]
 
@@ -53,6 +56,8 @@ def run_audit(
     """Answer one audit command; returns the exit status. `out_bytes` takes what is
     written byte for byte (audit notice) and defaults to `out`'s buffer."""
     try:
+        if settings.storage.is_shared:
+            return _answer_shared(settings, request, now=now, out=out)
         if request.action == "verify":
             return verify_logs(settings, request, out)
         with _store(settings) as conn:
@@ -63,6 +68,9 @@ def run_audit(
     except UsageError as exc:
         err.write(f"gateway: {exc}\n")
         return EXIT_USAGE
+    except StoreError as exc:  # the shared store is down or refuses us: say which, no trace
+        err.write(f"gateway: cannot read the store: {exc}\n")
+        return EXIT_FAILED
 
 
 def _answer(
@@ -78,7 +86,48 @@ def _answer(
     redactor = Redactor() if request.unredacted else Redactor.from_settings(settings.audit)
     if request.action == "show":
         return show_attempt(settings, request, conn, zones, redactor, out, err)
-    attempts = [redacted(a, redactor) for a in find_attempts(conn, attempt_filters(request, zones))]
+    found = find_attempts(conn, attempt_filters(request, zones))
+    return _write(settings, request, found, zones, redactor, now=now, out=out)
+
+
+def _answer_shared(
+    settings: GatewaySettings, request: AuditRequest, *, now: datetime, out: TextIO
+) -> int:
+    # Every node's attempts from the shared store; show, notice and verify read more than
+    # the attempts (evidence, kept bytes, each node's log) and are not on PostgreSQL yet.
+    if request.action not in _SHARED_ACTIONS:
+        raise UsageError(
+            f"`gateway audit {request.action}` reads only the SQLite store so far, and"
+            ' [storage] url names PostgreSQL; see docs/postgresql.md, "Next"'
+        )
+    zones = Zones.build(settings, request)
+    redactor = Redactor() if request.unredacted else Redactor.from_settings(settings.audit)
+    found = _find_shared(settings, attempt_filters(request, zones))
+    return _write(settings, request, found, zones, redactor, now=now, out=out)
+
+
+_SHARED_ACTIONS = frozenset({"list", "summary", "senders", "report"})
+
+
+def _find_shared(settings: GatewaySettings, filters: Filters) -> list[AttemptRecord]:
+    from gateway.store.postgres.records import find_shared_attempts
+
+    dsn = StoreLocation.from_settings(settings).dsn
+    assert dsn is not None  # is_shared
+    return find_shared_attempts(dsn, filters)
+
+
+def _write(
+    settings: GatewaySettings,
+    request: AuditRequest,
+    found: list[AttemptRecord],
+    zones: Zones,
+    redactor: Redactor,
+    *,
+    now: datetime,
+    out: TextIO,
+) -> int:
+    attempts = [redacted(a, redactor) for a in found]
     if request.action == "list":
         write_attempts(attempts, request.output, zones, out)
     elif request.action == "summary":

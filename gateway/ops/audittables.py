@@ -72,6 +72,7 @@ _ATTEMPT_COLUMNS = (
     "peer_ip",
     "helo",
     "session_id",
+    "node",
 )
 
 
@@ -100,6 +101,7 @@ def _attempt_item(attempt: AttemptRecord, zones: Zones) -> dict[str, Any]:
         "peer_ip": attempt.peer_ip,
         "helo": attempt.helo,
         "session_id": attempt.session_id,
+        "node": attempt.node,  # None from the SQLite store: this host took every attempt
     }
 
 
@@ -115,8 +117,10 @@ def write_attempts(
         out.write("no attempts match\n")
     else:
         header = (f"TIME ({zones.label})", "REFERENCE", "SENDER", "TO", "OFFICE", "DECISION")
-        rows: list[tuple[str, ...]] = [(*header, "NOTICE", "SUBJECT")]
-        rows += [_attempt_row(a, zones) for a in attempts]
+        # A shared store's attempts came through several nodes: say which took each.
+        node = ("NODE",) if any(a.node for a in attempts) else ()
+        rows: list[tuple[str, ...]] = [(*header, "NOTICE", "SUBJECT", *node)]
+        rows += [(*_attempt_row(a, zones), *(a.node or "-" for _ in node)) for a in attempts]
         _table(rows, out)
         out.write(f"\n{len(attempts)} attempt{'s' if len(attempts) != 1 else ''}\n")
 

@@ -34,8 +34,11 @@ __all__ = [
     "Filters",
     "Kind",
     "find_attempts",
+    "matches",
     "parse_bound",
+    "reason_for",
     "redacted",
+    "refusal_action",
 ]
 
 # What a refusal at RCPT has: nothing is mailed after it, the reply is the answer.
@@ -72,6 +75,7 @@ class AttemptRecord:
     sha256: str | None = None
     attachments: tuple[str, ...] = ()
     a_numbers: tuple[str, ...] = ()
+    node: str | None = None  # the MX node that took it (a shared store); None: this host
 
     @property
     def sender_domain(self) -> str:
@@ -143,7 +147,7 @@ def find_attempts(conn: sqlite3.Connection, filters: Filters) -> list[AttemptRec
     messages = _messages(conn, filters)
     refusals = [] if filters.message_id else _refusals(conn, filters)
     merged = sorted([*messages, *refusals], key=lambda a: (a.at, a.reference))
-    return [a for a in merged if _matches(a, filters)]
+    return [a for a in merged if matches(a, filters)]
 
 
 def _common_where(
@@ -225,7 +229,7 @@ def _message(rows: Sequence[sqlite3.Row]) -> AttemptRecord:
         phase=lead["phase"],
         action=lead["action"],
         decision=first["outcome"],
-        reason=first["refused_for"] or _reason(first["outcome"], notice, lead["reason"]),
+        reason=first["refused_for"] or reason_for(first["outcome"], notice, lead["reason"]),
         notice=notice,
         reply=first["reply"],
         message_id=first["message_id"],
@@ -237,7 +241,8 @@ def _message(rows: Sequence[sqlite3.Row]) -> AttemptRecord:
     )
 
 
-def _reason(outcome: str, notice: NoticeStatus, policy_reason: str) -> str:
+def reason_for(outcome: str, notice: NoticeStatus, policy_reason: str) -> str:
+    """Why the attempt was answered as it was: the policy's reason, unless overridden."""
     # A loop or a rate limit overrides the policy's answer; the record says so in `notice`.
     why = notice.reason or ""
     if why.startswith("loop-") or (outcome == Outcome.DEFERRED and why.startswith("rate-limit-")):
@@ -266,7 +271,7 @@ def _refusal(row: sqlite3.Row) -> AttemptRecord:
         recipients=(row["recipient"],),
         office=row["office"],
         phase=row["phase"],
-        action="gone" if row["phase"] == "decommissioned" else "reject-at-rcpt",
+        action=refusal_action(row["phase"]),
         decision="refused",
         reason=row["reason"],
         notice=_NO_NOTICE,
@@ -274,7 +279,12 @@ def _refusal(row: sqlite3.Row) -> AttemptRecord:
     )
 
 
-def _matches(attempt: AttemptRecord, filters: Filters) -> bool:
+def refusal_action(phase: str | None) -> str:
+    """The action a refusal at RCPT stands for, from the phase the address was in."""
+    return "gone" if phase == "decommissioned" else "reject-at-rcpt"
+
+
+def matches(attempt: AttemptRecord, filters: Filters) -> bool:
     """The filters SQL cannot apply: address folding, decision and notice status."""
     if filters.address and not any(_same_address(r, filters.address) for r in attempt.recipients):
         return False
