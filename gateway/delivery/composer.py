@@ -251,7 +251,9 @@ class ProcessComposer:
     def __init__(self, settings: ComposerSettings, processes: int) -> None:
         self.settings = settings
         self.processes = processes
-        self._pool = self._new_pool()
+        # Made at the first job, not here: a pool brings multiprocessing's resource-tracker
+        # process with it (12 MiB RSS), which an idle worker would carry for nothing.
+        self._pool: ProcessPoolExecutor | None = None
 
     def _new_pool(self) -> ProcessPoolExecutor:
         # spawn, not fork: this process has threads (the store writer) that fork would copy
@@ -265,20 +267,25 @@ class ProcessComposer:
 
     async def compose(self, job: Job, now: datetime) -> OutgoingMail:
         loop = asyncio.get_running_loop()
+        if self._pool is None:
+            self._pool = self._new_pool()
         try:
             return await loop.run_in_executor(self._pool, _compose_in_child, job, now)
         except BrokenProcessPool as exc:
-            # A child died (killed, out of memory): start afresh and try the job later.
+            # A child died (killed, out of memory): start afresh (at the next job) and try
+            # this one later.
             self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = self._new_pool()
+            self._pool = None
             raise DeliveryDeferred("the composer process died; will try again") from exc
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
     def retire(self) -> None:
         # Not close(): the jobs queued for the old children must still be composed.
-        self._pool.shutdown(wait=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
 
 def make_composer(

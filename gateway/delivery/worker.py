@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import random
 import time
 from collections import Counter
@@ -112,15 +113,21 @@ class DeliveryWorker:
         recovered = await self.outbox.recover()
         if recovered:
             log.warning("outbox.recovered", jobs=recovered)
+        actions_looked = -math.inf  # time.monotonic() of the last look for operator actions
         while not self._stopping:
+            # Cleared before the claim, not after: a slot freed while the claim is under way
+            # is filled at once rather than at the next finish or poll.
+            self._wake.clear()
             try:
                 await self._claim_and_start()
-                # After the claim, so that logging never holds up work already due.
-                await self._log_operator_actions()
+                # After the claim, so that logging never holds up work already due; once a
+                # poll, not at every wake (a draining backlog wakes the loop at every finish).
+                if time.monotonic() - actions_looked >= self.limits.poll_s:
+                    actions_looked = time.monotonic()
+                    await self._log_operator_actions()
             except StoreError as exc:
                 log.error("outbox.claim_failed", error=str(exc))
             self.last_poll = time.monotonic()
-            self._wake.clear()
             try:
                 async with asyncio.timeout(self.limits.poll_s):
                     await self._wake.wait()
