@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.config.console import ConsoleSettings
 from gateway.config.offices import OfficeSettings
 from gateway.config.problems import describe
 from gateway.config.sections import (
@@ -56,6 +57,7 @@ class GatewaySettings(_Model):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     postmaster: PostmasterSettings = Field(default_factory=PostmasterSettings)
     lookup: LookupSettings = Field(default_factory=LookupSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     offices: list[OfficeSettings] = Field(min_length=1)
 
     @cached_property
