@@ -42,6 +42,7 @@ from gateway.delivery.transport import FileSender, MailSender, SmtpSender
 from gateway.delivery.worker import DeliveryWorker
 from gateway.dns_lookup.mx import DnsMxResolver
 from gateway.errors import ConfigError, GatewayError
+from gateway.http.console import start_console
 from gateway.http.health import Endpoint, Readiness, start_endpoint
 from gateway.http.lookup import start_lookup
 from gateway.http.metrics import EventMetrics, OutboxCollector, new_registry
@@ -248,6 +249,7 @@ async def _serve(
     serving = Serving(receiving, store, parts.clock)
     endpoint: Endpoint | None = None
     receipts: Endpoint | None = None
+    console: Endpoint | None = None
     try:
         # No reuse_port: a supervisor's workers share the sockets it bound (smtp/listeners.py).
         servers = await start_server(
@@ -277,6 +279,9 @@ async def _serve(
         endpoint = await _start_endpoint(settings, parts, readiness, servers, sessions, worker)
         # Under a supervisor the receipt page is the supervisor's, as the host's /metrics is.
         receipts = None if worker is not None else await start_lookup(settings, parts.clock)
+        console = None if worker is not None else await start_console(settings, parts.clock)
+        if console is not None:
+            log.info("gateway.console.listening", host=console.host, port=console.port)
         _announce(settings, servers, endpoint, receipts, as_of=as_of, worker=worker)
         async with asyncio.TaskGroup() as tasks:
             readiness.delivery_task = tasks.create_task(delivery.run(), name="delivery")
@@ -300,7 +305,7 @@ async def _serve(
                 task.cancel()
         log.info("gateway.stopped", sessions_cut=cut)
     finally:
-        for http in (endpoint, receipts):
+        for http in (endpoint, receipts, console):
             if http is not None:
                 await http.close()
         stop.remove()

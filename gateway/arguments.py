@@ -84,6 +84,16 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         )
     )
     _add_init(commands, by_name)
+    console = command(
+        "console",
+        "The operator console's basic-auth users ([console] users_file): adduser NAME"
+        " (asks for the password twice, or --password-stdin), deluser NAME.",
+    )
+    console.add_argument("action", choices=["adduser", "deluser"])
+    console.add_argument("name", metavar="NAME")
+    console.add_argument(
+        "--password-stdin", action="store_true", help="adduser: read the password from stdin"
+    )
     _add_postmaster(
         command(
             "postmaster",

@@ -98,6 +98,18 @@ def _run(args: argparse.Namespace) -> int:
         return _audit(settings, args)
     if args.command == "postmaster":
         return _postmaster(settings, args)
+    if args.command == "console":
+        from gateway.ops.consoleusers import run_console_users
+
+        return run_console_users(
+            settings.console,
+            action=args.action,
+            name=args.name,
+            password_stdin=args.password_stdin,
+            stdin=sys.stdin,
+            out=sys.stdout,
+            err=sys.stderr,
+        )
     if args.command == "dkim-keygen":
         from gateway.ops.preview import run_dkim_keygen
 

@@ -46,6 +46,7 @@ from gateway.audit.log import configure_logging
 from gateway.clock import Clock
 from gateway.config import GatewaySettings
 from gateway.errors import ConfigError, GatewayError
+from gateway.http.console import start_console
 from gateway.http.health import Endpoint, start_endpoint
 from gateway.http.host import HostReadiness, WorkerProbe, host_registry
 from gateway.http.lookup import start_lookup
@@ -205,10 +206,14 @@ class Supervisor:
             loop.add_signal_handler(signum, self._on_signal, signum)
         endpoint: Endpoint | None = None
         receipts: Endpoint | None = None
+        console: Endpoint | None = None
         watch_chain = None
         try:
             endpoint = await self._start_endpoint()
             receipts = await start_lookup(self.settings, self.clock)  # the host's, like /metrics
+            console = await start_console(self.settings, self.clock)  # the host's too
+            if console is not None:
+                log.info("gateway.console.listening", host=console.host, port=console.port)
             log.info(
                 "gateway.supervisor.started",
                 version=__version__,
@@ -229,7 +234,7 @@ class Supervisor:
                 watch_chain.cancel()
             for signum in _FORWARDED:
                 loop.remove_signal_handler(signum)
-            for http in (endpoint, receipts):
+            for http in (endpoint, receipts, console):
                 if http is not None:
                     await http.close()
 

@@ -59,6 +59,7 @@ def test_event_names_are_dotted_area_and_past_tense() -> None:
             "store",
             "dkim",
             "receipt",  # the public receipt page (http/lookup.py)
+            "console",  # the operator console (http/console.py)
         }
 
 

@@ -60,6 +60,7 @@ def test_the_settings_in_force_are_one_key_per_line_under_their_headings(tmp_pat
         "# delivery",
         "# notices",
         "# receipt page",
+        "# console",
     ]
     for expected in (
         "server.listen = 127.0.0.1:2525",
@@ -74,6 +75,8 @@ def test_the_settings_in_force_are_one_key_per_line_under_their_headings(tmp_pat
         "lookup.listen = (none)",
         "lookup.public_url = (none)",
         "lookup.per_minute = 30",
+        "console.listen = (none)",
+        "console.users_file = (none)",
     ):
         assert expected in lines
 

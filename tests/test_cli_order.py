@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import re
 import shutil
@@ -24,6 +25,7 @@ import pytest
 
 from gateway.arguments import command_parsers
 from gateway.cli import main
+from gateway.passwords import hash_password, write_users
 from gateway.store.db import connect
 from gateway.store.queueactions import JobFilter, QueueAction, change_jobs, select_jobs
 from tests.conftest import GatewayFactory
@@ -94,6 +96,8 @@ def cases(filed: Filed, work: Path) -> dict[tuple[str, ...], Case]:
         ("queue", "release"): Case((str(HELD_JOB),), ("--kind", "notice")),
         ("queue", "retry"): Case((DEFERRED_JOB,), ("--kind", "notice")),
         ("queue", "delete"): Case((DEFERRED_JOB,), ("--yes",)),
+        ("console", "adduser"): Case(("records",), ("--password-stdin",)),
+        ("console", "deluser"): Case(("records",), ()),
     }
 
 
@@ -131,6 +135,7 @@ def write_config(work: Path, state: Path) -> Path:
     config.write_text(
         f"[storage]\nstate_dir = {json.dumps(str(state))}\n\n"
         '[postmaster]\nforward_to = ["hostmaster@agency.example"]\n\n'
+        f"[console]\nusers_file = {json.dumps(str(state / 'console-users'))}\n\n"
         '[[offices]]\nname = "ice-occ-chicago"\ndisplay_name = "ICE OCC Chicago"\n'
         'short_name = "ICE OCC Chicago"\ntimezone = "America/Chicago"\nretires = 2017-09-12\n'
         'portal_url = "https://eservice.ice.gov/"\naddresses = ["filings@occ-chicago.example"]\n',
@@ -187,11 +192,15 @@ def steady(printed: str) -> str:
 
 
 async def test_every_command_takes_its_options_in_every_position(
-    start_gateway: GatewayFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    start_gateway: GatewayFactory,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     filed = await fill_store(start_gateway)
     pristine, state, work = tmp_path / "pristine", tmp_path / "run" / "state", tmp_path
     snapshot(filed, pristine)
+    write_users(pristine / "console-users", {"records": hash_password("an old password")})
     config = write_config(work, state)
     (work / "audit.log").write_text("", encoding="utf-8")
     table = cases(filed, work)
@@ -199,12 +208,15 @@ async def test_every_command_takes_its_options_in_every_position(
     for words, case in sorted(table.items()):
         options = [*case.options, "--config", str(config)]
         runs = orders(list(words), list(case.positionals), options)
-        answers = [
-            await answer(
-                argv, pristine=pristine, state=state, out_file=work / "out.file", capsys=capsys
+        answers = []
+        for argv in runs:
+            # `console adduser --password-stdin` reads its password from standard input.
+            monkeypatch.setattr("sys.stdin", io.StringIO("a new long password\n"))
+            answers.append(
+                await answer(
+                    argv, pristine=pristine, state=state, out_file=work / "out.file", capsys=capsys
+                )
             )
-            for argv in runs
-        ]
         first = answers[0]
         assert "unrecognized arguments" not in first.err, (words, first)
         assert first.status == 0, (words, first)

@@ -191,6 +191,7 @@ def test_unknown_environment_override_lists_every_overridable_section() -> None:
         "metrics",
         "postmaster",
         "lookup",
+        "console",
     ]
 
 

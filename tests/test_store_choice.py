@@ -165,3 +165,16 @@ def test_audit_says_when_the_shared_store_cannot_be_reached(
     err = capsys.readouterr().err
     assert f"cannot read the store: postgresql 127.0.0.1:{port}/gateway:" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("section", ["lookup", "console"])
+def test_pages_that_read_only_sqlite_are_refused_on_a_shared_store(
+    tmp_path: Path, section: str
+) -> None:
+    # On PostgreSQL they would answer 404 to every reference and show an empty record.
+    config = config_with(tmp_path, 'url = "postgresql://gw@db.example/gateway"')
+    extra = '\nusers_file = "users"' if section == "console" else ""
+    with config.open("a", encoding="utf-8") as out:
+        out.write(f'\n[{section}]\nlisten = "127.0.0.1:8099"{extra}\n')
+    with pytest.raises(ConfigError, match=f"{section}.listen: .*only the SQLite store"):
+        load_settings(config, environ={})

@@ -65,6 +65,7 @@ EVENTS: dict[str, tuple[str, ...]] = {
     "gateway.listening": ("host", "port"),
     "gateway.metrics.listening": ("host", "port"),  # the HTTP /metrics, /healthz, /readyz
     "gateway.lookup.listening": ("host", "port"),  # the public receipt page ([lookup] listen)
+    "gateway.console.listening": ("host", "port"),  # the operator console ([console] listen)
     "gateway.stopping": ("reason", "sessions"),
     "gateway.stopped": ("sessions_cut",),
     # The first event a serving process logs: where the audit log goes and whether this line
@@ -204,6 +205,11 @@ EVENTS: dict[str, tuple[str, ...]] = {
     "receipt.looked_up": ("reference", "found", "format", "lang", "client"),
     # scope: "client" (its own per_minute and burst) or "total" (total_per_second).
     "receipt.rate_limited": ("scope", "client", "retry_after_s"),
+    # The operator console: each page or export an authenticated user viewed (view: attempts,
+    # attempt, summary, senders, queue; format: html, csv or json; query: its filters), and
+    # each request refused for want of credentials (reason: missing, wrong or unknown-proxy).
+    "console.viewed": ("user", "view", "format", "reference", "query", "client"),
+    "console.denied": ("reason", "client"),
     **dict.fromkeys(
         ("outbox.held", "outbox.released", "outbox.flushed", "outbox.retried", "outbox.deleted"),
         _OPERATOR_KEYS,

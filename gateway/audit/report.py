@@ -18,7 +18,7 @@ import jinja2
 
 from gateway.store.summaries import DaySummary
 
-__all__ = ["Chart", "Report", "chart", "render_report"]
+__all__ = ["Chart", "Report", "chart", "per_day", "render_report"]
 
 _TEMPLATE = "report.html.j2"
 # Drawing area of the chart, in SVG user units (the SVG scales to the page width).
@@ -106,6 +106,15 @@ def chart(per_day: Mapping[date, tuple[int, int]]) -> Chart:
     return Chart(_WIDTH, _HEIGHT, _LEFT, _TOP, base, _WIDTH - _RIGHT, tuple(bars), ticks, labels)
 
 
+def per_day(summaries: Sequence[DaySummary]) -> dict[date, tuple[int, int]]:
+    """(refused, other) attempts per day over every office: what the chart draws."""
+    days: dict[date, tuple[int, int]] = {}
+    for row in summaries:
+        refused, other = days.get(row.day, (0, 0))
+        days[row.day] = (refused + row.refused, other + row.attempts - row.refused)
+    return days
+
+
 def _every_day(per_day: Mapping[date, object]) -> list[date]:
     if not per_day:
         return []
@@ -148,10 +157,6 @@ class Report:
 
 def render_report(report: Report, summaries: Sequence[DaySummary]) -> str:
     """The HTML page: headline figures, the chart, the daily table and refusals by reason."""
-    per_day: dict[date, tuple[int, int]] = {}
-    for row in summaries:
-        refused, other = per_day.get(row.day, (0, 0))
-        per_day[row.day] = (refused + row.refused, other + row.attempts - row.refused)
     reasons: dict[tuple[str, str], int] = {}
     for row in summaries:
         for reason, count in row.refused_by_reason:
@@ -166,7 +171,7 @@ def render_report(report: Report, summaries: Sequence[DaySummary]) -> str:
         report=report,
         rows=summaries,
         totals=_totals(summaries),
-        chart=chart(per_day),
+        chart=chart(per_day(summaries)),
         reasons=sorted(reasons.items(), key=lambda kv: (kv[0][0], -kv[1], kv[0][1])),
     )
 

@@ -7,6 +7,7 @@ The package is split by concept (values, sections, offices, settings); import fr
 
 from __future__ import annotations
 
+from gateway.config.console import ConsoleSettings
 from gateway.config.offices import Lifecycle, OfficeSettings, OfficeTexts
 from gateway.config.sections import (
     AuditSettings,
@@ -27,6 +28,7 @@ from gateway.config.values import ENV_PREFIX, Language, ListenAddress, ResponseM
 __all__ = [
     "ENV_PREFIX",
     "AuditSettings",
+    "ConsoleSettings",
     "DeliverySettings",
     "DnsSettings",
     "GatewaySettings",

@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.config.console import ConsoleSettings
 from gateway.config.offices import OfficeSettings
 from gateway.config.problems import describe
 from gateway.config.sections import (
@@ -56,6 +57,7 @@ class GatewaySettings(_Model):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     postmaster: PostmasterSettings = Field(default_factory=PostmasterSettings)
     lookup: LookupSettings = Field(default_factory=LookupSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     offices: list[OfficeSettings] = Field(min_length=1)
 
     @cached_property
@@ -108,6 +110,23 @@ class GatewaySettings(_Model):
                     f"notices.subject_prefix: no prefix in {min(missing)!r}, one of the"
                     f" languages of office {office.name!r} ({languages})"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _pages_read_sqlite(self) -> GatewaySettings:
+        # The receipt page and the console read the SQLite file only, for now; on PostgreSQL
+        # they would answer every reference with 404 and show an empty record.
+        if self.storage.is_shared:
+            for section, listen in (
+                ("lookup", self.lookup.listen),
+                ("console", self.console.listen),
+            ):
+                if listen:
+                    raise ValueError(
+                        f"{section}.listen: the {section} pages read only the SQLite store so"
+                        " far, and storage.url names PostgreSQL; leave it empty on this host"
+                        ' (see docs/postgresql.md, "Next")'
+                    )
         return self
 
     @model_validator(mode="after")

@@ -114,6 +114,7 @@ def settings_in_force(settings: GatewaySettings) -> list[tuple[str, list[str]]]:
             list(_keys("notices", notices, ("from_address", "dkim_selector", "dkim_domain"))),
         ),
         ("receipt page", list(_keys("lookup", settings.lookup, _fields(settings.lookup)))),
+        ("console", list(_keys("console", settings.console, _fields(settings.console)))),
     ]
 
 

@@ -135,7 +135,7 @@ SELECT m.reference, m.received_at, m.session_id, m.peer_ip, m.helo, m.mail_from,
        r.recipient, r.office, r.phase, r.action, r.reason,
        (SELECT j.state FROM jobs j WHERE j.reference = m.reference
         AND j.kind NOT IN (?, ?) ORDER BY j.id DESC LIMIT 1) AS notice_state
-FROM messages m JOIN message_recipients r ON r.reference = m.reference
+FROM {source} m JOIN message_recipients r ON r.reference = m.reference
 WHERE {where}
 ORDER BY m.received_at, m.reference, r.rowid
 """
@@ -175,6 +175,17 @@ def _common_where(
 
 
 def _messages(conn: sqlite3.Connection, filters: Filters) -> list[AttemptRecord]:
+    where, params = _message_where(filters)
+    sql = _MESSAGES.format(
+        source="messages", where=" AND ".join(where) or "1", refused_for=_refused_for(conn)
+    )
+    # The subquery's kinds come first: they are the first placeholders in the statement.
+    rows = conn.execute(sql, [JobKind.RELAY, JobKind.FORWARD, *params]).fetchall()
+    return [_message(group) for group in _grouped(rows)]
+
+
+def _message_where(filters: Filters) -> tuple[list[str], list[Any]]:
+    """The SQL conditions on `messages m` the filters make (store/browse.py pages by them)."""
     where, params = _common_where(
         filters, at="m.received_at", sender="m.mail_from", reference="m.reference"
     )
@@ -188,13 +199,13 @@ def _messages(conn: sqlite3.Connection, filters: Filters) -> list[AttemptRecord]
         bare = filters.message_id.strip().strip("<>")
         where.append("m.message_id IN (?, ?)")
         params += [f"<{bare}>", bare]
+    return where, params
+
+
+def _refused_for(conn: sqlite3.Connection) -> str:
     # A store an older gateway made has no refused_for until the gateway next opens it.
     columns = {r[1] for r in conn.execute("PRAGMA table_info(messages)")}
-    refused_for = "m.refused_for" if "refused_for" in columns else "NULL"
-    sql = _MESSAGES.format(where=" AND ".join(where) or "1", refused_for=refused_for)
-    # The subquery's kinds come first: they are the first placeholders in the statement.
-    rows = conn.execute(sql, [JobKind.RELAY, JobKind.FORWARD, *params]).fetchall()
-    return [_message(group) for group in _grouped(rows)]
+    return "m.refused_for" if "refused_for" in columns else "NULL"
 
 
 def _grouped(rows: Sequence[sqlite3.Row]) -> Iterator[list[sqlite3.Row]]:
@@ -251,12 +262,18 @@ def reason_for(outcome: str, notice: NoticeStatus, policy_reason: str) -> str:
 
 
 def _refusals(conn: sqlite3.Connection, filters: Filters) -> list[AttemptRecord]:
+    where, params = _refusal_where(filters)
+    rows = conn.execute(_REFUSALS.format(where=" AND ".join(where) or "1"), params).fetchall()
+    return [_refusal(row) for row in rows]
+
+
+def _refusal_where(filters: Filters) -> tuple[list[str], list[Any]]:
+    """The SQL conditions on `refusals` the filters make (store/browse.py pages by them)."""
     where, params = _common_where(filters, at="at", sender="mail_from", reference="reference")
     if filters.office:
         where.append("office = ?")
         params.append(filters.office)
-    rows = conn.execute(_REFUSALS.format(where=" AND ".join(where) or "1"), params).fetchall()
-    return [_refusal(row) for row in rows]
+    return where, params
 
 
 def _refusal(row: sqlite3.Row) -> AttemptRecord:

@@ -1,0 +1,338 @@
+"""The console's views: each reads the store as `gateway audit` does and renders one page.
+
+Attempts (a keyset page), one attempt's story (audit show's own text, ops/auditevidence.py)
+with the notices as sent, the daily summary with its chart (audit/report.py's geometry), the
+senders and the queue. The lists come also as CSV and JSON lines from ops/audittables.py's
+writers, for the same rows as the page. Each view is one `console.viewed` audit event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from importlib import resources
+from typing import Any, TypeVar
+
+import jinja2
+import structlog
+from aiohttp import web
+
+from gateway.audit.report import chart, per_day
+from gateway.audit.story import when
+from gateway.clock import Clock
+from gateway.config import GatewaySettings
+from gateway.http.consoleauth import USER
+from gateway.http.consolelinks import audit_request, filter_query, href, parse_key, render_key
+from gateway.mail.redaction import Redactor
+from gateway.ops.auditevidence import show_attempt
+from gateway.ops.auditrequest import AuditRequest, UsageError, Zones, attempt_filters
+from gateway.ops.audittables import write_attempts, write_senders, write_summary
+from gateway.store.browse import browse_attempts
+from gateway.store.db import connect
+from gateway.store.outbox import PENDING_STATES
+from gateway.store.queueactions import JobFilter, select_jobs
+from gateway.store.records import find_attempts, redacted
+from gateway.store.sentmail import read_sent, sent_data
+from gateway.store.summaries import sender_activity, summarize
+from gateway.vocabulary import JobState, format_notice_status
+
+__all__ = ["Views"]
+
+log = structlog.get_logger()
+_T = TypeVar("_T")
+# The summary and senders count every matching attempt in memory, as `gateway audit` does;
+# without a date range they cover this many days back, not the whole store.
+_DEFAULT_DAYS = 30
+_MEDIA = {"csv": "text/csv", "json": "application/x-ndjson"}
+
+
+@dataclass(frozen=True, slots=True)
+class _Asked:
+    view: str
+    format: str  # html, csv or json
+
+
+class Views:
+    """The routes, and what they read: the settings, the store, the clock, the templates."""
+
+    def __init__(self, settings: GatewaySettings, clock: Clock, pages: jinja2.Environment):
+        self.settings = settings
+        self.clock = clock
+        self.pages = pages
+        self.redactor = Redactor.from_settings(settings.audit)
+        css = resources.files("gateway.http").joinpath("pages", "console.css")
+        self.css = css.read_text(encoding="utf-8")
+
+    def route(self, app: web.Application) -> None:
+        app.router.add_get("/", self.home)
+        app.router.add_get("/console.css", self.stylesheet)
+        app.router.add_get("/attempts/{reference}", self.attempt)
+        for name, view in (
+            ("attempts", self.attempts),
+            ("summary", self.summary),
+            ("senders", self.senders),
+            ("queue", self.queue),
+        ):
+            app.router.add_get(f"/{name}", view)
+            app.router.add_get(f"/{name}.{{format:csv|json}}", view)
+
+    async def _read(self, read: Callable[[sqlite3.Connection], _T]) -> _T:
+        def run() -> _T:
+            conn = connect(self.settings.storage.database, readonly=True)
+            try:
+                return read(conn)
+            finally:
+                conn.close()
+
+        return await asyncio.to_thread(run)
+
+    def _viewed(self, request: web.Request, asked: _Asked, reference: str | None = None) -> None:
+        log.info(
+            "console.viewed",
+            user=request[USER],
+            view=asked.view,
+            format=asked.format,
+            reference=reference,
+            query=dict(request.query),
+            client=request.remote,
+        )
+
+    def _page(self, template: str, **context: Any) -> web.Response:
+        body = self.pages.get_template(template).render(**context)
+        return web.Response(text=body, content_type="text/html", charset="utf-8")
+
+    def _problem(self, request: web.Request, status: int, text: str) -> web.Response:
+        response = self._page(
+            "console-problem.html.j2",
+            title="Not found" if status == 404 else "Cannot show this",
+            problem=text,
+            nav=request.path,
+        )
+        response.set_status(status)
+        return response
+
+    async def home(self, _request: web.Request) -> web.Response:
+        raise web.HTTPFound("/attempts")
+
+    async def stylesheet(self, _request: web.Request) -> web.Response:
+        return web.Response(text=self.css, content_type="text/css", charset="utf-8")
+
+    # -- attempts ------------------------------------------------------------------------------
+
+    async def attempts(self, request: web.Request) -> web.Response:
+        asked = _Asked("attempts", request.match_info.get("format", "html"))
+        query = dict(request.query)
+        try:
+            audit = audit_request(query, action="list")
+            zones = Zones.build(self.settings, audit)
+            filters = attempt_filters(audit, zones)
+            before = parse_key(query["before"]) if query.get("before") else None
+        except (UsageError, ValueError) as exc:
+            return self._problem(request, 400, str(exc))
+        size = self.settings.console.page_size
+        page = await self._read(lambda c: browse_attempts(c, filters, before=before, size=size))
+        rows = [redacted(a, self.redactor) for a in page.attempts]
+        self._viewed(request, asked)
+        if asked.format != "html":
+            return self._export(lambda out: write_attempts(rows, asked.format, zones, out), asked)
+        kept = filter_query(query)
+        here = {**kept, **({"before": query["before"]} if before else {})}
+        return self._page(
+            "console-attempts.html.j2",
+            nav="/attempts",
+            title="Attempts",
+            query=kept,
+            offices=[o.name for o in self.settings.offices],
+            rows=[
+                (a, when(a.at, zones.of(a.office)), format_notice_status(a.notice)) for a in rows
+            ],
+            zone=zones.label,
+            older=href("/attempts", {**kept, "before": render_key(page.next_key)})
+            if page.next_key
+            else None,
+            newest=href("/attempts", kept) if before else None,
+            is_partial=page.is_partial,
+            csv=href("/attempts.csv", here),
+            json=href("/attempts.json", here),
+        )
+
+    def _export(self, write: Callable[[io.StringIO], None], asked: _Asked) -> web.Response:
+        out = io.StringIO()
+        write(out)
+        disposition = f'attachment; filename="{asked.view}.{asked.format}"'
+        return web.Response(
+            text=out.getvalue(),
+            content_type=_MEDIA[asked.format],
+            charset="utf-8",
+            headers={"Content-Disposition": disposition},
+        )
+
+    async def attempt(self, request: web.Request) -> web.Response:
+        reference = request.match_info["reference"].strip().upper()
+        audit = AuditRequest(action="show", targets=(reference,), tz=request.query.get("tz", "UTC"))
+        try:
+            zones = Zones.build(self.settings, audit)
+        except UsageError as exc:
+            return self._problem(request, 400, str(exc))
+
+        def read(conn: sqlite3.Connection) -> tuple[int, str, list[tuple[Any, str]]]:
+            out, err = io.StringIO(), io.StringIO()
+            status = show_attempt(self.settings, audit, conn, zones, self.redactor, out, err)
+            kept = read_sent(conn, reference)
+            # The notice quotes the filing's subject: redacted as the story is.
+            notices = [
+                (
+                    n,
+                    self.redactor.text(
+                        (sent_data(conn, reference, n.job_id) or b"").decode("utf-8", "replace")
+                    ),
+                )
+                for n in kept
+            ]
+            return status, out.getvalue(), notices
+
+        status, story, notices = await self._read(read)
+        self._viewed(request, _Asked("attempt", "html"), reference)
+        if status != 0 and not story:
+            return self._problem(request, 404, f"No attempt {reference} in the store.")
+        return self._page(
+            "console-attempt.html.j2",
+            nav="/attempts",
+            title=f"Attempt {reference}",
+            reference=reference,
+            story=story,
+            notices=notices,
+            in_store=status == 0,
+        )
+
+    # -- summary, senders ----------------------------------------------------------------------
+
+    def _ranged(self, query: dict[str, str], action: str) -> tuple[AuditRequest, dict[str, str]]:
+        kept = filter_query(query)
+        if not kept.get("since") and not kept.get("until"):
+            since = (self.clock() - timedelta(days=_DEFAULT_DAYS)).date().isoformat()
+            kept["since"] = since
+        return audit_request(kept, action=action), kept
+
+    async def summary(self, request: web.Request) -> web.Response:
+        asked = _Asked("summary", request.match_info.get("format", "html"))
+        audit, kept = self._ranged(dict(request.query), "summary")
+        try:
+            zones = Zones.build(self.settings, audit)
+            filters = attempt_filters(audit, zones)
+        except UsageError as exc:
+            return self._problem(request, 400, str(exc))
+        found = await self._read(lambda c: find_attempts(c, filters))
+        rows = summarize(found, zone_of=zones.of)
+        self._viewed(request, asked)
+        if asked.format != "html":
+            return self._export(lambda out: write_summary(rows, asked.format, out), asked)
+        return self._page(
+            "console-summary.html.j2",
+            nav="/summary",
+            title="Daily summary",
+            query=kept,
+            offices=[o.name for o in self.settings.offices],
+            rows=rows,
+            chart=chart(per_day(rows)),
+            csv=href("/summary.csv", kept),
+            json=href("/summary.json", kept),
+        )
+
+    async def senders(self, request: web.Request) -> web.Response:
+        asked = _Asked("senders", request.match_info.get("format", "html"))
+        audit, kept = self._ranged(dict(request.query), "senders")
+        try:
+            zones = Zones.build(self.settings, audit)
+            filters = attempt_filters(audit, zones)
+        except UsageError as exc:
+            return self._problem(request, 400, str(exc))
+        found = await self._read(lambda c: find_attempts(c, filters))
+        rows = sender_activity(found)
+        self._viewed(request, asked)
+        if asked.format != "html":
+            return self._export(lambda out: write_senders(rows, asked.format, zones, out), asked)
+        return self._page(
+            "console-senders.html.j2",
+            nav="/senders",
+            title="Senders",
+            query=kept,
+            offices=[o.name for o in self.settings.offices],
+            rows=[(a, when(a.first, zones.bounds), when(a.last, zones.bounds)) for a in rows],
+            csv=href("/senders.csv", kept),
+            json=href("/senders.json", kept),
+        )
+
+    # -- queue ---------------------------------------------------------------------------------
+
+    async def queue(self, request: web.Request) -> web.Response:
+        asked = _Asked("queue", request.match_info.get("format", "html"))
+        state = request.query.get("state", "").strip()
+        known = {str(s) for s in JobState}
+        if state and state not in known and state != "all":
+            return self._problem(
+                request, 400, f"unknown state {state!r} (one of {', '.join(sorted(known))}, all)"
+            )
+        states: tuple[str, ...] = (
+            () if state == "all" else (state,) if state else tuple(PENDING_STATES)
+        )
+        jobs = await self._read(lambda c: select_jobs(c, JobFilter(states=states)))
+        self._viewed(request, asked)
+        if asked.format != "html":
+            items = [_job_item(job) for job in jobs]
+            return self._export(lambda out: _write_jobs(items, asked.format, out), asked)
+        kept = {"state": state} if state else {}
+        return self._page(
+            "console-queue.html.j2",
+            nav="/queue",
+            title="Queue",
+            state=state,
+            states=sorted(known),
+            jobs=jobs,
+            csv=href("/queue.csv", kept),
+            json=href("/queue.json", kept),
+        )
+
+
+def _job_item(job: Any) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "state": str(job.state),
+        "kind": str(job.kind),
+        "reference": job.reference,
+        "office": job.office,
+        "recipients": list(job.recipients),
+        "created_at": job.created_at.isoformat(),
+        "next_attempt_at": job.next_attempt_at.isoformat(),
+        "attempts": job.attempts,
+        "last_reply": job.last_reply,
+    }
+
+
+def _write_jobs(items: list[dict[str, Any]], output: str, out: io.StringIO) -> None:
+    import csv
+    import json
+
+    if output == "json":
+        out.writelines(json.dumps(item, ensure_ascii=False) + "\n" for item in items)
+        return
+    columns = [
+        "id",
+        "state",
+        "kind",
+        "reference",
+        "office",
+        "recipients",
+        "created_at",
+        "next_attempt_at",
+        "attempts",
+        "last_reply",
+    ]
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for item in items:
+        writer.writerow({**item, "recipients": "; ".join(item["recipients"])})

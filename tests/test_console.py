@@ -1,0 +1,313 @@
+"""The operator console against a real gateway: real SMTP attempts and deliveries (filings.py),
+then real HTTP (and HTTPS) requests to the console's own listener (`[console] listen`)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import csv
+import io
+import json
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import trustme
+from structlog.testing import capture_logs
+
+from gateway.config import ConsoleSettings
+from gateway.http.console import start_console
+from gateway.http.health import Endpoint
+from gateway.ops.consoleusers import run_console_users
+from gateway.store.db import connect
+from gateway.store.records import Filters, find_attempts
+from tests.conftest import GatewayFactory
+from tests.filings import CLERK, Filed, fill_store
+
+PASSWORD = "correct horse battery staple"
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8")
+
+
+@dataclass
+class Console:
+    endpoint: Endpoint
+    scheme: str = "http"
+    ssl_context: ssl.SSLContext | None = None
+
+    async def get(
+        self,
+        path: str,
+        *,
+        user: tuple[str, str] | None = ("records", PASSWORD),
+        source: str = "127.0.0.1",
+        method: str = "GET",
+        headers: dict[str, str] | None = None,
+    ) -> Answer:
+        sent = dict(headers or {})
+        if user is not None:
+            token = base64.b64encode(f"{user[0]}:{user[1]}".encode()).decode()
+            sent["Authorization"] = f"Basic {token}"
+        connector = aiohttp.TCPConnector(local_addr=(source, 0), ssl=self.ssl_context or False)
+        timeout = aiohttp.ClientTimeout(total=20)
+        url = f"{self.scheme}://127.0.0.1:{self.endpoint.port}{path}"
+        async with (
+            aiohttp.ClientSession(connector=connector, timeout=timeout) as client,
+            client.request(method, url, headers=sent, allow_redirects=False) as got,
+        ):
+            return Answer(got.status, dict(got.headers), await got.read())
+
+
+ConsoleFactory = Callable[..., Awaitable[Console]]
+
+
+def add_user(users_file: Path, name: str, password: str) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    status = run_console_users(
+        ConsoleSettings(users_file=users_file),
+        action="adduser",
+        name=name,
+        password_stdin=True,
+        stdin=io.StringIO(password + "\n"),
+        out=out,
+        err=err,
+    )
+    assert status == 0, err.getvalue()
+
+
+@pytest.fixture
+async def serve_console(tmp_path: Path) -> AsyncIterator[ConsoleFactory]:
+    started: list[Endpoint] = []
+
+    async def start(filed: Filed, *, tls: bool = False, **console: Any) -> Console:
+        users = tmp_path / "console-users"
+        if not users.exists():
+            add_user(users, "records", PASSWORD)
+        values: dict[str, Any] = {"listen": "127.0.0.1:0", "users_file": str(users), **console}
+        client_context = None
+        if tls:
+            authority = trustme.CA()
+            cert = authority.issue_cert("127.0.0.1")
+            cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "console.pem"))
+            values |= {
+                "tls_cert": str(tmp_path / "console.pem"),
+                "tls_key": str(tmp_path / "console.pem"),
+            }
+            client_context = ssl.create_default_context()
+            authority.configure_trust(client_context)
+        page_size = values.pop("page_size", None)
+        settings = ConsoleSettings.model_validate(values)
+        if page_size is not None:  # below the setting's floor: pages of a few rows to walk
+            settings = settings.model_copy(update={"page_size": page_size})
+        whole = filed.gateway.settings.model_copy(update={"console": settings})
+        endpoint = await start_console(whole, filed.gateway.clock)
+        assert endpoint is not None
+        started.append(endpoint)
+        return Console(endpoint, "https" if tls else "http", client_context)
+
+    yield start
+    for endpoint in started:
+        await endpoint.close()
+
+
+@pytest.fixture
+async def filed(start_gateway: GatewayFactory) -> Filed:
+    async with asyncio.timeout(60):
+        return await fill_store(start_gateway)
+
+
+def audit_list(filed: Filed, filters: Filters) -> list[str]:
+    """What `gateway audit list` finds, newest first: the references the console must show."""
+    conn = connect(filed.gateway.settings.storage.database, readonly=True)
+    try:
+        return [a.reference for a in reversed(find_attempts(conn, filters))]
+    finally:
+        conn.close()
+
+
+# -- who may ask ------------------------------------------------------------------------------
+
+
+async def test_without_credentials_or_with_wrong_ones_the_console_answers_401(
+    filed: Filed, serve_console: ConsoleFactory
+) -> None:
+    console = await serve_console(filed)
+    with capture_logs() as logs:
+        missing = await console.get("/attempts", user=None)
+        wrong = await console.get("/attempts", user=("records", "not the password"))
+        unknown = await console.get("/attempts", user=("nobody", PASSWORD))
+    for answer in (missing, wrong, unknown):
+        assert answer.status == 401
+        assert answer.headers["WWW-Authenticate"].startswith(
+            'Basic realm="eservice-gateway console"'
+        )
+        assert filed.refs["motion"] not in answer.text
+    assert [e["reason"] for e in logs if e["event"] == "console.denied"] == [
+        "missing",
+        "wrong",
+        "wrong",
+    ]
+    right = await console.get("/attempts")
+    assert right.status == 200
+    assert right.headers["Content-Security-Policy"].startswith("default-src 'none'")
+
+
+async def test_every_method_but_get_and_head_is_405(
+    filed: Filed, serve_console: ConsoleFactory
+) -> None:
+    console = await serve_console(filed)
+    for method in ("POST", "PUT", "DELETE", "PATCH"):
+        answer = await console.get("/attempts", method=method)
+        assert answer.status == 405, method
+        assert answer.headers["Allow"] == "GET, HEAD"
+    assert (await console.get("/queue", method="HEAD")).status == 200
+
+
+async def test_the_proxy_header_is_believed_only_from_a_trusted_proxy(
+    filed: Filed, serve_console: ConsoleFactory
+) -> None:
+    console = await serve_console(
+        filed, trusted_proxies=["127.0.0.1/32"], user_header="X-Remote-User"
+    )
+    header = {"X-Remote-User": "officer@agency.example"}
+    with capture_logs() as logs:
+        trusted = await console.get("/senders", user=None, headers=header)
+        untrusted = await console.get("/senders", user=None, headers=header, source="127.0.0.2")
+    assert trusted.status == 200
+    assert untrusted.status == 401
+    viewed = [e for e in logs if e["event"] == "console.viewed"]
+    assert [(e["user"], e["view"]) for e in viewed] == [("officer@agency.example", "senders")]
+
+
+async def test_basic_auth_over_the_consoles_own_tls(
+    filed: Filed, serve_console: ConsoleFactory
+) -> None:
+    console = await serve_console(filed, tls=True)
+    answer = await console.get("/attempts")
+    assert answer.status == 200
+    assert filed.refs["motion"] in answer.text
+    assert (await console.get("/attempts", user=None)).status == 401
+
+
+# -- what it shows ----------------------------------------------------------------------------
+
+
+async def test_the_attempts_page_lists_what_audit_lists_and_exports_the_same_rows(
+    filed: Filed, serve_console: ConsoleFactory
+) -> None:
+    console = await serve_console(filed)
+    with capture_logs() as logs:
+        page = await console.get("/attempts?sender_domain=other-firm.example")
+        as_csv = await console.get("/attempts.csv?sender_domain=other-firm.example")
+        as_json = await console.get("/attempts.json?sender_domain=other-firm.example")
+    expected = audit_list(filed, Filters(sender_domain="other-firm.example"))
+    assert expected == [filed.refs["clerk"]]
+    assert page.status == 200
+    assert f'href="/attempts/{filed.refs["clerk"]}"' in page.text
+    assert filed.refs["motion"] not in page.text
+    assert [r["reference"] for r in csv.DictReader(io.StringIO(as_csv.text))] == expected
+    assert as_csv.headers["Content-Type"] == "text/csv; charset=utf-8"
+    lines = [json.loads(line) for line in as_json.text.splitlines()]
+    assert [item["reference"] for item in lines] == expected
+    assert lines[0]["sender"] == CLERK.lower()  # normalised once, at the inbound boundary
+    viewed = [e for e in logs if e["event"] == "console.viewed"]
+    assert [(e["user"], e["format"]) for e in viewed] == [
+        ("records", "html"),
+        ("records", "csv"),
+        ("records", "json"),
+    ]
+    assert viewed[0]["query"] == {"sender_domain": "other-firm.example"}
+
+
+async def test_the_subject_and_a_numbers_are_redacted_as_audit_redacts_them(
+    filed: Filed, serve_console: ConsoleFactory
+) -> None:
+    console = await serve_console(filed)
+    answer = await console.get("/attempts.json")
+    motion = next(
+        json.loads(line)
+        for line in answer.text.splitlines()
+        if json.loads(line)["reference"] == filed.refs["motion"]
+    )
+    assert "A123456789" not in json.dumps(motion)
+
+
+async def test_pagination_walks_every_attempt_exactly_once_newest_first(
+    filed: Filed, serve_console: ConsoleFactory
+) -> None:
+    console = await serve_console(filed, page_size=2)
+    seen: list[str] = []
+    path: str | None = "/attempts.json"
+    pages = 0
+    while path is not None and pages < 20:
+        rows = [
+            json.loads(line)["reference"] for line in (await console.get(path)).text.splitlines()
+        ]
+        seen += rows
+        html = (await console.get(path.replace("/attempts.json", "/attempts"))).text
+        pages += 1
+        older = (
+            html.split('rel="next"')[0].rsplit('href="', 1)[1].split('"')[0]
+            if 'rel="next"' in html
+            else None
+        )
+        path = (
+            None
+            if older is None
+            else older.replace("&amp;", "&").replace("/attempts?", "/attempts.json?")
+        )
+    expected = audit_list(filed, Filters())
+    assert len(expected) == 7
+    assert seen == expected
+    assert pages == 4
+
+
+async def test_a_bad_date_or_page_key_is_a_400_page_not_a_traceback(
+    filed: Filed, serve_console: ConsoleFactory
+) -> None:
+    console = await serve_console(filed)
+    bad_date = await console.get("/attempts?since=13/09/2017")
+    assert bad_date.status == 400
+    assert "is not a date" in bad_date.text
+    bad_key = await console.get("/attempts?before=nonsense")
+    assert bad_key.status == 400
+
+
+async def test_the_story_the_summary_the_senders_and_the_queue(
+    filed: Filed, serve_console: ConsoleFactory
+) -> None:
+    console = await serve_console(filed)
+    ref = filed.refs["motion"]
+    story = await console.get(f"/attempts/{ref}")
+    assert story.status == 200
+    assert f"attempt {ref}: message received to the end of DATA" in story.text
+    assert "deliveries" in story.text
+    assert "Notices as sent" in story.text
+    assert "Message-ID" in story.text or "Message-Id" in story.text
+    missing = await console.get("/attempts/20170913-0000000000000")
+    assert missing.status == 404
+    summary = await console.get("/summary?since=2017-09-13&until=2017-09-14")
+    assert summary.status == 200
+    assert "<svg" in summary.text
+    assert "2017-09-13" in summary.text
+    senders = await console.get("/senders?since=2017-09-01")
+    assert "other-firm.example" in senders.text
+    assert 'href="/attempts?sender_domain=lawfirm.example"' in senders.text
+    queue = await console.get("/queue?state=all")
+    assert queue.status == 200
+    assert f'href="/attempts/{ref}"' in queue.text
+    queue_csv = await console.get("/queue.csv?state=all")
+    assert ref in queue_csv.text
