@@ -85,6 +85,13 @@ def test_the_node_is_the_host_name_unless_named(tmp_path: Path) -> None:
     assert load_settings(write_config(tmp_path), environ={}).server.node == socket.gethostname()
     named = load_settings(write_config(tmp_path), environ={"GATEWAY_SERVER__NODE": "mx2"})
     assert named.server.node == "mx2"
+    # A host that calls itself by a long FQDN (up to DNS's 253 characters) still starts.
+    fqdn = ".".join(["mx-eservice-occ-chicago-primary"] * 8)[:253]
+    long = load_settings(write_config(tmp_path), environ={"GATEWAY_SERVER__NODE": fqdn})
+    assert long.server.node == fqdn
+    with pytest.raises(ConfigError) as refused:
+        load_settings(write_config(tmp_path), environ={"GATEWAY_SERVER__NODE": "mx 2"})
+    assert refused.value.key == "server.node"
 
 
 def migrate(config: Path, **env: str) -> subprocess.CompletedProcess[str]:

@@ -20,9 +20,9 @@ from gateway.config.sections import (
     PostmasterSettings,
     SenderAuthSettings,
     ServerSettings,
-    StorageSettings,
 )
 from gateway.config.settings import GatewaySettings, default_config_path, load_settings
+from gateway.config.storage import StorageSettings
 from gateway.config.values import ENV_PREFIX, Language, ListenAddress, ResponseMode
 
 __all__ = [

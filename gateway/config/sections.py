@@ -44,7 +44,6 @@ __all__ = [
     "PostmasterSettings",
     "SenderAuthSettings",
     "ServerSettings",
-    "StorageSettings",
 ]
 
 
@@ -83,7 +82,11 @@ class ServerSettings(_Model):
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     # This gateway's name among the MX hosts sharing one store: written on every message,
     # refusal, job, attempt and audit line, so each can be traced to the host that made it.
-    node: str = Field(default_factory=socket.gethostname, pattern=r"^[A-Za-z0-9][\w.-]{0,62}$")
+    # Up to a full DNS name's 253 characters: the default is the host name, and a host that
+    # names itself by a long FQDN must still start.
+    node: str = Field(
+        default_factory=socket.gethostname, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$"
+    )
 
     def is_trusted(self, address: str) -> bool:
         """Whether a client at `address` counts as an authenticated sender."""
@@ -117,54 +120,6 @@ def _within(address: str, networks: list[IPv4Network | IPv6Network]) -> bool:
     if isinstance(ip, IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return any(ip in network for network in networks)
-
-
-class StorageSettings(_Model):
-    state_dir: Path = Path("state")
-    keep_raw: bool = False
-    raw_retention_days: int = Field(default=90, ge=1)
-    # Days the records (messages, refusals, jobs, attempts) are kept; 0 keeps them forever.
-    # Forever by default: they are an agency's records, whose disposal follows its own records
-    # schedule, which the gateway cannot know; deleting them early cannot be undone.
-    retention_days: int = Field(default=0, ge=0)
-    # Days each notice, advisory and bounce is kept as sent (its bytes, Message-ID, SHA-256),
-    # counted from when it was sent; 0 keeps them forever. Its own period: what the sender
-    # was told may have to be shown long after, or not at all after, the rest of the record.
-    notice_retention_days: int = Field(default=0, ge=0)
-    # Empty: the SQLite file in state_dir. `postgresql://...` or libpq's `key=value`: one
-    # PostgreSQL that several MX hosts share (docs/postgresql.md).
-    url: str = Field(default="", repr=False)
-    # Only from GATEWAY_STORAGE__PASSWORD(_FILE), never the file; libpq's `password=`.
-    password: str | None = Field(default=None, repr=False)
-
-    @property
-    def database(self) -> Path:
-        return self.state_dir / "gateway.sqlite3"
-
-    @property
-    def is_shared(self) -> bool:
-        """Whether the store is PostgreSQL (`url` set), not the SQLite file."""
-        return bool(self.url)
-
-    @field_validator("url")
-    @classmethod
-    def _postgres_url(cls, url: str) -> str:
-        url = url.strip()
-        is_uri = url.startswith(("postgresql://", "postgres://"))
-        if url and not is_uri and ("://" in url or "=" not in url):
-            raise ValueError("expected empty (the SQLite file), postgresql://... or key=value")
-        return url
-
-    @field_validator("retention_days")
-    @classmethod
-    def _records_outlive_raw(cls, days: int, info: ValidationInfo) -> int:
-        raw_days = info.data.get("raw_retention_days")
-        if raw_days is not None and 0 < days < raw_days:
-            raise ValueError(
-                f"{days} days is shorter than raw_retention_days ({raw_days}):"
-                " a raw message goes with its record"
-            )
-        return days
 
 
 def _check_pattern(pattern: str) -> str:

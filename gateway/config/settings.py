@@ -36,8 +36,8 @@ from gateway.config.sections import (
     PostmasterSettings,
     SenderAuthSettings,
     ServerSettings,
-    StorageSettings,
 )
+from gateway.config.storage import StorageSettings
 from gateway.config.values import ENV_PREFIX, _Model
 from gateway.errors import ConfigError
 from gateway.mail.addresses import AddressBook
