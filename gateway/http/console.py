@@ -14,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Awaitable, Callable
-from importlib import resources
 
-import jinja2
 import structlog
 from aiohttp import web
 
@@ -25,7 +23,7 @@ from gateway.config import ConsoleSettings, GatewaySettings
 from gateway.http.consoleauth import USER, Users, basic_credentials, proxy_user
 from gateway.http.consoleviews import Views
 from gateway.http.health import Endpoint
-from gateway.http.lookup import SECURITY_HEADERS
+from gateway.http.lookup import SECURITY_HEADERS, page_templates
 
 __all__ = ["console_tls", "start_console"]
 
@@ -36,20 +34,6 @@ _REALM = 'Basic realm="eservice-gateway console", charset="UTF-8"'
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Pages of the console are the user's: never kept by a cache, never framed, never sent on.
 _HEADERS = {**SECURITY_HEADERS, "Cache-Control": "no-store, private"}
-
-
-def _pages() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FunctionLoader(_page_source),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-
-
-def _page_source(name: str) -> str:
-    return resources.files("gateway.http").joinpath("pages", name).read_text(encoding="utf-8")
 
 
 class _Gate:
@@ -134,7 +118,7 @@ async def start_console(settings: GatewaySettings, clock: Clock) -> Endpoint | N
         return None
     tls = console_tls(console)
     gate = _Gate(console)
-    views = Views(settings, clock, _pages())
+    views = Views(settings, clock, page_templates())
     app = web.Application(middlewares=[gate.middleware])
     views.route(app)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_S)

@@ -35,7 +35,7 @@ from gateway.store.browse import browse_attempts
 from gateway.store.db import connect
 from gateway.store.outbox import PENDING_STATES
 from gateway.store.queueactions import JobFilter, select_jobs
-from gateway.store.records import find_attempts, redacted
+from gateway.store.records import AttemptRecord, find_attempts, redacted
 from gateway.store.sentmail import read_sent, sent_data
 from gateway.store.summaries import sender_activity, summarize
 from gateway.vocabulary import JobState, format_notice_status
@@ -218,17 +218,30 @@ class Views:
             kept["since"] = since
         return audit_request(kept, action=action), kept
 
-    async def summary(self, request: web.Request) -> web.Response:
-        asked = _Asked("summary", request.match_info.get("format", "html"))
-        audit, kept = self._ranged(dict(request.query), "summary")
+    async def _counted(
+        self, request: web.Request, asked: _Asked, count: Callable[[list[AttemptRecord], Zones], _T]
+    ) -> tuple[_T, Zones, dict[str, str]] | web.Response:
+        """`count` over the attempts a summary-like view's filters select (the last
+        _DEFAULT_DAYS days when no range is given), in the reader's thread: a month of
+        attempts is too much work for the event loop that also answers /metrics."""
+        audit, kept = self._ranged(dict(request.query), asked.view)
         try:
             zones = Zones.build(self.settings, audit)
             filters = attempt_filters(audit, zones)
         except UsageError as exc:
             return self._problem(request, 400, str(exc))
-        found = await self._read(lambda c: find_attempts(c, filters))
-        rows = summarize(found, zone_of=zones.of)
+        rows = await self._read(lambda c: count(find_attempts(c, filters), zones))
         self._viewed(request, asked)
+        return rows, zones, kept
+
+    async def summary(self, request: web.Request) -> web.Response:
+        asked = _Asked("summary", request.match_info.get("format", "html"))
+        counted = await self._counted(
+            request, asked, lambda found, zones: summarize(found, zone_of=zones.of)
+        )
+        if isinstance(counted, web.Response):
+            return counted
+        rows, _, kept = counted
         if asked.format != "html":
             return self._export(lambda out: write_summary(rows, asked.format, out), asked)
         return self._page(
@@ -245,15 +258,10 @@ class Views:
 
     async def senders(self, request: web.Request) -> web.Response:
         asked = _Asked("senders", request.match_info.get("format", "html"))
-        audit, kept = self._ranged(dict(request.query), "senders")
-        try:
-            zones = Zones.build(self.settings, audit)
-            filters = attempt_filters(audit, zones)
-        except UsageError as exc:
-            return self._problem(request, 400, str(exc))
-        found = await self._read(lambda c: find_attempts(c, filters))
-        rows = sender_activity(found)
-        self._viewed(request, asked)
+        counted = await self._counted(request, asked, lambda found, _: sender_activity(found))
+        if isinstance(counted, web.Response):
+            return counted
+        rows, zones, kept = counted
         if asked.format != "html":
             return self._export(lambda out: write_senders(rows, asked.format, zones, out), asked)
         return self._page(

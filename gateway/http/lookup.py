@@ -40,7 +40,7 @@ from gateway.http.receiptwords import WORDS
 from gateway.store.db import connect
 from gateway.store.receipts import REFERENCE_SHAPE, Receipt, read_receipt
 
-__all__ = ["SECURITY_HEADERS", "start_lookup"]
+__all__ = ["SECURITY_HEADERS", "page_templates", "start_lookup"]
 
 log = structlog.get_logger()
 
@@ -64,7 +64,8 @@ _SHUTDOWN_S = 1.0
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _pages() -> jinja2.Environment:
+def page_templates() -> jinja2.Environment:
+    """The HTTP pages' templates (gateway/http/pages/), autoescaped, strict on a missing name."""
     return jinja2.Environment(
         loader=jinja2.FunctionLoader(_page_source),
         autoescape=True,
@@ -121,7 +122,7 @@ class _Receipts:
         self.limit = RateLimit(per_minute=settings.per_minute, burst=settings.burst)
         total = settings.total_per_second
         self.total = RateLimit(per_minute=total * 60, burst=total, max_clients=1)
-        pages = _pages()
+        pages = page_templates()
         self.page = pages.get_template("receipt.html.j2")
         self.not_found = pages.get_template("notfound.html.j2").render(
             en=WORDS["en"], es=WORDS["es"]
