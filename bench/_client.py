@@ -54,6 +54,7 @@ class Outcome:
     unexpected: int
     seconds: float
     first_unexpected: str
+    latencies: tuple[float, ...] = ()  # each completed transaction's, in seconds
 
     @property
     def rate(self) -> float:
@@ -107,6 +108,7 @@ class _Driver:
         self.completed = 0
         self.unexpected = 0
         self.first_unexpected = ""
+        self.latencies: list[float] = []
         self.head, self.tail = message(load.size or 0)
 
     def take(self) -> int | None:
@@ -136,7 +138,9 @@ class _Driver:
             try:
                 if session is None:
                     session = await _open(self.load.port)
+                began = time.perf_counter()
                 await self.transaction(session, n)
+                self.latencies.append(time.perf_counter() - began)
                 self.completed += 1
                 if not self.load.is_reused:
                     await session.command(b"QUIT\r\n", 221)
@@ -165,7 +169,13 @@ async def run_load(load: Load) -> Outcome:
     async with asyncio.timeout(load.deadline):
         await asyncio.gather(*(driver.session() for _ in range(load.sessions)))
     seconds = time.perf_counter() - started
-    return Outcome(driver.completed, driver.unexpected, seconds, driver.first_unexpected)
+    return Outcome(
+        driver.completed,
+        driver.unexpected,
+        seconds,
+        driver.first_unexpected,
+        tuple(driver.latencies),
+    )
 
 
 @contextlib.asynccontextmanager
