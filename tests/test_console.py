@@ -245,6 +245,21 @@ async def test_the_subject_and_a_numbers_are_redacted_as_audit_redacts_them(
     assert "A123456789" not in json.dumps(motion)
 
 
+async def test_the_notice_as_sent_is_shown_decoded_and_redacted(
+    filed: Filed, serve_console: ConsoleFactory
+) -> None:
+    console = await serve_console(filed)
+    page = (await console.get(f"/attempts/{filed.refs['motion']}")).text
+    notice = page.split("Notices as sent", 1)[1]
+    # The notice quotes the filing's subject, now the reader's words, with its A-number hidden.
+    assert "--- text/plain ---" in notice
+    assert "--- text/html ---" in notice
+    assert "Motion to continue [A-number]" in notice
+    assert "A123456789" not in page
+    assert "=3D" not in notice  # the HTML's attributes as written, not quoted-printable
+    assert f"gateway audit notice {filed.refs['motion']} --job" in notice
+
+
 async def test_pagination_walks_every_attempt_exactly_once_newest_first(
     filed: Filed, serve_console: ConsoleFactory
 ) -> None:

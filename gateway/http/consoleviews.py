@@ -27,6 +27,7 @@ from gateway.clock import Clock
 from gateway.config import GatewaySettings
 from gateway.http.consoleauth import USER
 from gateway.http.consolelinks import audit_request, filter_query, href, parse_key, render_key
+from gateway.mail.noticetext import readable_notice
 from gateway.mail.redaction import Redactor
 from gateway.ops.auditevidence import show_attempt
 from gateway.ops.auditrequest import AuditRequest, UsageError, Zones, attempt_filters
@@ -183,14 +184,9 @@ class Views:
             out, err = io.StringIO(), io.StringIO()
             status = show_attempt(self.settings, audit, conn, zones, self.redactor, out, err)
             kept = read_sent(conn, reference)
-            # The notice quotes the filing's subject: redacted as the story is.
+            # The notice quotes the filing's subject: decoded, then redacted as the story is.
             notices = [
-                (
-                    n,
-                    self.redactor.text(
-                        (sent_data(conn, reference, n.job_id) or b"").decode("utf-8", "replace")
-                    ),
-                )
+                (n, readable_notice(sent_data(conn, reference, n.job_id) or b"", self.redactor))
                 for n in kept
             ]
             return status, out.getvalue(), notices
