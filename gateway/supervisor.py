@@ -13,7 +13,8 @@ and chain. The supervisor:
 - passes SIGTERM and SIGINT on to every worker and waits for all (each drains as one process
   does), SIGHUP (each reloads) and SIGUSR1 (each reopens its log) likewise;
 - owns `[metrics] listen`: /readyz is ready when every worker is, /metrics sums them
-  (http/host.py);
+  (http/host.py); and the receipt page and the console, from a thread of lower CPU priority
+  than the workers (http/pagehost.py);
 - with `[audit] log = "-"`, shares its standard output with the workers, every process
   writing each line whole under a lock file of the run's (ChainedLog.to_stream), so lines of
   different processes never mix inside one line.
@@ -46,10 +47,9 @@ from gateway.audit.log import configure_logging
 from gateway.clock import Clock
 from gateway.config import GatewaySettings
 from gateway.errors import ConfigError, GatewayError
-from gateway.http.console import start_console
 from gateway.http.health import Endpoint, start_endpoint
 from gateway.http.host import HostReadiness, WorkerProbe, host_registry
-from gateway.http.lookup import start_lookup
+from gateway.http.pagehost import PageHost
 from gateway.policy.restart import Backoff
 from gateway.role import stdout_lock
 from gateway.smtp.listeners import bind_listeners
@@ -205,13 +205,13 @@ class Supervisor:
         for signum in _FORWARDED:
             loop.add_signal_handler(signum, self._on_signal, signum)
         endpoint: Endpoint | None = None
-        receipts: Endpoint | None = None
-        console: Endpoint | None = None
+        # The receipt page and the console are the host's, like /metrics, but served from a
+        # thread of lower priority than the workers' mail (http/pagehost.py).
+        pages = PageHost()
         watch_chain = None
         try:
             endpoint = await self._start_endpoint()
-            receipts = await start_lookup(self.settings, self.clock)  # the host's, like /metrics
-            console = await start_console(self.settings, self.clock)  # the host's too
+            receipts, console = await pages.start(self.settings, self.clock)
             if console is not None:
                 log.info("gateway.console.listening", host=console.host, port=console.port)
             log.info(
@@ -234,9 +234,9 @@ class Supervisor:
                 watch_chain.cancel()
             for signum in _FORWARDED:
                 loop.remove_signal_handler(signum)
-            for http in (endpoint, receipts, console):
-                if http is not None:
-                    await http.close()
+            await pages.close()
+            if endpoint is not None:
+                await endpoint.close()
 
     # -- starting ------------------------------------------------------------------------------
 
