@@ -8,9 +8,11 @@ import base64
 import csv
 import io
 import json
+import re
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +27,9 @@ from gateway.http.health import Endpoint
 from gateway.ops.consoleusers import run_console_users
 from gateway.store.db import connect
 from gateway.store.records import Filters, find_attempts
-from tests.conftest import GatewayFactory
-from tests.filings import CLERK, Filed, fill_store
+from tests.conftest import RETIRED, GatewayFactory
+from tests.filings import CLERK, SEP14, Filed, fill_store
+from tests.smtpclient import message, transaction
 
 PASSWORD = "correct horse battery staple"
 
@@ -326,3 +329,86 @@ async def test_the_story_the_summary_the_senders_and_the_queue(
     assert f'href="/attempts/{ref}"' in queue.text
     queue_csv = await console.get("/queue.csv?state=all")
     assert ref in queue_csv.text
+
+
+def page_link(html: str, rel: str) -> str | None:
+    """The path of the page's link with `rel`: "next" is Older, "prev" is Newer."""
+    found = re.search(rf'<a href="([^"]+)" rel="{rel}">', html)
+    return None if found is None else found[1].replace("&amp;", "&")
+
+
+async def page_at(console: Console, path: str) -> tuple[list[str], str | None, str | None]:
+    """The references a page lists (from its JSON twin), and its Newer and Older links."""
+    html = (await console.get(path)).text
+    lines = (await console.get(path.replace("/attempts", "/attempts.json", 1))).text
+    rows = [json.loads(line)["reference"] for line in lines.splitlines()]
+    return rows, page_link(html, "prev"), page_link(html, "next")
+
+
+@pytest.mark.parametrize("query", ["", "?decision=rejected"])
+async def test_newer_links_walk_back_up_over_the_very_pages_older_links_walked_down(
+    filed: Filed, serve_console: ConsoleFactory, query: str
+) -> None:
+    console = await serve_console(filed, page_size=2)
+    down: list[list[str]] = []
+    newer: str | None = None
+    path: str | None = f"/attempts{query}"
+    while path is not None and len(down) < 10:
+        rows, newer, path = await page_at(console, path)
+        assert (newer is None) == (not down)  # only the first page has nothing newer
+        down.append(rows)
+    filters = Filters(decision="rejected") if query else Filters()
+    assert [ref for rows in down for ref in rows] == audit_list(filed, filters)
+    assert len(down) >= 3
+    up: list[list[str]] = []
+    path = newer  # the last page's
+    while path is not None and len(up) < 10:
+        assert "decision=rejected" in path if query else "decision" not in path
+        rows, path, _ = await page_at(console, path)
+        up.append(rows)
+    assert up == down[-2::-1]  # back to the newest page, the same rows on each page
+
+
+async def test_a_newer_link_keeps_its_page_while_new_attempts_arrive_above_it(
+    filed: Filed, serve_console: ConsoleFactory
+) -> None:
+    console = await serve_console(filed, page_size=2)
+    first, _, older = await page_at(console, "/attempts")
+    assert older is not None
+    _, back, _ = await page_at(console, older)
+    assert back is not None
+    gateway = filed.gateway
+    arrived = []
+    for n in range(3):
+        gateway.clock.now = SEP14 + timedelta(hours=1, minutes=n)
+        content = message(message_id=f"<late-{n}@lawfirm.example>")
+        async with asyncio.timeout(20):
+            _, final = await transaction(gateway.port, [RETIRED], content)
+        assert final is not None
+        arrived.append(final.text.rsplit("(ref ", 1)[1].rstrip(")").split(",")[0])
+    # The page above the second is still the one that was first, now with newer above it.
+    again, above, _ = await page_at(console, back)
+    assert again == first
+    assert above is not None
+    rows, top, _ = await page_at(console, above)
+    assert rows == [arrived[1], arrived[0]]
+    assert top is not None
+    rows, beyond, _ = await page_at(console, top)
+    assert rows == [arrived[2]]
+    assert beyond is None  # nothing newer: the newest attempt is on it
+    newest, none, _ = await page_at(console, "/attempts")
+    assert newest == [arrived[2], arrived[1]]
+    assert none is None
+
+
+async def test_a_page_asked_for_by_both_keys_or_a_bad_newer_key_is_a_400(
+    filed: Filed, serve_console: ConsoleFactory
+) -> None:
+    console = await serve_console(filed, page_size=2)
+    _, _, older = await page_at(console, "/attempts")
+    assert older is not None
+    key = older.split("before=", 1)[1]
+    both = await console.get(f"/attempts?before={key}&after={key}")
+    assert both.status == 400
+    assert "one key" in both.text
+    assert (await console.get("/attempts?after=nonsense")).status == 400

@@ -113,3 +113,30 @@ async def test_the_keyboard_reaches_the_navigation_then_the_filters_then_the_row
     assert order[16:19] == [f"/attempts/{ref}" for ref in newest]
     assert order[19].startswith("/attempts?before=")  # then the older page
     assert len(order) == 20
+
+
+async def test_an_older_page_links_newer_back_to_the_page_it_came_from(
+    filed: Filed, serve_console: ConsoleFactory, tmp_path: Path
+) -> None:
+    require_chromium()
+    console = await serve_console(filed, page_size=3)
+    base = f"http://records:{PASSWORD.replace(' ', '%20')}@127.0.0.1:{console.endpoint.port}"
+    first = _Focusable()
+    first.feed((await _load(base + "/attempts", tmp_path, "first", 1280))[1])
+    older = first.order[-1]
+    assert older.startswith("/attempts?before=")
+    second = _Focusable()
+    second.feed((await _load(base + older, tmp_path, "second", 1280))[1])
+    rows = [filed.refs[n] for n in ("postmaster", "null", "clerk")]
+    assert second.order[16:19] == [f"/attempts/{ref}" for ref in rows]
+    newest, newer, further = second.order[19:]  # the pages' links, in this order
+    assert newest == "/attempts"
+    assert newer.startswith("/attempts?after=")
+    assert further.startswith("/attempts?before=")
+    back = _Focusable()
+    back.feed((await _load(base + newer, tmp_path, "back", 1280))[1])
+    assert back.order[16:19] == first.order[16:19]  # the very rows of the first page
+    assert not [href for href in back.order if href.startswith("/attempts?after=")]  # the newest
+    newest_again, on = back.order[19:]  # reached by a key: Newest, then Older
+    assert newest_again == "/attempts"
+    assert on.startswith("/attempts?before=")

@@ -1,9 +1,10 @@
 """The console's views: each reads the store as `gateway audit` does and renders one page.
 
-Attempts (a keyset page), one attempt's story (audit show's own text, ops/auditevidence.py)
-with the notices as sent, the daily summary with its chart (audit/report.py's geometry), the
-senders and the queue. The lists come also as CSV and JSON lines from ops/audittables.py's
-writers, for the same rows as the page. Each view is one `console.viewed` audit event.
+Attempts (a keyset page, older or newer), one attempt's story (audit show's own text,
+ops/auditevidence.py) with the notices as sent, the daily summary with its chart
+(audit/report.py's geometry), the senders and the queue. The lists come also as CSV and
+JSON lines from ops/audittables.py's writers, for the same rows as the page. Each view is
+one `console.viewed` audit event.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ _T = TypeVar("_T")
 # without a date range they cover this many days back, not the whole store.
 _DEFAULT_DAYS = 30
 _MEDIA = {"csv": "text/csv", "json": "application/x-ndjson"}
+# The attempts page's keys: older than `before`, or the page above `after` (store/browse.py).
+_KEYS = ("before", "after")
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,17 +134,21 @@ class Views:
             audit = audit_request(query, action="list")
             zones = Zones.build(self.settings, audit)
             filters = attempt_filters(audit, zones)
-            before = parse_key(query["before"]) if query.get("before") else None
+            before, after = (parse_key(query[k]) if query.get(k) else None for k in _KEYS)
+            if before is not None and after is not None:
+                raise ValueError("a page is asked for by one key: before or after, not both")
         except (UsageError, ValueError) as exc:
             return self._problem(request, 400, str(exc))
         size = self.settings.console.page_size
-        page = await self._read(lambda c: browse_attempts(c, filters, before=before, size=size))
+        page = await self._read(
+            lambda c: browse_attempts(c, filters, before=before, after=after, size=size)
+        )
         rows = [redacted(a, self.redactor) for a in page.attempts]
         self._viewed(request, asked)
         if asked.format != "html":
             return self._export(lambda out: write_attempts(rows, asked.format, zones, out), asked)
         kept = filter_query(query)
-        here = {**kept, **({"before": query["before"]} if before else {})}
+        here = {**kept, **{k: query[k] for k in _KEYS if query.get(k)}}
         return self._page(
             "console-attempts.html.j2",
             nav="/attempts",
@@ -155,7 +162,11 @@ class Views:
             older=href("/attempts", {**kept, "before": render_key(page.next_key)})
             if page.next_key
             else None,
-            newest=href("/attempts", kept) if before else None,
+            newer=href("/attempts", {**kept, "after": render_key(page.newer_key)})
+            if page.newer_key
+            else None,
+            newest=href("/attempts", kept) if before or after else None,
+            is_newer_partial=page.is_partial and after is not None,
             is_partial=page.is_partial,
             csv=href("/attempts.csv", here),
             json=href("/attempts.json", here),
