@@ -25,7 +25,7 @@ def client_address(peer: str, forwarded_for: Sequence[str], proxies: Networks) -
     An entry that is not an address ends the walk at the last one that is: what comes to its
     left was written by someone we cannot vouch for.
     """
-    if not _is_proxy(peer, proxies):
+    if not proxies or not _is_proxy(peer, proxies):  # none set (the default): no parsing
         return peer
     client = peer
     hops = [hop.strip() for header in forwarded_for for hop in header.split(",")]

@@ -142,11 +142,11 @@ def receipt_page(
         headline=words[status.replace("-", "_")],
         lead=words[f"{status.replace('-', '_')}_lead"].format(office=texts.display_name),
         content_note=words["refused_rcpt" if receipt.is_refused_at_rcpt else "received"],
-        facts=_facts(receipt, office, lang, show_sha256=show_sha256),
+        facts=_facts(receipt, office, lang, texts, show_sha256=show_sha256),
         notice=notice,
         notice_reason=reason,
         notice_text=notice_text,
-        steps=_steps(office, lang),
+        steps=_steps(office, lang, texts),
         quote=words["quote"].format(reference=receipt.reference),
         languages=tuple(
             LanguageLink(code, LANGUAGE_NAMES[code], f"{href}?lang={code}", code == lang)
@@ -166,10 +166,9 @@ def _status(receipt: Receipt) -> str:
 
 
 def _facts(
-    receipt: Receipt, office: OfficeSettings, lang: str, *, show_sha256: bool
+    receipt: Receipt, office: OfficeSettings, lang: str, texts: OfficeTexts, *, show_sha256: bool
 ) -> tuple[Fact, ...]:
     words = WORDS[lang]
-    texts = _texts(office, lang)
     facts = [
         Fact(words["arrived"], datetime_text(receipt.at.astimezone(office.zone), lang)),
         Fact(words["office"], texts.display_name),
@@ -227,9 +226,8 @@ def _why_key(reason: str, auth: str | None) -> str:
     return "temperror" if reason == "sender-check-temperror" else reason
 
 
-def _steps(office: OfficeSettings, lang: str) -> tuple[Step, ...]:
+def _steps(office: OfficeSettings, lang: str, texts: OfficeTexts) -> tuple[Step, ...]:
     words = WORDS[lang]
-    texts = _texts(office, lang)
     names = {"portal_name": texts.portal_name, "office": office.short_name}
     steps = [Step(words["portal"].format(**names), office.portal_url)]
     steps.append(Step(words["register"].format(**names), office.registration_url))
