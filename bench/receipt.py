@@ -2,7 +2,7 @@
 load costs the SMTP side, side by side with the page idle.
 
     python bench/receipt.py [--attempts N] [--messages M] [--rounds R] [--workers W]
-                            [--rates 50,max] [--seconds S] [--total T]
+                            [--rates 50,max] [--seconds S] [--total T] [--baseline CHECKOUT]
 
 1. Builds a store of N attempts (default 1,000,000: 90 % messages refused after DATA, their
    notices withheld for one reason or another; 10 % refusals at RCPT) through the store's own
@@ -17,7 +17,15 @@ load costs the SMTP side, side by side with the page idle.
    the default's, shows what it holds back: the lookups past it get 429).
 3. Per rate, in each round: the page alone for S seconds (lookups/s); then M SMTP
    transactions (10 reused sessions, 2 KB to a retired address, refused after DATA) with the
-   page idle, and again with the page under that load. Rounds interleave; medians print.
+   page idle, again with the page under that load, and idle once more (the idle figure is
+   the mean of the two on either side). Rounds interleave; medians print (the change too:
+   the median of the rounds' own changes),
+   with the CPU a lookup costs the process serving the page (the supervisor's own, with
+   workers: utime and stime of all its threads over the page-alone run, divided by lookups).
+4. With `--baseline CHECKOUT`, that checkout's gateway (run by its own `.venv/bin/python`) on
+   a copy of the same store joins the same rounds, one after the other, so a change is
+   measured against the code before it on the same minutes; a Markdown table of both ends
+   the run, with each one's memory (RSS and PSS of its process tree) after the last round.
 
 Every load is bounded in count and in time. The machine is shared: compare within one run.
 """
@@ -29,6 +37,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -42,7 +51,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._client import Load, run_load
-from bench._servers import DATA_ADDRESS, REPO, gateway_env, start_logged
+from bench._servers import (
+    DATA_ADDRESS,
+    REPO,
+    Running,
+    TreeUsage,
+    _logged_port,
+    gateway_env,
+    start_logged,
+    tree_usage,
+)
 
 BATCH = 20_000
 SOURCES = 32  # loopback source addresses of the page's load: 127.0.1.1 ... 127.0.1.32
@@ -223,6 +241,18 @@ class Round:
     page_during: float = 0.0  # lookups/s while SMTP was loaded
     not_found: float = 0.0  # share of 404s (one in ten asked is unknown)
     other: int = 0  # answers neither 200 nor 404 (429 would mean the limit was hit)
+    cpu_us: float = 0.0  # CPU of the page's process (the supervisor's, with workers) per lookup
+
+    @property
+    def change(self) -> float:
+        return self.smtp_loaded / self.smtp_idle - 1
+
+
+def cpu_s(pid: int) -> float:
+    """The CPU time (user and system) of the process `pid` so far, all its threads, without
+    its children's: with workers, the supervisor's own, which serves the page."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def smtp(port: int, messages: int) -> float:
@@ -234,15 +264,18 @@ async def smtp(port: int, messages: int) -> float:
 
 
 async def one_round(
-    smtp_port: int, page_port: int, refs: Path, run: Path, *, rate: float, args: argparse.Namespace
+    gateway: Gateway, refs: Path, run: Path, *, rate: float, args: argparse.Namespace
 ) -> Round:
     result = Round()
+    smtp_port, page_port, pid = gateway.server.port, gateway.page_port, gateway.server.process.pid
+    cpu_before = cpu_s(pid)
     alone = start_page_load(page_port, refs, rate=rate, until=run / "never", seconds=args.seconds)
     stats = await asyncio.to_thread(finish, alone)
     result.page_alone = stats["requests"] / stats["seconds"]
+    result.cpu_us = (cpu_s(pid) - cpu_before) / max(stats["requests"], 1) * 1e6
     result.not_found = stats.get("404", 0) / max(stats["requests"], 1)
     result.other = int(stats["requests"] - stats.get("200", 0) - stats.get("404", 0))
-    result.smtp_idle = await smtp(smtp_port, args.messages)
+    idle_before = await smtp(smtp_port, args.messages)
     until = run / f"stop-{time.monotonic_ns()}"
     loaded = start_page_load(page_port, refs, rate=rate, until=until, seconds=LOAD_DEADLINE)
     await asyncio.sleep(1.0)  # the page's load under way before SMTP starts
@@ -252,7 +285,56 @@ async def one_round(
         until.touch()
     stats = await asyncio.to_thread(finish, loaded)
     result.page_during = stats["requests"] / stats["seconds"]
+    # Idle again after: the loaded run is compared with the idle runs on either side of it,
+    # so that a drift of the shared machine's load over the round counts half as much.
+    result.smtp_idle = (idle_before + await smtp(smtp_port, args.messages)) / 2
+    print(
+        f"  {gateway.name} {rate or 'max'}: page alone {result.page_alone:,.0f}/s,"
+        f" SMTP idle {idle_before:,.0f} then {result.smtp_idle * 2 - idle_before:,.0f},"
+        f" under load {result.smtp_loaded:,.0f} msgs/s ({result.change:+.1%}),"
+        f" load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     return result
+
+
+@dataclass
+class Gateway:
+    """One gateway measured: this checkout's, or the baseline's on a copy of the store."""
+
+    name: str
+    server: Running
+    page_port: int
+    rounds: dict[str, list[Round]]
+
+
+def start_gateway(
+    name: str, checkout: Path, python: str, state: Path, args: argparse.Namespace
+) -> Gateway:
+    env = gateway_env(
+        state,
+        is_trusted=False,
+        poll=1.0,
+        GATEWAY_SERVER__WORKERS=str(args.workers),
+        GATEWAY_LOOKUP__LISTEN="127.0.0.1:0",
+        GATEWAY_LOOKUP__PER_MINUTE="6000",
+        GATEWAY_LOOKUP__BURST="1000",
+        GATEWAY_LOOKUP__TOTAL_PER_SECOND=str(args.total),
+    )
+    log = state.parent / f"{name}.log"
+    argv = [python, "-m", "gateway", "serve", "--as-of", "2026-12-01T10:00:00-06:00"]
+    server = start_logged(
+        name, argv, ready_event="gateway.listening", stdout=log, env=env, cwd=checkout
+    )
+    return Gateway(name, server, _logged_port(log, "gateway.lookup.listening"), {})
+
+
+def _checkout(path: Path) -> tuple[Path, str]:
+    checkout = path.resolve()
+    python = checkout / ".venv" / "bin" / "python"
+    if not python.exists():
+        raise SystemExit(f"--baseline {checkout}: no {python}; make its venv first")
+    return checkout, str(python)
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -267,59 +349,78 @@ async def main(args: argparse.Namespace) -> None:
         )
         refs = run / "refs.json"
         refs.write_text(json.dumps(sample))
-        env = gateway_env(
-            state,
-            is_trusted=False,
-            poll=1.0,
-            GATEWAY_SERVER__WORKERS=str(args.workers),
-            GATEWAY_LOOKUP__LISTEN="127.0.0.1:0",
-            GATEWAY_LOOKUP__PER_MINUTE="6000",
-            GATEWAY_LOOKUP__BURST="1000",
-            GATEWAY_LOOKUP__TOTAL_PER_SECOND=str(args.total),
-        )
-        argv = [sys.executable, "-m", "gateway", "serve", "--as-of", "2026-12-01T10:00:00-06:00"]
-        gateway = start_logged(
-            "gateway",
-            argv,
-            ready_event="gateway.listening",
-            stdout=run / "gateway.log",
-            env=env,
-            cwd=REPO,
-        )
+        wanted = [("gateway", REPO, sys.executable, state)]
+        if args.baseline is not None:
+            # Its own copy of the store: the same million attempts, and its own writes.
+            copy = run / "baseline-state"
+            copy.mkdir()
+            shutil.copy2(state / "gateway.sqlite3", copy / "gateway.sqlite3")
+            wanted.append(("baseline", *_checkout(args.baseline), copy))
+        gateways: list[Gateway] = []
         try:
-            from bench._servers import _logged_port
-
-            page_port = _logged_port(run / "gateway.log", "gateway.lookup.listening")
-            await smtp(gateway.port, min(300, args.messages))  # warm-up
+            for name, checkout, python, where in wanted:
+                gateways.append(start_gateway(name, checkout, python, where, args))
+            for gateway in gateways:
+                await smtp(gateway.server.port, min(300, args.messages))  # warm-up
             for rate_text in args.rates.split(","):
                 rate = 0.0 if rate_text == "max" else float(rate_text)
-                rounds = [
-                    await one_round(gateway.port, page_port, refs, run, rate=rate, args=args)
-                    for _ in range(args.rounds)
-                ]
-                report(rate_text, rounds, args)
+                for _ in range(args.rounds):
+                    for gateway in gateways:  # interleaved: the same minutes for each
+                        measured = await one_round(gateway, refs, run, rate=rate, args=args)
+                        gateway.rounds.setdefault(rate_text, []).append(measured)
+                for gateway in gateways:
+                    report(gateway.name, rate_text, gateway.rounds[rate_text], args)
+            memory = {g.name: tree_usage(g.server.process.pid) for g in gateways}
         finally:
-            gateway.stop()
+            for gateway in gateways:
+                gateway.server.stop()
+        table(gateways, memory, args)
 
 
-def report(rate: str, rounds: list[Round], args: argparse.Namespace) -> None:
-    def median(name: str) -> float:
-        return statistics.median(getattr(r, name) for r in rounds)
+def _median(rounds: list[Round], name: str) -> float:
+    return statistics.median(getattr(r, name) for r in rounds)
 
-    idle, loaded = median("smtp_idle"), median("smtp_loaded")
+
+def report(name: str, rate: str, rounds: list[Round], args: argparse.Namespace) -> None:
+    idle, loaded = _median(rounds, "smtp_idle"), _median(rounds, "smtp_loaded")
     print(
-        f"\npage load {rate} lookups/s (asked), workers = {args.workers},"
+        f"\n{name}: page load {rate} lookups/s (asked), workers = {args.workers},"
         f" total_per_second = {args.total},"
         f" {args.attempts:,} attempts in the store, medians of {len(rounds)} rounds:"
     )
     other = sum(r.other for r in rounds)
     print(
-        f"  receipt page alone        {median('page_alone'):8,.0f} lookups/s"
-        f"  ({median('not_found'):.0%} 404, {other} neither 200 nor 404)"
+        f"  receipt page alone        {_median(rounds, 'page_alone'):8,.0f} lookups/s"
+        f"  ({_median(rounds, 'not_found'):.0%} 404, {other} neither 200 nor 404),"
+        f" {_median(rounds, 'cpu_us'):,.0f} µs CPU a lookup"
     )
-    print(f"  receipt page during SMTP  {median('page_during'):8,.0f} lookups/s")
-    print(f"  SMTP, page idle           {idle:8,.0f} msgs/s")
-    print(f"  SMTP, page under load     {loaded:8,.0f} msgs/s   ({loaded / idle - 1:+.1%})")
+    print(f"  receipt page during SMTP  {_median(rounds, 'page_during'):8,.0f} lookups/s")
+    print(f"  SMTP, page idle           {idle:8,.0f} msgs/s", flush=True)
+    print(f"  SMTP, page under load     {loaded:8,.0f} msgs/s   ({_median(rounds, 'change'):+.1%})")
+
+
+def table(gateways: list[Gateway], memory: dict[str, TreeUsage], args: argparse.Namespace) -> None:
+    """Every gateway's medians as one Markdown table, then each one's memory at the end."""
+    print(
+        "\n| gateway | `workers` | page load | page alone | CPU a lookup | page during SMTP"
+        " | SMTP, page idle | SMTP, page under load | change |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    for rate in args.rates.split(","):
+        for g in gateways:
+            rounds = g.rounds[rate]
+            idle, loaded = _median(rounds, "smtp_idle"), _median(rounds, "smtp_loaded")
+            print(
+                f"| {g.name} | {args.workers} | {rate} | {_median(rounds, 'page_alone'):,.0f}/s"
+                f" | {_median(rounds, 'cpu_us'):,.0f} µs"
+                f" | {_median(rounds, 'page_during'):,.0f}/s | {idle:,.0f} msgs/s"
+                f" | {loaded:,.0f} msgs/s | {_median(rounds, 'change'):+.1%} |"
+            )
+    for name, usage in memory.items():
+        print(
+            f"{name}: {usage.processes} processes, RSS {usage.rss_kib / 1024:.0f} MiB,"
+            f" PSS {usage.pss_kib / 1024:.0f} MiB at the end"
+        )
 
 
 def _arguments() -> argparse.Namespace:
@@ -338,6 +439,11 @@ def _arguments() -> argparse.Namespace:
         help="[lookup] total_per_second (default: out of the way; the gateway's own is 50)",
     )
     parser.add_argument("--seconds", type=float, default=10.0, help="the page alone, per round")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout (its .venv/bin/python) measured in the same interleaved rounds",
+    )
     # The page's load process (started by the benchmark itself).
     parser.add_argument("--page-load", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--refs", type=Path, help=argparse.SUPPRESS)
