@@ -19,7 +19,7 @@ load costs the SMTP side, side by side with the page idle.
    transactions (10 reused sessions, 2 KB to a retired address, refused after DATA) with the
    page idle, again with the page under that load, and idle once more (the idle figure is
    the mean of the two on either side). Rounds interleave; medians print (the change too:
-   the median of the rounds' own changes),
+   the median of the rounds' own changes, and the CPU the page's process took meanwhile),
    with the CPU a lookup costs the process serving the page (the supervisor's own, with
    workers: utime and stime of all its threads over the page-alone run, divided by lookups).
 4. With `--baseline CHECKOUT`, that checkout's gateway (run by its own `.venv/bin/python`) on
@@ -242,6 +242,8 @@ class Round:
     not_found: float = 0.0  # share of 404s (one in ten asked is unknown)
     other: int = 0  # answers neither 200 nor 404 (429 would mean the limit was hit)
     cpu_us: float = 0.0  # CPU of the page's process (the supervisor's, with workers) per lookup
+    page_cores: float = 0.0  # CPU of the page's process during the loaded SMTP run, in cores
+    smtp_cores: float = 0.0  # CPU of the rest of the tree (the workers) meanwhile
 
     @property
     def change(self) -> float:
@@ -280,7 +282,14 @@ async def one_round(
     loaded = start_page_load(page_port, refs, rate=rate, until=until, seconds=LOAD_DEADLINE)
     await asyncio.sleep(1.0)  # the page's load under way before SMTP starts
     try:
+        page_cpu, all_cpu, began = cpu_s(pid), tree_usage(pid).cpu_seconds, time.perf_counter()
         result.smtp_loaded = await smtp(smtp_port, args.messages)
+        took = time.perf_counter() - began
+        # What the page's process took of the CPU while SMTP was under way (with workers, the
+        # supervisor's; the workers' is the rest of the tree), in cores: the machine's other
+        # work moves throughput, but less what each side was given.
+        result.page_cores = (cpu_s(pid) - page_cpu) / took
+        result.smtp_cores = (tree_usage(pid).cpu_seconds - all_cpu) / took - result.page_cores
     finally:
         until.touch()
     stats = await asyncio.to_thread(finish, loaded)
@@ -292,6 +301,7 @@ async def one_round(
         f"  {gateway.name} {rate or 'max'}: page alone {result.page_alone:,.0f}/s,"
         f" SMTP idle {idle_before:,.0f} then {result.smtp_idle * 2 - idle_before:,.0f},"
         f" under load {result.smtp_loaded:,.0f} msgs/s ({result.change:+.1%}),"
+        f" CPU meanwhile: page's process {result.page_cores:.2f}, rest {result.smtp_cores:.2f},"
         f" load average {os.getloadavg()[0]:.1f}",
         flush=True,
     )
@@ -394,7 +404,11 @@ def report(name: str, rate: str, rounds: list[Round], args: argparse.Namespace) 
         f"  ({_median(rounds, 'not_found'):.0%} 404, {other} neither 200 nor 404),"
         f" {_median(rounds, 'cpu_us'):,.0f} µs CPU a lookup"
     )
-    print(f"  receipt page during SMTP  {_median(rounds, 'page_during'):8,.0f} lookups/s")
+    print(
+        f"  receipt page during SMTP  {_median(rounds, 'page_during'):8,.0f} lookups/s,"
+        f" its process taking {_median(rounds, 'page_cores'):.2f} cores"
+        f" (the rest of the tree {_median(rounds, 'smtp_cores'):.2f})"
+    )
     print(f"  SMTP, page idle           {idle:8,.0f} msgs/s", flush=True)
     print(f"  SMTP, page under load     {loaded:8,.0f} msgs/s   ({_median(rounds, 'change'):+.1%})")
 
@@ -403,9 +417,9 @@ def table(gateways: list[Gateway], memory: dict[str, TreeUsage], args: argparse.
     """Every gateway's medians as one Markdown table, then each one's memory at the end."""
     print(
         "\n| gateway | `workers` | page load | page alone | CPU a lookup | page during SMTP"
-        " | SMTP, page idle | SMTP, page under load | change |"
+        " | its CPU meanwhile | SMTP, page idle | SMTP, page under load | change |"
     )
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for rate in args.rates.split(","):
         for g in gateways:
             rounds = g.rounds[rate]
@@ -413,7 +427,8 @@ def table(gateways: list[Gateway], memory: dict[str, TreeUsage], args: argparse.
             print(
                 f"| {g.name} | {args.workers} | {rate} | {_median(rounds, 'page_alone'):,.0f}/s"
                 f" | {_median(rounds, 'cpu_us'):,.0f} µs"
-                f" | {_median(rounds, 'page_during'):,.0f}/s | {idle:,.0f} msgs/s"
+                f" | {_median(rounds, 'page_during'):,.0f}/s"
+                f" | {_median(rounds, 'page_cores'):.2f} cores | {idle:,.0f} msgs/s"
                 f" | {loaded:,.0f} msgs/s | {_median(rounds, 'change'):+.1%} |"
             )
     for name, usage in memory.items():
