@@ -213,14 +213,16 @@ async def page_load(
     async with asyncio.timeout(seconds + 30):
         await asyncio.gather(*(client(i) for i in range(SOURCES)))
     elapsed = time.perf_counter() - started
-    return {"requests": done, "seconds": elapsed, **{str(k): v for k, v in statuses.items()}}
+    statuses_seen = {str(k): v for k, v in statuses.items()}
+    return {"requests": done, "seconds": elapsed, "cpu": time.process_time(), **statuses_seen}
 
 
 def start_page_load(
-    port: int, refs: Path, *, rate: float, until: Path, seconds: float
+    port: int, refs: Path, *, rate: float, until: Path, seconds: float, nice: int = 0
 ) -> subprocess.Popen[bytes]:
     argv = [sys.executable, __file__, "--page-load", str(port), "--refs", str(refs)]
     argv += ["--rate", str(rate), "--until", str(until), "--seconds", str(seconds)]
+    argv += ["--load-nice", str(nice)]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
 
 
@@ -244,6 +246,7 @@ class Round:
     cpu_us: float = 0.0  # CPU of the page's process (the supervisor's, with workers) per lookup
     page_cores: float = 0.0  # CPU of the page's process during the loaded SMTP run, in cores
     smtp_cores: float = 0.0  # CPU of the rest of the tree (the workers) meanwhile
+    load_cores: float = 0.0  # CPU of the page's load generator (its clients) meanwhile
 
     @property
     def change(self) -> float:
@@ -271,7 +274,9 @@ async def one_round(
     result = Round()
     smtp_port, page_port, pid = gateway.server.port, gateway.page_port, gateway.server.process.pid
     cpu_before = cpu_s(pid)
-    alone = start_page_load(page_port, refs, rate=rate, until=run / "never", seconds=args.seconds)
+    alone = start_page_load(
+        page_port, refs, rate=rate, until=run / "never", seconds=args.seconds, nice=args.load_nice
+    )
     stats = await asyncio.to_thread(finish, alone)
     result.page_alone = stats["requests"] / stats["seconds"]
     result.cpu_us = (cpu_s(pid) - cpu_before) / max(stats["requests"], 1) * 1e6
@@ -279,7 +284,9 @@ async def one_round(
     result.other = int(stats["requests"] - stats.get("200", 0) - stats.get("404", 0))
     idle_before = await smtp(smtp_port, args.messages)
     until = run / f"stop-{time.monotonic_ns()}"
-    loaded = start_page_load(page_port, refs, rate=rate, until=until, seconds=LOAD_DEADLINE)
+    loaded = start_page_load(
+        page_port, refs, rate=rate, until=until, seconds=LOAD_DEADLINE, nice=args.load_nice
+    )
     await asyncio.sleep(1.0)  # the page's load under way before SMTP starts
     try:
         page_cpu, all_cpu, began = cpu_s(pid), tree_usage(pid).cpu_seconds, time.perf_counter()
@@ -294,6 +301,7 @@ async def one_round(
         until.touch()
     stats = await asyncio.to_thread(finish, loaded)
     result.page_during = stats["requests"] / stats["seconds"]
+    result.load_cores = stats["cpu"] / stats["seconds"]
     # Idle again after: the loaded run is compared with the idle runs on either side of it,
     # so that a drift of the shared machine's load over the round counts half as much.
     result.smtp_idle = (idle_before + await smtp(smtp_port, args.messages)) / 2
@@ -302,6 +310,7 @@ async def one_round(
         f" SMTP idle {idle_before:,.0f} then {result.smtp_idle * 2 - idle_before:,.0f},"
         f" under load {result.smtp_loaded:,.0f} msgs/s ({result.change:+.1%}),"
         f" CPU meanwhile: page's process {result.page_cores:.2f}, rest {result.smtp_cores:.2f},"
+        f" page's clients {result.load_cores:.2f},"
         f" load average {os.getloadavg()[0]:.1f}",
         flush=True,
     )
@@ -395,7 +404,7 @@ def report(name: str, rate: str, rounds: list[Round], args: argparse.Namespace) 
     idle, loaded = _median(rounds, "smtp_idle"), _median(rounds, "smtp_loaded")
     print(
         f"\n{name}: page load {rate} lookups/s (asked), workers = {args.workers},"
-        f" total_per_second = {args.total},"
+        f" total_per_second = {args.total}, the page's clients at nice {args.load_nice},"
         f" {args.attempts:,} attempts in the store, medians of {len(rounds)} rounds:"
     )
     other = sum(r.other for r in rounds)
@@ -459,6 +468,12 @@ def _arguments() -> argparse.Namespace:
         type=Path,
         help="another checkout (its .venv/bin/python) measured in the same interleaved rounds",
     )
+    parser.add_argument(
+        "--load-nice",
+        type=int,
+        default=0,
+        help="run the page's clients at this nice: clients elsewhere, not on the SMTP side's CPU",
+    )
     # The page's load process (started by the benchmark itself).
     parser.add_argument("--page-load", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--refs", type=Path, help=argparse.SUPPRESS)
@@ -470,6 +485,8 @@ def _arguments() -> argparse.Namespace:
 if __name__ == "__main__":
     arguments = _arguments()
     if arguments.page_load:
+        # Niced, the page's clients stand for machines elsewhere, off the SMTP side's CPU.
+        os.nice(arguments.load_nice)
         references = json.loads(arguments.refs.read_text())
         stats = asyncio.run(
             page_load(
