@@ -41,7 +41,8 @@ __all__ = ["PAGES_NICE", "PageHost"]
 
 # How much lower the pages' priority is: at nice 10 a busy thread gets about a tenth of the
 # CPU time a nice-0 one gets when they compete (sched(7)'s weights, 1.25 per step), and all
-# of an idle core. Measured against 19 in bench/README.md ("receipt.py").
+# of an idle core. Nice 19 (about 1.5 %) measured no better for the mail on a shared machine
+# (bench/README.md, "receipt.py") and would leave a busy host's page next to nothing.
 PAGES_NICE = 10
 # Time for the thread to start its loop, and for it to end once its pages are closed.
 _THREAD_S = 10.0
