@@ -128,7 +128,7 @@ def _serve(settings: GatewaySettings, args: argparse.Namespace) -> int:
     elif settings.server.workers > 1:
         from gateway.supervisor import supervise
 
-        return supervise(settings, config=args.config, as_of=args.as_of)
+        return supervise(settings, config=args.config, as_of=args.as_of, main=main)
     # SIGHUP reads the same file again, the same way (environment overrides included).
     return serve(settings, as_of=args.as_of, reread=lambda: _settings(args.config), worker=worker)
 
