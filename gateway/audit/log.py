@@ -57,7 +57,7 @@ EVENTS: dict[str, tuple[str, ...]] = {
     # once all have ended (status: the supervisor's exit status, 0 when each ended cleanly).
     "gateway.supervisor.stopping": ("reason", "workers"),
     "gateway.supervisor.stopped": ("status",),
-    "gateway.worker.started": ("worker", "pid"),
+    "gateway.worker.started": ("worker", "pid", "forked"),
     "gateway.worker.exited": ("worker", "pid", "status", "ran_s", "expected"),
     "gateway.worker.restarted": ("worker", "pid", "delay_s", "restarts"),
     # A signal passed on to every worker (SIGTERM, SIGINT, SIGHUP, SIGUSR1).
