@@ -149,26 +149,32 @@ async def test_migrate_makes_the_postgresql_store_and_refuses_a_newer_one(
 
 @pytest.mark.parametrize(
     ("argv", "status"),
-    [(["queue", "list"], 1), (["postmaster", "list"], 1), (["audit", "show", "X"], 2)],
+    [(["queue", "list"], 1), (["postmaster", "list"], 1)],
 )
 def test_an_operator_command_not_yet_on_postgresql_says_so(
     tmp_path: Path, argv: list[str], status: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = config_with(tmp_path, 'url = "postgresql://gw@db.example/gateway"')
-    command = " ".join(argv[:2]) if argv[0] == "audit" else argv[0]
     assert main([*argv, "--config", str(config)]) == status
     err = capsys.readouterr().err
-    assert f"`gateway {command}` reads only the SQLite store so far" in err
+    assert f"`gateway {argv[0]}` reads only the SQLite store so far" in err
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [["list"], ["show", "20170913-ABC"], ["notice", "20170913-ABC"], ["verify", "saved.log"]],
+    ids=["list", "show", "notice", "verify"],
+)
 def test_audit_says_when_the_shared_store_cannot_be_reached(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     with socket.socket() as closed:  # a loopback port that nothing listens on
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
     config = config_with(tmp_path, f'url = "postgresql://gw@127.0.0.1:{port}/gateway"')
-    assert main(["audit", "list", "--config", str(config)]) == 1
+    (tmp_path / "saved.log").write_text("", encoding="utf-8")
+    arguments = [a if a != "saved.log" else str(tmp_path / a) for a in argv]
+    assert main(["audit", *arguments, "--config", str(config)]) == 1
     err = capsys.readouterr().err
     assert f"cannot read the store: postgresql 127.0.0.1:{port}/gateway:" in err
     assert "Traceback" not in err

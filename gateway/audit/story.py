@@ -86,6 +86,7 @@ def _story_fields(story: Story, zone: tzinfo) -> list[tuple[str, str | None]]:
     kept = "kept in the store" if story.raw_kept else "not kept"
     return [
         ("arrived" if is_message else "refused at", f"{when(a.at, zone)}  ({_utc(a.at)})"),
+        ("node", a.node),  # on a shared store: the MX host that took it
         ("client", client),
         ("session", a.session_id),
         ("envelope from", f"<{a.sender}>"),

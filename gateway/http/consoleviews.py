@@ -36,8 +36,8 @@ from gateway.store.browse import browse_attempts
 from gateway.store.db import connect
 from gateway.store.outbox import PENDING_STATES
 from gateway.store.queueactions import JobFilter, select_jobs
+from gateway.store.reading import SqliteAuditReader
 from gateway.store.records import AttemptRecord, find_attempts, redacted
-from gateway.store.sentmail import read_sent, sent_data
 from gateway.store.summaries import sender_activity, summarize
 from gateway.vocabulary import JobState, format_notice_status
 
@@ -182,11 +182,12 @@ class Views:
 
         def read(conn: sqlite3.Connection) -> tuple[int, str, list[tuple[Any, str]]]:
             out, err = io.StringIO(), io.StringIO()
-            status = show_attempt(self.settings, audit, conn, zones, self.redactor, out, err)
-            kept = read_sent(conn, reference)
+            reader = SqliteAuditReader(conn, database=self.settings.storage.database)
+            status = show_attempt(self.settings, audit, reader, zones, self.redactor, out, err)
+            kept = reader.read_sent(reference)
             # The notice quotes the filing's subject: decoded, then redacted as the story is.
             notices = [
-                (n, readable_notice(sent_data(conn, reference, n.job_id) or b"", self.redactor))
+                (n, readable_notice(reader.sent_data(reference, n.job_id) or b"", self.redactor))
                 for n in kept
             ]
             return status, out.getvalue(), notices
