@@ -1,4 +1,5 @@
-"""`gateway audit show|notice|verify` on both backends, and schema 4's node of each chain.
+"""`gateway audit show|notice|verify` and the console on both backends, and schema 4's node
+of each chain.
 
 On the shared store an operator on one node asks about an attempt another node took, or
 verifies this node's log while the store also anchors the other nodes' chains: the answers
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import socket
 import sqlite3
 from contextlib import closing
 from dataclasses import dataclass
@@ -23,7 +25,9 @@ import pytest
 
 from gateway.audit.anchoring import anchored
 from gateway.audit.chain import ChainedLog
-from gateway.config import GatewaySettings
+from gateway.config import ConsoleSettings, GatewaySettings
+from gateway.http.console import start_console
+from gateway.http.health import Endpoint
 from gateway.ops.auditcmd import AuditRequest, run_audit
 from gateway.ops.auditverify import unchecked_chains
 from gateway.store.anchors import Anchor, Checkpoint
@@ -33,8 +37,9 @@ from gateway.store.postgres import schema as pg_schema
 from gateway.store.schema import SCHEMA_VERSION
 from gateway.store.sentmail import describe_sent
 from gateway.vocabulary import JobState
-from tests.conftest import make_settings
+from tests.conftest import FakeClock, make_settings
 from tests.postgres import postgres
+from tests.test_console import PASSWORD, Console, add_user
 from tests.test_store_contract import BOUND_S, SENDER, Backend, backend, filing, refusal
 
 __all__ = ["backend", "postgres"]
@@ -294,3 +299,84 @@ async def test_a_version_3_store_is_migrated_and_its_old_chains_have_no_node(
         "  node not recorded (before schema 4): chain chain-v3, started 2017-09-13T15:00:00+00:00"
     )
     assert (unnamed in answer.out) is (backend.dsn is not None)
+
+
+# -- the operator console on either store ------------------------------------------------------
+
+
+async def console_on(
+    settings: GatewaySettings, tmp_path: Path, *, page_size: int = 50
+) -> tuple[Endpoint, Console]:
+    users = tmp_path / "console-users"
+    if not users.exists():
+        await asyncio.to_thread(add_user, users, "records", PASSWORD)
+    console = ConsoleSettings(listen="127.0.0.1:0", users_file=users)  # type: ignore[arg-type]
+    # Below the setting's floor: pages of one row, to walk the keyset.
+    console = console.model_copy(update={"page_size": page_size})
+    endpoint = await start_console(settings.model_copy(update={"console": console}), FakeClock(AT))
+    assert endpoint is not None
+    return endpoint, Console(endpoint)
+
+
+async def test_the_console_pages_every_nodes_attempts_and_tells_their_stories(
+    backend: Backend, tmp_path: Path
+) -> None:
+    told, _ = await a_notice_sent_by(backend, "mx2")
+    mx1 = await backend.open_store("mx1")
+    refused, pending = refusal(), filing()
+    async with asyncio.timeout(BOUND_S):
+        await mx1.record_refusal(refused)
+        await mx1.record_message(*pending)
+    settings = settings_of(backend, tmp_path, "mx1")
+    endpoint, console = await console_on(settings, tmp_path, page_size=1)
+    try:
+        seen: list[str] = []
+        nodes: dict[str, str | None] = {}  # from each page's JSON lines
+        path: str | None = "/attempts"
+        for _ in range(10):  # three attempts, a page each, then no link to older ones
+            if path is None:
+                break
+            page = await console.get(path)
+            assert page.status == 200, page.text
+            seen += [line.split('"')[0] for line in page.text.split('href="/attempts/')[1:]]
+            rows = (await console.get(path.replace("/attempts", "/attempts.json", 1))).text
+            nodes |= {json.loads(r)["reference"]: json.loads(r)["node"] for r in rows.splitlines()}
+            older = page.text.split('" rel="next"')[0].rsplit('href="', 1)[-1]
+            path = older.replace("&amp;", "&") if 'rel="next"' in page.text else None
+        first = await console.get("/attempts")
+        story = await console.get(f"/attempts/{told}")
+        queue = await console.get("/queue")
+        summary = await console.get("/summary?since=2000-01-01")
+    finally:
+        await endpoint.runner.cleanup()
+    references = {told, refused.reference, pending[0].reference}
+    # Each once, newest first; the three share their arrival time, so the reference decides,
+    # byte for byte on both backends (the keyset's tie-break).
+    assert seen == sorted(references, reverse=True)
+    assert story.status == 200
+    assert f"attempt {told}: message received to the end of DATA" in story.text
+    assert "Notices as sent" in story.text
+    assert pending[0].reference in queue.text  # its notice still queued
+    assert told not in queue.text  # delivered
+    assert summary.status == 200
+    if backend.dsn is not None:
+        assert nodes == {told: "mx2", refused.reference: "mx1", pending[0].reference: "mx1"}
+        assert '<th scope="col">Node</th>' in first.text
+        assert "node            mx2" in story.text
+    else:
+        assert set(nodes.values()) == {None}
+        assert '<th scope="col">Node</th>' not in first.text
+
+
+async def test_the_console_answers_503_when_the_shared_store_is_down(tmp_path: Path) -> None:
+    with socket.socket() as closed:  # a loopback port that nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    settings = make_settings(tmp_path, storage={"url": f"postgresql://gw@127.0.0.1:{port}/gateway"})
+    endpoint, console = await console_on(settings, tmp_path)
+    try:
+        page = await console.get("/attempts")
+    finally:
+        await endpoint.runner.cleanup()
+    assert page.status == 503
+    assert f"The store cannot be read: postgresql 127.0.0.1:{port}/gateway:" in page.text

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Protocol
 
 from gateway.store.anchors import Anchor, Checkpoint
+from gateway.store.browse import Key, Page
 from gateway.store.messages import MessageRecord, NoticeCheck, RefusalRecord
 from gateway.store.outbox import Attempt, Bounce, Job
 from gateway.store.purging import Purged
@@ -113,10 +114,17 @@ class HeadStore(Protocol):
 
 
 class AuditReader(Protocol):
-    """Synchronous reads for `gateway audit`: attempts, one attempt's story (story.py), the
-    notices kept as sent, and the audit chains' anchors. Every read may raise StoreError."""
+    """Synchronous reads for `gateway audit` and the operator console: attempts (all, or a
+    page by keyset: browse.py), one attempt's story (story.py), the notices kept as sent,
+    the queue's jobs and the audit chains' anchors. Every read may raise StoreError."""
 
     def find_attempts(self, filters: Filters) -> list[AttemptRecord]: ...
+
+    def browse_attempts(self, filters: Filters, *, before: Key | None, size: int) -> Page: ...
+
+    def list_jobs(self, states: tuple[str, ...]) -> list[Job]:
+        """The jobs in any of `states` (every job when empty), oldest first."""
+        ...
 
     def read_message(self, reference: str) -> StoredMessage | None: ...
 

@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import TypeVar
 
 from gateway.errors import StoreError
-from gateway.store import anchors, outbox, queries, records, sentmail
+from gateway.store import anchors, browse, outbox, queries, records, sentmail
 from gateway.store.anchors import Anchor, Checkpoint
+from gateway.store.browse import Key, Page
 from gateway.store.db import connect
 from gateway.store.outbox import Attempt, Job
 from gateway.store.queries import StoredDecision, StoredMessage
+from gateway.store.queueactions import JobFilter, select_jobs
 from gateway.store.records import AttemptRecord, Filters
 from gateway.store.sentmail import SentNotice
 from gateway.vocabulary import JobState
@@ -89,6 +91,14 @@ class SqliteAuditReader:
 
     def find_attempts(self, filters: Filters) -> list[AttemptRecord]:
         return self._read(lambda conn: records.find_attempts(conn, filters))
+
+    def browse_attempts(self, filters: Filters, *, before: Key | None, size: int) -> Page:
+        return self._read(
+            lambda conn: browse.browse_attempts(conn, filters, before=before, size=size)
+        )
+
+    def list_jobs(self, states: tuple[str, ...]) -> list[Job]:
+        return self._read(lambda conn: select_jobs(conn, JobFilter(states=states)))
 
     def read_message(self, reference: str) -> StoredMessage | None:
         return self._read(lambda conn: queries.read_message(conn, reference))

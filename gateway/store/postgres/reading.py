@@ -16,7 +16,9 @@ from psycopg.rows import dict_row
 
 from gateway.errors import StoreError
 from gateway.store.anchors import Anchor, Checkpoint
+from gateway.store.browse import Key, Page
 from gateway.store.outbox import Attempt, Job
+from gateway.store.postgres.browse import browse_shared_attempts
 from gateway.store.postgres.outbox import job_from_row
 from gateway.store.postgres.queries import message_from_row
 from gateway.store.postgres.records import shared_attempts
@@ -109,6 +111,17 @@ class PgAuditReader(_Connected):
 
     def find_attempts(self, filters: Filters) -> list[AttemptRecord]:
         return self._run(lambda conn: shared_attempts(conn, filters))
+
+    def browse_attempts(self, filters: Filters, *, before: Key | None, size: int) -> Page:
+        return self._run(
+            lambda conn: browse_shared_attempts(conn, filters, before=before, size=size)
+        )
+
+    def list_jobs(self, states: tuple[str, ...]) -> list[Job]:
+        if not states:
+            return [job_from_row(r) for r in self._all("SELECT * FROM jobs ORDER BY id")]
+        rows = self._all("SELECT * FROM jobs WHERE state = ANY(%s) ORDER BY id", list(states))
+        return [job_from_row(r) for r in rows]
 
     def read_message(self, reference: str) -> StoredMessage | None:
         row = self._one("SELECT * FROM messages WHERE reference = %s", reference)
