@@ -346,6 +346,7 @@ async def test_the_console_pages_every_nodes_attempts_and_tells_their_stories(
         first = await console.get("/attempts")
         story = await console.get(f"/attempts/{told}")
         queue = await console.get("/queue")
+        every_job = await console.get("/queue.csv?state=all")
         summary = await console.get("/summary?since=2000-01-01")
     finally:
         await endpoint.runner.cleanup()
@@ -358,6 +359,7 @@ async def test_the_console_pages_every_nodes_attempts_and_tells_their_stories(
     assert "Notices as sent" in story.text
     assert pending[0].reference in queue.text  # its notice still queued
     assert told not in queue.text  # delivered
+    assert told in every_job.text
     assert summary.status == 200
     if backend.dsn is not None:
         assert nodes == {told: "mx2", refused.reference: "mx1", pending[0].reference: "mx1"}
