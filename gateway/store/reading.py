@@ -68,10 +68,8 @@ class SqliteRecords:
 
 
 class SqliteAuditReader:
-    """`gateway audit`'s reads of one SQLite store file, on a read-only connection.
-
-    The connection is the caller's to give (the console reads on its own); close() closes it.
-    """
+    """`gateway audit`'s and the console's reads of one SQLite store file, on a read-only
+    connection: open() makes one; a caller may hand its own. close() closes it."""
 
     def __init__(self, conn: sqlite3.Connection, *, database: Path) -> None:
         self._conn = conn
