@@ -389,6 +389,8 @@ async def test_audit_on_one_node_shows_the_other_nodes_attempt_and_names_its_cha
     assert "notice to <" in shown.stdout
     assert ": delivered after 1 attempt" in shown.stdout
     assert "received by node mx2" in shown.stdout
+    ((sender_node,),) = query(postgres, url, "SELECT node FROM attempts")  # whichever claimed
+    assert f"  delivered by {sender_node}  " in shown.stdout
     kept = await asyncio.to_thread(audit, first, postgres, "notice", reply.reference)
     assert kept.returncode == 0, kept.stderr
     assert "References: <1.serve-test@lawfirm.example>" in kept.stdout

@@ -9,6 +9,7 @@ when first used and again after a failure; every driver error comes out as Store
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import psycopg
@@ -152,7 +153,8 @@ class PgAuditReader(_Connected):
 
     def job_attempts(self, job_id: int) -> list[Attempt]:
         rows = self._all("SELECT * FROM attempts WHERE job_id = %s ORDER BY attempt", job_id)
-        return [_attempt(r) for r in rows]
+        # The node too: on a shared store, which host talked to the remote server.
+        return [replace(_attempt(r), node=r["node"]) for r in rows]
 
     def read_sent(self, reference: str) -> list[SentNotice]:
         rows = self._all(
