@@ -149,32 +149,38 @@ async def test_migrate_makes_the_postgresql_store_and_refuses_a_newer_one(
 
 @pytest.mark.parametrize(
     ("argv", "status"),
-    [(["queue", "list"], 1), (["postmaster", "list"], 1), (["audit", "show", "X"], 2)],
+    [(["queue", "list"], 1), (["postmaster", "list"], 1)],
 )
 def test_an_operator_command_not_yet_on_postgresql_says_so(
     tmp_path: Path, argv: list[str], status: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = config_with(tmp_path, 'url = "postgresql://gw@db.example/gateway"')
-    command = " ".join(argv[:2]) if argv[0] == "audit" else argv[0]
     assert main([*argv, "--config", str(config)]) == status
     err = capsys.readouterr().err
-    assert f"`gateway {command}` reads only the SQLite store so far" in err
+    assert f"`gateway {argv[0]}` reads only the SQLite store so far" in err
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [["list"], ["show", "20170913-ABC"], ["notice", "20170913-ABC"], ["verify", "saved.log"]],
+    ids=["list", "show", "notice", "verify"],
+)
 def test_audit_says_when_the_shared_store_cannot_be_reached(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     with socket.socket() as closed:  # a loopback port that nothing listens on
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
     config = config_with(tmp_path, f'url = "postgresql://gw@127.0.0.1:{port}/gateway"')
-    assert main(["audit", "list", "--config", str(config)]) == 1
+    (tmp_path / "saved.log").write_text("", encoding="utf-8")
+    arguments = [a if a != "saved.log" else str(tmp_path / a) for a in argv]
+    assert main(["audit", *arguments, "--config", str(config)]) == 1
     err = capsys.readouterr().err
     assert f"cannot read the store: postgresql 127.0.0.1:{port}/gateway:" in err
     assert "Traceback" not in err
 
 
-@pytest.mark.parametrize("section", ["lookup", "console"])
+@pytest.mark.parametrize("section", ["lookup"])
 def test_pages_that_read_only_sqlite_are_refused_on_a_shared_store(
     tmp_path: Path, section: str
 ) -> None:
@@ -185,3 +191,13 @@ def test_pages_that_read_only_sqlite_are_refused_on_a_shared_store(
         out.write(f'\n[{section}]\nlisten = "127.0.0.1:8099"{extra}\n')
     with pytest.raises(ConfigError, match=f"{section}.listen: .*only the SQLite store"):
         load_settings(config, environ={})
+
+
+def test_the_console_may_listen_on_a_shared_store(tmp_path: Path) -> None:
+    # It reads every node's records there (tests/test_audit_nodes.py serves it).
+    config = config_with(tmp_path, 'url = "postgresql://gw@db.example/gateway"')
+    with config.open("a", encoding="utf-8") as out:
+        out.write('\n[console]\nlisten = "127.0.0.1:8099"\nusers_file = "users"\n')
+    settings = load_settings(config, environ={})
+    assert settings.console.listen is not None
+    assert settings.storage.is_shared

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -26,10 +27,13 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from tests.polling import eventually
 from tests.postgres import PostgresServer, postgres
 from tests.sink import Sink, start_sink
+from tests.test_auditcmd import event_after
 from tests.test_serve_process import (
     AFTER_CUTOFF,
     RETIRED,
     SENDER,
+    START_TIMEOUT,
+    STOP_TIMEOUT,
     Attempt,
     Listening,
     Reply,
@@ -38,6 +42,7 @@ from tests.test_serve_process import (
     send_batch,
     serving,
     smtp_session,
+    start_serve,
     write_config,
 )
 
@@ -320,3 +325,84 @@ async def test_a_node_with_a_supervisor_and_two_workers_serves_from_the_shared_s
     assert len(received) == 2
     rows = query(postgres, url, "SELECT DISTINCT node FROM messages")
     assert rows == [("mx1",)]
+
+
+@contextlib.asynccontextmanager
+async def logging_to_file(config: Path, server: PostgresServer) -> AsyncIterator[int]:
+    """`gateway serve` on `config`, whose [audit] log is `audit.log` beside it (the chain
+    anchored in the shared store); yields the SMTP port, stops it with SIGTERM at the end."""
+    log = config.parent / "audit.log"
+    process = await start_serve(
+        config, as_of=AFTER_CUTOFF, stdout=subprocess.DEVNULL, env=password_env(server)
+    )
+    try:
+        listening = await eventually(
+            lambda: event_after(log, 0, "gateway.listening"), within=START_TIMEOUT
+        )
+        yield int(listening["port"])
+        process.send_signal(signal.SIGTERM)
+    except BaseException:
+        if process.returncode is None:
+            process.kill()
+        raise
+    finally:
+        async with asyncio.timeout(STOP_TIMEOUT):
+            _, stderr = await process.communicate()
+    assert process.returncode == 0, stderr.decode(errors="replace")
+
+
+def with_log_file(config: Path) -> Path:
+    text = config.read_text(encoding="utf-8")
+    assert 'log = "-"' in text
+    log = config.parent / "audit.log"
+    config.write_text(text.replace('log = "-"', f"log = {json.dumps(str(log))}", 1), "utf-8")
+    return log
+
+
+async def test_audit_on_one_node_shows_the_other_nodes_attempt_and_names_its_chain(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    url = await shared_database(postgres)
+    sink = await start_sink()
+    first = node_config(tmp_path, "mx1", url=url, sink=sink)
+    second = node_config(tmp_path, "mx2", url=url, sink=sink)
+    log_one, log_two = with_log_file(first), with_log_file(second)
+    try:
+        async with logging_to_file(first, postgres), logging_to_file(second, postgres) as port:
+            async with smtp_session(port) as client:
+                reply = await send(client, Attempt(1, SENDER, RETIRED))
+            await sink.wait_for(1, within=20)
+    finally:
+        sink.close()
+    assert reply.code == 550
+    chains = {
+        path: {json.loads(line).get("chain") for line in path.read_bytes().splitlines()} - {None}
+        for path in (log_one, log_two)
+    }
+    (chain_one,), (chain_two,) = chains[log_one], chains[log_two]
+
+    # The story of mx2's attempt, told on mx1: the whole record, mx2 named as the node.
+    shown = await asyncio.to_thread(audit, first, postgres, "show", reply.reference)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith(f"attempt {reply.reference}: message received")
+    assert "  node            mx2\n" in shown.stdout
+    assert "notice to <" in shown.stdout
+    assert ": delivered after 1 attempt" in shown.stdout
+    assert "received by node mx2" in shown.stdout
+    ((sender_node,),) = query(postgres, url, "SELECT node FROM attempts")  # whichever claimed
+    assert f"  delivered by {sender_node}  " in shown.stdout
+    kept = await asyncio.to_thread(audit, first, postgres, "notice", reply.reference)
+    assert kept.returncode == 0, kept.stderr
+    assert "References: <1.serve-test@lawfirm.example>" in kept.stdout
+
+    # verify on mx1: its own log against its anchor, and mx2's chain named, not checked.
+    verified = await asyncio.to_thread(audit, first, postgres, "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert f"  chain {chain_one}: seq 1-" in verified.stdout
+    assert "its first record matches its anchor in the store" in verified.stdout
+    assert f"  node mx2: chain {chain_two}, started " in verified.stdout
+    assert f", log {log_two}\n" in verified.stdout
+    assert f"node mx1: chain {chain_one}" not in verified.stdout
+    assert verified.stdout.endswith(" records, chain intact\n")
+    rows = query(postgres, url, "SELECT node FROM audit_chains ORDER BY node")
+    assert rows == [("mx1",), ("mx2",)]

@@ -19,9 +19,9 @@ from gateway.config import GatewaySettings
 from gateway.errors import StoreError
 from gateway.store.anchors import Anchor, Checkpoint, save_head_now
 from gateway.store.db import Store, connect
-from gateway.store.interface import HeadStore, JobQueue, MailRecords, RecordStore
+from gateway.store.interface import AuditReader, HeadStore, JobQueue, MailRecords, RecordStore
 from gateway.store.outbox import Outbox
-from gateway.store.reading import SqliteRecords
+from gateway.store.reading import SqliteAuditReader, SqliteRecords
 from gateway.store.schema import schema_version
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "masked",
     "migrate_store",
     "new_store",
+    "open_audit_reader",
     "open_records",
 ]
 
@@ -99,6 +100,19 @@ def open_records(location: StoreLocation) -> MailRecords:
     from gateway.store.postgres.reading import PgRecords
 
     return PgRecords(location.dsn)
+
+
+def open_audit_reader(location: StoreLocation) -> AuditReader:
+    """`gateway audit`'s reader of `location`: the file read-only, or every node's records.
+
+    Raises:
+        StoreError: the SQLite file cannot be opened (PostgreSQL connects at the first read).
+    """
+    if location.dsn is None:
+        return SqliteAuditReader.open(location.database)
+    from gateway.store.postgres.reading import PgAuditReader
+
+    return PgAuditReader(location.dsn, node=location.node)
 
 
 class _SqliteHeads:

@@ -5,12 +5,15 @@ OFFSET, so that page 5,000 of a million attempts costs what the first page does.
 and the rows are records.py's own (its SQL conditions, row mapping and the filters SQL cannot
 apply), so a page holds exactly what `gateway audit list` lists, newest first. The existing
 indexes (messages_received, refusals_at) carry the range: `at <= key` walks them backwards
-and the reference breaks ties among equal times. Nothing here writes or formats.
+and the reference breaks ties among equal times. The paging (`page_attempts`) asks only for
+windows of rows, so PostgreSQL's reader (postgres/browse.py) pages the same way on its own
+SQL. Nothing here writes or formats.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC
 
@@ -29,7 +32,7 @@ from gateway.store.records import (
 )
 from gateway.vocabulary import JobKind
 
-__all__ = ["Key", "Page", "browse_attempts", "key_of"]
+__all__ = ["Key", "Page", "Window", "browse_attempts", "key_of", "merge_window", "page_attempts"]
 
 # Rows read from each table per step while filling a page whose filters SQL cannot apply.
 _STEP = 500
@@ -57,20 +60,34 @@ def key_of(attempt: AttemptRecord) -> Key:
     return Key(attempt.at.astimezone(UTC).isoformat(timespec="microseconds"), attempt.reference)
 
 
+# The newest `limit` attempts older than a key by SQL alone, and whether that is all of them.
+Window = Callable[[Key | None, int], tuple[list[AttemptRecord], bool]]
+
+
 def browse_attempts(
     conn: sqlite3.Connection, filters: Filters, *, before: Key | None, size: int
 ) -> Page:
     """Up to `size` attempts matching `filters`, newest first, older than `before`."""
+
+    def window(key: Key | None, limit: int) -> tuple[list[AttemptRecord], bool]:
+        return _window(conn, filters, before=key, limit=limit)
+
+    return page_attempts(window, filters, before=before, size=size)
+
+
+def page_attempts(window: Window, filters: Filters, *, before: Key | None, size: int) -> Page:
+    """Up to `size` attempts matching `filters`, newest first, older than `before`, from the
+    windows `window` reads (as many as the filters SQL cannot apply need, within a bound)."""
     found: list[AttemptRecord] = []
     key, scanned = before, 0
     while len(found) < size:
         step = max(size, _STEP) if _needs_python(filters) else size + 1
-        window, is_last = _window(conn, filters, before=key, limit=step)
-        scanned += len(window)
-        found += [a for a in window if matches(a, filters)]
-        if is_last or not window:
+        rows, is_last = window(key, step)
+        scanned += len(rows)
+        found += [a for a in rows if matches(a, filters)]
+        if is_last or not rows:
             return Page(tuple(found[:size]), key_of(found[size - 1]) if len(found) > size else None)
-        key = key_of(window[-1])
+        key = key_of(rows[-1])
         if scanned >= _SCAN_LIMIT:
             break
     if len(found) > size:
@@ -82,18 +99,24 @@ def _needs_python(filters: Filters) -> bool:
     return bool(filters.address or filters.decision or filters.notice)
 
 
-def _window(
-    conn: sqlite3.Connection, filters: Filters, *, before: Key | None, limit: int
+def merge_window(
+    messages: list[AttemptRecord], refusals: list[AttemptRecord], limit: int
 ) -> tuple[list[AttemptRecord], bool]:
-    """The newest `limit` attempts older than `before` by SQL alone, and whether that is all.
+    """The newest `limit` of each table's newest `limit`, and whether that is all.
 
-    Each table gives its newest `limit`; of the two merged only the first `limit` are sure
-    (past them, the table that gave out its `limit` may hold newer rows not yet read)."""
-    messages = _messages_before(conn, filters, before, limit)
-    refusals = [] if filters.message_id else _refusals_before(conn, filters, before, limit)
+    Of the two merged only the first `limit` are sure (past them, the table that gave out its
+    `limit` may hold newer rows not yet read)."""
     merged = sorted([*messages, *refusals], key=lambda a: (a.at, a.reference), reverse=True)
     is_last = len(messages) < limit and len(refusals) < limit
     return merged[:limit], is_last and len(merged) <= limit
+
+
+def _window(
+    conn: sqlite3.Connection, filters: Filters, *, before: Key | None, limit: int
+) -> tuple[list[AttemptRecord], bool]:
+    messages = _messages_before(conn, filters, before, limit)
+    refusals = [] if filters.message_id else _refusals_before(conn, filters, before, limit)
+    return merge_window(messages, refusals, limit)
 
 
 def _before(at: str, reference: str, key: Key | None) -> tuple[list[str], list[str]]:

@@ -3,8 +3,9 @@
 Two backends satisfy these Protocols: the SQLite file of one host (db.py, outbox.py) and
 PostgreSQL shared by several (postgres/). backend.py picks one, once, at start, from
 `[storage] url`; the SMTP side, the delivery worker and its composer, the audit anchors and
-retention see only these. The values passed (MessageRecord, Job, Attempt...) are the
-backends' common ones. This module defines no behaviour and imports no driver.
+retention see only these; `gateway audit` reads through AuditReader. The values passed
+(MessageRecord, Job, Attempt...) are the backends' common ones. This module defines no
+behaviour and imports no driver.
 """
 
 from __future__ import annotations
@@ -14,14 +15,17 @@ from datetime import datetime
 from typing import Protocol
 
 from gateway.store.anchors import Anchor, Checkpoint
+from gateway.store.browse import Key, Page
 from gateway.store.messages import MessageRecord, NoticeCheck, RefusalRecord
 from gateway.store.outbox import Attempt, Bounce, Job
 from gateway.store.purging import Purged
 from gateway.store.queries import StoredDecision, StoredMessage
 from gateway.store.queueactions import OperatorAction
+from gateway.store.records import AttemptRecord, Filters
 from gateway.store.sentmail import SentNotice
+from gateway.vocabulary import JobState
 
-__all__ = ["HeadStore", "JobQueue", "MailRecords", "RecordStore"]
+__all__ = ["AuditReader", "HeadStore", "JobQueue", "MailRecords", "RecordStore"]
 
 
 class RecordStore(Protocol):
@@ -105,5 +109,39 @@ class HeadStore(Protocol):
             StoreError: the store cannot be written.
         """
         ...
+
+    def close(self) -> None: ...
+
+
+class AuditReader(Protocol):
+    """Synchronous reads for `gateway audit` and the operator console: attempts (all, or a
+    page by keyset: browse.py), one attempt's story (story.py), the notices kept as sent,
+    the queue's jobs and the audit chains' anchors. Every read may raise StoreError."""
+
+    def find_attempts(self, filters: Filters) -> list[AttemptRecord]: ...
+
+    def browse_attempts(self, filters: Filters, *, before: Key | None, size: int) -> Page: ...
+
+    def list_jobs(self, states: tuple[str, ...]) -> list[Job]:
+        """The jobs in any of `states` (every job when empty), oldest first."""
+        ...
+
+    def read_message(self, reference: str) -> StoredMessage | None: ...
+
+    def list_decisions(self, reference: str) -> list[StoredDecision]: ...
+
+    def is_raw_kept(self, reference: str) -> bool: ...
+
+    def find_jobs(self, reference: str, *, state: JobState | None = None) -> list[Job]: ...
+
+    def job_attempts(self, job_id: int) -> list[Attempt]: ...
+
+    def read_sent(self, reference: str) -> list[SentNotice]: ...
+
+    def sent_data(self, reference: str, job_id: int) -> bytes | None: ...
+
+    def load_anchors(self) -> dict[str, Anchor]: ...
+
+    def load_checkpoints(self) -> dict[str, list[Checkpoint]]: ...
 
     def close(self) -> None: ...

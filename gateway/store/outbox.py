@@ -96,6 +96,7 @@ class Attempt:
     code: int  # 0 when no SMTP reply was had (DNS, connection, timeout)
     reply: str
     outcome: JobState  # delivered, deferred or failed
+    node: str | None = None  # who made it, as a shared store's reader tells; None: this host
 
 
 @dataclass(frozen=True, slots=True)
