@@ -35,6 +35,14 @@ T = TypeVar("T")
 SyncConnection = psycopg.Connection[dict[str, Any]]
 
 
+# A message's decisions, one per recipient; ordered by `seq`, their insertion order (SQLite's
+# rowid), which the rows keep whatever a table rewrite does to their physical order.
+_DECISIONS = (
+    "SELECT reference, recipient, kind, office, phase, action, reason, decided_at, local_time"
+    " FROM message_recipients WHERE reference = %s"
+)
+
+
 class _Connected:
     def __init__(self, dsn: str, *, node: str = "") -> None:
         self._dsn = dsn
@@ -74,12 +82,7 @@ class PgRecords(_Connected):
         return None if row is None else message_from_row(row)
 
     def list_decisions(self, reference: str, *, office: str) -> list[StoredDecision]:
-        # ctid: the rows' insertion order, as SQLite's rowid (they are never updated).
-        rows = self._all(
-            "SELECT * FROM message_recipients WHERE reference = %s AND office = %s ORDER BY ctid",
-            reference,
-            office,
-        )
+        rows = self._all(f"{_DECISIONS} AND office = %s ORDER BY seq", reference, office)
         return [StoredDecision(**row) for row in rows]
 
     def read_raw(self, reference: str) -> bytes | None:
@@ -129,12 +132,7 @@ class PgAuditReader(_Connected):
         return None if row is None else message_from_row(row)
 
     def list_decisions(self, reference: str) -> list[StoredDecision]:
-        # ctid: insertion order, as SQLite's rowid (the rows are never updated).
-        rows = self._all(
-            "SELECT reference, recipient, kind, office, phase, action, reason, decided_at,"
-            " local_time FROM message_recipients WHERE reference = %s ORDER BY ctid",
-            reference,
-        )
+        rows = self._all(f"{_DECISIONS} ORDER BY seq", reference)
         return [StoredDecision(**row) for row in rows]
 
     def is_raw_kept(self, reference: str) -> bool:

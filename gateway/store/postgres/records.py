@@ -46,7 +46,7 @@ SELECT m.reference, m.received_at, m.session_id, m.peer_ip, m.helo, m.mail_from,
        (SELECT j.state FROM jobs j WHERE j.reference = m.reference
         AND j.kind NOT IN (%s, %s) ORDER BY j.id DESC LIMIT 1) AS notice_state
 FROM {source} m JOIN message_recipients r ON r.reference = m.reference
-ORDER BY m.received_at, m.reference, r.ctid
+ORDER BY m.received_at, m.reference, r.seq
 """
 _REFUSALS = "SELECT * FROM refusals WHERE {where} ORDER BY at, reference"
 

@@ -262,8 +262,15 @@ $$;
 """
 
 # The step to each version after the first, as DDL. 4: the node whose log holds each chain
-# (NULL for a chain anchored before), so that `gateway audit verify` can say whose it is.
-_STEPS: dict[int, str] = {4: "ALTER TABLE audit_chains ADD COLUMN IF NOT EXISTS node text"}
+# (NULL for a chain anchored before), so that `gateway audit verify` can say whose it is;
+# and the recipients' insertion order (SQLite's rowid), numbered in their physical order as
+# the column is added, so that a table rewritten later (CLUSTER, pg_repack, VACUUM FULL)
+# still lists an envelope's recipients in the order they were given.
+_STEPS: dict[int, str] = {
+    4: "ALTER TABLE audit_chains ADD COLUMN IF NOT EXISTS node text;"
+    " ALTER TABLE message_recipients"
+    " ADD COLUMN IF NOT EXISTS seq bigint GENERATED ALWAYS AS IDENTITY"
+}
 
 
 async def schema_version(conn: psycopg.AsyncConnection[Any]) -> int | None:
