@@ -239,6 +239,46 @@ async def test_a_killed_nodes_leased_jobs_go_out_from_the_other_after_the_lease(
     assert attempts == [("mx2", "delivered")] * 3
 
 
+async def test_an_attempt_three_leases_long_keeps_its_node_and_sends_one_notice(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    url = await shared_database(postgres)
+    sink = await start_sink()
+    sink.stall_s = 6.0  # DATA answered after three leases' time
+    lease_s = 2.0
+    first = node_config(tmp_path, "mx1", url=url, sink=sink, lease_s=lease_s)
+    second = node_config(tmp_path, "mx2", url=url, sink=sink, lease_s=lease_s)
+    leases: list[tuple[Any, ...]] = []
+    try:
+        async with two_nodes(postgres, first, second) as (one, two):
+            async with smtp_session(one.port) as client:
+                await send(client, Attempt(1, SENDER, RETIRED))
+            await eventually(lambda: sink.attempts >= 1, within=20)
+            # Both nodes poll every 50 ms: all through the stall, the job stays with the node
+            # that took it, its lease renewed on the server's clock.
+            while not sink.accepted:
+                leases += query(
+                    postgres, url, "SELECT lease_owner, lease_until > now() FROM jobs"
+                    " WHERE state = 'in-flight'",
+                )  # fmt: skip
+                assert sink.attempts == 1
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(2 * lease_s)  # a second attempt would have begun by now
+            events = one.gateway.events + two.gateway.events
+            assert await one.gateway.stop() == 0
+            assert await two.gateway.stop() == 0
+    finally:
+        sink.close()
+    assert sink.attempts == len(sink.accepted) == 1
+    owners = {owner for owner, _ in leases}
+    assert len(owners) == 1, owners
+    assert all(is_live for _, is_live in leases)
+    (owner,) = owners
+    attempts = query(postgres, url, "SELECT node, outcome FROM attempts")
+    assert attempts == [(owner.partition(":")[0], "delivered")]
+    assert not [e for e in events if e["event"] in ("outbox.lease_lost", "outbox.update_failed")]
+
+
 async def _load(
     port: int, numbers: range, replies: list[Reply], *, stop: asyncio.Event, deadline: float
 ) -> None:

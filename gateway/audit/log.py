@@ -191,6 +191,18 @@ EVENTS: dict[str, tuple[str, ...]] = {
     "outbox.recovered": ("jobs",),
     "outbox.claim_failed": ("error",),
     "outbox.update_failed": ("job_id", "reference", "error"),
+    # A job's lease found another owner's (taken over after it ran out, or recovered): during
+    # "sending" the attempt was stopped; during "recording" its outcome (delivered, deferred,
+    # failed; host and reply_code as far as known) was not written over that owner's state.
+    "outbox.lease_lost": (
+        "job_id",
+        "reference",
+        "owner",
+        "during",
+        "outcome",
+        "host",
+        "reply_code",
+    ),
     "delivery.succeeded": _DELIVERY_KEYS,
     "delivery.deferred": (*_DELIVERY_KEYS, "note", "next_attempt_at"),
     "delivery.failed": (*_DELIVERY_KEYS, "note", "next_attempt_at"),

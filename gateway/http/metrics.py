@@ -77,6 +77,7 @@ _ERROR_EVENTS = (
     "store.purge_failed",
     "outbox.claim_failed",
     "outbox.update_failed",
+    "outbox.lease_lost",
     "delivery.crashed",
 )
 # store.records_purged keys that count rows, which are the store's table names.
