@@ -19,6 +19,7 @@ from email import message_from_bytes
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import aiosmtplib
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -277,6 +278,72 @@ async def test_an_attempt_three_leases_long_keeps_its_node_and_sends_one_notice(
     attempts = query(postgres, url, "SELECT node, outcome FROM attempts")
     assert attempts == [(owner.partition(":")[0], "delivered")]
     assert not [e for e in events if e["event"] in ("outbox.lease_lost", "outbox.update_failed")]
+
+
+RECEIPTS = "https://eservice-mx.agency.example/ref/"
+
+
+async def _get(port: int, path: str) -> tuple[int, bytes]:
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as client,
+        client.get(f"http://127.0.0.1:{port}{path}") as got,
+    ):
+        return got.status, await got.read()
+
+
+async def test_the_receipt_page_on_one_node_answers_for_a_filing_the_other_took(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    url = await shared_database(postgres)
+    sink = await start_sink()
+    lookup = f'\n[lookup]\nlisten = "127.0.0.1:0"\npublic_url = "{RECEIPTS}"\n'
+    first = node_config(tmp_path, "mx1", url=url, sink=sink, extra=lookup)
+    second = node_config(tmp_path, "mx2", url=url, sink=sink)
+    try:
+        async with two_nodes(postgres, first, second) as (one, two):
+            port = int((await one.gateway.event("gateway.lookup.listening"))["port"])
+            async with smtp_session(two.port) as client:
+                reply = await send(client, Attempt(1, SENDER, RETIRED))
+            await sink.wait_for(1, within=20)
+            ref = reply.reference
+            # The notice is recorded as sent just after the sink's answer.
+            await eventually(lambda: query(postgres, url, "SELECT 1 FROM sent_notices"), within=10)
+            found, body = await _get(port, f"/ref/{ref}.json")
+            page = json.loads(body)
+            status, html = await _get(port, f"/ref/{ref}")
+            unknown = ref[:9] + ("Z" if ref[9] != "Z" else "Y") + ref[10:]
+            missing = [await _get(port, path) for path in (f"/ref/{unknown}", "/ref/nonsense")]
+            # The shared store away: the page says so (503), never 404 for a known reference.
+            await asyncio.to_thread(postgres.stop, "fast")
+            try:
+                away, _ = await _get(port, f"/ref/{ref}")
+            finally:
+                await asyncio.to_thread(postgres.start)
+            looked = [e for e in one.gateway.events if e["event"].startswith("receipt.")]
+            assert await one.gateway.stop() == 0
+            assert await two.gateway.stop() == 0
+    finally:
+        sink.close()
+    assert reply.code == 550
+    assert found == 200
+    assert page["reference"] == ref
+    assert page["notice"]["sent_at"] is not None
+    assert page["status"] == "not-filed"
+    assert page["content_received"] is True
+    assert page["sender_domain"] == "lawfirm.example"
+    assert status == 200
+    assert "NOT filed or served" in html.decode()
+    assert {s for s, _ in missing} == {404}
+    assert len({body for _, body in missing}) == 1
+    assert away == 503
+    assert [(e["event"], e.get("found")) for e in looked][-4:] == [
+        ("receipt.looked_up", True),
+        ("receipt.looked_up", False),
+        ("receipt.looked_up", False),
+        ("receipt.lookup_failed", None),
+    ]
+    assert postgres.password not in json.dumps(looked)
 
 
 async def _load(

@@ -217,6 +217,8 @@ EVENTS: dict[str, tuple[str, ...]] = {
     "receipt.looked_up": ("reference", "found", "format", "lang", "client"),
     # scope: "client" (its own per_minute and burst) or "total" (total_per_second).
     "receipt.rate_limited": ("scope", "client", "retry_after_s"),
+    # The store could not be read for a lookup (answered 503, not 404).
+    "receipt.lookup_failed": ("error", "client"),
     # The operator console: each page or export an authenticated user viewed (view: attempts,
     # attempt, summary, senders, queue; format: html, csv or json; query: its filters), and
     # each request refused for want of credentials (reason: missing, wrong or unknown-proxy).

@@ -114,13 +114,10 @@ class GatewaySettings(_Model):
 
     @model_validator(mode="after")
     def _pages_read_sqlite(self) -> GatewaySettings:
-        # The receipt page and the console read the SQLite file only, for now; on PostgreSQL
-        # they would answer every reference with 404 and show an empty record.
+        # The console reads the SQLite file only, for now; on PostgreSQL it would show an
+        # empty record. (The receipt page reads either backend.)
         if self.storage.is_shared:
-            for section, listen in (
-                ("lookup", self.lookup.listen),
-                ("console", self.console.listen),
-            ):
+            for section, listen in (("console", self.console.listen),):
                 if listen:
                     raise ValueError(
                         f"{section}.listen: the {section} pages read only the SQLite store so"

@@ -19,9 +19,10 @@ from gateway.config import GatewaySettings
 from gateway.errors import StoreError
 from gateway.store.anchors import Anchor, Checkpoint, save_head_now
 from gateway.store.db import Store, connect
-from gateway.store.interface import HeadStore, JobQueue, MailRecords, RecordStore
+from gateway.store.interface import HeadStore, JobQueue, MailRecords, ReceiptReader, RecordStore
 from gateway.store.outbox import Outbox
 from gateway.store.reading import SqliteRecords
+from gateway.store.receipts import SqliteReceipts
 from gateway.store.schema import schema_version
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "masked",
     "migrate_store",
     "new_store",
+    "open_receipts",
     "open_records",
 ]
 
@@ -99,6 +101,16 @@ def open_records(location: StoreLocation) -> MailRecords:
     from gateway.store.postgres.reading import PgRecords
 
     return PgRecords(location.dsn)
+
+
+def open_receipts(location: StoreLocation) -> ReceiptReader:
+    """The receipt page's reader of `location`; it connects at its first read, in the
+    thread that reads."""
+    if location.dsn is None:
+        return SqliteReceipts(location.database)
+    from gateway.store.postgres.receipts import PgReceipts
+
+    return PgReceipts(location.dsn, node=location.node)
 
 
 class _SqliteHeads:

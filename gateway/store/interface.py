@@ -19,9 +19,10 @@ from gateway.store.outbox import Attempt, Bounce, Job
 from gateway.store.purging import Purged
 from gateway.store.queries import StoredDecision, StoredMessage
 from gateway.store.queueactions import OperatorAction
+from gateway.store.receipts import Receipt
 from gateway.store.sentmail import SentNotice
 
-__all__ = ["HeadStore", "JobQueue", "MailRecords", "RecordStore"]
+__all__ = ["HeadStore", "JobQueue", "MailRecords", "ReceiptReader", "RecordStore"]
 
 
 class RecordStore(Protocol):
@@ -105,6 +106,21 @@ class HeadStore(Protocol):
 
         Raises:
             StoreError: the store cannot be written.
+        """
+        ...
+
+    def close(self) -> None: ...
+
+
+class ReceiptReader(Protocol):
+    """The public receipt page's one read, synchronous, from a thread of its own."""
+
+    def read_receipt(self, reference: str) -> Receipt | None:
+        """The receipt of `reference`, from whichever node took the attempt; None when there
+        is none (unknown, malformed or purged: the page cannot tell them apart).
+
+        Raises:
+            StoreError: the store cannot be read.
         """
         ...
 

@@ -22,13 +22,16 @@ from gateway.store.postgres.store import where
 from gateway.store.queries import StoredDecision, StoredMessage
 from gateway.vocabulary import JobState
 
-__all__ = ["PgHeads", "PgRecords"]
+__all__ = ["Connected", "PgHeads", "PgRecords", "SyncConnection"]
 
 T = TypeVar("T")
 SyncConnection = psycopg.Connection[dict[str, Any]]
 
 
-class _Connected:
+class Connected:
+    """One psycopg Connection of its own (dict rows, autocommit), opened on first use and
+    again after a failure; `_run` turns every driver error into StoreError."""
+
     def __init__(self, dsn: str, *, node: str = "") -> None:
         self._dsn = dsn
         self._node = node
@@ -53,7 +56,7 @@ class _Connected:
             raise StoreError(f"{where(self._dsn)}: {first}") from exc
 
 
-class PgRecords(_Connected):
+class PgRecords(Connected):
     """The composer's reads of a PostgreSQL store."""
 
     def read_message(self, reference: str) -> StoredMessage | None:
@@ -98,7 +101,7 @@ class PgRecords(_Connected):
         return self._run(lambda conn: conn.execute(sql, params).fetchall())
 
 
-class PgHeads(_Connected):
+class PgHeads(Connected):
     """Each node's audit chain anchors and checkpoints, in the shared store."""
 
     def save_head(self, anchor: Anchor | None, checkpoint: Checkpoint | None) -> None:

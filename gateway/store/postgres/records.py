@@ -26,7 +26,7 @@ from gateway.store.records import (
 )
 from gateway.vocabulary import JobKind, NoticeStatus, NoticeStatusKind, parse_notice_status
 
-__all__ = ["find_shared_attempts"]
+__all__ = ["find_shared_attempts", "shared_attempts"]
 
 Row = dict[str, Any]
 
@@ -52,11 +52,17 @@ def find_shared_attempts(dsn: str, filters: Filters) -> list[AttemptRecord]:
     """
     try:
         with psycopg.connect(dsn, row_factory=dict_row, connect_timeout=5) as conn:
-            messages = _messages(conn, filters)
-            refusals = [] if filters.message_id else _refusals(conn, filters)
+            return shared_attempts(conn, filters)
     except psycopg.Error as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise StoreError(f"{describe(dsn)}: {first}") from exc
+
+
+def shared_attempts(conn: psycopg.Connection[Row], filters: Filters) -> list[AttemptRecord]:
+    """find_shared_attempts on a connection the caller holds (dict rows); driver errors
+    pass through as psycopg.Error."""
+    messages = _messages(conn, filters)
+    refusals = [] if filters.message_id else _refusals(conn, filters)
     merged = sorted([*messages, *refusals], key=lambda a: (a.at, a.reference))
     return [a for a in merged if matches(a, filters)]
 
