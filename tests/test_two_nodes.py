@@ -22,11 +22,13 @@ from typing import Any
 import aiohttp
 import aiosmtplib
 import psycopg
+from prometheus_client.parser import text_string_to_metric_families
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tests.polling import eventually
 from tests.postgres import PostgresServer, postgres
 from tests.sink import Sink, start_sink
+from tests.test_metrics import fetch, scrape, value
 from tests.test_serve_process import (
     AFTER_CUTOFF,
     RETIRED,
@@ -344,6 +346,44 @@ async def test_the_receipt_page_on_one_node_answers_for_a_filing_the_other_took(
         ("receipt.lookup_failed", None),
     ]
     assert postgres.password not in json.dumps(looked)
+
+
+async def test_both_nodes_report_the_whole_shared_queue_and_each_nodes_share(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    url = await shared_database(postgres)
+    sink = await start_sink()
+    sink.stall_s = 5.0  # the three notices stay in flight while both nodes are scraped
+    first = node_config(tmp_path, "mx1", url=url, sink=sink)
+    second = node_config(tmp_path, "mx2", url=url, sink=sink)
+    try:
+        async with two_nodes(postgres, first, second) as (one, two):
+            ports = [
+                int((await node.gateway.event("gateway.metrics.listening"))["port"])
+                for node in (one, two)
+            ]
+            async with smtp_session(one.port) as client:
+                await send_batch(client, [Attempt(n, SENDER, RETIRED) for n in (1, 2)])
+            async with smtp_session(two.port) as client:
+                await send(client, Attempt(3, SENDER, RETIRED))
+            await eventually(lambda: sink.attempts >= 3, within=20)
+            scraped = [await scrape(f"http://127.0.0.1:{port}") for port in ports]
+            _, _, text = await fetch(f"http://127.0.0.1:{ports[0]}/metrics")
+            await sink.wait_for(3, within=20)
+            assert await one.gateway.stop() == 0
+            assert await two.gateway.stop() == 0
+    finally:
+        sink.close()
+    for samples in scraped:
+        assert value(samples, "gateway_outbox_jobs", state="in-flight") == 3
+        assert value(samples, "gateway_outbox_jobs", state="queued") == 0
+        assert value(samples, "gateway_outbox_node_jobs", node="mx1", state="in-flight") == 2
+        assert value(samples, "gateway_outbox_node_jobs", node="mx2", state="in-flight") == 1
+        assert 0 < value(samples, "gateway_outbox_oldest_job_age_seconds") < 60
+    # The same figures from either node: the help says not to add them up across nodes.
+    help_text = {f.name: f.documentation for f in text_string_to_metric_families(text)}
+    assert "never sum()" in help_text["gateway_outbox_jobs"]
+    assert "sum() over node" in help_text["gateway_outbox_node_jobs"]
 
 
 async def _load(

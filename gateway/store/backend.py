@@ -19,8 +19,16 @@ from gateway.config import GatewaySettings
 from gateway.errors import StoreError
 from gateway.store.anchors import Anchor, Checkpoint, save_head_now
 from gateway.store.db import Store, connect
-from gateway.store.interface import HeadStore, JobQueue, MailRecords, ReceiptReader, RecordStore
+from gateway.store.interface import (
+    HeadStore,
+    JobQueue,
+    MailRecords,
+    QueueGauges,
+    ReceiptReader,
+    RecordStore,
+)
 from gateway.store.outbox import Outbox
+from gateway.store.queuedepth import SqliteQueueDepth
 from gateway.store.reading import SqliteRecords
 from gateway.store.receipts import SqliteReceipts
 from gateway.store.schema import schema_version
@@ -34,6 +42,7 @@ __all__ = [
     "new_store",
     "open_receipts",
     "open_records",
+    "queue_gauges",
 ]
 
 
@@ -111,6 +120,15 @@ def open_receipts(location: StoreLocation) -> ReceiptReader:
     from gateway.store.postgres.receipts import PgReceipts
 
     return PgReceipts(location.dsn, node=location.node)
+
+
+def queue_gauges(location: StoreLocation) -> QueueGauges:
+    """/metrics' reader of the queue at `location` (on PostgreSQL, the shared queue)."""
+    if location.dsn is None:
+        return SqliteQueueDepth(location.database)
+    from gateway.store.postgres.queuedepth import PgQueueDepth
+
+    return PgQueueDepth(location.dsn, node=location.node)
 
 
 class _SqliteHeads:

@@ -19,10 +19,11 @@ from gateway.store.outbox import Attempt, Bounce, Job
 from gateway.store.purging import Purged
 from gateway.store.queries import StoredDecision, StoredMessage
 from gateway.store.queueactions import OperatorAction
+from gateway.store.queuedepth import QueueDepth
 from gateway.store.receipts import Receipt
 from gateway.store.sentmail import SentNotice
 
-__all__ = ["HeadStore", "JobQueue", "MailRecords", "ReceiptReader", "RecordStore"]
+__all__ = ["HeadStore", "JobQueue", "MailRecords", "QueueGauges", "ReceiptReader", "RecordStore"]
 
 
 class RecordStore(Protocol):
@@ -118,6 +119,20 @@ class ReceiptReader(Protocol):
     def read_receipt(self, reference: str) -> Receipt | None:
         """The receipt of `reference`, from whichever node took the attempt; None when there
         is none (unknown, malformed or purged: the page cannot tell them apart).
+
+        Raises:
+            StoreError: the store cannot be read.
+        """
+        ...
+
+    def close(self) -> None: ...
+
+
+class QueueGauges(Protocol):
+    """/metrics' read of the queue, synchronous, in the scrape's thread."""
+
+    def read_depth(self) -> QueueDepth:
+        """Jobs per node and state, and the oldest waiting, in one read.
 
         Raises:
             StoreError: the store cannot be read.
