@@ -46,7 +46,10 @@ T0 = datetime(2026, 1, 5, tzinfo=UTC)
 
 def states(jobs: int, *, history: bool) -> Iterator[str]:
     for n in range(jobs):
-        yield "delivered" if history and n % 100 else _PENDING[n % len(_PENDING)]
+        if not history:
+            yield _PENDING[n % len(_PENDING)]
+        else:
+            yield "delivered" if n % 100 else _PENDING[n // 100 % len(_PENDING)]
 
 
 def rows(jobs: int, *, history: bool) -> Iterator[tuple[str, str, datetime, str]]:
