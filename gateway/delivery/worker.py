@@ -373,10 +373,14 @@ class _KeptLease:
     async def _renew(self) -> None:
         every = self._lease_s * RENEW_FRACTION
         job = self._job
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         while True:
-            await asyncio.sleep(every)
+            # On a fixed beat, however long the last renewal took: each has until the next.
+            due += every
+            await asyncio.sleep(max(0.0, due - loop.time()))
             try:
-                async with asyncio.timeout(every):
+                async with asyncio.timeout_at(due + every):
                     is_ours = await self._outbox.renew(job, self._clock(), lease_s=self._lease_s)
             except (StoreError, TimeoutError) as exc:
                 error = str(exc) or "no answer from the store in time"
