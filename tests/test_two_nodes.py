@@ -454,16 +454,23 @@ async def test_a_node_with_a_supervisor_and_two_workers_serves_from_the_shared_s
 ) -> None:
     url = await shared_database(postgres)
     sink = await start_sink()
+    sink.stall_s = 3.0  # the notices stay in flight while the supervisor is scraped
     config = node_config(tmp_path, "mx1", url=url, sink=sink, workers=2)
     try:
         async with serving(config, as_of=AFTER_CUTOFF, env=password_env(postgres)) as node:
+            port = int((await node.gateway.event("gateway.metrics.listening"))["port"])
             async with smtp_session(node.port) as client:
                 replies = await send_batch(client, [Attempt(n, SENDER, RETIRED) for n in (1, 2)])
+            await eventually(lambda: sink.attempts >= 2, within=20)
+            samples = await scrape(f"http://127.0.0.1:{port}")
             received = await sink.wait_for(2, within=20)
             assert await node.gateway.stop() == 0
     finally:
         sink.close()
     assert [r.code for r in replies] == [550, 550]
     assert len(received) == 2
+    # The supervisor's /metrics reads the shared queue as a single process does.
+    assert value(samples, "gateway_outbox_jobs", state="in-flight") == 2
+    assert value(samples, "gateway_outbox_node_jobs", node="mx1", state="in-flight") == 2
     rows = query(postgres, url, "SELECT DISTINCT node FROM messages")
     assert rows == [("mx1",)]
