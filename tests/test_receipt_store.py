@@ -8,13 +8,18 @@ store/backend.py builds for the page). The page itself is built from the Receipt
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
+from gateway.errors import StoreError
 from gateway.store.backend import StoreLocation, open_receipts
 from gateway.store.outbox import Attempt
-from gateway.store.receipts import Receipt
+from gateway.store.queuedepth import SqliteQueueDepth
+from gateway.store.receipts import Receipt, SqliteReceipts
 from gateway.store.retention import purge_records
 from gateway.store.sentmail import describe_sent
 from gateway.vocabulary import JobKind, JobState, NoticeStatus, NoticeStatusKind
@@ -110,3 +115,16 @@ async def test_unknown_malformed_and_purged_references_have_no_receipt_on_both_b
     assert missing == [None, None, None, None]
     assert purged.refusals == 1
     assert after is None
+
+
+def test_a_store_file_that_cannot_be_read_is_a_store_error_not_a_missing_receipt(
+    tmp_path: Path,
+) -> None:
+    # The page answers 503 for it (a 404 would tell the sender their receipt does not exist),
+    # and a scrape of /metrics 503 too.
+    missing = tmp_path / "state" / "gateway.sqlite3"
+    reference = refusal().reference
+    with pytest.raises(StoreError, match=re.escape(f"cannot read {missing}")):
+        SqliteReceipts(missing).read_receipt(reference)
+    with pytest.raises(StoreError, match=re.escape(f"cannot read {missing}")):
+        SqliteQueueDepth(missing).read_depth()
