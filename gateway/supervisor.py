@@ -57,7 +57,7 @@ from gateway.http.lookup import start_lookup
 from gateway.policy.restart import Backoff
 from gateway.role import stdout_lock
 from gateway.smtp.listeners import bind_listeners
-from gateway.store.backend import StoreLocation
+from gateway.store.backend import StoreLocation, queue_gauges
 
 __all__ = ["supervise"]
 
@@ -402,14 +402,14 @@ class Supervisor:
         listen = self.settings.metrics.listen
         if listen is None:
             return None
-        storage = self.settings.storage
-        database = None if storage.is_shared else storage.database  # the gauges read SQLite
-        registry = host_registry(self.metrics_dir, database, self.clock)
+        gauges = queue_gauges(StoreLocation.from_settings(self.settings))
+        is_shared = self.settings.storage.is_shared
+        registry = host_registry(self.metrics_dir, gauges, self.clock, is_shared=is_shared)
         readiness = HostReadiness(
             lambda: [WorkerProbe(w.index, w.health_port) for w in self.workers],
             timeout_s=self.settings.metrics.ready_timeout + 1.0,
         )
-        return await start_endpoint(listen, registry, readiness)
+        return await start_endpoint(listen, registry, readiness, on_close=gauges.close)
 
     # -- watching and restarting ---------------------------------------------------------------
 

@@ -180,19 +180,6 @@ def test_audit_says_when_the_shared_store_cannot_be_reached(
     assert "Traceback" not in err
 
 
-@pytest.mark.parametrize("section", ["lookup"])
-def test_pages_that_read_only_sqlite_are_refused_on_a_shared_store(
-    tmp_path: Path, section: str
-) -> None:
-    # On PostgreSQL they would answer 404 to every reference and show an empty record.
-    config = config_with(tmp_path, 'url = "postgresql://gw@db.example/gateway"')
-    extra = '\nusers_file = "users"' if section == "console" else ""
-    with config.open("a", encoding="utf-8") as out:
-        out.write(f'\n[{section}]\nlisten = "127.0.0.1:8099"{extra}\n')
-    with pytest.raises(ConfigError, match=f"{section}.listen: .*only the SQLite store"):
-        load_settings(config, environ={})
-
-
 def test_the_console_may_listen_on_a_shared_store(tmp_path: Path) -> None:
     # It reads every node's records there (tests/test_audit_nodes.py serves it).
     config = config_with(tmp_path, 'url = "postgresql://gw@db.example/gateway"')
@@ -201,3 +188,12 @@ def test_the_console_may_listen_on_a_shared_store(tmp_path: Path) -> None:
     settings = load_settings(config, environ={})
     assert settings.console.listen is not None
     assert settings.storage.is_shared
+
+
+def test_the_receipt_page_may_serve_from_a_shared_store(tmp_path: Path) -> None:
+    config = config_with(tmp_path, 'url = "postgresql://gw@db.example/gateway"')
+    with config.open("a", encoding="utf-8") as out:
+        out.write('\n[lookup]\nlisten = "127.0.0.1:8099"\n')
+    listen = load_settings(config, environ={}).lookup.listen
+    assert listen is not None
+    assert (listen.host, listen.port) == ("127.0.0.1", 8099)

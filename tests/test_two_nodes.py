@@ -20,14 +20,17 @@ from email import message_from_bytes
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import aiosmtplib
 import psycopg
+from prometheus_client.parser import text_string_to_metric_families
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tests.polling import eventually
 from tests.postgres import PostgresServer, postgres
 from tests.sink import Sink, start_sink
 from tests.test_auditcmd import event_after
+from tests.test_metrics import fetch, scrape, value
 from tests.test_serve_process import (
     AFTER_CUTOFF,
     RETIRED,
@@ -244,6 +247,150 @@ async def test_a_killed_nodes_leased_jobs_go_out_from_the_other_after_the_lease(
     assert attempts == [("mx2", "delivered")] * 3
 
 
+async def test_an_attempt_three_leases_long_keeps_its_node_and_sends_one_notice(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    url = await shared_database(postgres)
+    sink = await start_sink()
+    sink.stall_s = 6.0  # DATA answered after three leases' time
+    lease_s = 2.0
+    first = node_config(tmp_path, "mx1", url=url, sink=sink, lease_s=lease_s)
+    second = node_config(tmp_path, "mx2", url=url, sink=sink, lease_s=lease_s)
+    leases: list[tuple[Any, ...]] = []
+    try:
+        async with two_nodes(postgres, first, second) as (one, two):
+            async with smtp_session(one.port) as client:
+                await send(client, Attempt(1, SENDER, RETIRED))
+            await eventually(lambda: sink.attempts >= 1, within=20)
+            # Both nodes poll every 50 ms: all through the stall, the job stays with the node
+            # that took it, its lease renewed on the server's clock.
+            while not sink.accepted:
+                leases += query(
+                    postgres, url, "SELECT lease_owner, lease_until > now() FROM jobs"
+                    " WHERE state = 'in-flight'",
+                )  # fmt: skip
+                assert sink.attempts == 1
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(2 * lease_s)  # a second attempt would have begun by now
+            events = one.gateway.events + two.gateway.events
+            assert await one.gateway.stop() == 0
+            assert await two.gateway.stop() == 0
+    finally:
+        sink.close()
+    assert sink.attempts == len(sink.accepted) == 1
+    owners = {owner for owner, _ in leases}
+    assert len(owners) == 1, owners
+    assert all(is_live for _, is_live in leases)
+    (owner,) = owners
+    attempts = query(postgres, url, "SELECT node, outcome FROM attempts")
+    assert attempts == [(owner.partition(":")[0], "delivered")]
+    assert not [e for e in events if e["event"] in ("outbox.lease_lost", "outbox.update_failed")]
+
+
+RECEIPTS = "https://eservice-mx.agency.example/ref/"
+
+
+async def _get(port: int, path: str) -> tuple[int, bytes]:
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as client,
+        client.get(f"http://127.0.0.1:{port}{path}") as got,
+    ):
+        return got.status, await got.read()
+
+
+async def test_the_receipt_page_on_one_node_answers_for_a_filing_the_other_took(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    url = await shared_database(postgres)
+    sink = await start_sink()
+    lookup = f'\n[lookup]\nlisten = "127.0.0.1:0"\npublic_url = "{RECEIPTS}"\n'
+    first = node_config(tmp_path, "mx1", url=url, sink=sink, extra=lookup)
+    second = node_config(tmp_path, "mx2", url=url, sink=sink)
+    try:
+        async with two_nodes(postgres, first, second) as (one, two):
+            port = int((await one.gateway.event("gateway.lookup.listening"))["port"])
+            async with smtp_session(two.port) as client:
+                reply = await send(client, Attempt(1, SENDER, RETIRED))
+            await sink.wait_for(1, within=20)
+            ref = reply.reference
+            # The notice is recorded as sent just after the sink's answer.
+            await eventually(lambda: query(postgres, url, "SELECT 1 FROM sent_notices"), within=10)
+            found, body = await _get(port, f"/ref/{ref}.json")
+            page = json.loads(body)
+            status, html = await _get(port, f"/ref/{ref}")
+            unknown = ref[:9] + ("Z" if ref[9] != "Z" else "Y") + ref[10:]
+            missing = [await _get(port, path) for path in (f"/ref/{unknown}", "/ref/nonsense")]
+            # The shared store away: the page says so (503), never 404 for a known reference.
+            await asyncio.to_thread(postgres.stop, "fast")
+            try:
+                away, _ = await _get(port, f"/ref/{ref}")
+            finally:
+                await asyncio.to_thread(postgres.start)
+            looked = [e for e in one.gateway.events if e["event"].startswith("receipt.")]
+            assert await one.gateway.stop() == 0
+            assert await two.gateway.stop() == 0
+    finally:
+        sink.close()
+    assert reply.code == 550
+    assert found == 200
+    assert page["reference"] == ref
+    assert page["notice"]["sent_at"] is not None
+    assert page["status"] == "not-filed"
+    assert page["content_received"] is True
+    assert page["sender_domain"] == "lawfirm.example"
+    assert status == 200
+    assert "NOT filed or served" in html.decode()
+    assert {s for s, _ in missing} == {404}
+    assert len({body for _, body in missing}) == 1
+    assert away == 503
+    assert [(e["event"], e.get("found")) for e in looked][-4:] == [
+        ("receipt.looked_up", True),
+        ("receipt.looked_up", False),
+        ("receipt.looked_up", False),
+        ("receipt.lookup_failed", None),
+    ]
+    assert postgres.password not in json.dumps(looked)
+
+
+async def test_both_nodes_report_the_whole_shared_queue_and_each_nodes_share(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    url = await shared_database(postgres)
+    sink = await start_sink()
+    sink.stall_s = 5.0  # the three notices stay in flight while both nodes are scraped
+    first = node_config(tmp_path, "mx1", url=url, sink=sink)
+    second = node_config(tmp_path, "mx2", url=url, sink=sink)
+    try:
+        async with two_nodes(postgres, first, second) as (one, two):
+            ports = [
+                int((await node.gateway.event("gateway.metrics.listening"))["port"])
+                for node in (one, two)
+            ]
+            async with smtp_session(one.port) as client:
+                await send_batch(client, [Attempt(n, SENDER, RETIRED) for n in (1, 2)])
+            async with smtp_session(two.port) as client:
+                await send(client, Attempt(3, SENDER, RETIRED))
+            await eventually(lambda: sink.attempts >= 3, within=20)
+            scraped = [await scrape(f"http://127.0.0.1:{port}") for port in ports]
+            _, _, text = await fetch(f"http://127.0.0.1:{ports[0]}/metrics")
+            await sink.wait_for(3, within=20)
+            assert await one.gateway.stop() == 0
+            assert await two.gateway.stop() == 0
+    finally:
+        sink.close()
+    for samples in scraped:
+        assert value(samples, "gateway_outbox_jobs", state="in-flight") == 3
+        assert value(samples, "gateway_outbox_jobs", state="queued") == 0
+        assert value(samples, "gateway_outbox_node_jobs", node="mx1", state="in-flight") == 2
+        assert value(samples, "gateway_outbox_node_jobs", node="mx2", state="in-flight") == 1
+        assert 0 < value(samples, "gateway_outbox_oldest_job_age_seconds") < 60
+    # The same figures from either node: the help says not to add them up across nodes.
+    help_text = {f.name: f.documentation for f in text_string_to_metric_families(text)}
+    assert "never sum()" in help_text["gateway_outbox_jobs"]
+    assert "sum() over node" in help_text["gateway_outbox_node_jobs"]
+
+
 async def _load(
     port: int, numbers: range, replies: list[Reply], *, stop: asyncio.Event, deadline: float
 ) -> None:
@@ -312,17 +459,24 @@ async def test_a_node_with_a_supervisor_and_two_workers_serves_from_the_shared_s
 ) -> None:
     url = await shared_database(postgres)
     sink = await start_sink()
+    sink.stall_s = 3.0  # the notices stay in flight while the supervisor is scraped
     config = node_config(tmp_path, "mx1", url=url, sink=sink, workers=2)
     try:
         async with serving(config, as_of=AFTER_CUTOFF, env=password_env(postgres)) as node:
+            port = int((await node.gateway.event("gateway.metrics.listening"))["port"])
             async with smtp_session(node.port) as client:
                 replies = await send_batch(client, [Attempt(n, SENDER, RETIRED) for n in (1, 2)])
+            await eventually(lambda: sink.attempts >= 2, within=20)
+            samples = await scrape(f"http://127.0.0.1:{port}")
             received = await sink.wait_for(2, within=20)
             assert await node.gateway.stop() == 0
     finally:
         sink.close()
     assert [r.code for r in replies] == [550, 550]
     assert len(received) == 2
+    # The supervisor's /metrics reads the shared queue as a single process does.
+    assert value(samples, "gateway_outbox_jobs", state="in-flight") == 2
+    assert value(samples, "gateway_outbox_node_jobs", node="mx1", state="in-flight") == 2
     rows = query(postgres, url, "SELECT DISTINCT node FROM messages")
     assert rows == [("mx1",)]
 

@@ -19,9 +19,19 @@ from gateway.config import GatewaySettings
 from gateway.errors import StoreError
 from gateway.store.anchors import Anchor, Checkpoint, save_head_now
 from gateway.store.db import Store, connect
-from gateway.store.interface import AuditReader, HeadStore, JobQueue, MailRecords, RecordStore
+from gateway.store.interface import (
+    AuditReader,
+    HeadStore,
+    JobQueue,
+    MailRecords,
+    QueueGauges,
+    ReceiptReader,
+    RecordStore,
+)
 from gateway.store.outbox import Outbox
+from gateway.store.queuedepth import SqliteQueueDepth
 from gateway.store.reading import SqliteAuditReader, SqliteRecords
+from gateway.store.receipts import SqliteReceipts
 from gateway.store.schema import schema_version
 
 __all__ = [
@@ -32,7 +42,9 @@ __all__ = [
     "migrate_store",
     "new_store",
     "open_audit_reader",
+    "open_receipts",
     "open_records",
+    "queue_gauges",
 ]
 
 
@@ -113,6 +125,25 @@ def open_audit_reader(location: StoreLocation) -> AuditReader:
     from gateway.store.postgres.reading import PgAuditReader
 
     return PgAuditReader(location.dsn, node=location.node)
+
+
+def open_receipts(location: StoreLocation) -> ReceiptReader:
+    """The receipt page's reader of `location`; it connects at its first read, in the
+    thread that reads."""
+    if location.dsn is None:
+        return SqliteReceipts(location.database)
+    from gateway.store.postgres.receipts import PgReceipts
+
+    return PgReceipts(location.dsn, node=location.node)
+
+
+def queue_gauges(location: StoreLocation) -> QueueGauges:
+    """/metrics' reader of the queue at `location` (on PostgreSQL, the shared queue)."""
+    if location.dsn is None:
+        return SqliteQueueDepth(location.database)
+    from gateway.store.postgres.queuedepth import PgQueueDepth
+
+    return PgQueueDepth(location.dsn, node=location.node)
 
 
 class _SqliteHeads:

@@ -21,11 +21,21 @@ from gateway.store.outbox import Attempt, Bounce, Job
 from gateway.store.purging import Purged
 from gateway.store.queries import StoredDecision, StoredMessage
 from gateway.store.queueactions import OperatorAction
+from gateway.store.queuedepth import QueueDepth
+from gateway.store.receipts import Receipt
 from gateway.store.records import AttemptRecord, Filters
 from gateway.store.sentmail import SentNotice
 from gateway.vocabulary import JobState
 
-__all__ = ["AuditReader", "HeadStore", "JobQueue", "MailRecords", "RecordStore"]
+__all__ = [
+    "AuditReader",
+    "HeadStore",
+    "JobQueue",
+    "MailRecords",
+    "QueueGauges",
+    "ReceiptReader",
+    "RecordStore",
+]
 
 
 class RecordStore(Protocol):
@@ -77,6 +87,8 @@ class JobQueue(Protocol):
         bounce: bool = False,
         sent: tuple[SentNotice, bytes] | None = None,
     ) -> Bounce | None: ...
+
+    async def renew(self, job: Job, now: datetime, *, lease_s: float) -> bool: ...
 
     async def release(self, job: Job, now: datetime) -> None: ...
 
@@ -143,5 +155,34 @@ class AuditReader(Protocol):
     def load_anchors(self) -> dict[str, Anchor]: ...
 
     def load_checkpoints(self) -> dict[str, list[Checkpoint]]: ...
+
+    def close(self) -> None: ...
+
+
+class ReceiptReader(Protocol):
+    """The public receipt page's one read, synchronous, from a thread of its own."""
+
+    def read_receipt(self, reference: str) -> Receipt | None:
+        """The receipt of `reference`, from whichever node took the attempt; None when there
+        is none (unknown, malformed or purged: the page cannot tell them apart).
+
+        Raises:
+            StoreError: the store cannot be read.
+        """
+        ...
+
+    def close(self) -> None: ...
+
+
+class QueueGauges(Protocol):
+    """/metrics' read of the queue, synchronous, in the scrape's thread."""
+
+    def read_depth(self) -> QueueDepth:
+        """Jobs per node and state, and the oldest waiting, in one read.
+
+        Raises:
+            StoreError: the store cannot be read.
+        """
+        ...
 
     def close(self) -> None: ...

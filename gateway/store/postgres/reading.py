@@ -29,7 +29,7 @@ from gateway.store.records import AttemptRecord, Filters
 from gateway.store.sentmail import SentNotice
 from gateway.vocabulary import JobState
 
-__all__ = ["PgAuditReader", "PgHeads", "PgRecords"]
+__all__ = ["Connected", "PgAuditReader", "PgHeads", "PgRecords", "SyncConnection"]
 
 T = TypeVar("T")
 SyncConnection = psycopg.Connection[dict[str, Any]]
@@ -43,7 +43,10 @@ _DECISIONS = (
 )
 
 
-class _Connected:
+class Connected:
+    """One psycopg Connection of its own (dict rows, autocommit), opened on first use and
+    again after a failure; `_run` turns every driver error into StoreError."""
+
     def __init__(self, dsn: str, *, node: str = "") -> None:
         self._dsn = dsn
         self._node = node
@@ -74,7 +77,7 @@ class _Connected:
             raise StoreError(f"{where(self._dsn)}: {first}") from exc
 
 
-class PgRecords(_Connected):
+class PgRecords(Connected):
     """The composer's reads of a PostgreSQL store."""
 
     def read_message(self, reference: str) -> StoredMessage | None:
@@ -109,7 +112,7 @@ def _attempt(row: dict[str, Any]) -> Attempt:
     )
 
 
-class PgAuditReader(_Connected):
+class PgAuditReader(Connected):
     """`gateway audit`'s reads of the shared store: every node's attempts, stories, kept
     notices and audit chains, as the SQLite reader gives one host's."""
 
@@ -186,7 +189,7 @@ class PgAuditReader(_Connected):
         return found
 
 
-class PgHeads(_Connected):
+class PgHeads(Connected):
     """Each node's audit chain anchors and checkpoints, in the shared store."""
 
     def save_head(self, anchor: Anchor | None, checkpoint: Checkpoint | None) -> None:
