@@ -22,9 +22,9 @@ __all__ = ["main"]
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
-# Operator commands that read the SQLite file itself (issue 12: not yet on PostgreSQL);
-# `gateway audit` says itself which of its actions read the shared store.
-_SQLITE_ONLY = frozenset({"queue", "postmaster"})
+# Operator commands that read the SQLite file itself (issue 12: not yet on PostgreSQL), none
+# left; `gateway audit` says itself which of its actions read the shared store.
+_SQLITE_ONLY: frozenset[str] = frozenset()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -174,6 +174,7 @@ def _postmaster(settings: GatewaySettings, args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from gateway.smtp.postmaster import PostmasterRequest, run_postmaster
+    from gateway.store.backend import StoreLocation
 
     if args.action != "list" and args.reference is None:
         print(
@@ -191,7 +192,7 @@ def _postmaster(settings: GatewaySettings, args: argparse.Namespace) -> int:
     return run_postmaster(
         settings.postmaster,
         request,
-        database=settings.storage.database,
+        store=StoreLocation.from_settings(settings),
         now=datetime.now(UTC),
         out=sys.stdout,
         out_bytes=sys.stdout.buffer,

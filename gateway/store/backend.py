@@ -19,7 +19,15 @@ from gateway.config import GatewaySettings
 from gateway.errors import StoreError
 from gateway.store.anchors import Anchor, Checkpoint, save_head_now
 from gateway.store.db import Store, connect
-from gateway.store.interface import HeadStore, JobQueue, MailRecords, RecordStore
+from gateway.store.interface import (
+    HeadStore,
+    JobQueue,
+    MailRecords,
+    OperatorQueue,
+    PostmasterBox,
+    RecordStore,
+)
+from gateway.store.operator import SqlitePostmaster, SqliteQueue
 from gateway.store.outbox import Outbox
 from gateway.store.reading import SqliteRecords
 from gateway.store.schema import schema_version
@@ -31,6 +39,8 @@ __all__ = [
     "masked",
     "migrate_store",
     "new_store",
+    "open_postmaster",
+    "open_queue",
     "open_records",
 ]
 
@@ -99,6 +109,33 @@ def open_records(location: StoreLocation) -> MailRecords:
     from gateway.store.postgres.reading import PgRecords
 
     return PgRecords(location.dsn)
+
+
+def open_queue(location: StoreLocation, *, writable: bool) -> OperatorQueue:
+    """`gateway queue`'s view of `location`, connected; read-only unless `writable` (SQLite:
+    PostgreSQL's transactions say for themselves).
+
+    Raises:
+        StoreError: the store cannot be opened, or a shared one has no store yet.
+    """
+    if location.dsn is None:
+        return SqliteQueue(location.database, writable=writable)
+    from gateway.store.postgres.operator import PgQueue
+
+    return PgQueue(location.dsn, node=location.node)
+
+
+def open_postmaster(location: StoreLocation, *, writable: bool) -> PostmasterBox:
+    """`gateway postmaster`'s view of `location`, connected, as open_queue().
+
+    Raises:
+        StoreError: the store cannot be opened, or a shared one has no store yet.
+    """
+    if location.dsn is None:
+        return SqlitePostmaster(location.database, writable=writable)
+    from gateway.store.postgres.operator import PgPostmaster
+
+    return PgPostmaster(location.dsn, node=location.node)
 
 
 class _SqliteHeads:
