@@ -7,7 +7,7 @@ queue adds:
   claiming or finishing one of them, and then sees that node's outcome: a job just leased is
   held with its lease kept, and is not deleted; a hold that came first is kept by the node's
   finish(). Nodes never wait long for it: it holds those rows for one statement and the
-  journal's insert, and gives up (nothing changed) after `LOCK_WAIT` rather than queue
+  journal's insert, and gives up (nothing changed) after `LOCK_WAIT_S` rather than queue
   behind a stuck transaction.
 - It takes the migration lock shared (postgres/schema.py), so no node migrates the store
   between its version check and its COMMIT.
@@ -44,13 +44,13 @@ from gateway.store.queueactions import (
 from gateway.store.schema import SCHEMA_VERSION, SchemaTooNewError, SchemaTooOldError
 from gateway.vocabulary import JobState
 
-__all__ = ["LOCK_WAIT", "PgPostmaster", "PgQueue"]
+__all__ = ["LOCK_WAIT_S", "PgPostmaster", "PgQueue"]
 
 T = TypeVar("T")
 Row = dict[str, Any]
 # How long a change waits for a job row another transaction holds (a node's claim or finish
 # takes milliseconds); past it, nothing is changed and the operator is told to try again.
-LOCK_WAIT = "10s"
+LOCK_WAIT_S = 10.0
 
 
 # A change that waited too long for a row, or that PostgreSQL chose to end to break a cycle.
@@ -58,9 +58,14 @@ _BUSY = (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected)
 
 
 class _Shared(_Connected):
-    def __init__(self, dsn: str, *, node: str) -> None:
+    def __init__(self, dsn: str, *, node: str, lock_wait_s: float = LOCK_WAIT_S) -> None:
         super().__init__(dsn, node=node)
-        self._run(_require_store)  # connect now: a wrong URL or password is told at once
+        self._lock_wait_s = lock_wait_s
+        try:
+            self._run(_require_store)  # connect now: a wrong URL or password is told at once
+        except StoreError:
+            self.close()
+            raise
 
     def _one(self, sql: str, *params: object) -> Row | None:
         return self._run(lambda conn: conn.execute(sql, params).fetchone())
@@ -69,7 +74,7 @@ class _Shared(_Connected):
         return self._run(lambda conn: conn.execute(sql, params).fetchall())
 
     def _change(self, work: Callable[[SyncConnection], T]) -> T:
-        """`work` in one transaction, at this code's schema version, waiting `LOCK_WAIT` at
+        """`work` in one transaction, at this code's schema version, waiting `lock_wait_s` at
         most for a row.
 
         Raises:
@@ -79,7 +84,8 @@ class _Shared(_Connected):
 
         def change(conn: SyncConnection) -> T:
             with conn.transaction():
-                conn.execute("SELECT set_config('lock_timeout', %s, true)", (LOCK_WAIT,))
+                wait = f"{round(self._lock_wait_s * 1000)}ms"
+                conn.execute("SELECT set_config('lock_timeout', %s, true)", (wait,))
                 _require_current(conn)
                 return work(conn)
 
@@ -89,7 +95,7 @@ class _Shared(_Connected):
             if isinstance(exc.__cause__, _BUSY):
                 raise StoreError(
                     f"{describe(self._dsn)}: a node kept these jobs locked for over"
-                    f" {LOCK_WAIT}; nothing was changed, try again"
+                    f" {self._lock_wait_s:g} s; nothing was changed, try again"
                 ) from exc
             raise
 
