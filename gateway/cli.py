@@ -22,9 +22,6 @@ __all__ = ["main"]
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
-# Operator commands that read the SQLite file itself (issue 12: not yet on PostgreSQL), none
-# left; `gateway audit` says itself which of its actions read the shared store.
-_SQLITE_ONLY: frozenset[str] = frozenset()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,13 +43,6 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"gateway: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    if settings.storage.is_shared and args.command in _SQLITE_ONLY:
-        print(
-            f"gateway: `gateway {args.command}` reads only the SQLite store so far, and"
-            ' [storage] url names PostgreSQL; see docs/postgresql.md, "Next"',
-            file=sys.stderr,
-        )
-        return EXIT_FAILED
     if args.command == "check-config":
         from datetime import UTC, datetime
 
