@@ -70,11 +70,11 @@ async def test_an_operator_holds_a_job_in_flight_on_another_node_and_releases_it
     postgres: PostgresServer, tmp_path: Path
 ) -> None:
     url = await shared_database(postgres)
-    # The first DATA hangs, so the notice is in flight on mx1 when the operator acts, and
-    # then answers 451: were the job not held, it would be due again in half a second
-    # (node_config's retry_schedule), from either node.
+    # The first DATA hangs until the operator has acted, so the notice is in flight on mx1
+    # meanwhile, and then answers 451: were the job not held, it would be due again in half
+    # a second (node_config's retry_schedule), from either node.
     sink = await start_sink(replies=[GREYLISTED])
-    sink.stall_s = 4.0
+    answer = sink.stall_until = asyncio.Event()
     first = node_config(tmp_path, "mx1", url=url, sink=sink)
     second = node_config(tmp_path, "mx2", url=url, sink=sink)
     env = password_env(postgres)
@@ -90,7 +90,7 @@ async def test_an_operator_holds_a_job_in_flight_on_another_node_and_releases_it
                 listed = await gateway(second, postgres, "queue", "list")
                 deleted = await gateway(second, postgres, "queue", "delete", "1")
                 held = await gateway(second, postgres, "queue", "hold", "1")
-                sink.stall_s = 0.0
+                answer.set()
                 # The attempt under way finishes (deferred) and the job stays held.
                 shown = await eventually_shown(second, postgres, attempts="1")
                 # Absence can only be shown by waiting: many polls (0.05 s) of both nodes.
@@ -111,6 +111,7 @@ async def test_an_operator_holds_a_job_in_flight_on_another_node_and_releases_it
                 for event in served.gateway.named("outbox.held")
             ]
     finally:
+        answer.set()
         sink.close()
 
     assert (refused.code, kept.code) == (550, 250)
