@@ -99,6 +99,7 @@ async def test_an_operator_holds_a_job_in_flight_on_another_node_and_releases_it
                 released = await gateway(first, postgres, "queue", "release", "1")
                 await sink.wait_for(1, within=20)
                 done = await eventually_shown(first, postgres, state="delivered")
+                sent = await gateway(second, postgres, "queue", "show-message", "1")
                 mailbox = await gateway(first, postgres, "postmaster", "list")
                 await eventually(
                     lambda: any(s.gateway.find("outbox.released") for s in (one, two)), within=20
@@ -129,7 +130,11 @@ async def test_an_operator_holds_a_job_in_flight_on_another_node_and_releases_it
     assert while_held == (1, "held")
     assert released.out == "job 1: released\n"
     assert field(done, "queued on") == "mx1"
-    assert SENDER in sink.accepted[0].recipients
+    (notice,) = sink.accepted
+    assert SENDER in notice.recipients
+    # As it was sent, kept in the shared store by the node that sent it, byte for byte.
+    assert sent.code == 0, sent.err
+    assert sent.out.encode() == notice.data
     # Logged once, by whichever node took the journalled action, naming the operator.
     ((node, event),) = logged
     assert node in ("mx1", "mx2")
