@@ -160,7 +160,7 @@ def test_an_operator_command_not_yet_on_postgresql_says_so(
     [
         (["queue", "list"], "cannot open the store"),
         (["queue", "hold", "1"], "cannot open the store"),
-        (["postmaster", "list"], "cannot read the store"),
+        (["postmaster", "list"], "cannot open the store"),
     ],
 )
 def test_queue_and_postmaster_say_when_the_shared_store_cannot_be_reached(

@@ -366,6 +366,7 @@ def _show(queue: OperatorQueue, job_id: int, out: TextIO, err: TextIO) -> int:
         ("state", job.state),
         ("kind", job.kind),
         ("reference", job.reference),
+        *([] if queued.node is None else [("queued on", queued.node)]),
         ("office", job.office or "-"),
         ("envelope from", f"<{job.mail_from}>"),
         ("envelope to", ", ".join(f"<{r}>" for r in job.recipients)),
@@ -374,8 +375,6 @@ def _show(queue: OperatorQueue, job_id: int, out: TextIO, err: TextIO) -> int:
         ("next attempt", _when(job.next_attempt_at)),
         ("attempts", str(job.attempts)),
     ]
-    if queued.node is not None:
-        fields.insert(4, ("queued on", queued.node))
     if queued.lease_owner is not None:
         until = _when(queued.lease_until)
         fields.append(("attempt out", f"{queued.lease_owner} (lease until {until} UTC)"))

@@ -136,16 +136,19 @@ def run_postmaster(
         return EXIT_CONFIG
     try:
         box = open_postmaster(store, writable=request.action == "forward")
-        try:
-            if request.action == "list":
-                return _list(box, request, out, err)
-            jobs = forward_jobs(postmaster.forward_to)
-            return _one(box, jobs, request, now=now, out=out, out_bytes=out_bytes, err=err)
-        finally:
-            box.close()
     except StoreError as exc:
-        err.write(f"gateway: cannot read the store: {exc}\n")
+        err.write(f"gateway: cannot open the store: {exc}\n")
         return EXIT_STORE
+    try:
+        if request.action == "list":
+            return _list(box, request, out, err)
+        jobs = forward_jobs(postmaster.forward_to)
+        return _one(box, jobs, request, now=now, out=out, out_bytes=out_bytes, err=err)
+    except StoreError as exc:
+        err.write(f"gateway: {exc}\n")
+        return EXIT_STORE
+    finally:
+        box.close()
 
 
 def _list(box: PostmasterBox, request: PostmasterRequest, out: TextIO, err: TextIO) -> int:
