@@ -123,6 +123,18 @@ async def leased_by_mx2(backend: Backend, *, jobs: int = 2) -> list[int]:
         return [job.id for job in await backend.jobs(mx1, record.reference)]
 
 
+@pytest.mark.parametrize(
+    ("owner", "node"),
+    [
+        ("mx2:4242:7f3a", "mx2"),  # one serving process
+        ("mx2/w1/4242:7f3a", "mx2"),  # a supervisor's worker slot
+        ("mx-occ.agency.example:17:ab", "mx-occ.agency.example"),  # named by its FQDN
+    ],
+)
+def test_a_lease_owner_names_its_node(owner: str, node: str) -> None:
+    assert lease_node(owner) == node
+
+
 # -- gateway queue ---------------------------------------------------------------------------
 
 
