@@ -53,11 +53,9 @@ Row = dict[str, Any]
 LOCK_WAIT_S = 10.0
 
 
-# A change that waited too long for a row, or that PostgreSQL chose to end to break a cycle.
-_BUSY = (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected)
-
-
 class _Shared(_Connected):
+    # reading.py's one connection, opened when first used and again after a failure.
+
     def __init__(self, dsn: str, *, node: str, lock_wait_s: float = LOCK_WAIT_S) -> None:
         super().__init__(dsn, node=node)
         self._lock_wait_s = lock_wait_s
@@ -92,12 +90,15 @@ class _Shared(_Connected):
         try:
             return self._run(change)
         except StoreError as exc:
-            if isinstance(exc.__cause__, _BUSY):
-                raise StoreError(
-                    f"{describe(self._dsn)}: a node kept these jobs locked for over"
-                    f" {self._lock_wait_s:g} s; nothing was changed, try again"
-                ) from exc
-            raise
+            if isinstance(exc.__cause__, psycopg.errors.LockNotAvailable):
+                why = f"a node kept these jobs locked for over {self._lock_wait_s:g} s"
+            elif isinstance(exc.__cause__, psycopg.errors.DeadlockDetected):
+                why = "PostgreSQL ended this change to break a deadlock with a node"
+            else:
+                raise
+            raise StoreError(
+                f"{describe(self._dsn)}: {why}; nothing was changed, try again"
+            ) from exc
 
 
 class PgQueue(_Shared):
