@@ -148,16 +148,42 @@ async def test_migrate_makes_the_postgresql_store_and_refuses_a_newer_one(
 
 
 @pytest.mark.parametrize(
-    ("argv", "status"),
-    [(["queue", "list"], 1), (["postmaster", "list"], 1)],
+    ("argv", "said"),
+    [
+        (["queue", "list"], "cannot open the store"),
+        (["queue", "hold", "1"], "cannot open the store"),
+        (["postmaster", "list"], "cannot open the store"),
+    ],
 )
-def test_an_operator_command_not_yet_on_postgresql_says_so(
-    tmp_path: Path, argv: list[str], status: int, capsys: pytest.CaptureFixture[str]
+def test_queue_and_postmaster_say_when_the_shared_store_cannot_be_reached(
+    tmp_path: Path, argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = config_with(tmp_path, 'url = "postgresql://gw@db.example/gateway"')
-    assert main([*argv, "--config", str(config)]) == status
+    with socket.socket() as closed:  # a loopback port that nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    config = config_with(tmp_path, f'url = "postgresql://gw@127.0.0.1:{port}/gateway"')
+    assert main([*argv, "--config", str(config)]) == 1
     err = capsys.readouterr().err
-    assert f"`gateway {argv[0]}` reads only the SQLite store so far" in err
+    assert f"gateway: {said}: postgresql 127.0.0.1:{port}/gateway:" in err
+    assert "Traceback" not in err
+
+
+async def test_queue_and_postmaster_on_a_database_with_no_store_say_so(
+    postgres: PostgresServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dsn = await asyncio.to_thread(postgres.create_database, f"empty_{next(_databases)}")
+    bare = dsn.replace(f":{postgres.password}@", "@")
+    config = config_with(tmp_path, f'url = "{bare}"')
+    monkeypatch.setenv("GATEWAY_STORAGE__PASSWORD", postgres.password)  # as an operator's shell
+    for argv in (["queue", "list"], ["postmaster", "list"]):
+        assert await asyncio.to_thread(main, [*argv, "--config", str(config)]) == 1
+        err = capsys.readouterr().err
+        assert "holds no gateway store yet" in err
+        assert "gateway migrate` makes it" in err
+        assert postgres.password not in err
 
 
 @pytest.mark.parametrize(

@@ -24,10 +24,13 @@ from gateway.store.interface import (
     HeadStore,
     JobQueue,
     MailRecords,
+    OperatorQueue,
+    PostmasterBox,
     QueueGauges,
     ReceiptReader,
     RecordStore,
 )
+from gateway.store.operator import SqlitePostmaster, SqliteQueue
 from gateway.store.outbox import Outbox
 from gateway.store.queuedepth import SqliteQueueDepth
 from gateway.store.reading import SqliteAuditReader, SqliteRecords
@@ -42,6 +45,8 @@ __all__ = [
     "migrate_store",
     "new_store",
     "open_audit_reader",
+    "open_postmaster",
+    "open_queue",
     "open_receipts",
     "open_records",
     "queue_gauges",
@@ -144,6 +149,33 @@ def queue_gauges(location: StoreLocation) -> QueueGauges:
     from gateway.store.postgres.queuedepth import PgQueueDepth
 
     return PgQueueDepth(location.dsn, node=location.node)
+
+
+def open_queue(location: StoreLocation, *, writable: bool) -> OperatorQueue:
+    """`gateway queue`'s view of `location`, connected; read-only unless `writable` (SQLite:
+    PostgreSQL's transactions say for themselves).
+
+    Raises:
+        StoreError: the store cannot be opened, or a shared one has no store yet.
+    """
+    if location.dsn is None:
+        return SqliteQueue(location.database, writable=writable)
+    from gateway.store.postgres.operator import PgQueue
+
+    return PgQueue(location.dsn, node=location.node)
+
+
+def open_postmaster(location: StoreLocation, *, writable: bool) -> PostmasterBox:
+    """`gateway postmaster`'s view of `location`, connected, as open_queue().
+
+    Raises:
+        StoreError: the store cannot be opened, or a shared one has no store yet.
+    """
+    if location.dsn is None:
+        return SqlitePostmaster(location.database, writable=writable)
+    from gateway.store.postgres.operator import PgPostmaster
+
+    return PgPostmaster(location.dsn, node=location.node)
 
 
 class _SqliteHeads:

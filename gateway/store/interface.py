@@ -3,24 +3,33 @@
 Two backends satisfy these Protocols: the SQLite file of one host (db.py, outbox.py) and
 PostgreSQL shared by several (postgres/). backend.py picks one, once, at start, from
 `[storage] url`; the SMTP side, the delivery worker and its composer, the audit anchors and
-retention see only these; `gateway audit` reads through AuditReader. The values passed
+retention see only these; so do `gateway audit` and the console (AuditReader), the receipt
+page (ReceiptReader), /metrics' queue gauges (QueueGauges) and the operator commands `gateway
+queue` and `gateway postmaster` (OperatorQueue, PostmasterBox). The values passed
 (MessageRecord, Job, Attempt...) are the backends' common ones. This module defines no
 behaviour and imports no driver.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
 from gateway.store.anchors import Anchor, Checkpoint
 from gateway.store.browse import Key, Page
-from gateway.store.messages import MessageRecord, NoticeCheck, RefusalRecord
+from gateway.store.mailbox import PostmasterMail
+from gateway.store.messages import JobRecord, MessageRecord, NoticeCheck, RefusalRecord
 from gateway.store.outbox import Attempt, Bounce, Job
 from gateway.store.purging import Purged
 from gateway.store.queries import StoredDecision, StoredMessage
-from gateway.store.queueactions import OperatorAction
+from gateway.store.queueactions import (
+    JobFilter,
+    NodeAttempt,
+    OperatorAction,
+    QueueAction,
+    QueuedJob,
+)
 from gateway.store.queuedepth import QueueDepth
 from gateway.store.receipts import Receipt
 from gateway.store.records import AttemptRecord, Filters
@@ -32,6 +41,8 @@ __all__ = [
     "HeadStore",
     "JobQueue",
     "MailRecords",
+    "OperatorQueue",
+    "PostmasterBox",
     "QueueGauges",
     "ReceiptReader",
     "RecordStore",
@@ -184,5 +195,50 @@ class QueueGauges(Protocol):
             StoreError: the store cannot be read.
         """
         ...
+
+    def close(self) -> None: ...
+
+
+class OperatorQueue(Protocol):
+    """What `gateway queue` reads and changes, on a connection of its own beside the nodes
+    that deliver. Every call raises StoreError when the store cannot be read or written."""
+
+    def list_jobs(self, which: JobFilter) -> list[QueuedJob]: ...
+
+    def matching_jobs(self, action: QueueAction, which: JobFilter) -> list[Job]: ...
+
+    def change_jobs(
+        self, action: QueueAction, which: JobFilter, *, now: datetime, operator: str
+    ) -> list[int]:
+        """Apply `action` (queueactions.ACTION_RULES) and journal it, in one transaction that
+        a node holding one of the jobs' leases is never blocked by for longer than it takes;
+        returns the ids changed.
+
+        Raises:
+            SchemaVersionError: the store is not at this code's schema version.
+        """
+        ...
+
+    def read_job(self, job_id: int) -> QueuedJob | None: ...
+
+    def job_attempts(self, job_id: int) -> list[NodeAttempt]: ...
+
+    def sent_data(self, reference: str, job_id: int) -> bytes | None: ...
+
+    def close(self) -> None: ...
+
+
+class PostmasterBox(Protocol):
+    """What `gateway postmaster` reads, and the forward jobs it queues."""
+
+    def find_mail(self, *, since: datetime | None, limit: int) -> list[PostmasterMail]: ...
+
+    def read_mail(self, reference: str) -> PostmasterMail | None: ...
+
+    def read_raw(self, reference: str) -> bytes | None: ...
+
+    def queue_forward(
+        self, reference: str, jobs: Sequence[JobRecord], now: datetime
+    ) -> list[int]: ...
 
     def close(self) -> None: ...
