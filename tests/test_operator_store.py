@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import closing
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -38,13 +38,15 @@ from gateway.store.schema import SchemaTooNewError
 from gateway.vocabulary import JobKind, JobState
 from tests.postgres import PostgresServer, postgres
 from tests.test_serve_process import write_config
-from tests.test_store_contract import BOUND_S, Backend, backend, relay_record
+
+# NOW: the contract's records (relay_record) arrive then; a clock of our own, read when this
+# module is imported, would drift from it by however long collection took.
+from tests.test_store_contract import BOUND_S, NOW, Backend, backend, relay_record
 
 __all__ = ["backend", "postgres"]
 
 T = TypeVar("T")
 _databases = itertools.count(1)
-NOW = datetime.now(UTC).replace(microsecond=0)
 OPERATOR = "ops@agency.example"
 
 
