@@ -57,7 +57,7 @@ from gateway.smtp.listeners import adopt_listeners
 from gateway.smtp.receiving import ReceiveSettings
 from gateway.smtp.server import Serving, Sessions, start_server
 from gateway.smtp.tls import tls_context
-from gateway.store.backend import StoreLocation, make_queue, new_store
+from gateway.store.backend import StoreLocation, make_queue, new_store, queue_gauges
 from gateway.store.interface import RecordStore
 from gateway.store.retention import purge_periodically
 
@@ -404,14 +404,24 @@ async def _start_endpoint(
     """
     if parts.metrics is None or settings.metrics.listen is None:
         return None
-    if worker is None and not settings.storage.is_shared:  # the gauges read SQLite
+    gauges = None
+    if worker is None:
+        gauges = queue_gauges(StoreLocation.from_settings(settings))
         outbox = OutboxCollector(
-            settings.storage.database, parts.clock, open_sessions=lambda: len(sessions.live)
+            gauges,
+            parts.clock,
+            open_sessions=lambda: len(sessions.live),
+            is_shared=settings.storage.is_shared,
         )
         parts.metrics.registry.register(outbox)
     address = settings.metrics.listen if worker is None else WORKER_ENDPOINT
     try:
-        return await start_endpoint(address, parts.metrics.registry, readiness)
+        return await start_endpoint(
+            address,
+            parts.metrics.registry,
+            readiness,
+            on_close=None if gauges is None else gauges.close,
+        )
     except OSError:
         for server in servers:
             server.close()

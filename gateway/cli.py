@@ -22,9 +22,6 @@ __all__ = ["main"]
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
-# Operator commands that read the SQLite file itself (issue 12: not yet on PostgreSQL);
-# `gateway audit` says itself which of its actions read the shared store.
-_SQLITE_ONLY = frozenset({"queue", "postmaster"})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,13 +43,6 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"gateway: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    if settings.storage.is_shared and args.command in _SQLITE_ONLY:
-        print(
-            f"gateway: `gateway {args.command}` reads only the SQLite store so far, and"
-            ' [storage] url names PostgreSQL; see docs/postgresql.md, "Next"',
-            file=sys.stderr,
-        )
-        return EXIT_FAILED
     if args.command == "check-config":
         from datetime import UTC, datetime
 
@@ -128,7 +118,7 @@ def _serve(settings: GatewaySettings, args: argparse.Namespace) -> int:
     elif settings.server.workers > 1:
         from gateway.supervisor import supervise
 
-        return supervise(settings, config=args.config, as_of=args.as_of)
+        return supervise(settings, config=args.config, as_of=args.as_of, main=main)
     # SIGHUP reads the same file again, the same way (environment overrides included).
     return serve(settings, as_of=args.as_of, reread=lambda: _settings(args.config), worker=worker)
 
@@ -174,6 +164,7 @@ def _postmaster(settings: GatewaySettings, args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from gateway.smtp.postmaster import PostmasterRequest, run_postmaster
+    from gateway.store.backend import StoreLocation
 
     if args.action != "list" and args.reference is None:
         print(
@@ -191,7 +182,7 @@ def _postmaster(settings: GatewaySettings, args: argparse.Namespace) -> int:
     return run_postmaster(
         settings.postmaster,
         request,
-        database=settings.storage.database,
+        store=StoreLocation.from_settings(settings),
         now=datetime.now(UTC),
         out=sys.stdout,
         out_bytes=sys.stdout.buffer,

@@ -3,6 +3,7 @@
     GatewayError
     ├── ConfigError          the configuration cannot be used (startup only)
     ├── StoreError           the state store could not make a record durable (also OSError)
+    ├── LeaseLost            a job's lease is another owner's now: this attempt is not its record
     ├── AuditLogBusy         another process writes the audit log (also OSError)
     ├── DeliveryError        a delivery attempt did not succeed; keeps the remote reply
     │   ├── DeliveryDeferred     temporary: tried again later
@@ -27,6 +28,7 @@ __all__ = [
     "DeliveryError",
     "DeliveryFailed",
     "GatewayError",
+    "LeaseLost",
     "NoticeError",
     "PreviewError",
     "StoreError",
@@ -60,6 +62,14 @@ class ConfigError(GatewayError):
 
 class StoreError(GatewayError, OSError):
     """The state store could not make a record durable."""
+
+
+class LeaseLost(GatewayError):
+    """A job's lease has passed to another owner (or back to the queue) during an attempt.
+
+    The job is that owner's now: this attempt's outcome must not overwrite its state, so the
+    outbox records nothing of it (the audit log still tells what the attempt did).
+    """
 
 
 class AuditLogBusy(GatewayError, OSError):

@@ -1,9 +1,11 @@
 """The supervisor: `gateway serve` with `[server] workers` above 1.
 
 It binds `[server] listen` once (smtp/listeners.py) and starts that many worker processes,
-each `python -m gateway serve --worker-index I ...` with the bound sockets passed down, which
-accept on them: one accept queue per address, held here, so a worker that dies drops none of
-the connections queued behind it. Each worker is a whole gateway (app.py): its own event
+each `gateway serve --worker-index I ...` with the bound sockets passed down, which accept on
+them: one accept queue per address, held here, so a worker that dies drops none of the
+connections queued behind it. The first workers are forked from the supervisor, so that
+they share the memory of its imported code (forking.py); a restarted one is a new
+interpreter, `python -m gateway serve ...`. Each worker is a whole gateway (app.py): its own event
 loop, store writer (group commit per process), delivery worker and composers, audit log file
 and chain. The supervisor:
 
@@ -35,6 +37,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 from prometheus_client.multiprocess import mark_process_dead
@@ -47,13 +50,14 @@ from gateway.audit.log import configure_logging
 from gateway.clock import Clock
 from gateway.config import GatewaySettings
 from gateway.errors import ConfigError, GatewayError
+from gateway.forking import ForkedProcess, Main, can_fork, fork_worker, freeze_for_fork
 from gateway.http.health import Endpoint, start_endpoint
 from gateway.http.host import HostReadiness, WorkerProbe, host_registry
 from gateway.http.pagehost import PageHost
 from gateway.policy.restart import Backoff
 from gateway.role import stdout_lock
 from gateway.smtp.listeners import bind_listeners
-from gateway.store.backend import StoreLocation
+from gateway.store.backend import StoreLocation, queue_gauges
 
 __all__ = ["supervise"]
 
@@ -69,54 +73,69 @@ _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 _CLEAN = (0, -signal.SIGTERM, -signal.SIGINT)
 
 
+class WorkerProcess(Protocol):
+    """A worker's process: asyncio's, when started as a new interpreter, or forked."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def returncode(self) -> int | None: ...
+    async def wait(self) -> int: ...
+    def send_signal(self, signum: int) -> None: ...
+    def kill(self) -> None: ...
+
+
 @dataclass(slots=True)
 class _Worker:
     """One worker slot: its process now, and how its restarts go."""
 
     index: int
-    process: asyncio.subprocess.Process | None = None
+    process: WorkerProcess | None = None
     started: float = 0.0  # monotonic
     health_port: int | None = None  # its /readyz, while it serves
     backoff: Backoff = field(default_factory=Backoff)
 
 
-def supervise(settings: GatewaySettings, *, config: Path | None, as_of: str | None) -> int:
+def supervise(
+    settings: GatewaySettings, *, config: Path | None, as_of: str | None, main: Main
+) -> int:
     """Run `settings.server.workers` workers until SIGTERM or SIGINT; returns the exit status
-    (0 stopped, 1 could not start, 2 configuration error)."""
+    (0 stopped, 1 could not start, 2 configuration error). `main` is the command line's
+    entry, which a forked worker runs."""
     opened = _open(settings, as_of=as_of)
     if isinstance(opened, int):
         return opened
-    parts, sockets, run_dir, chain = opened
+    parts, sockets, run_dir = opened
     supervisor = Supervisor(
-        settings,
-        sockets,
-        chain,
-        clock=parts.clock,
-        run_dir=run_dir,
-        config=config,
-        as_of=as_of,
+        settings, sockets, clock=parts.clock, run_dir=run_dir, config=config, as_of=as_of
     )
+    supervisor.worker_main = main
     try:
+        # Before the audit log is opened, and before any thread or event loop: the workers
+        # inherit only the imported code, the listeners and their pipes (forking.py).
+        supervisor.fork_workers()
+        supervisor.chain = _open_log(settings, parts, run_dir)
         # The store is made (or migrated) here, once, before any worker opens it.
         store = StoreLocation.from_settings(settings)
-        with anchored(chain, store, every_s=settings.audit.checkpoint_interval):
+        with anchored(supervisor.chain, store, every_s=settings.audit.checkpoint_interval):
             return asyncio.run(supervisor.run())
     except (GatewayError, OSError) as exc:
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
         return 1
     finally:
+        supervisor.abandon_forked()
         for sock in sockets:
             sock.close()
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-_Opened = tuple[Parts, list[socket.socket], Path, ChainedLog | None]
+_Opened = tuple[Parts, list[socket.socket], Path]
 
 
 def _open(settings: GatewaySettings, *, as_of: str | None) -> _Opened | int:
     """Everything a host needs before its first worker starts: the checks one process makes,
-    the bound listeners, this run's directory and the supervisor's audit log; or the exit
-    status when one of them fails (its one line already on stderr)."""
+    the bound listeners and this run's directory; or the exit status when one of them fails
+    (its one line already on stderr)."""
     try:
         check_state_dir(settings.storage.state_dir)
     except OSError as exc:
@@ -137,15 +156,20 @@ def _open(settings: GatewaySettings, *, as_of: str | None) -> _Opened | int:
         return 1
     try:
         run_dir = _run_dir(settings.storage.state_dir)
-        structlog.contextvars.bind_contextvars(node=settings.server.node)
-        chain = configure_logging(settings.audit, shared_with=stdout_lock(run_dir))
     except OSError as exc:
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
         for sock in sockets:
             sock.close()
         return 1
+    return parts, sockets, run_dir
+
+
+def _open_log(settings: GatewaySettings, parts: Parts, run_dir: Path) -> ChainedLog | None:
+    """The supervisor's own audit log, its first lines written."""
+    structlog.contextvars.bind_contextvars(node=settings.server.node)
+    chain = configure_logging(settings.audit, shared_with=stdout_lock(run_dir))
     log_opened(parts, chain, settings.audit.log)
-    return parts, sockets, run_dir, chain
+    return chain
 
 
 def _run_dir(state_dir: Path) -> Path:
@@ -179,7 +203,6 @@ class Supervisor:
         self,
         settings: GatewaySettings,
         sockets: Sequence[socket.socket],
-        chain: ChainedLog | None,
         *,
         clock: Clock,
         run_dir: Path,
@@ -188,7 +211,7 @@ class Supervisor:
     ) -> None:
         self.settings = settings
         self.sockets = sockets
-        self.chain = chain
+        self.chain: ChainedLog | None = None  # opened once the workers are forked
         self.clock = clock
         self.run_dir = run_dir
         self.metrics_dir = run_dir / "metrics"
@@ -198,6 +221,9 @@ class Supervisor:
         self.stopping: str | None = None
         self._stopped = asyncio.Event()
         self._watches: list[asyncio.Task[None]] = []
+        # Workers forked at start and not yet released: the process, its ready pipe's end.
+        self._forked: dict[int, tuple[ForkedProcess, int]] = {}
+        self.worker_main: Main | None = None  # what a forked worker runs; None: never fork
 
     async def run(self) -> int:
         """Start the workers, serve until told to stop, stop them; returns the exit status."""
@@ -255,29 +281,54 @@ class Supervisor:
         self.stopping = "worker-start-failed"
         return 2 if 2 in failures else 1
 
-    async def _start(self, worker: _Worker) -> int | None:
-        """Start one worker and wait until it serves; None once it does, else its exit
-        status (it ended before serving, or was killed for not serving in time)."""
-        read_end, write_end = os.pipe()
+    def fork_workers(self) -> None:
+        """Fork every worker now, to be released when it would be started; where this
+        process may not fork, the workers are started as new interpreters instead."""
+        if self.worker_main is None or not can_fork():
+            return
+        freeze_for_fork()
         fds = [s.fileno() for s in self.sockets]
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *self._command(worker.index, fds, write_end),
-                pass_fds=(*fds, write_end),
-                stdin=asyncio.subprocess.DEVNULL,
-                env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir)},
-                # A process group of its own: a signal to ours (a terminal's Ctrl-C, a group
-                # kill) reaches each worker once, passed on by us, never twice, and never
-                # its composer processes directly.
-                process_group=0,
-            )
-        except BaseException:
+        env = {"PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir)}
+        for worker in self.workers:
+            read_end, write_end = os.pipe()
+            held = [read_end, *(fd for p, r in self._forked.values() for fd in (*p.fds, r))]
+            try:
+                arguments = self._arguments(worker.index, fds, write_end)
+                forked = fork_worker(
+                    self.worker_main, arguments, env=env, pass_fds=fds, close_fds=held
+                )
+            finally:
+                os.close(write_end)
+            if forked is None:
+                os.close(read_end)
+                return
+            self._forked[worker.index] = (forked, read_end)
+
+    def abandon_forked(self) -> None:
+        """End the forked workers that were never released (the start failed before them)."""
+        for forked, read_end in self._forked.values():
             os.close(read_end)
-            raise
-        finally:
-            os.close(write_end)
+            forked.abandon()
+        self._forked.clear()
+
+    async def _start(self, worker: _Worker) -> int | None:
+        """Start one worker (release it, if forked) and wait until it serves; None once it
+        does, else its exit status (it ended before serving, or was killed for not serving
+        in time)."""
+        process: WorkerProcess
+        forked = self._forked.pop(worker.index, None)
+        if forked is not None:
+            process, read_end = forked
+            forked[0].release()
+        else:
+            process, read_end = await self._spawn(worker)
         worker.process, worker.started, worker.health_port = process, time.monotonic(), None
-        log.info("gateway.worker.started", worker=worker.index, pid=process.pid)
+        log.info(
+            "gateway.worker.started",
+            worker=worker.index,
+            pid=process.pid,
+            forked=forked is not None,
+        )
         if self.stopping is not None:
             process.send_signal(signal.SIGTERM)  # told to stop while it was being started
         try:
@@ -291,8 +342,34 @@ class Supervisor:
         worker.health_port = int(said) or None
         return None
 
-    def _command(self, index: int, fds: Sequence[int], ready_fd: int) -> list[str]:
-        command = [sys.executable, "-m", "gateway", "serve"]
+    async def _spawn(self, worker: _Worker) -> tuple[WorkerProcess, int]:
+        """Start the worker as a new interpreter; the process and its ready pipe's end."""
+        read_end, write_end = os.pipe()
+        fds = [s.fileno() for s in self.sockets]
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "gateway",
+                *self._arguments(worker.index, fds, write_end),
+                pass_fds=(*fds, write_end),
+                stdin=asyncio.subprocess.DEVNULL,
+                env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir)},
+                # A process group of its own: a signal to ours (a terminal's Ctrl-C, a group
+                # kill) reaches each worker once, passed on by us, never twice, and never
+                # its composer processes directly.
+                process_group=0,
+            )
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)
+        return process, read_end
+
+    def _arguments(self, index: int, fds: Sequence[int], ready_fd: int) -> list[str]:
+        """The worker's `gateway` arguments, forked or started."""
+        command = ["serve"]
         if self.config is not None:
             command += ["--config", str(self.config)]
         if self.as_of is not None:
@@ -325,14 +402,14 @@ class Supervisor:
         listen = self.settings.metrics.listen
         if listen is None:
             return None
-        storage = self.settings.storage
-        database = None if storage.is_shared else storage.database  # the gauges read SQLite
-        registry = host_registry(self.metrics_dir, database, self.clock)
+        gauges = queue_gauges(StoreLocation.from_settings(self.settings))
+        is_shared = self.settings.storage.is_shared
+        registry = host_registry(self.metrics_dir, gauges, self.clock, is_shared=is_shared)
         readiness = HostReadiness(
             lambda: [WorkerProbe(w.index, w.health_port) for w in self.workers],
             timeout_s=self.settings.metrics.ready_timeout + 1.0,
         )
-        return await start_endpoint(listen, registry, readiness)
+        return await start_endpoint(listen, registry, readiness, on_close=gauges.close)
 
     # -- watching and restarting ---------------------------------------------------------------
 
@@ -402,7 +479,7 @@ class Supervisor:
             self.chain.reopen()
         self._forward(signal.Signals(signum))
 
-    def _live(self) -> list[asyncio.subprocess.Process]:
+    def _live(self) -> list[WorkerProcess]:
         return [
             w.process
             for w in self.workers

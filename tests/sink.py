@@ -32,6 +32,8 @@ class Sink:
     host: str
     replies: list[str] = field(default_factory=list)
     stall_s: float = 0.0
+    # DATA waits for this event, when there is one: a stall the test ends when it chooses.
+    stall_until: asyncio.Event | None = None
     accepted: list[Received] = field(default_factory=list)
     attempts: int = 0
     server: asyncio.Server | None = None
@@ -54,6 +56,8 @@ class Sink:
         self.attempts += 1
         if self.stall_s:
             await asyncio.sleep(self.stall_s)
+        if self.stall_until is not None:
+            await self.stall_until.wait()
         reply = self.replies.pop(0) if self.replies else "250 2.0.0 Accepted"
         if reply.startswith("250"):
             self._carried[id(server)] = self._carried.get(id(server), 0) + 1

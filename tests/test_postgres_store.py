@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,8 +26,10 @@ from gateway.store.outbox import Attempt
 from gateway.store.postgres.messages import history
 from gateway.store.postgres.outbox import PgOutbox
 from gateway.store.postgres.queries import read_message
+from gateway.store.postgres.reading import PgAuditReader
 from gateway.store.postgres.schema import SCHEMA_VERSION, migrate
 from gateway.store.postgres.store import PgStore, where
+from gateway.store.records import Filters
 from gateway.store.schema import SchemaTooNewError
 from gateway.store.sentmail import describe_sent
 from gateway.vocabulary import JobState
@@ -328,3 +331,26 @@ def test_a_gate_that_found_neither_a_repeat_nor_counts_reads_as_no_history() -> 
     assert history(scopes, None, [2, 7]) == NoticeHistory(
         counts={NoticeScope.SENDER: 2, NoticeScope.TOTAL: 7}
     )
+
+
+async def test_an_envelopes_recipients_keep_their_order_after_the_table_is_rewritten(
+    store: PgStore, dsn: str
+) -> None:
+    record, check = filing()
+    given = ("zeta@occ.example", "alpha@occ.example", "mid@occ.example")
+    first = record.recipients[0]
+    record = replace(record, recipients=tuple(replace(first, recipient=r) for r in given))
+    async with asyncio.timeout(BOUND_S):
+        await store.record_message(record, check)
+    # What a DBA's CLUSTER (or pg_repack, VACUUM FULL) does: the rows in another physical
+    # order, here the primary key's (alphabetical), which ctid would then have listed.
+    await execute(dsn, "CLUSTER message_recipients USING message_recipients_pkey")
+    reader = PgAuditReader(dsn)
+    try:
+        decisions = await asyncio.to_thread(reader.list_decisions, record.reference)
+        attempts = await asyncio.to_thread(reader.find_attempts, Filters())
+    finally:
+        reader.close()
+    assert [d.recipient for d in decisions] == list(given)
+    (attempt,) = attempts
+    assert attempt.recipients == given

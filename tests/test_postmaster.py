@@ -16,6 +16,7 @@ from gateway.cli import main
 from gateway.config import GatewaySettings
 from gateway.ops.auditcmd import AuditRequest, run_audit
 from gateway.smtp.postmaster import PostmasterRequest, forward_jobs, run_postmaster
+from gateway.store.backend import StoreLocation
 from gateway.store.db import JobRecord
 from gateway.store.queries import list_notice_counts
 from gateway.store.retention import purge_raw
@@ -46,7 +47,7 @@ def postmaster(gw: Gateway | GatewaySettings, action: str, **fields: Any) -> Ans
     status = run_postmaster(
         settings.postmaster,
         PostmasterRequest(action=action, **fields),
-        database=settings.storage.database,
+        store=StoreLocation.from_settings(settings),
         now=AFTER_CUTOFF,
         out=out,
         out_bytes=data,

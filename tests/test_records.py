@@ -15,6 +15,7 @@ import pytest
 from gateway.mail.redaction import Redactor
 from gateway.store.db import connect
 from gateway.store.queries import read_message
+from gateway.store.reading import SqliteAuditReader
 from gateway.store.records import AttemptRecord, Filters, Kind, find_attempts, parse_bound, redacted
 from gateway.store.story import tell_story
 from gateway.store.summaries import DaySummary, sender_activity, summarize
@@ -160,9 +161,10 @@ async def test_the_story_of_a_message_has_its_decision_and_each_delivery_attempt
 ) -> None:
     filed = await fill_store(start_gateway)
     with reading(filed) as conn:
-        story = tell_story(conn, filed.refs["clerk"])
-        refusal = tell_story(conn, filed.refs["refusal"])
-        missing = tell_story(conn, "20170913-0000000000")
+        reader = SqliteAuditReader(conn, database=filed.gateway.settings.storage.database)
+        story = tell_story(reader, filed.refs["clerk"])
+        refusal = tell_story(reader, filed.refs["refusal"])
+        missing = tell_story(reader, "20170913-0000000000")
     assert story is not None
     (decision,) = story.recipients
     assert (decision.office, decision.phase, decision.action) == (

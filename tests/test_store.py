@@ -265,6 +265,8 @@ async def an_older_store(path: Path, version: int, *, has_journal: bool) -> None
         conn.execute("UPDATE jobs SET state = 'held' WHERE id = 1")
         if not has_journal:
             conn.execute("DROP TABLE operator_actions")  # its index goes with it
+        if version < 4:
+            conn.execute("ALTER TABLE audit_chains DROP COLUMN node")
         if version < 2:
             conn.execute("DROP TABLE sent_notices")
             conn.execute("ALTER TABLE messages DROP COLUMN refused_for")
@@ -295,7 +297,7 @@ async def test_an_older_store_is_migrated_and_keeps_its_jobs(
     finally:
         await store.close()
     found, tables, jobs = schema_of(path)
-    assert found == SCHEMA_VERSION == 3
+    assert found == SCHEMA_VERSION == 4
     assert {"operator_actions", "sent_notices"} <= tables
     assert jobs == [(1, "held"), (2, "held")]
     assert held == [2]
@@ -408,7 +410,7 @@ async def test_an_idle_serving_gateway_writes_nothing_to_its_store(tmp_path: Pat
 
 @pytest.mark.parametrize(
     ("version", "naming"),
-    [(2, "older than this gateway's version 3"), (SCHEMA_VERSION + 1, "newer")],
+    [(2, f"older than this gateway's version {SCHEMA_VERSION}"), (SCHEMA_VERSION + 1, "newer")],
     ids=["older", "newer"],
 )
 async def test_queue_changes_on_a_store_at_another_version_are_refused_in_one_line(

@@ -148,40 +148,78 @@ async def test_migrate_makes_the_postgresql_store_and_refuses_a_newer_one(
 
 
 @pytest.mark.parametrize(
-    ("argv", "status"),
-    [(["queue", "list"], 1), (["postmaster", "list"], 1), (["audit", "show", "X"], 2)],
+    ("argv", "said"),
+    [
+        (["queue", "list"], "cannot open the store"),
+        (["queue", "hold", "1"], "cannot open the store"),
+        (["postmaster", "list"], "cannot open the store"),
+    ],
 )
-def test_an_operator_command_not_yet_on_postgresql_says_so(
-    tmp_path: Path, argv: list[str], status: int, capsys: pytest.CaptureFixture[str]
-) -> None:
-    config = config_with(tmp_path, 'url = "postgresql://gw@db.example/gateway"')
-    command = " ".join(argv[:2]) if argv[0] == "audit" else argv[0]
-    assert main([*argv, "--config", str(config)]) == status
-    err = capsys.readouterr().err
-    assert f"`gateway {command}` reads only the SQLite store so far" in err
-
-
-def test_audit_says_when_the_shared_store_cannot_be_reached(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_queue_and_postmaster_say_when_the_shared_store_cannot_be_reached(
+    tmp_path: Path, argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with socket.socket() as closed:  # a loopback port that nothing listens on
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
     config = config_with(tmp_path, f'url = "postgresql://gw@127.0.0.1:{port}/gateway"')
-    assert main(["audit", "list", "--config", str(config)]) == 1
+    assert main([*argv, "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert f"gateway: {said}: postgresql 127.0.0.1:{port}/gateway:" in err
+    assert "Traceback" not in err
+
+
+async def test_queue_and_postmaster_on_a_database_with_no_store_say_so(
+    postgres: PostgresServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dsn = await asyncio.to_thread(postgres.create_database, f"empty_{next(_databases)}")
+    bare = dsn.replace(f":{postgres.password}@", "@")
+    config = config_with(tmp_path, f'url = "{bare}"')
+    monkeypatch.setenv("GATEWAY_STORAGE__PASSWORD", postgres.password)  # as an operator's shell
+    for argv in (["queue", "list"], ["postmaster", "list"]):
+        assert await asyncio.to_thread(main, [*argv, "--config", str(config)]) == 1
+        err = capsys.readouterr().err
+        assert "holds no gateway store yet" in err
+        assert "gateway migrate` makes it" in err
+        assert postgres.password not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["list"], ["show", "20170913-ABC"], ["notice", "20170913-ABC"], ["verify", "saved.log"]],
+    ids=["list", "show", "notice", "verify"],
+)
+def test_audit_says_when_the_shared_store_cannot_be_reached(
+    tmp_path: Path, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as closed:  # a loopback port that nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    config = config_with(tmp_path, f'url = "postgresql://gw@127.0.0.1:{port}/gateway"')
+    (tmp_path / "saved.log").write_text("", encoding="utf-8")
+    arguments = [a if a != "saved.log" else str(tmp_path / a) for a in argv]
+    assert main(["audit", *arguments, "--config", str(config)]) == 1
     err = capsys.readouterr().err
     assert f"cannot read the store: postgresql 127.0.0.1:{port}/gateway:" in err
     assert "Traceback" not in err
 
 
-@pytest.mark.parametrize("section", ["lookup", "console"])
-def test_pages_that_read_only_sqlite_are_refused_on_a_shared_store(
-    tmp_path: Path, section: str
-) -> None:
-    # On PostgreSQL they would answer 404 to every reference and show an empty record.
+def test_the_console_may_listen_on_a_shared_store(tmp_path: Path) -> None:
+    # It reads every node's records there (tests/test_audit_nodes.py serves it).
     config = config_with(tmp_path, 'url = "postgresql://gw@db.example/gateway"')
-    extra = '\nusers_file = "users"' if section == "console" else ""
     with config.open("a", encoding="utf-8") as out:
-        out.write(f'\n[{section}]\nlisten = "127.0.0.1:8099"{extra}\n')
-    with pytest.raises(ConfigError, match=f"{section}.listen: .*only the SQLite store"):
-        load_settings(config, environ={})
+        out.write('\n[console]\nlisten = "127.0.0.1:8099"\nusers_file = "users"\n')
+    settings = load_settings(config, environ={})
+    assert settings.console.listen is not None
+    assert settings.storage.is_shared
+
+
+def test_the_receipt_page_may_serve_from_a_shared_store(tmp_path: Path) -> None:
+    config = config_with(tmp_path, 'url = "postgresql://gw@db.example/gateway"')
+    with config.open("a", encoding="utf-8") as out:
+        out.write('\n[lookup]\nlisten = "127.0.0.1:8099"\n')
+    listen = load_settings(config, environ={}).lookup.listen
+    assert listen is not None
+    assert (listen.host, listen.port) == ("127.0.0.1", 8099)

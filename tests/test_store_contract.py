@@ -20,7 +20,7 @@ from typing import TypeVar
 
 import pytest
 
-from gateway.errors import StoreError
+from gateway.errors import LeaseLost, StoreError
 from gateway.mail.evidence import Attachment, MessageFacts
 from gateway.policy.answer import AnswerGroup, AnswerKind, Reply, ReplyKind
 from gateway.policy.decision import NoticeScope
@@ -401,6 +401,57 @@ async def test_a_live_lease_is_left_alone_and_an_expired_one_is_taken_over(
         taken = await other.claim(datetime.now(UTC), limit=5, lease_s=60, busy={}, per_route=9)
     assert [j.id for j in taken] == [brief.id]
     assert held.id != brief.id
+
+
+async def test_a_renewed_lease_is_left_alone_past_its_first_term(backend: Backend) -> None:
+    nodes = [await backend.open_store("mx1"), await backend.open_store("mx2")]
+    alive, other = backend.outbox(nodes[0], "mx1:1:100"), backend.outbox(nodes[1], "mx2:1:200")
+    async with asyncio.timeout(BOUND_S):
+        await _queue_relays(backend, nodes[0], 1)
+        (job,) = await alive.claim(datetime.now(UTC), limit=1, lease_s=0.6, busy={}, per_route=9)
+        await asyncio.sleep(0.3)
+        is_renewed = await alive.renew(job, datetime.now(UTC), lease_s=0.6)
+        await asyncio.sleep(0.5)  # 0.8 s since the claim: the first term is over
+        assert await other.recover() == 0
+        taken = await other.claim(datetime.now(UTC), limit=5, lease_s=60, busy={}, per_route=9)
+        await asyncio.sleep(0.5)  # the renewed term is over too: now it is anyone's
+        later = await other.claim(datetime.now(UTC), limit=5, lease_s=60, busy={}, per_route=9)
+    assert is_renewed
+    assert taken == []
+    assert [j.id for j in later] == [job.id]
+
+
+async def test_a_lease_taken_over_is_not_renewed_released_or_overwritten_by_its_old_owner(
+    backend: Backend,
+) -> None:
+    nodes = [await backend.open_store("mx1"), await backend.open_store("mx2")]
+    old, new = backend.outbox(nodes[0], "mx1:1:100"), backend.outbox(nodes[1], "mx2:1:200")
+    async with asyncio.timeout(BOUND_S):
+        record = relay_record()
+        await nodes[0].record_message(record)
+        (job,) = await old.claim(datetime.now(UTC), limit=1, lease_s=0.2, busy={}, per_route=9)
+        await asyncio.sleep(0.4)  # mx1 hangs past its lease; mx2 takes the job over
+        (taken,) = await new.claim(datetime.now(UTC), limit=1, lease_s=300, busy={}, per_route=9)
+        is_renewed = await old.renew(job, datetime.now(UTC), lease_s=300)
+        now = datetime.now(UTC)
+        late = Attempt(now, now, "legacy.example", 451, "4.3.0 later", JobState.DEFERRED)
+        with pytest.raises(LeaseLost):
+            await old.finish(job, late, next_attempt_at=now + timedelta(minutes=5))
+        await old.release(job, now)
+        (meanwhile,) = await backend.jobs(nodes[0], record.reference)
+        sent = Attempt(now, now, "legacy.example", 250, "2.0.0 ok", JobState.DELIVERED)
+        await new.finish(taken, sent)
+        (after,) = await backend.jobs(nodes[0], record.reference)
+    assert taken.id == job.id
+    assert not is_renewed
+    # mx2's attempt under way is untouched: still in flight, no attempt of mx1's recorded.
+    assert (meanwhile.state, meanwhile.attempts, meanwhile.last_reply) == (
+        JobState.IN_FLIGHT,
+        0,
+        None,
+    )
+    assert (after.state, after.attempts) == (JobState.DELIVERED, 1)
+    assert after.last_reply == "legacy.example: 250 2.0.0 ok"
 
 
 async def test_a_finished_attempt_moves_the_job_and_a_released_job_is_due_again(

@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 
 from gateway.store.anchors import Anchor, Checkpoint, load_checkpoints
-from gateway.store.backend import StoreLocation, head_store, open_records
+from gateway.store.backend import StoreLocation, head_store, open_records, queue_gauges
 from gateway.store.outbox import Attempt
 from gateway.store.postgres.records import find_shared_attempts
 from gateway.store.records import AttemptRecord, Filters, find_attempts
@@ -147,3 +147,39 @@ async def test_the_audit_finds_the_same_attempts_on_both_backends(backend: Backe
     # The shared store names the node of each attempt; the SQLite file is one host's own.
     expected = ("mx1", "mx2") if backend.dsn else (None, None)
     assert (nodes[filed.reference], nodes[refused.reference]) == expected
+
+
+async def test_the_queue_gauges_count_every_nodes_jobs_in_one_read(backend: Backend) -> None:
+    mx1, mx2 = await backend.open_store("mx1"), await backend.open_store("mx2")
+    first, second, third = relay_record(), relay_record(), relay_record()
+    async with asyncio.timeout(BOUND_S):
+        await mx1.record_message(first)
+        await mx1.record_message(second)
+        await mx2.record_message(third)
+        outbox = backend.outbox(mx2, "mx2:1:100")
+        taken = await outbox.claim(datetime.now(UTC), limit=2, lease_s=300, busy={}, per_route=9)
+        now = datetime.now(UTC)
+        refused = Attempt(now, now, "legacy.example", 550, "5.1.1 no such user", JobState.FAILED)
+        await outbox.finish(taken[1], refused)
+        gauges = queue_gauges(location(backend))
+        try:
+            depth = await asyncio.to_thread(gauges.read_depth)
+        finally:
+            gauges.close()
+    by_state = depth.by_state()
+    assert by_state == {
+        JobState.QUEUED: 1,
+        JobState.IN_FLIGHT: 1,
+        JobState.DEFERRED: 0,
+        JobState.HELD: 0,
+        JobState.FAILED: 1,
+    }
+    # The waiting jobs were queued with their filings, at NOW.
+    assert depth.oldest_waiting is not None
+    assert abs((depth.oldest_waiting - first.received_at).total_seconds()) < 1
+    if backend.dsn is None:
+        assert {node for node, _ in depth.jobs} == {None}  # one host's file has no node
+    else:
+        # Each job counts for the node that queued it, whichever node holds or failed it.
+        assert sum(n for (node, _), n in depth.jobs.items() if node == "mx1") == 2
+        assert sum(n for (node, _), n in depth.jobs.items() if node == "mx2") == 1

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -19,17 +20,23 @@ from email import message_from_bytes
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import aiosmtplib
 import psycopg
+from prometheus_client.parser import text_string_to_metric_families
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tests.polling import eventually
 from tests.postgres import PostgresServer, postgres
 from tests.sink import Sink, start_sink
+from tests.test_auditcmd import event_after
+from tests.test_metrics import fetch, scrape, value
 from tests.test_serve_process import (
     AFTER_CUTOFF,
     RETIRED,
     SENDER,
+    START_TIMEOUT,
+    STOP_TIMEOUT,
     Attempt,
     Listening,
     Reply,
@@ -38,6 +45,7 @@ from tests.test_serve_process import (
     send_batch,
     serving,
     smtp_session,
+    start_serve,
     write_config,
 )
 
@@ -239,6 +247,150 @@ async def test_a_killed_nodes_leased_jobs_go_out_from_the_other_after_the_lease(
     assert attempts == [("mx2", "delivered")] * 3
 
 
+async def test_an_attempt_three_leases_long_keeps_its_node_and_sends_one_notice(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    url = await shared_database(postgres)
+    sink = await start_sink()
+    sink.stall_s = 6.0  # DATA answered after three leases' time
+    lease_s = 2.0
+    first = node_config(tmp_path, "mx1", url=url, sink=sink, lease_s=lease_s)
+    second = node_config(tmp_path, "mx2", url=url, sink=sink, lease_s=lease_s)
+    leases: list[tuple[Any, ...]] = []
+    try:
+        async with two_nodes(postgres, first, second) as (one, two):
+            async with smtp_session(one.port) as client:
+                await send(client, Attempt(1, SENDER, RETIRED))
+            await eventually(lambda: sink.attempts >= 1, within=20)
+            # Both nodes poll every 50 ms: all through the stall, the job stays with the node
+            # that took it, its lease renewed on the server's clock.
+            while not sink.accepted:
+                leases += query(
+                    postgres, url, "SELECT lease_owner, lease_until > now() FROM jobs"
+                    " WHERE state = 'in-flight'",
+                )  # fmt: skip
+                assert sink.attempts == 1
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(2 * lease_s)  # a second attempt would have begun by now
+            events = one.gateway.events + two.gateway.events
+            assert await one.gateway.stop() == 0
+            assert await two.gateway.stop() == 0
+    finally:
+        sink.close()
+    assert sink.attempts == len(sink.accepted) == 1
+    owners = {owner for owner, _ in leases}
+    assert len(owners) == 1, owners
+    assert all(is_live for _, is_live in leases)
+    (owner,) = owners
+    attempts = query(postgres, url, "SELECT node, outcome FROM attempts")
+    assert attempts == [(owner.partition(":")[0], "delivered")]
+    assert not [e for e in events if e["event"] in ("outbox.lease_lost", "outbox.update_failed")]
+
+
+RECEIPTS = "https://eservice-mx.agency.example/ref/"
+
+
+async def _get(port: int, path: str) -> tuple[int, bytes]:
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as client,
+        client.get(f"http://127.0.0.1:{port}{path}") as got,
+    ):
+        return got.status, await got.read()
+
+
+async def test_the_receipt_page_on_one_node_answers_for_a_filing_the_other_took(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    url = await shared_database(postgres)
+    sink = await start_sink()
+    lookup = f'\n[lookup]\nlisten = "127.0.0.1:0"\npublic_url = "{RECEIPTS}"\n'
+    first = node_config(tmp_path, "mx1", url=url, sink=sink, extra=lookup)
+    second = node_config(tmp_path, "mx2", url=url, sink=sink)
+    try:
+        async with two_nodes(postgres, first, second) as (one, two):
+            port = int((await one.gateway.event("gateway.lookup.listening"))["port"])
+            async with smtp_session(two.port) as client:
+                reply = await send(client, Attempt(1, SENDER, RETIRED))
+            await sink.wait_for(1, within=20)
+            ref = reply.reference
+            # The notice is recorded as sent just after the sink's answer.
+            await eventually(lambda: query(postgres, url, "SELECT 1 FROM sent_notices"), within=10)
+            found, body = await _get(port, f"/ref/{ref}.json")
+            page = json.loads(body)
+            status, html = await _get(port, f"/ref/{ref}")
+            unknown = ref[:9] + ("Z" if ref[9] != "Z" else "Y") + ref[10:]
+            missing = [await _get(port, path) for path in (f"/ref/{unknown}", "/ref/nonsense")]
+            # The shared store away: the page says so (503), never 404 for a known reference.
+            await asyncio.to_thread(postgres.stop, "fast")
+            try:
+                away, _ = await _get(port, f"/ref/{ref}")
+            finally:
+                await asyncio.to_thread(postgres.start)
+            looked = [e for e in one.gateway.events if e["event"].startswith("receipt.")]
+            assert await one.gateway.stop() == 0
+            assert await two.gateway.stop() == 0
+    finally:
+        sink.close()
+    assert reply.code == 550
+    assert found == 200
+    assert page["reference"] == ref
+    assert page["notice"]["sent_at"] is not None
+    assert page["status"] == "not-filed"
+    assert page["content_received"] is True
+    assert page["sender_domain"] == "lawfirm.example"
+    assert status == 200
+    assert "NOT filed or served" in html.decode()
+    assert {s for s, _ in missing} == {404}
+    assert len({body for _, body in missing}) == 1
+    assert away == 503
+    assert [(e["event"], e.get("found")) for e in looked][-4:] == [
+        ("receipt.looked_up", True),
+        ("receipt.looked_up", False),
+        ("receipt.looked_up", False),
+        ("receipt.lookup_failed", None),
+    ]
+    assert postgres.password not in json.dumps(looked)
+
+
+async def test_both_nodes_report_the_whole_shared_queue_and_each_nodes_share(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    url = await shared_database(postgres)
+    sink = await start_sink()
+    sink.stall_s = 5.0  # the three notices stay in flight while both nodes are scraped
+    first = node_config(tmp_path, "mx1", url=url, sink=sink)
+    second = node_config(tmp_path, "mx2", url=url, sink=sink)
+    try:
+        async with two_nodes(postgres, first, second) as (one, two):
+            ports = [
+                int((await node.gateway.event("gateway.metrics.listening"))["port"])
+                for node in (one, two)
+            ]
+            async with smtp_session(one.port) as client:
+                await send_batch(client, [Attempt(n, SENDER, RETIRED) for n in (1, 2)])
+            async with smtp_session(two.port) as client:
+                await send(client, Attempt(3, SENDER, RETIRED))
+            await eventually(lambda: sink.attempts >= 3, within=20)
+            scraped = [await scrape(f"http://127.0.0.1:{port}") for port in ports]
+            _, _, text = await fetch(f"http://127.0.0.1:{ports[0]}/metrics")
+            await sink.wait_for(3, within=20)
+            assert await one.gateway.stop() == 0
+            assert await two.gateway.stop() == 0
+    finally:
+        sink.close()
+    for samples in scraped:
+        assert value(samples, "gateway_outbox_jobs", state="in-flight") == 3
+        assert value(samples, "gateway_outbox_jobs", state="queued") == 0
+        assert value(samples, "gateway_outbox_node_jobs", node="mx1", state="in-flight") == 2
+        assert value(samples, "gateway_outbox_node_jobs", node="mx2", state="in-flight") == 1
+        assert 0 < value(samples, "gateway_outbox_oldest_job_age_seconds") < 60
+    # The same figures from either node: the help says not to add them up across nodes.
+    help_text = {f.name: f.documentation for f in text_string_to_metric_families(text)}
+    assert "never sum()" in help_text["gateway_outbox_jobs"]
+    assert "sum() over node" in help_text["gateway_outbox_node_jobs"]
+
+
 async def _load(
     port: int, numbers: range, replies: list[Reply], *, stop: asyncio.Event, deadline: float
 ) -> None:
@@ -307,16 +459,104 @@ async def test_a_node_with_a_supervisor_and_two_workers_serves_from_the_shared_s
 ) -> None:
     url = await shared_database(postgres)
     sink = await start_sink()
+    sink.stall_s = 3.0  # the notices stay in flight while the supervisor is scraped
     config = node_config(tmp_path, "mx1", url=url, sink=sink, workers=2)
     try:
         async with serving(config, as_of=AFTER_CUTOFF, env=password_env(postgres)) as node:
+            port = int((await node.gateway.event("gateway.metrics.listening"))["port"])
             async with smtp_session(node.port) as client:
                 replies = await send_batch(client, [Attempt(n, SENDER, RETIRED) for n in (1, 2)])
+            await eventually(lambda: sink.attempts >= 2, within=20)
+            samples = await scrape(f"http://127.0.0.1:{port}")
             received = await sink.wait_for(2, within=20)
             assert await node.gateway.stop() == 0
     finally:
         sink.close()
     assert [r.code for r in replies] == [550, 550]
     assert len(received) == 2
+    # The supervisor's /metrics reads the shared queue as a single process does.
+    assert value(samples, "gateway_outbox_jobs", state="in-flight") == 2
+    assert value(samples, "gateway_outbox_node_jobs", node="mx1", state="in-flight") == 2
     rows = query(postgres, url, "SELECT DISTINCT node FROM messages")
     assert rows == [("mx1",)]
+
+
+@contextlib.asynccontextmanager
+async def logging_to_file(config: Path, server: PostgresServer) -> AsyncIterator[int]:
+    """`gateway serve` on `config`, whose [audit] log is `audit.log` beside it (the chain
+    anchored in the shared store); yields the SMTP port, stops it with SIGTERM at the end."""
+    log = config.parent / "audit.log"
+    process = await start_serve(
+        config, as_of=AFTER_CUTOFF, stdout=subprocess.DEVNULL, env=password_env(server)
+    )
+    try:
+        listening = await eventually(
+            lambda: event_after(log, 0, "gateway.listening"), within=START_TIMEOUT
+        )
+        yield int(listening["port"])
+        process.send_signal(signal.SIGTERM)
+    except BaseException:
+        if process.returncode is None:
+            process.kill()
+        raise
+    finally:
+        async with asyncio.timeout(STOP_TIMEOUT):
+            _, stderr = await process.communicate()
+    assert process.returncode == 0, stderr.decode(errors="replace")
+
+
+def with_log_file(config: Path) -> Path:
+    text = config.read_text(encoding="utf-8")
+    assert 'log = "-"' in text
+    log = config.parent / "audit.log"
+    config.write_text(text.replace('log = "-"', f"log = {json.dumps(str(log))}", 1), "utf-8")
+    return log
+
+
+async def test_audit_on_one_node_shows_the_other_nodes_attempt_and_names_its_chain(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    url = await shared_database(postgres)
+    sink = await start_sink()
+    first = node_config(tmp_path, "mx1", url=url, sink=sink)
+    second = node_config(tmp_path, "mx2", url=url, sink=sink)
+    log_one, log_two = with_log_file(first), with_log_file(second)
+    try:
+        async with logging_to_file(first, postgres), logging_to_file(second, postgres) as port:
+            async with smtp_session(port) as client:
+                reply = await send(client, Attempt(1, SENDER, RETIRED))
+            await sink.wait_for(1, within=20)
+    finally:
+        sink.close()
+    assert reply.code == 550
+    chains = {
+        path: {json.loads(line).get("chain") for line in path.read_bytes().splitlines()} - {None}
+        for path in (log_one, log_two)
+    }
+    (chain_one,), (chain_two,) = chains[log_one], chains[log_two]
+
+    # The story of mx2's attempt, told on mx1: the whole record, mx2 named as the node.
+    shown = await asyncio.to_thread(audit, first, postgres, "show", reply.reference)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith(f"attempt {reply.reference}: message received")
+    assert "  node            mx2\n" in shown.stdout
+    assert "notice to <" in shown.stdout
+    assert ": delivered after 1 attempt" in shown.stdout
+    assert "received by node mx2" in shown.stdout
+    ((sender_node,),) = query(postgres, url, "SELECT node FROM attempts")  # whichever claimed
+    assert f"  delivered by {sender_node}  " in shown.stdout
+    kept = await asyncio.to_thread(audit, first, postgres, "notice", reply.reference)
+    assert kept.returncode == 0, kept.stderr
+    assert "References: <1.serve-test@lawfirm.example>" in kept.stdout
+
+    # verify on mx1: its own log against its anchor, and mx2's chain named, not checked.
+    verified = await asyncio.to_thread(audit, first, postgres, "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert f"  chain {chain_one}: seq 1-" in verified.stdout
+    assert "its first record matches its anchor in the store" in verified.stdout
+    assert f"  node mx2: chain {chain_two}, started " in verified.stdout
+    assert f", log {log_two}\n" in verified.stdout
+    assert f"node mx1: chain {chain_one}" not in verified.stdout
+    assert verified.stdout.endswith(" records, chain intact\n")
+    rows = query(postgres, url, "SELECT node FROM audit_chains ORDER BY node")
+    assert rows == [("mx1",), ("mx2",)]

@@ -425,6 +425,72 @@ async def serving_to_files(config: Path, log: Path) -> AsyncIterator[asyncio.sub
 
 
 # ---------------------------------------------------------------------------------------------
+# 5b. The first workers are forked, sharing the supervisor's imported code
+
+
+def shared_dirty_kib(pid: int) -> int:
+    """Memory the process has written and still shares with another (a forked parent's
+    pages it has not written since, counted by the kernel in smaps_rollup)."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text(encoding="ascii").splitlines():
+        if line.startswith("Shared_Dirty:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no Shared_Dirty for {pid}")
+
+
+def command_line(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_text(encoding="utf-8").split("\0")
+
+
+# A forked worker shares some 35 MiB of the supervisor's written pages (its imports); a new
+# interpreter shares none with anyone (only clean pages of the libraries it maps).
+FORKED_SHARED_KIB = 16 * 1024
+
+
+async def test_first_workers_are_forked_and_share_memory_and_a_restart_is_a_new_interpreter(
+    tmp_path: Path,
+) -> None:
+    config = workers_config(tmp_path)
+    async with serving(config, as_of=AFTER_CUTOFF) as served:
+        gateway = served.gateway
+        starts = gateway.named("gateway.worker.started")
+        assert sorted((e["worker"], e["forked"]) for e in starts) == [(1, True), (2, True)]
+        first = [started_pid(gateway, index) for index in (1, 2)]
+        for pid in first:
+            assert shared_dirty_kib(pid) >= FORKED_SHARED_KIB
+        os.kill(first[0], signal.SIGKILL)
+        async with asyncio.timeout(STOP_TIMEOUT):
+            await gateway.first(named("gateway.worker.restarted", worker=1))
+        again = started_pid(gateway, 1)
+        restart = [e for e in gateway.named("gateway.worker.started") if e["pid"] == again]
+        assert restart[0]["forked"] is False
+        assert shared_dirty_kib(again) < FORKED_SHARED_KIB
+        assert command_line(again)[1:5] == ["-m", "gateway", "serve", "--config"]
+        # Whichever way each was started, both serve: a filing refused, with its record.
+        async with contextlib.AsyncExitStack() as stack:
+            clients = await one_per_worker(gateway, served.port, stack)
+            replies = [await send(clients[i], filing(i)) for i in (1, 2)]
+        assert await gateway.stop() == 0
+    assert [r.code for r in replies] == [550, 550]
+    db = database(tmp_path)
+    for reply in replies:
+        assert_recorded(db, reply)
+
+
+def test_a_supervisor_whose_log_cannot_open_leaves_no_forked_worker_behind(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "not-a-directory").write_text("", encoding="utf-8")
+    log_path = tmp_path / "not-a-directory" / "audit.log"
+    config = workers_config(tmp_path, edit=('log = "-"', f'log = "{log_path}"'))
+    result = run_cli("serve", "--config", str(config), "--as-of", AFTER_CUTOFF, cwd=tmp_path)
+    assert_one_line_error(result, exit_code=1, naming="not-a-directory")
+    assert "gateway.started" not in result.stdout  # forked, but never released to serve
+    # The forked workers carry the supervisor's command line: none is left running.
+    left = subprocess.run(["pgrep", "-f", str(config)], capture_output=True, text=True)
+    assert left.stdout == ""
+
+
+# ---------------------------------------------------------------------------------------------
 # 6. The setting, and a supervisor that cannot start
 
 

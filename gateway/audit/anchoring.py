@@ -26,11 +26,11 @@ __all__ = ["anchored"]
 log = structlog.get_logger()
 
 
-def _head_rows(chain: ChainedLog, head: Head) -> tuple[Anchor | None, Checkpoint | None]:
+def _head_rows(chain: ChainedLog, head: Head, node: str) -> tuple[Anchor | None, Checkpoint | None]:
     """The chain's anchor once its first line is written (saved again: ignored), and its head."""
     anchor = None
     if chain.is_new and chain.first_hash is not None:
-        anchor = Anchor(head.chain, chain.started_at, chain.destination, chain.first_hash)
+        anchor = Anchor(head.chain, chain.started_at, chain.destination, chain.first_hash, node)
     point = Checkpoint(head.chain, head.seq, head.hash, datetime.now(UTC)) if head.seq else None
     return anchor, point
 
@@ -44,9 +44,10 @@ async def _open_once(store: StoreLocation) -> None:
 class _Checkpoints:
     """A thread that records the chain's head in the store every `every_s` seconds."""
 
-    def __init__(self, chain: ChainedLog, heads: HeadStore, *, every_s: float) -> None:
+    def __init__(self, chain: ChainedLog, heads: HeadStore, *, node: str, every_s: float) -> None:
         self._chain = chain
         self._heads = heads
+        self._node = node
         self._every_s = every_s
         self._stop = threading.Event()
         self._saved = chain.head
@@ -71,7 +72,7 @@ class _Checkpoints:
         if head == self._saved or head.seq == 0:
             return
         try:
-            self._heads.save_head(*_head_rows(self._chain, head))
+            self._heads.save_head(*_head_rows(self._chain, head, self._node))
         except StoreError as exc:
             log.error("store.checkpoint_failed", error=str(exc))
             return
@@ -92,11 +93,11 @@ def anchored(chain: ChainedLog | None, store: StoreLocation, *, every_s: float) 
     asyncio.run(_open_once(store))
     heads = head_store(store)
     try:
-        heads.save_head(*_head_rows(chain, chain.head))
+        heads.save_head(*_head_rows(chain, chain.head, store.node))
     except StoreError:
         heads.close()
         raise
-    checkpoints = _Checkpoints(chain, heads, every_s=every_s)
+    checkpoints = _Checkpoints(chain, heads, node=store.node, every_s=every_s)
     checkpoints.start()
     try:
         yield

@@ -57,7 +57,7 @@ EVENTS: dict[str, tuple[str, ...]] = {
     # once all have ended (status: the supervisor's exit status, 0 when each ended cleanly).
     "gateway.supervisor.stopping": ("reason", "workers"),
     "gateway.supervisor.stopped": ("status",),
-    "gateway.worker.started": ("worker", "pid"),
+    "gateway.worker.started": ("worker", "pid", "forked"),
     "gateway.worker.exited": ("worker", "pid", "status", "ran_s", "expected"),
     "gateway.worker.restarted": ("worker", "pid", "delay_s", "restarts"),
     # A signal passed on to every worker (SIGTERM, SIGINT, SIGHUP, SIGUSR1).
@@ -191,6 +191,18 @@ EVENTS: dict[str, tuple[str, ...]] = {
     "outbox.recovered": ("jobs",),
     "outbox.claim_failed": ("error",),
     "outbox.update_failed": ("job_id", "reference", "error"),
+    # A job's lease found another owner's (taken over after it ran out, or recovered): during
+    # "sending" the attempt was stopped; during "recording" its outcome (delivered, deferred,
+    # failed; host and reply_code as far as known) was not written over that owner's state.
+    "outbox.lease_lost": (
+        "job_id",
+        "reference",
+        "owner",
+        "during",
+        "outcome",
+        "host",
+        "reply_code",
+    ),
     "delivery.succeeded": _DELIVERY_KEYS,
     "delivery.deferred": (*_DELIVERY_KEYS, "note", "next_attempt_at"),
     "delivery.failed": (*_DELIVERY_KEYS, "note", "next_attempt_at"),
@@ -205,6 +217,8 @@ EVENTS: dict[str, tuple[str, ...]] = {
     "receipt.looked_up": ("reference", "found", "format", "lang", "client"),
     # scope: "client" (its own per_minute and burst) or "total" (total_per_second).
     "receipt.rate_limited": ("scope", "client", "retry_after_s"),
+    # The store could not be read for a lookup (answered 503, not 404).
+    "receipt.lookup_failed": ("error", "client"),
     # The operator console: each page or export an authenticated user viewed (view: attempts,
     # attempt, summary, senders, queue; format: html, csv or json; query: its filters), and
     # each request refused for want of credentials (reason: missing, wrong or unknown-proxy).

@@ -86,6 +86,7 @@ def _story_fields(story: Story, zone: tzinfo) -> list[tuple[str, str | None]]:
     kept = "kept in the store" if story.raw_kept else "not kept"
     return [
         ("arrived" if is_message else "refused at", f"{when(a.at, zone)}  ({_utc(a.at)})"),
+        ("node", a.node),  # on a shared store: the MX host that took it
         ("client", client),
         ("session", a.session_id),
         ("envelope from", f"<{a.sender}>"),
@@ -124,8 +125,9 @@ def _write_deliveries(story: Story, zone: tzinfo, out: TextIO) -> None:
         tries = f"{len(attempts)} attempt{'s' if len(attempts) != 1 else ''}"
         out.write(f"  job {job.id}  {job.kind} to {to}: {job.state} after {tries}\n")
         for number, tried in enumerate(attempts, start=1):
+            by = f" by {tried.node}" if tried.node else ""  # a shared store's node
             out.write(
-                f"    attempt {number}  {when(tried.started_at, zone)}  {tried.outcome}"
+                f"    attempt {number}  {when(tried.started_at, zone)}  {tried.outcome}{by}"
                 f"  {tried.host or '-'}  {tried.code or '-'}  {tried.reply}\n"
             )
         _write_sent(job, sent.get(job.id), out)

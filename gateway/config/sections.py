@@ -252,6 +252,9 @@ class DeliverySettings(_Model):
     )
     retry_jitter: float = Field(default=0.1, ge=0, lt=1)
     max_age: Seconds = 5 * 86400.0
+    # How long a claim on a job holds unless renewed. The worker renews it every third of this
+    # while an attempt runs, so it need not outlast connect_timeout plus the command_timeouts
+    # (no check ties them): it is how long a dead node's jobs wait for another.
     lease: Seconds = 600.0
     poll_interval: Seconds = 1.0
 

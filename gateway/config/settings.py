@@ -113,23 +113,6 @@ class GatewaySettings(_Model):
         return self
 
     @model_validator(mode="after")
-    def _pages_read_sqlite(self) -> GatewaySettings:
-        # The receipt page and the console read the SQLite file only, for now; on PostgreSQL
-        # they would answer every reference with 404 and show an empty record.
-        if self.storage.is_shared:
-            for section, listen in (
-                ("lookup", self.lookup.listen),
-                ("console", self.console.listen),
-            ):
-                if listen:
-                    raise ValueError(
-                        f"{section}.listen: the {section} pages read only the SQLite store so"
-                        " far, and storage.url names PostgreSQL; leave it empty on this host"
-                        ' (see docs/postgresql.md, "Next")'
-                    )
-        return self
-
-    @model_validator(mode="after")
     def _stall_after_polls(self) -> GatewaySettings:
         # The worker looks at the queue once per poll_interval; fewer than two intervals would
         # call a healthy worker stalled.

@@ -12,11 +12,18 @@ expires (or the next start recovers it) and the job is sent again. A write that 
 the process lives (a full disk, a locked store) does not open that window: the outcome is
 kept in memory and written again until the store takes it, and the worker does not take up
 the job meanwhile, however long its lease has run out.
+
+While an attempt composes and sends, the worker renews its lease every third of the lease
+(`_KeptLease`), so an attempt may last longer than the lease, and another node or worker
+takes the job only once this one stops renewing it (it died, hung, or lost the store for
+longer than two renewals). A renewal that finds the lease another owner's stops the attempt;
+an outcome that finds it so when recorded is not written over that owner's state.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import math
 import random
@@ -25,6 +32,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from types import TracebackType
 from typing import TypeVar
 
 import structlog
@@ -33,7 +41,7 @@ from gateway.clock import Clock
 from gateway.config import DeliverySettings
 from gateway.delivery.composer import Composer
 from gateway.delivery.transport import Answer, MailSender, OutgoingMail
-from gateway.errors import DeliveryDeferred, DeliveryError, StoreError
+from gateway.errors import DeliveryDeferred, DeliveryError, LeaseLost, StoreError
 from gateway.policy.decision import next_attempt_at
 from gateway.store.interface import JobQueue
 from gateway.store.messages import iso
@@ -42,7 +50,7 @@ from gateway.store.queueactions import QueueAction
 from gateway.store.sentmail import SentNotice, describe_sent, should_keep
 from gateway.vocabulary import JobKind
 
-__all__ = ["DeliveryWorker"]
+__all__ = ["RENEW_FRACTION", "DeliveryWorker"]
 
 log = structlog.get_logger()
 
@@ -57,6 +65,9 @@ _OPERATOR_EVENTS = {
 
 # Seconds between tries to record an outcome the store refused: the first, and the most.
 _RECORD_RETRY_S = (0.5, 5.0)
+# A lease is renewed when this much of it has gone: two renewals in a row may fail (the
+# store away for a moment) before it runs out.
+RENEW_FRACTION = 1 / 3
 T = TypeVar("T")
 
 
@@ -207,8 +218,11 @@ class DeliveryWorker:
     async def _try(self, job: Job) -> None:
         started = self.clock()
         try:
-            mail = await self.composer.compose(job, started)
-            answer = await self.sender.send(mail)
+            async with _KeptLease(self.outbox, job, self.clock, lease_s=self.limits.lease_s):
+                mail = await self.composer.compose(job, started)
+                answer = await self.sender.send(mail)
+        except LeaseLost:
+            return  # another owner's job now: nothing of ours to record or give back
         except asyncio.CancelledError:
             await asyncio.shield(self.outbox.release(job, self.clock()))
             raise
@@ -227,12 +241,16 @@ class DeliveryWorker:
             started, self.clock(), answer.host, answer.code, answer.reply, JobState.DELIVERED
         )
         sent = _kept(job, mail, attempt.finished_at)
-        await self._until_recorded(
-            job,
-            lambda: self.outbox.finish(
-                job, attempt, raw_keep_until=self._raw_release(job, attempt), sent=sent
-            ),
-        )
+        try:
+            await self._until_recorded(
+                job,
+                lambda: self.outbox.finish(
+                    job, attempt, raw_keep_until=self._raw_release(job, attempt), sent=sent
+                ),
+            )
+        except LeaseLost:
+            self._lost_when_recording(job, attempt)
+            return
         _log_attempt("delivery.succeeded", job, attempt)
 
     async def _until_recorded(self, job: Job, write: Callable[[], Awaitable[T]]) -> T:
@@ -275,14 +293,18 @@ class DeliveryWorker:
         if expired:
             note = f"gave up after {job.attempts + 1} attempts in {_age(job, finished)}"
         attempt = Attempt(started, finished, error.host, error.code, error.reply, state)
-        bounce = await self.outbox.finish(
-            job,
-            attempt,
-            next_attempt_at=due,
-            note=note,
-            raw_keep_until=self._raw_release(job, attempt),
-            bounce=job.kind is JobKind.RELAY and state is JobState.FAILED,
-        )
+        try:
+            bounce = await self.outbox.finish(
+                job,
+                attempt,
+                next_attempt_at=due,
+                note=note,
+                raw_keep_until=self._raw_release(job, attempt),
+                bounce=job.kind is JobKind.RELAY and state is JobState.FAILED,
+            )
+        except LeaseLost:
+            self._lost_when_recording(job, attempt)
+            return
         event = "delivery.deferred" if state is JobState.DEFERRED else "delivery.failed"
         _log_attempt(
             event, job, attempt, note=note, next_attempt_at=None if due is None else iso(due)
@@ -298,6 +320,86 @@ class DeliveryWorker:
                 job_id=bounce.job_id,
                 about_job=job.id,
             )
+
+    def _lost_when_recording(self, job: Job, attempt: Attempt) -> None:
+        # The audit log keeps what this attempt did; the store keeps the new owner's state.
+        log.warning(
+            "outbox.lease_lost",
+            job_id=job.id,
+            reference=job.reference,
+            owner=self.outbox.owner,
+            during="recording",
+            outcome=attempt.outcome,
+            host=attempt.host,
+            reply_code=attempt.code,
+        )
+
+
+class _KeptLease:
+    """Renews a job's lease while its block runs, every RENEW_FRACTION of the lease.
+
+    A renewal the store cannot take is logged and tried again at the next turn. One that
+    finds the lease another owner's logs it and stops the block, which then raises LeaseLost.
+    """
+
+    def __init__(self, outbox: JobQueue, job: Job, clock: Clock, *, lease_s: float) -> None:
+        self._outbox = outbox
+        self._job = job
+        self._clock = clock
+        self._lease_s = lease_s
+        self._is_lost = False
+        self._block: asyncio.Task[object] | None = None
+        self._renewing: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> None:
+        self._block = asyncio.current_task()
+        self._renewing = asyncio.create_task(self._renew(), name=f"lease-{self._job.id}")
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        _tb: TracebackType | None,
+    ) -> None:
+        assert self._block is not None  # entered
+        assert self._renewing is not None
+        self._renewing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._renewing
+        # Our own cancel only (uncancel() reaches 0): a shutdown's cancel goes on through.
+        if self._is_lost and exc_type is asyncio.CancelledError and self._block.uncancel() == 0:
+            raise LeaseLost(f"job {self._job.id} is another owner's now") from exc
+
+    async def _renew(self) -> None:
+        every = self._lease_s * RENEW_FRACTION
+        job = self._job
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        while True:
+            # On a fixed beat, however long the last renewal took: each has until the next.
+            due += every
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            try:
+                async with asyncio.timeout_at(due + every):
+                    is_ours = await self._outbox.renew(job, self._clock(), lease_s=self._lease_s)
+            except (StoreError, TimeoutError) as exc:
+                error = str(exc) or "no answer from the store in time"
+                log.error(
+                    "outbox.update_failed", job_id=job.id, reference=job.reference, error=error
+                )
+                continue
+            if not is_ours:
+                self._is_lost = True
+                log.warning(
+                    "outbox.lease_lost",
+                    job_id=job.id,
+                    reference=job.reference,
+                    owner=self._outbox.owner,
+                    during="sending",
+                )
+                assert self._block is not None
+                self._block.cancel()
+                return
 
 
 def _kept(job: Job, mail: OutgoingMail, sent_at: datetime) -> tuple[SentNotice, bytes] | None:

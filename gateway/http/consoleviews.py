@@ -4,14 +4,15 @@ Attempts (a keyset page, older or newer), one attempt's story (audit show's own 
 ops/auditevidence.py) with the notices as sent, the daily summary with its chart
 (audit/report.py's geometry), the senders and the queue. The lists come also as CSV and
 JSON lines from ops/audittables.py's writers, for the same rows as the page. Each view is
-one `console.viewed` audit event.
+one `console.viewed` audit event. Every read goes through an AuditReader (interface.py), so
+the pages answer from the SQLite file or, on a shared store, for every node; a store that
+cannot be read is a 503 page.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -26,6 +27,7 @@ from gateway.audit.report import chart, per_day
 from gateway.audit.story import when
 from gateway.clock import Clock
 from gateway.config import GatewaySettings
+from gateway.errors import StoreError
 from gateway.http.consoleauth import USER
 from gateway.http.consolelinks import audit_request, filter_query, href, parse_key, render_key
 from gateway.mail.noticetext import readable_notice
@@ -33,12 +35,10 @@ from gateway.mail.redaction import Redactor
 from gateway.ops.auditevidence import show_attempt
 from gateway.ops.auditrequest import AuditRequest, UsageError, Zones, attempt_filters
 from gateway.ops.audittables import write_attempts, write_senders, write_summary
-from gateway.store.browse import browse_attempts
-from gateway.store.db import connect
+from gateway.store.backend import StoreLocation, open_audit_reader
+from gateway.store.interface import AuditReader
 from gateway.store.outbox import PENDING_STATES
-from gateway.store.queueactions import JobFilter, select_jobs
-from gateway.store.records import AttemptRecord, find_attempts, redacted
-from gateway.store.sentmail import read_sent, sent_data
+from gateway.store.records import AttemptRecord, redacted
 from gateway.store.summaries import sender_activity, summarize
 from gateway.vocabulary import JobState, format_notice_status
 
@@ -68,6 +68,7 @@ class Views:
         self.clock = clock
         self.pages = pages
         self.redactor = Redactor.from_settings(settings.audit)
+        self.location = StoreLocation.from_settings(settings)
         css = resources.files("gateway.http").joinpath("pages", "console.css")
         self.css = css.read_text(encoding="utf-8")
 
@@ -84,15 +85,24 @@ class Views:
             app.router.add_get(f"/{name}", view)
             app.router.add_get(f"/{name}.{{format:csv|json}}", view)
 
-    async def _read(self, read: Callable[[sqlite3.Connection], _T]) -> _T:
-        def run() -> _T:
-            conn = connect(self.settings.storage.database, readonly=True)
-            try:
-                return read(conn)
-            finally:
-                conn.close()
+    async def _read(self, read: Callable[[AuditReader], _T]) -> _T:
+        """`read` on a reader of its own, in a thread.
 
-        return await asyncio.to_thread(run)
+        Raises:
+            web.HTTPServiceUnavailable: the store cannot be read (the shared store is down).
+        """
+
+        def run() -> _T:
+            reader = open_audit_reader(self.location)
+            try:
+                return read(reader)
+            finally:
+                reader.close()
+
+        try:
+            return await asyncio.to_thread(run)
+        except StoreError as exc:
+            raise web.HTTPServiceUnavailable(text=f"The store cannot be read: {exc}\n") from exc
 
     def _viewed(self, request: web.Request, asked: _Asked, reference: str | None = None) -> None:
         log.info(
@@ -141,7 +151,7 @@ class Views:
             return self._problem(request, 400, str(exc))
         size = self.settings.console.page_size
         page = await self._read(
-            lambda c: browse_attempts(c, filters, before=before, after=after, size=size)
+            lambda r: r.browse_attempts(filters, before=before, after=after, size=size)
         )
         rows = [redacted(a, self.redactor) for a in page.attempts]
         self._viewed(request, asked)
@@ -159,6 +169,7 @@ class Views:
                 (a, when(a.at, zones.of(a.office)), format_notice_status(a.notice)) for a in rows
             ],
             zone=zones.label,
+            has_nodes=any(a.node is not None for a in rows),  # a shared store names them
             older=href("/attempts", {**kept, "before": render_key(page.next_key)})
             if page.next_key
             else None,
@@ -191,13 +202,13 @@ class Views:
         except UsageError as exc:
             return self._problem(request, 400, str(exc))
 
-        def read(conn: sqlite3.Connection) -> tuple[int, str, list[tuple[Any, str]]]:
+        def read(reader: AuditReader) -> tuple[int, str, list[tuple[Any, str]]]:
             out, err = io.StringIO(), io.StringIO()
-            status = show_attempt(self.settings, audit, conn, zones, self.redactor, out, err)
-            kept = read_sent(conn, reference)
+            status = show_attempt(self.settings, audit, reader, zones, self.redactor, out, err)
+            kept = reader.read_sent(reference)
             # The notice quotes the filing's subject: decoded, then redacted as the story is.
             notices = [
-                (n, readable_notice(sent_data(conn, reference, n.job_id) or b"", self.redactor))
+                (n, readable_notice(reader.sent_data(reference, n.job_id) or b"", self.redactor))
                 for n in kept
             ]
             return status, out.getvalue(), notices
@@ -237,7 +248,7 @@ class Views:
             filters = attempt_filters(audit, zones)
         except UsageError as exc:
             return self._problem(request, 400, str(exc))
-        rows = await self._read(lambda c: count(find_attempts(c, filters), zones))
+        rows = await self._read(lambda r: count(r.find_attempts(filters), zones))
         self._viewed(request, asked)
         return rows, zones, kept
 
@@ -295,7 +306,7 @@ class Views:
         states: tuple[str, ...] = (
             () if state == "all" else (state,) if state else tuple(PENDING_STATES)
         )
-        jobs = await self._read(lambda c: select_jobs(c, JobFilter(states=states)))
+        jobs = await self._read(lambda r: r.list_jobs(states))
         self._viewed(request, asked)
         if asked.format != "html":
             items = [_job_item(job) for job in jobs]

@@ -18,9 +18,8 @@ health-check row.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -164,15 +163,20 @@ class _Routes:
         encode, content_type = choose_encoder(request.headers.get("Accept", ""))
         try:
             body = await asyncio.to_thread(encode, self.registry)
-        except sqlite3.Error as exc:  # the outbox gauges could not be read
+        except StoreError as exc:  # the outbox gauges could not be read
             return web.Response(status=503, text=f"state store unreadable: {exc}\n")
         return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 async def start_endpoint(
-    address: ListenAddress, registry: CollectorRegistry, readiness: ReadinessCheck
+    address: ListenAddress,
+    registry: CollectorRegistry,
+    readiness: ReadinessCheck,
+    *,
+    on_close: Callable[[], None] | None = None,
 ) -> Endpoint:
-    """Bind `address` (port 0: any free port) and serve /healthz, /readyz and /metrics.
+    """Bind `address` (port 0: any free port) and serve /healthz, /readyz and /metrics;
+    `on_close` (the queue gauges' connection) runs in a thread once the endpoint is closed.
 
     Raises:
         OSError: the address cannot be bound.
@@ -182,6 +186,8 @@ async def start_endpoint(
     app.router.add_get("/healthz", routes.healthz)
     app.router.add_get("/readyz", routes.readyz)
     app.router.add_get("/metrics", routes.metrics)
+    if on_close is not None:
+        app.on_cleanup.append(lambda _app: asyncio.to_thread(on_close))
     # No access log: probes every few seconds would drown the audit log, and aiohttp's
     # would be plain text on stdlib logging besides.
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_S)

@@ -23,6 +23,7 @@ from gateway import __version__
 from gateway.clock import Clock
 from gateway.http.health import Check
 from gateway.http.metrics import OutboxCollector
+from gateway.store.interface import QueueGauges
 
 __all__ = ["HostReadiness", "WorkerProbe", "host_registry"]
 
@@ -73,14 +74,15 @@ def _worker_check(part: str, body: object) -> Check:
     return Check(part, False, "; ".join(failing) or "not ready")
 
 
-def host_registry(metrics_dir: Path, database: Path | None, clock: Clock) -> CollectorRegistry:
+def host_registry(
+    metrics_dir: Path, gauges: QueueGauges, clock: Clock, *, is_shared: bool
+) -> CollectorRegistry:
     """The supervisor's registry: the workers' counters summed (gauges by their own mode),
-    the queue gauges read from the SQLite store (None: the store is PostgreSQL, whose gauges
-    are not read yet), and the supervisor's own process metrics."""
+    the queue gauges read from the store (`is_shared`: PostgreSQL's, per node too), and the
+    supervisor's own process metrics."""
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(metrics_dir))  # type: ignore[no-untyped-call]
-    if database is not None:
-        registry.register(OutboxCollector(database, clock, open_sessions=None))
+    registry.register(OutboxCollector(gauges, clock, open_sessions=None, is_shared=is_shared))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     # Info cannot be kept in multiprocess files; the supervisor states the one version.

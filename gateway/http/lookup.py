@@ -3,9 +3,10 @@
 Its own aiohttp listener, apart from the operator's /metrics; in the one serving process, or
 under `[server] workers` in the supervisor, which owns the host's HTTP as it owns /metrics.
 Each request: the client's rate limit first (a walker of the reference space gets 429 with
-Retry-After before anything is looked up), then one read of the store, in a thread of its
-own with a read-only connection, so the event loop and the SMTP side never wait on SQLite.
-Unknown, malformed, expired and purged references get one 404 page, the same bytes for all.
+Retry-After before anything is looked up), then one read of the store (the SQLite file
+read-only, or the shared PostgreSQL, whichever node took the attempt), in a thread of its
+own, so the event loop and the SMTP side never wait on it. Unknown, malformed, expired and
+purged references get one 404 page, the same bytes for all; a store that cannot be read, 503.
 Every lookup is an audit event. Nothing here writes to the store or mails anyone.
 """
 
@@ -13,13 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from importlib import resources
-from pathlib import Path
 
 import jinja2
 import structlog
@@ -27,6 +26,7 @@ from aiohttp import web
 
 from gateway.clock import Clock
 from gateway.config import GatewaySettings, LookupSettings, OfficeSettings
+from gateway.errors import StoreError
 from gateway.http.forwarded import client_address
 from gateway.http.health import Endpoint
 from gateway.http.ratelimit import RateLimit
@@ -37,8 +37,9 @@ from gateway.http.receiptpage import (
     receipt_page,
 )
 from gateway.http.receiptwords import WORDS
-from gateway.store.db import connect
-from gateway.store.receipts import REFERENCE_SHAPE, Receipt, read_receipt
+from gateway.store.backend import StoreLocation, open_receipts
+from gateway.store.interface import ReceiptReader
+from gateway.store.receipts import REFERENCE_SHAPE, Receipt
 
 __all__ = ["SECURITY_HEADERS", "page_templates", "start_lookup"]
 
@@ -80,28 +81,18 @@ def _page_source(name: str) -> str:
 
 
 class _Reader:
-    """Reads receipts in one thread of its own, on one read-only connection."""
+    """Reads receipts in one thread of its own, with the store's receipt reader."""
 
-    def __init__(self, database: Path) -> None:
-        self._database = database
+    def __init__(self, receipts: ReceiptReader) -> None:
+        self._receipts = receipts
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="receipts")
-        self._conn: sqlite3.Connection | None = None
 
     async def read(self, reference: str) -> Receipt | None:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._read, reference)
-
-    def _read(self, reference: str) -> Receipt | None:
-        if self._conn is None:
-            self._conn = connect(self._database, readonly=True)
-        return read_receipt(self._conn, reference)
-
-    def _close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
+        return await loop.run_in_executor(self._executor, self._receipts.read_receipt, reference)
 
     def close(self) -> None:
-        self._executor.submit(self._close)
+        self._executor.submit(self._receipts.close)
         self._executor.shutdown(wait=True)
 
 
@@ -152,7 +143,16 @@ class _Receipts:
         tail = request.match_info["tail"]
         is_json = tail.endswith(".json")
         reference = tail.removesuffix(".json").upper()
-        found = await self._find(reference)
+        try:
+            found = await self._find(reference)
+        except StoreError as exc:
+            # Not a 404: the receipt may well exist, and the sender should ask again later.
+            log.error("receipt.lookup_failed", error=str(exc), client=client)
+            return web.Response(
+                status=503,
+                text="Receipts cannot be looked up just now; try again later.\n",
+                headers={"Retry-After": "60"},
+            )
         lang = None
         if found is None:
             response = self._not_found(is_json=is_json)
@@ -231,7 +231,7 @@ async def start_lookup(settings: GatewaySettings, clock: Clock) -> Endpoint | No
     lookup = settings.lookup
     if lookup.listen is None:
         return None
-    reader = _Reader(settings.storage.database)
+    reader = _Reader(open_receipts(StoreLocation.from_settings(settings)))
     receipts = _Receipts(lookup, {o.name: o for o in settings.offices}, reader, clock)
     app = web.Application(middlewares=[_secure])
     app.router.add_get("/ref/{tail}", receipts.lookup)

@@ -2,9 +2,10 @@
 
 Counters are fed by the audit log: `EventMetrics.observe` is a structlog processor that sees
 every event, so the SMTP and delivery code make no metrics calls and a count can never
-disagree with the audit log it came from. The outbox gauges are read from the store file when
-scraped, on a read-only connection; the scrape runs in a thread (health.py), never on the event
-loop. Everything goes into the CollectorRegistry given, one per process (app.py builds it), never
+disagree with the audit log it came from. The outbox gauges are read from the store when
+scraped, in one read (the SQLite file read-only, or the shared PostgreSQL, whose queue every
+node reports alike); the scrape runs in a thread (health.py), never on the event loop.
+Everything goes into the CollectorRegistry given, one per process (app.py builds it), never
 prometheus_client's global REGISTRY.
 
 This module serves nothing (health.py does) and never writes to the store.
@@ -12,12 +13,7 @@ This module serves nothing (health.py does) and never writes to the store.
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import (
@@ -36,18 +32,15 @@ from structlog.typing import EventDict, WrappedLogger
 
 from gateway import __version__
 from gateway.clock import Clock
-from gateway.store.db import connect
-from gateway.store.outbox import count_jobs
-from gateway.vocabulary import NOTICE_KINDS, JobKind, JobState, NoticeStatusKind, Outcome
+from gateway.store.interface import QueueGauges
+from gateway.vocabulary import NOTICE_KINDS, JobKind, NoticeStatusKind, Outcome
 
 __all__ = [
     "DURATION_BUCKETS",
     "JOB_KINDS",
     "EventMetrics",
     "OutboxCollector",
-    "QueueState",
     "new_registry",
-    "read_queue",
 ]
 
 # Seconds one delivery attempt takes: a local file write, up to a slow remote MX that uses
@@ -77,6 +70,7 @@ _ERROR_EVENTS = (
     "store.purge_failed",
     "outbox.claim_failed",
     "outbox.update_failed",
+    "outbox.lease_lost",
     "delivery.crashed",
 )
 # store.records_purged keys that count rows, which are the store's table names.
@@ -318,75 +312,80 @@ class EventMetrics:
 # ---------------------------------------------------------------------------------------------
 # Read at scrape time
 
-# Jobs still to be delivered: the queue proper.
-_WAITING = (JobState.QUEUED, JobState.IN_FLIGHT, JobState.DEFERRED)
-# What the depth gauge shows: the waiting jobs, and failed ones (dead letters an operator may
-# retry). Delivered and deleted jobs are history, not queue.
-# Held jobs are counted but not aged: an operator is keeping them back on purpose.
-_DEPTH_STATES = (*_WAITING, JobState.HELD, JobState.FAILED)
-
-
-@dataclass(frozen=True, slots=True)
-class QueueState:
-    depth: Mapping[JobState, int]
-    oldest_waiting: datetime | None  # created_at of the oldest job still to be delivered
-
-
-def read_queue(conn: sqlite3.Connection) -> QueueState:
-    """Jobs per state and the oldest waiting job, from one read transaction."""
-    counts = count_jobs(conn, _DEPTH_STATES)
-    depth = {state: counts[state].count if state in counts else 0 for state in _DEPTH_STATES}
-    waiting = [counts[state].oldest for state in _WAITING if state in counts]
-    return QueueState(depth, min(waiting, default=None))
+# On a shared store every node reads the one queue: its gauges are the same on every node.
+_SHARED = (
+    " On a shared PostgreSQL store: the whole queue, every node reporting the same figure;"
+    " take max() across nodes, never sum()."
+)
 
 
 class OutboxCollector(Collector):
-    """Gauges read when scraped: jobs by state, the oldest waiting job's age, open sessions.
+    """Gauges read when scraped: jobs by state, the oldest waiting job's age, open sessions;
+    on a shared store also the jobs by the node that queued them.
 
-    collect() blocks on SQLite; call it (generate_latest) in a thread.
+    collect() blocks on the store (one read); call it (generate_latest) in a thread.
 
     Raises (from collect):
-        sqlite3.Error: the store file cannot be read.
+        StoreError: the store cannot be read.
     """
 
     def __init__(
-        self, database: Path, clock: Clock, *, open_sessions: Callable[[], int] | None
+        self,
+        gauges: QueueGauges,
+        clock: Clock,
+        *,
+        open_sessions: Callable[[], int] | None,
+        is_shared: bool = False,
     ) -> None:
-        self.database = database
+        self.gauges = gauges
         self.clock = clock
         # None: the sessions gauge is another collector's (a supervisor sums its workers').
         self.open_sessions = open_sessions
+        self.is_shared = is_shared
 
     def describe(self) -> Iterable[Metric]:
         # Declared without reading the store, so registering does no I/O.
         return self._families()
 
     def collect(self) -> Iterable[Metric]:
-        with contextlib.closing(connect(self.database, readonly=True)) as conn:
-            queue = read_queue(conn)
-        jobs, oldest, *sessions = self._families()
-        for state, count in queue.depth.items():
-            jobs.add_metric([state.value], count)
+        depth = self.gauges.read_depth()
+        families = {family.name: family for family in self._families()}
+        for state, count in depth.by_state().items():
+            families["gateway_outbox_jobs"].add_metric([state.value], count)
         age = 0.0
-        if queue.oldest_waiting is not None:
-            age = max(0.0, (self.clock() - queue.oldest_waiting).total_seconds())
-        oldest.add_metric([], age)
+        if depth.oldest_waiting is not None:
+            age = max(0.0, (self.clock() - depth.oldest_waiting).total_seconds())
+        families["gateway_outbox_oldest_job_age_seconds"].add_metric([], age)
+        if self.is_shared:
+            for (node, state), count in sorted(depth.jobs.items(), key=str):
+                families["gateway_outbox_node_jobs"].add_metric([node or "", state.value], count)
         if self.open_sessions is not None:
-            sessions[0].add_metric([], self.open_sessions())
-        return [jobs, oldest, *sessions]
+            families["gateway_smtp_sessions_open"].add_metric([], self.open_sessions())
+        return list(families.values())
 
     def _families(self) -> list[GaugeMetricFamily]:
+        shared = _SHARED if self.is_shared else ""
         families = [
             GaugeMetricFamily(
                 "gateway_outbox_jobs",
-                "Jobs in the outbox by state (queued, in-flight, deferred, held, failed).",
+                "Jobs in the outbox by state (queued, in-flight, deferred, held, failed)." + shared,
                 labels=["state"],
             ),
             GaugeMetricFamily(
                 "gateway_outbox_oldest_job_age_seconds",
-                "Age of the oldest job still to be delivered (0: none waiting).",
+                "Age of the oldest job still to be delivered (0: none waiting)." + shared,
             ),
         ]
+        if self.is_shared:
+            families.append(
+                GaugeMetricFamily(
+                    "gateway_outbox_node_jobs",
+                    "Jobs in the shared outbox by the node that queued them, and state (any node"
+                    " may deliver them). Every node reports every node's share: sum() over node"
+                    " within one scrape gives the whole queue; take max() across nodes.",
+                    labels=["node", "state"],
+                )
+            )
         if self.open_sessions is not None:
             families.append(
                 GaugeMetricFamily("gateway_smtp_sessions_open", "SMTP sessions open now.")

@@ -1,8 +1,9 @@
 """`gateway audit ...`: the operator's questions about attempts, answered from the record.
 
 list (the default), show REF, notice REF, summary, report --out FILE, senders and verify
-[FILES]. Each opens the state store read-only (it may run beside a serving gateway), asks the
-store (records, story, summaries), and hands the answer to the module that writes it:
+[FILES]. Each reads the state store through an AuditReader (the SQLite file read-only, beside
+a serving gateway, or every node's records in the shared PostgreSQL store), asks the store
+(records, story, summaries), and hands the answer to the module that writes it:
 audittables.py (an aligned table for a terminal, JSON lines or CSV for other tools),
 auditevidence.py (show, notice), auditreport.py and auditverify.py. The request and what the
 actions share are auditrequest.py's. Subjects, file names and A-numbers are redacted as
@@ -13,7 +14,6 @@ the default keeps them out of what gets pasted into tickets and reports).
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 from collections.abc import Iterator
 from datetime import datetime
 from typing import BinaryIO, TextIO
@@ -34,9 +34,9 @@ from gateway.ops.auditrequest import (
 )
 from gateway.ops.audittables import write_attempts, write_senders, write_summary
 from gateway.ops.auditverify import verify_logs
-from gateway.store.backend import StoreLocation
-from gateway.store.db import connect
-from gateway.store.records import AttemptRecord, Filters, find_attempts, redacted
+from gateway.store.backend import StoreLocation, open_audit_reader
+from gateway.store.interface import AuditReader
+from gateway.store.records import AttemptRecord, redacted
 from gateway.store.summaries import sender_activity, summarize
 
 EXIT_FAILED = 1
@@ -56,19 +56,17 @@ def run_audit(
     """Answer one audit command; returns the exit status. `out_bytes` takes what is
     written byte for byte (audit notice) and defaults to `out`'s buffer."""
     try:
-        if settings.storage.is_shared:
-            return _answer_shared(settings, request, now=now, out=out)
         if request.action == "verify":
-            return verify_logs(settings, request, out)
-        with _store(settings) as conn:
+            return _verify(settings, request, out)
+        with _reader(settings) as reader:
             if request.action == "notice":
                 target = out_bytes if out_bytes is not None else out.buffer
-                return write_kept_notice(request, conn, out=out, out_bytes=target, err=err)
-            return _answer(settings, request, conn, now=now, out=out, err=err)
+                return write_kept_notice(request, reader, out=out, out_bytes=target, err=err)
+            return _answer(settings, request, reader, now=now, out=out, err=err)
     except UsageError as exc:
         err.write(f"gateway: {exc}\n")
         return EXIT_USAGE
-    except StoreError as exc:  # the shared store is down or refuses us: say which, no trace
+    except StoreError as exc:  # the store is down or refuses us: say which, no trace
         err.write(f"gateway: cannot read the store: {exc}\n")
         return EXIT_FAILED
 
@@ -76,7 +74,7 @@ def run_audit(
 def _answer(
     settings: GatewaySettings,
     request: AuditRequest,
-    conn: sqlite3.Connection,
+    reader: AuditReader,
     *,
     now: datetime,
     out: TextIO,
@@ -85,36 +83,17 @@ def _answer(
     zones = Zones.build(settings, request)
     redactor = Redactor() if request.unredacted else Redactor.from_settings(settings.audit)
     if request.action == "show":
-        return show_attempt(settings, request, conn, zones, redactor, out, err)
-    found = find_attempts(conn, attempt_filters(request, zones))
+        return show_attempt(settings, request, reader, zones, redactor, out, err)
+    found = reader.find_attempts(attempt_filters(request, zones))
     return _write(settings, request, found, zones, redactor, now=now, out=out)
 
 
-def _answer_shared(
-    settings: GatewaySettings, request: AuditRequest, *, now: datetime, out: TextIO
-) -> int:
-    # Every node's attempts from the shared store; show, notice and verify read more than
-    # the attempts (evidence, kept bytes, each node's log) and are not on PostgreSQL yet.
-    if request.action not in _SHARED_ACTIONS:
-        raise UsageError(
-            f"`gateway audit {request.action}` reads only the SQLite store so far, and"
-            ' [storage] url names PostgreSQL; see docs/postgresql.md, "Next"'
-        )
-    zones = Zones.build(settings, request)
-    redactor = Redactor() if request.unredacted else Redactor.from_settings(settings.audit)
-    found = _find_shared(settings, attempt_filters(request, zones))
-    return _write(settings, request, found, zones, redactor, now=now, out=out)
-
-
-_SHARED_ACTIONS = frozenset({"list", "summary", "senders", "report"})
-
-
-def _find_shared(settings: GatewaySettings, filters: Filters) -> list[AttemptRecord]:
-    from gateway.store.postgres.records import find_shared_attempts
-
-    dsn = StoreLocation.from_settings(settings).dsn
-    assert dsn is not None  # is_shared
-    return find_shared_attempts(dsn, filters)
+def _verify(settings: GatewaySettings, request: AuditRequest, out: TextIO) -> int:
+    # Without a store (none yet, or --no-store) the chains' ends are not checked against one.
+    if not request.use_store or not _has_store(settings):
+        return verify_logs(settings, request, None, out)
+    with _reader(settings) as reader:
+        return verify_logs(settings, request, reader, out)
 
 
 def _write(
@@ -139,13 +118,17 @@ def _write(
     return EXIT_OK
 
 
+def _has_store(settings: GatewaySettings) -> bool:
+    return settings.storage.is_shared or settings.storage.database.is_file()
+
+
 @contextlib.contextmanager
-def _store(settings: GatewaySettings) -> Iterator[sqlite3.Connection]:
-    path = settings.storage.database
-    if not path.is_file():
+def _reader(settings: GatewaySettings) -> Iterator[AuditReader]:
+    if not _has_store(settings):
+        path = settings.storage.database
         raise UsageError(f"no state store at {path} (has the gateway run with this config?)")
-    conn = connect(path, readonly=True)
+    reader = open_audit_reader(StoreLocation.from_settings(settings))
     try:
-        yield conn
+        yield reader
     finally:
-        conn.close()
+        reader.close()

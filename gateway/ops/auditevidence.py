@@ -2,13 +2,13 @@
 
 show tells what the store holds about an attempt (store/story.py) and the audit log's lines
 about it (audit/events.py), written by audit/story.py; notice writes a kept notice's bytes,
-checked against their SHA-256 first. Neither writes to the store.
+checked against their SHA-256 first. Both read through an AuditReader, so on a shared store
+they answer for every node. Neither writes to the store.
 """
 
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -28,10 +28,9 @@ from gateway.ops.auditrequest import (
     log_lines,
     write_atomically,
 )
-from gateway.store.outbox import find_jobs
-from gateway.store.queries import read_message
+from gateway.store.interface import AuditReader
 from gateway.store.records import redacted
-from gateway.store.sentmail import SentNotice, read_sent, sent_data
+from gateway.store.sentmail import SentNotice
 from gateway.store.story import tell_story
 from gateway.vocabulary import JobKind, JobState
 
@@ -41,7 +40,7 @@ __all__ = ["show_attempt", "write_kept_notice"]
 def show_attempt(
     settings: GatewaySettings,
     request: AuditRequest,
-    conn: sqlite3.Connection,
+    reader: AuditReader,
     zones: Zones,
     redactor: Redactor,
     out: TextIO,
@@ -50,7 +49,7 @@ def show_attempt(
     if len(request.targets) != 1:
         raise UsageError("audit show needs one reference (see gateway audit list)")
     reference = request.targets[0].strip().upper()
-    story = tell_story(conn, reference)
+    story = tell_story(reader, reference)
     files, note = _logs_for_show(settings, request)
     events = logged_events(lambda: log_lines(files), reference) if files else []
     if story is None:
@@ -67,6 +66,9 @@ def show_attempt(
     )
     write_story(story, zones.of(story.attempt.office), out)
     write_events(events, files, note, out)
+    taken_by = story.attempt.node
+    if taken_by is not None and taken_by != settings.server.node:
+        out.write(f"  (received by node {taken_by}: the lines of its arrival are in its log)\n")
     return EXIT_OK
 
 
@@ -80,7 +82,7 @@ def _logs_for_show(settings: GatewaySettings, request: AuditRequest) -> tuple[li
 
 def write_kept_notice(
     request: AuditRequest,
-    conn: sqlite3.Connection,
+    reader: AuditReader,
     *,
     out: TextIO,
     out_bytes: BinaryIO,
@@ -93,11 +95,11 @@ def write_kept_notice(
     if len(request.targets) != 1:
         raise UsageError("audit notice needs one reference (see gateway audit list)")
     reference = request.targets[0].strip().upper()
-    kept = _chosen_notice(read_sent(conn, reference), request.job)
+    kept = _chosen_notice(reader.read_sent(reference), request.job)
     if kept is None:
-        err.write(f"gateway: {_why_no_notice(conn, reference, request.job)}\n")
+        err.write(f"gateway: {_why_no_notice(reader, reference, request.job)}\n")
         return EXIT_FOUND_PROBLEMS
-    data = sent_data(conn, reference, kept.job_id) or b""
+    data = reader.sent_data(reference, kept.job_id) or b""
     if hashlib.sha256(data).hexdigest() != kept.sha256:
         err.write(f"gateway: the notice kept for {reference} does not match its SHA-256\n")
         return EXIT_FOUND_PROBLEMS
@@ -127,12 +129,12 @@ def _chosen_notice(kept: Sequence[SentNotice], job: int | None) -> SentNotice | 
     return kept[0] if kept else None
 
 
-def _why_no_notice(conn: sqlite3.Connection, reference: str, job: int | None) -> str:
-    if read_message(conn, reference) is None:
+def _why_no_notice(reader: AuditReader, reference: str, job: int | None) -> str:
+    if reader.read_message(reference) is None:
         return f"no attempt {reference} in the store (or its record and notice were purged)"
     if job is not None:
         return f"no notice of job {job} is kept for {reference}"
-    delivered = find_jobs(conn, reference=reference, state=JobState.DELIVERED)
+    delivered = reader.find_jobs(reference, state=JobState.DELIVERED)
     if any(job.kind is not JobKind.RELAY for job in delivered):
         return (
             f"the notice sent for {reference} is no longer kept (purged after"

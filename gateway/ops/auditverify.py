@@ -1,18 +1,19 @@
 """`gateway audit verify [FILES]`: checks the audit log's hash chain, and says what it found.
 
 The checking is audit/verify.py's; the chains' anchors and checkpoints come from the store
-when there is one (read-only). Only the finding's text is made here.
+when there is one (read-only). A shared store also holds other nodes' chains, whose logs are
+on their own hosts: they are listed, by node, as anchored there and not checked here. Only
+the finding's text is made here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from gateway.audit.chain import Anchor, Checkpoint, load_anchors, load_checkpoints
+from gateway.audit.chain import Anchor
 from gateway.audit.verify import ChainSpan, Verification, log_files, order_files, verify
 from gateway.config import GatewaySettings
 from gateway.ops.auditrequest import (
@@ -22,20 +23,53 @@ from gateway.ops.auditrequest import (
     UsageError,
     log_lines,
 )
-from gateway.store.db import connect
+from gateway.store.interface import AuditReader
 
-__all__ = ["verify_logs"]
+__all__ = ["unchecked_chains", "verify_logs"]
 
 
-def verify_logs(settings: GatewaySettings, request: AuditRequest, out: TextIO) -> int:
+def verify_logs(
+    settings: GatewaySettings, request: AuditRequest, store: AuditReader | None, out: TextIO
+) -> int:
+    """Check this node's log files against the chains' records in `store` (None: no store);
+    the exit status says whether every chain given is intact (others' are not checked).
+
+    Raises:
+        UsageError: no log to check, or it cannot be read.
+        StoreError: the store cannot be read.
+    """
     files = _files_to_verify(settings, request)
-    anchors, checkpoints = _chain_records(settings) if request.use_store else (None, None)
+    anchors = None if store is None else store.load_anchors()
+    checkpoints = None if store is None else store.load_checkpoints()
     try:
         result = verify(log_lines(files), anchors=anchors, checkpoints=checkpoints)
     except (OSError, EOFError) as exc:
         raise UsageError(f"cannot read the log: {exc}") from exc
     _write_verification(result, files, has_store=anchors is not None, out=out)
+    if anchors:
+        others = unchecked_chains(
+            anchors,
+            checked={span.chain for span in result.chains},
+            node=settings.server.node,
+            is_shared=settings.storage.is_shared,
+        )
+        _write_unchecked(others, out)
+    _write_outcome(result, out)
     return EXIT_OK if result.is_intact else EXIT_FOUND_PROBLEMS
+
+
+def unchecked_chains(
+    anchors: Mapping[str, Anchor], *, checked: set[str], node: str, is_shared: bool
+) -> list[Anchor]:
+    """The chains anchored in the store by other nodes, that the files checked do not hold,
+    by node and start. On a shared store, a chain anchored before nodes were recorded (node
+    None) may be anyone's; in one host's SQLite file it is this host's own."""
+
+    def is_others(anchor: Anchor) -> bool:
+        return anchor.node != node if anchor.node is not None else is_shared
+
+    others = [a for a in anchors.values() if a.chain not in checked and is_others(a)]
+    return sorted(others, key=lambda a: (a.node or "", a.started_at, a.chain))
 
 
 def _files_to_verify(settings: GatewaySettings, request: AuditRequest) -> list[Path]:
@@ -56,19 +90,6 @@ def _files_to_verify(settings: GatewaySettings, request: AuditRequest) -> list[P
     return files
 
 
-def _chain_records(
-    settings: GatewaySettings,
-) -> tuple[dict[str, Anchor] | None, dict[str, list[Checkpoint]] | None]:
-    path = settings.storage.database
-    if not path.is_file():
-        return None, None
-    with contextlib.closing(connect(path, readonly=True)) as conn:
-        try:
-            return load_anchors(conn), load_checkpoints(conn)
-        except sqlite3.OperationalError:
-            return {}, {}  # a store from before the chain: nothing is anchored in it
-
-
 def _write_verification(
     result: Verification, files: Sequence[Path], *, has_store: bool, out: TextIO
 ) -> None:
@@ -83,6 +104,21 @@ def _write_verification(
         )
     if not has_store:
         out.write("  note: no state store; the chains' beginnings and ends were not checked\n")
+
+
+def _write_unchecked(others: Sequence[Anchor], out: TextIO) -> None:
+    if not others:
+        return
+    out.write("anchored in the store by other nodes, not checked here (each log is on its host):\n")
+    for anchor in others:
+        whose = f"node {anchor.node}" if anchor.node else "node not recorded (before schema 4)"
+        out.write(
+            f"  {whose}: chain {anchor.chain}, started {_utc(anchor.started_at)},"
+            f" log {anchor.log}\n"
+        )
+
+
+def _write_outcome(result: Verification, out: TextIO) -> None:
     if result.is_intact:
         out.write(f"OK: {result.records} records, chain intact\n")
         return
@@ -95,6 +131,10 @@ def _write_verification(
 
 
 _MAX_FINDINGS = 50
+
+
+def _utc(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat(timespec="seconds")
 
 
 def _span_text(span: ChainSpan) -> str:

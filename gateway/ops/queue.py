@@ -3,16 +3,17 @@
 list (mailq: what is still to be sent, or filtered), show ID (postqueue -i's view of one job),
 show-message ID (postcat -q: the mail as it was or would be sent), flush (postqueue -f),
 hold and release (postsuper -h/-H), retry and delete (postsuper -r/-d), by ID or by filter.
-Works on the store file directly, so it runs beside a serving gateway; every change is one
-transaction that also journals the action, which the serving gateway logs as an audit event
-(store/outbox.py). This module words the output; it decides nothing about delivery.
+Works on the store directly (the SQLite file, or the PostgreSQL every node shares), so it
+runs beside serving gateways; every change is one transaction that also journals the action,
+which a serving gateway logs as an audit event (store/queueactions.py). On a shared store the
+listing names the node that queued each job and the one whose attempt is out. This module
+words the output through interface.OperatorQueue; it decides nothing about delivery.
 """
 
 from __future__ import annotations
 
 import argparse
 import getpass
-import sqlite3
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,20 +22,11 @@ from typing import BinaryIO, TextIO
 
 from gateway.clock import Clock
 from gateway.config import GatewaySettings
-from gateway.store.db import connect
-from gateway.store.outbox import (
-    PENDING_STATES,
-    Job,
-    job_attempts,
-    read_job,
-)
-from gateway.store.queueactions import (
-    JobFilter,
-    QueueAction,
-    change_jobs,
-    matching_jobs,
-    select_jobs,
-)
+from gateway.errors import StoreError
+from gateway.store.backend import StoreLocation, open_queue
+from gateway.store.interface import OperatorQueue
+from gateway.store.outbox import PENDING_STATES
+from gateway.store.queueactions import JobFilter, QueueAction, QueuedJob, lease_node
 from gateway.store.schema import SchemaVersionError
 from gateway.vocabulary import JobState
 
@@ -45,6 +37,7 @@ _DUE = (JobState.QUEUED, JobState.DEFERRED)
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_NO_STORE, EXIT_USAGE = 0, 1, 2, 2
 EXIT_OTHER_SCHEMA = 1  # the store is at another schema version than this code
+EXIT_STORE = 1  # the store could not be read or written (a shared store away, say)
 
 _READING = ("list", "show", "show-message")
 # What each action did, as the line printed for each job it changed.
@@ -149,20 +142,26 @@ def run_queue(
     out_bytes: BinaryIO | None = None,
 ) -> int:
     """Carry out one queue command; returns the exit status."""
-    path = settings.storage.database
-    if not path.is_file():
-        err.write(f"gateway: no state store at {path} (has the gateway run with this config?)\n")
+    location = StoreLocation.from_settings(settings)
+    if location.dsn is None and not location.database.is_file():
+        err.write(
+            f"gateway: no state store at {location.database} (has the gateway run with this"
+            " config?)\n"
+        )
         return EXIT_NO_STORE
     try:
         which = _filter(request)
-        conn = connect(path, readonly=request.action in _READING)
+        queue = open_queue(location, writable=request.action not in _READING)
     except UsageError as exc:
         err.write(f"gateway: {exc}\n")
         return EXIT_USAGE
+    except StoreError as exc:
+        err.write(f"gateway: cannot open the store: {exc}\n")
+        return EXIT_STORE
     try:
         return _dispatch(
             settings,
-            conn,
+            queue,
             request,
             which,
             clock=clock,
@@ -174,15 +173,18 @@ def run_queue(
         err.write(f"gateway: {exc}\n")
         return EXIT_USAGE
     except SchemaVersionError as exc:
-        err.write(f"gateway: cannot change the queue in {path}: {exc}\n")
+        err.write(f"gateway: cannot change the queue in {location.describe()}: {exc}\n")
         return EXIT_OTHER_SCHEMA
+    except StoreError as exc:
+        err.write(f"gateway: {exc}\n")
+        return EXIT_STORE
     finally:
-        conn.close()
+        queue.close()
 
 
 def _dispatch(
     settings: GatewaySettings,
-    conn: sqlite3.Connection,
+    queue: OperatorQueue,
     request: QueueRequest,
     which: JobFilter,
     *,
@@ -192,14 +194,14 @@ def _dispatch(
     out_bytes: BinaryIO,
 ) -> int:
     if request.action == "list":
-        return _list(conn, request, which, out)
+        return _list(queue, request, which, out)
     if request.action in ("show", "show-message"):
         job_id = _one_id(request)
         if request.action == "show-message" or request.message:
             from gateway.ops.queuemail import write_job_message
 
-            return write_job_message(settings, conn, job_id, now=clock(), out=out_bytes, err=err)
-        return _show(conn, job_id, out, err)
+            return write_job_message(settings, queue, job_id, now=clock(), out=out_bytes, err=err)
+        return _show(queue, job_id, out, err)
     action = QueueAction(request.action)
     if not (
         request.job_ids or request.every or _has_filter(request) or action is QueueAction.FLUSH
@@ -209,9 +211,9 @@ def _dispatch(
             " or --all"
         )
     if action is QueueAction.DELETE and not request.job_ids and not request.yes:
-        return _confirm_delete(conn, which, err)
-    changed = change_jobs(conn, action, which, now=clock(), operator=_operator())
-    return _report(action, request, changed, out, err)
+        return _confirm_delete(queue, which, err)
+    changed = queue.change_jobs(action, which, now=clock(), operator=_operator())
+    return _report(queue, action, request, changed, out, err)
 
 
 def _filter(request: QueueRequest) -> JobFilter:
@@ -264,8 +266,8 @@ def _split(values: Sequence[str]) -> tuple[str, ...]:
 # Changes
 
 
-def _confirm_delete(conn: sqlite3.Connection, which: JobFilter, err: TextIO) -> int:
-    jobs = matching_jobs(conn, QueueAction.DELETE, which)
+def _confirm_delete(queue: OperatorQueue, which: JobFilter, err: TextIO) -> int:
+    jobs = queue.matching_jobs(QueueAction.DELETE, which)
     ids = ", ".join(str(job.id) for job in jobs) or "none"
     err.write(
         f"gateway: {len(jobs)} jobs match ({ids}); nothing deleted."
@@ -275,26 +277,41 @@ def _confirm_delete(conn: sqlite3.Connection, which: JobFilter, err: TextIO) -> 
 
 
 def _report(
-    action: QueueAction, request: QueueRequest, changed: list[int], out: TextIO, err: TextIO
+    queue: OperatorQueue,
+    action: QueueAction,
+    request: QueueRequest,
+    changed: list[int],
+    out: TextIO,
+    err: TextIO,
 ) -> int:
     for job_id in changed:
         out.write(f"job {job_id}: {_DONE[action]}\n")
     missed = [i for i in request.job_ids if i not in changed]
     for job_id in missed:
-        err.write(f"gateway: job {job_id} not found, or not {_APPLIES_TO[action]}\n")
+        err.write(f"gateway: {_missed(queue.read_job(job_id), job_id, action)}\n")
     if not request.job_ids:
         out.write(f"{len(changed)} jobs {_PAST[action]} (of those {_APPLIES_TO[action]})\n")
     return EXIT_NOT_FOUND if missed else EXIT_OK
+
+
+def _missed(found: QueuedJob | None, job_id: int, action: QueueAction) -> str:
+    """Why a job named by ID was not changed; an attempt under way is named, with its node."""
+    if found is not None and found.lease_owner is not None and action is QueueAction.DELETE:
+        return (
+            f"job {job_id} not deleted: its attempt is under way on"
+            f" {lease_node(found.lease_owner)} (lease until {_when(found.lease_until)} UTC);"
+            " delete it once that attempt is over, or hold it now"
+        )
+    return f"job {job_id} not found, or not {_APPLIES_TO[action]}"
 
 
 # ---------------------------------------------------------------------------------------------
 # Reading
 
 
-def _list(conn: sqlite3.Connection, request: QueueRequest, which: JobFilter, out: TextIO) -> int:
+def _list(queue: OperatorQueue, request: QueueRequest, which: JobFilter, out: TextIO) -> int:
     pending = not (request.every or request.states)
-    jobs = select_jobs(
-        conn,
+    jobs = queue.list_jobs(
         JobFilter(
             ids=which.ids,
             states=PENDING_STATES if pending else which.states,
@@ -306,43 +323,50 @@ def _list(conn: sqlite3.Connection, request: QueueRequest, which: JobFilter, out
     if not jobs:
         out.write("queue is empty\n" if pending and not _has_filter(request) else "no jobs match\n")
         return EXIT_OK
-    rows: list[tuple[str, ...]] = [
-        ("ID", "STATE", "KIND", "REFERENCE", "TRIES", "NEXT (UTC)", "TO", "LAST REPLY")
-    ]
-    rows += [_row(job) for job in jobs]
+    # A shared store's jobs come from several nodes: say which queued each, and whose
+    # attempt is out (the SQLite file has one node, and no node column).
+    is_shared = any(queued.node is not None for queued in jobs)
+    head: tuple[str, ...] = ("ID", "STATE", "KIND", "REFERENCE", "TRIES", "NEXT (UTC)")
+    head += ("NODE", "LEASE") if is_shared else ()
+    rows: list[tuple[str, ...]] = [(*head, "TO", "LAST REPLY")]
+    rows += [_row(queued, is_shared=is_shared) for queued in jobs]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
         out.write("  ".join([*cells, row[-1]]).rstrip() + "\n")
-    waiting = sum(1 for j in jobs if j.state in PENDING_STATES)
+    waiting = sum(1 for queued in jobs if queued.job.state in PENDING_STATES)
     out.write(f"\n{len(jobs)} jobs, {waiting} waiting\n")
     return EXIT_OK
 
 
-def _row(job: Job) -> tuple[str, ...]:
-    waiting = job.state in _DUE
-    return (
+def _row(queued: QueuedJob, *, is_shared: bool) -> tuple[str, ...]:
+    job = queued.job
+    cells: tuple[str, ...] = (
         str(job.id),
         job.state,
         job.kind,
         job.reference,
         str(job.attempts),
-        _when(job.next_attempt_at) if waiting else "-",
-        ", ".join(job.recipients),
-        (job.last_reply or "")[:80],
+        _when(job.next_attempt_at) if job.state in _DUE else "-",
     )
+    if is_shared:
+        owner = queued.lease_owner
+        cells += (queued.node or "-", "-" if owner is None else lease_node(owner))
+    return (*cells, ", ".join(job.recipients), (job.last_reply or "")[:80])
 
 
-def _show(conn: sqlite3.Connection, job_id: int, out: TextIO, err: TextIO) -> int:
-    job = read_job(conn, job_id)
-    if job is None:
+def _show(queue: OperatorQueue, job_id: int, out: TextIO, err: TextIO) -> int:
+    queued = queue.read_job(job_id)
+    if queued is None:
         err.write(f"gateway: no job {job_id}\n")
         return EXIT_NOT_FOUND
+    job = queued.job
     fields = [
         ("job", str(job.id)),
         ("state", job.state),
         ("kind", job.kind),
         ("reference", job.reference),
+        *([] if queued.node is None else [("queued on", queued.node)]),
         ("office", job.office or "-"),
         ("envelope from", f"<{job.mail_from}>"),
         ("envelope to", ", ".join(f"<{r}>" for r in job.recipients)),
@@ -351,16 +375,23 @@ def _show(conn: sqlite3.Connection, job_id: int, out: TextIO, err: TextIO) -> in
         ("next attempt", _when(job.next_attempt_at)),
         ("attempts", str(job.attempts)),
     ]
+    if queued.lease_owner is not None:
+        until = _when(queued.lease_until)
+        fields.append(("attempt out", f"{queued.lease_owner} (lease until {until} UTC)"))
     for name, value in fields:
         out.write(f"{name:>14}: {value}\n")
-    for number, attempt in enumerate(job_attempts(conn, job_id), start=1):
-        code = attempt.code or "-"
+    for number, tried in enumerate(queue.job_attempts(job_id), start=1):
+        attempt = tried.attempt
+        by = "" if tried.node is None else f"by {tried.node}  "
         out.write(
-            f"  attempt {number}: {_when(attempt.started_at)}  {attempt.outcome:<9}  "
-            f"{attempt.host or '-'}  {code}  {attempt.reply}\n"
+            f"  attempt {number}: {_when(attempt.started_at)}  {attempt.outcome:<9}  {by}"
+            f"{attempt.host or '-'}  {attempt.code or '-'}  {attempt.reply}\n"
         )
     return EXIT_OK
 
 
-def _when(at: datetime) -> str:
-    return at.strftime("%Y-%m-%d %H:%M:%S")
+def _when(at: datetime | None) -> str:
+    # A shared store's times come in the server's time zone: shown in UTC, as the file's are.
+    if at is None:
+        return "-"
+    return (at.astimezone(UTC) if at.tzinfo else at).strftime("%Y-%m-%d %H:%M:%S")

@@ -7,7 +7,6 @@ existing DKIM key when there is one; building never creates a key, queues or sen
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import datetime
 from typing import BinaryIO, TextIO
 
@@ -15,15 +14,15 @@ from gateway.config import GatewaySettings
 from gateway.errors import DeliveryError
 from gateway.notices.context import NoticeContext
 from gateway.notices.dkim import DkimKey, default_key_path, dkim_domain, load_key
-from gateway.store.outbox import Job, JobState, read_job
-from gateway.store.sentmail import sent_data
+from gateway.store.interface import OperatorQueue
+from gateway.store.outbox import Job, JobState
 
 __all__ = ["write_job_message"]
 
 
 def write_job_message(
     settings: GatewaySettings,
-    conn: sqlite3.Connection,
+    queue: OperatorQueue,
     job_id: int,
     *,
     now: datetime,
@@ -31,11 +30,12 @@ def write_job_message(
     err: TextIO,
 ) -> int:
     """Write job `job_id`'s mail to `out`; returns the exit status (1: no such job or mail)."""
-    job = read_job(conn, job_id)
-    if job is None:
+    queued = queue.read_job(job_id)
+    if queued is None:
         err.write(f"gateway: no job {job_id}\n")
         return 1
-    data = sent_data(conn, job.reference, job.id) if job.state is JobState.DELIVERED else None
+    job = queued.job
+    data = queue.sent_data(job.reference, job.id) if job.state is JobState.DELIVERED else None
     if data is None:
         try:
             data = _build(settings, job, now=now, err=err)
@@ -55,7 +55,10 @@ def _build(settings: GatewaySettings, job: Job, *, now: datetime, err: TextIO) -
     composing = ComposerSettings.from_settings(settings)
     renderer = NoticeRenderer(composing.notices)
     builder = MailBuilder(composing, renderer, _existing_key(composing.notices, err))
-    return builder.build(job, now).data
+    try:
+        return builder.build(job, now).data
+    finally:
+        builder.close()  # its own reader of the store (a bounce reads the relay it reports)
 
 
 def _existing_key(context: NoticeContext, err: TextIO) -> DkimKey | None:

@@ -4,13 +4,12 @@ Mail to postmaster@ a served domain (RFC 5321 §4.5.1) is kept in the store and,
 `[postmaster] forward_to`, relayed to the people who read it as "forward" jobs: the original
 bytes below our Received line, with the null reverse path (RFC 5321 §4.5.5), so that a
 failed forward is never reported to the message's (possibly forged) sender. The commands work
-on the store file directly, beside a serving gateway. This module sends nothing and
-renders no notice.
+on the store directly (interface.PostmasterBox: the SQLite file, or the PostgreSQL that every
+node shares), beside serving gateways. This module sends nothing and renders no notice.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,25 +17,17 @@ from pathlib import Path
 from typing import BinaryIO, TextIO
 
 from gateway.config import PostmasterSettings
-from gateway.store.db import JobRecord, connect
-from gateway.store.mailbox import FORWARD, PostmasterMail, find_postmaster_mail, read_mail
-from gateway.store.outbox import queue_jobs
-from gateway.store.queries import read_raw
+from gateway.errors import StoreError
+from gateway.store.backend import StoreLocation, open_postmaster
+from gateway.store.db import JobRecord
+from gateway.store.interface import PostmasterBox
+from gateway.store.mailbox import FORWARD, PostmasterMail
 from gateway.store.records import parse_bound
 
-__all__ = [
-    "FORWARD",
-    "PostmasterMail",
-    "PostmasterRequest",
-    "find_postmaster_mail",
-    "forward_jobs",
-    "queue_forward",
-    "read_mail",
-    "read_raw",
-    "run_postmaster",
-]
+__all__ = ["FORWARD", "PostmasterMail", "PostmasterRequest", "forward_jobs", "run_postmaster"]
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_CONFIG, EXIT_NO_RAW = 0, 1, 2, 3
+EXIT_STORE = 1  # the store could not be read or written (a shared store away, say)
 
 
 def forward_jobs(forward_to: Sequence[str]) -> tuple[JobRecord, ...]:
@@ -49,13 +40,6 @@ def forward_jobs(forward_to: Sequence[str]) -> tuple[JobRecord, ...]:
     for address in forward_to:
         by_domain.setdefault(address.rpartition("@")[2].lower(), []).append(address)
     return tuple(JobRecord(FORWARD, "", tuple(rcpts)) for rcpts in by_domain.values())
-
-
-def queue_forward(
-    conn: sqlite3.Connection, reference: str, jobs: Sequence[JobRecord], now: datetime
-) -> list[int]:
-    """Queue forward jobs for a kept message in one transaction; returns their ids."""
-    return queue_jobs(conn, reference, jobs, now) or []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,7 +119,7 @@ def run_postmaster(
     postmaster: PostmasterSettings,
     request: PostmasterRequest,
     *,
-    database: Path,
+    store: StoreLocation,
     now: datetime,
     out: TextIO,
     out_bytes: BinaryIO,
@@ -145,33 +129,40 @@ def run_postmaster(
     if request.action == "forward" and not postmaster.forward_to:
         err.write("gateway: [postmaster] forward_to is not set; there is nobody to forward to\n")
         return EXIT_CONFIG
-    if not database.is_file():
+    if store.dsn is None and not store.database.is_file():
         err.write(
-            f"gateway: no state store at {database} (has the gateway run with this config?)\n"
+            f"gateway: no state store at {store.database} (has the gateway run with this config?)\n"
         )
         return EXIT_CONFIG
-    conn = connect(database, readonly=request.action != "forward")
+    try:
+        box = open_postmaster(store, writable=request.action == "forward")
+    except StoreError as exc:
+        err.write(f"gateway: cannot open the store: {exc}\n")
+        return EXIT_STORE
     try:
         if request.action == "list":
-            return _list(conn, request, out, err)
+            return _list(box, request, out, err)
         jobs = forward_jobs(postmaster.forward_to)
-        return _one(conn, jobs, request, now=now, out=out, out_bytes=out_bytes, err=err)
+        return _one(box, jobs, request, now=now, out=out, out_bytes=out_bytes, err=err)
+    except StoreError as exc:
+        err.write(f"gateway: {exc}\n")
+        return EXIT_STORE
     finally:
-        conn.close()
+        box.close()
 
 
-def _list(conn: sqlite3.Connection, request: PostmasterRequest, out: TextIO, err: TextIO) -> int:
+def _list(box: PostmasterBox, request: PostmasterRequest, out: TextIO, err: TextIO) -> int:
     try:
         since = None if request.since is None else parse_bound(request.since, UTC)
     except ValueError:
         err.write(f"gateway: --since {request.since!r} is not a date or date-time\n")
         return EXIT_CONFIG
-    out.write(format_list(find_postmaster_mail(conn, since=since, limit=request.limit)))
+    out.write(format_list(box.find_mail(since=since, limit=request.limit)))
     return EXIT_OK
 
 
 def _one(
-    conn: sqlite3.Connection,
+    box: PostmasterBox,
     forwards: Sequence[JobRecord],
     request: PostmasterRequest,
     *,
@@ -181,11 +172,11 @@ def _one(
     err: TextIO,
 ) -> int:
     reference = request.reference or ""
-    mail = read_mail(conn, reference)
+    mail = box.read_mail(reference)
     if mail is None:
         err.write(f"gateway: no message with reference {reference} (see gateway postmaster list)\n")
         return EXIT_NOT_FOUND
-    raw = read_raw(conn, reference)
+    raw = box.read_raw(reference)
     if request.action == "show":
         out.write(format_show(mail, raw))
         return EXIT_OK
@@ -199,7 +190,7 @@ def _one(
         else:
             request.output.write_bytes(raw)
         return EXIT_OK
-    ids = queue_forward(conn, reference, forwards, now)
+    ids = box.queue_forward(reference, forwards, now)
     for job_id, job in zip(ids, forwards, strict=True):
         out.write(f"{reference}: forward queued as job {job_id} to {', '.join(job.recipients)}\n")
     return EXIT_OK

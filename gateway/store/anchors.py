@@ -1,8 +1,8 @@
 """The audit log's anchors in the state store: each chain's first line and its heads.
 
-`audit_chains` holds a chain's id and the hash of its first line, `audit_checkpoints` its
-head over time (audit/chain.py says why). This module only saves and loads those rows; it
-neither links nor verifies lines.
+`audit_chains` holds a chain's id, the hash of its first line and the node whose log it is,
+`audit_checkpoints` its head over time (audit/chain.py says why). This module only saves and
+loads those rows; it neither links nor verifies lines.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class Anchor:
     started_at: datetime
     log: str  # the file, or "-" for standard output
     first_hash: str
+    node: str | None = None  # the host that writes it; None: anchored before schema 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +48,9 @@ def save_head(
     """Save a chain's anchor and a checkpoint, either optional; one already saved is kept."""
     if anchor is not None:
         conn.execute(
-            "INSERT OR IGNORE INTO audit_chains (chain, started_at, log, first_hash)"
-            " VALUES (?,?,?,?)",
-            (anchor.chain, iso(anchor.started_at), anchor.log, anchor.first_hash),
+            "INSERT OR IGNORE INTO audit_chains (chain, started_at, log, first_hash, node)"
+            " VALUES (?,?,?,?,?)",
+            (anchor.chain, iso(anchor.started_at), anchor.log, anchor.first_hash, anchor.node),
         )
     if checkpoint is not None:
         conn.execute(
@@ -75,8 +76,17 @@ def save_head_now(database: Path, anchor: Anchor | None, checkpoint: Checkpoint 
 
 def load_anchors(conn: sqlite3.Connection) -> dict[str, Anchor]:
     """Every chain anchored in the store, by id."""
-    rows = conn.execute("SELECT chain, started_at, log, first_hash FROM audit_chains")
-    return {r[0]: Anchor(r[0], datetime.fromisoformat(r[1]), r[2], r[3]) for r in rows.fetchall()}
+    # `*`: a file read-only beside an older gateway may be at version 3, without `node`.
+    cursor = conn.execute("SELECT * FROM audit_chains")
+    names = [d[0] for d in cursor.description]
+    found = {}
+    for values in cursor.fetchall():
+        row = dict(zip(names, values, strict=True))
+        started_at = datetime.fromisoformat(row["started_at"])
+        found[row["chain"]] = Anchor(
+            row["chain"], started_at, row["log"], row["first_hash"], row.get("node")
+        )
+    return found
 
 
 def load_checkpoints(conn: sqlite3.Connection) -> dict[str, list[Checkpoint]]:

@@ -19,9 +19,22 @@ from gateway.config import GatewaySettings
 from gateway.errors import StoreError
 from gateway.store.anchors import Anchor, Checkpoint, save_head_now
 from gateway.store.db import Store, connect
-from gateway.store.interface import HeadStore, JobQueue, MailRecords, RecordStore
+from gateway.store.interface import (
+    AuditReader,
+    HeadStore,
+    JobQueue,
+    MailRecords,
+    OperatorQueue,
+    PostmasterBox,
+    QueueGauges,
+    ReceiptReader,
+    RecordStore,
+)
+from gateway.store.operator import SqlitePostmaster, SqliteQueue
 from gateway.store.outbox import Outbox
-from gateway.store.reading import SqliteRecords
+from gateway.store.queuedepth import SqliteQueueDepth
+from gateway.store.reading import SqliteAuditReader, SqliteRecords
+from gateway.store.receipts import SqliteReceipts
 from gateway.store.schema import schema_version
 
 __all__ = [
@@ -31,7 +44,12 @@ __all__ = [
     "masked",
     "migrate_store",
     "new_store",
+    "open_audit_reader",
+    "open_postmaster",
+    "open_queue",
+    "open_receipts",
     "open_records",
+    "queue_gauges",
 ]
 
 
@@ -99,6 +117,65 @@ def open_records(location: StoreLocation) -> MailRecords:
     from gateway.store.postgres.reading import PgRecords
 
     return PgRecords(location.dsn)
+
+
+def open_audit_reader(location: StoreLocation) -> AuditReader:
+    """`gateway audit`'s reader of `location`: the file read-only, or every node's records.
+
+    Raises:
+        StoreError: the SQLite file cannot be opened (PostgreSQL connects at the first read).
+    """
+    if location.dsn is None:
+        return SqliteAuditReader.open(location.database)
+    from gateway.store.postgres.reading import PgAuditReader
+
+    return PgAuditReader(location.dsn, node=location.node)
+
+
+def open_receipts(location: StoreLocation) -> ReceiptReader:
+    """The receipt page's reader of `location`; it connects at its first read, in the
+    thread that reads."""
+    if location.dsn is None:
+        return SqliteReceipts(location.database)
+    from gateway.store.postgres.receipts import PgReceipts
+
+    return PgReceipts(location.dsn, node=location.node)
+
+
+def queue_gauges(location: StoreLocation) -> QueueGauges:
+    """/metrics' reader of the queue at `location` (on PostgreSQL, the shared queue)."""
+    if location.dsn is None:
+        return SqliteQueueDepth(location.database)
+    from gateway.store.postgres.queuedepth import PgQueueDepth
+
+    return PgQueueDepth(location.dsn, node=location.node)
+
+
+def open_queue(location: StoreLocation, *, writable: bool) -> OperatorQueue:
+    """`gateway queue`'s view of `location`, connected; read-only unless `writable` (SQLite:
+    PostgreSQL's transactions say for themselves).
+
+    Raises:
+        StoreError: the store cannot be opened, or a shared one has no store yet.
+    """
+    if location.dsn is None:
+        return SqliteQueue(location.database, writable=writable)
+    from gateway.store.postgres.operator import PgQueue
+
+    return PgQueue(location.dsn, node=location.node)
+
+
+def open_postmaster(location: StoreLocation, *, writable: bool) -> PostmasterBox:
+    """`gateway postmaster`'s view of `location`, connected, as open_queue().
+
+    Raises:
+        StoreError: the store cannot be opened, or a shared one has no store yet.
+    """
+    if location.dsn is None:
+        return SqlitePostmaster(location.database, writable=writable)
+    from gateway.store.postgres.operator import PgPostmaster
+
+    return PgPostmaster(location.dsn, node=location.node)
 
 
 class _SqliteHeads:

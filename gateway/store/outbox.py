@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from gateway.errors import LeaseLost
 from gateway.store.db import JobRecord, Store, iso
 from gateway.store.purging import PENDING_STATES
 from gateway.store.sentmail import SentNotice, insert_sent
@@ -47,6 +48,13 @@ _DUE_STATES = (JobState.QUEUED, JobState.DEFERRED)
 # Still to be sent, like Postfix's mailq: what `gateway queue list` shows by default, and what
 # retention keeps whatever its age; a job in these states may still be sent, so its message
 # must be kept until it is.
+
+
+class _Lost:
+    """finish()'s write found the lease another owner's: nothing was written."""
+
+
+_LOST = _Lost()
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +104,7 @@ class Attempt:
     code: int  # 0 when no SMTP reply was had (DNS, connection, timeout)
     reply: str
     outcome: JobState  # delivered, deferred or failed
+    node: str | None = None  # who made it, as a shared store's reader tells; None: this host
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,10 +211,38 @@ class Outbox:
         when, and only when, that sender was authenticated, and returns it.
         With `sent`, the mail as it was sent is kept (sentmail.py) in that same transaction:
         the store never says delivered without saying what.
+
+        Raises:
+            LeaseLost: the job's lease is no longer this owner's; nothing was written.
+            StoreError: the store could not be written.
         """
 
-        def record(conn: sqlite3.Connection) -> Bounce | None:
+        def record(conn: sqlite3.Connection) -> Bounce | _Lost | None:
             number = job.attempts + 1
+            due = next_attempt_at or attempt.finished_at
+            # An operator may have held the job during this attempt (lease-safe hold): a
+            # deferral keeps it held; a final outcome leaves nothing to hold. Only while the
+            # lease is still ours: another owner's state is not this attempt's to overwrite.
+            moved = conn.execute(
+                "UPDATE jobs SET state = CASE WHEN state = ? AND ? = ? THEN state ELSE ? END,"
+                " attempts = ?, next_attempt_at = ?, last_reply = ?,"
+                " lease_owner = NULL, lease_until = NULL, updated_at = ?"
+                " WHERE id = ? AND lease_owner = ?",
+                (
+                    JobState.HELD,
+                    attempt.outcome,
+                    JobState.DEFERRED,
+                    attempt.outcome,
+                    number,
+                    iso(due),
+                    f"{note}; last: {_summary(attempt)}" if note else _summary(attempt),
+                    iso(attempt.finished_at),
+                    job.id,
+                    self.owner,
+                ),
+            )
+            if moved.rowcount == 0:
+                return _LOST
             conn.execute(
                 "INSERT INTO attempts VALUES (?,?,?,?,?,?,?,?)",
                 (
@@ -219,47 +256,57 @@ class Outbox:
                     attempt.outcome,
                 ),
             )
-            due = next_attempt_at or attempt.finished_at
-            # An operator may have held the job during this attempt (lease-safe hold): a
-            # deferral keeps it held; a final outcome leaves nothing to hold.
-            conn.execute(
-                "UPDATE jobs SET state = CASE WHEN state = ? AND ? = ? THEN state ELSE ? END,"
-                " attempts = ?, next_attempt_at = ?, last_reply = ?,"
-                " lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ?",
-                (
-                    JobState.HELD,
-                    attempt.outcome,
-                    JobState.DEFERRED,
-                    attempt.outcome,
-                    number,
-                    iso(due),
-                    f"{note}; last: {_summary(attempt)}" if note else _summary(attempt),
-                    iso(attempt.finished_at),
-                    job.id,
-                ),
-            )
             if raw_keep_until is not None:
                 _release_raw(conn, job.reference, raw_keep_until)
             if sent is not None:
                 insert_sent(conn, *sent)
             return _queue_bounce(conn, job, attempt.finished_at) if bounce else None
 
-        return await self.store.write(record)
+        result = await self.store.write(record)
+        if isinstance(result, _Lost):
+            raise LeaseLost(f"job {job.id} is no longer leased to {self.owner}")
+        return result
+
+    async def renew(self, job: Job, now: datetime, *, lease_s: float) -> bool:
+        """Extend this owner's lease on `job` to `lease_s` seconds from `now`, as claim() set
+        it; False when the lease is no longer ours (taken over, or recovered).
+
+        Raises:
+            StoreError: the store could not be written.
+        """
+
+        def extend(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "UPDATE jobs SET lease_until = ? WHERE id = ? AND lease_owner = ?"
+                " AND state IN (?, ?)",
+                (
+                    iso(now + timedelta(seconds=lease_s)),
+                    job.id,
+                    self.owner,
+                    JobState.IN_FLIGHT,
+                    JobState.HELD,
+                ),
+            )
+            return cursor.rowcount == 1
+
+        return await self.store.write(extend)
 
     async def release(self, job: Job, now: datetime) -> None:
-        """Give a leased job back untried (shutdown), due again at once."""
+        """Give a job leased here back untried (shutdown), due again at once; a job whose
+        lease has passed to another owner is left to that owner."""
 
         def give_back(conn: sqlite3.Connection) -> None:
             # Held during this attempt: it stays held, without the lease it no longer has.
             conn.execute(
                 "UPDATE jobs SET state = CASE WHEN state = ? THEN state ELSE ? END,"
                 " lease_owner = NULL, lease_until = NULL, updated_at = ?"
-                " WHERE id = ? AND state IN (?, ?)",
+                " WHERE id = ? AND lease_owner = ? AND state IN (?, ?)",
                 (
                     JobState.HELD,
                     JobState.QUEUED,
                     iso(now),
                     job.id,
+                    self.owner,
                     JobState.IN_FLIGHT,
                     JobState.HELD,
                 ),

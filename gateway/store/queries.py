@@ -23,6 +23,7 @@ __all__ = [
     "StoredDecision",
     "StoredMessage",
     "integrity_problems",
+    "is_raw_kept",
     "is_recorded",
     "list_decisions",
     "list_messages",
@@ -183,6 +184,12 @@ def read_raw(conn: sqlite3.Connection, reference: str) -> bytes | None:
     """The message's bytes exactly as received, or None when they are not (or no longer) kept."""
     row = conn.execute("SELECT raw FROM raw_messages WHERE reference = ?", (reference,)).fetchone()
     return None if row is None else bytes(row["raw"])
+
+
+def is_raw_kept(conn: sqlite3.Connection, reference: str) -> bool:
+    """Whether the message's bytes as received are still kept."""
+    row = conn.execute("SELECT 1 FROM raw_messages WHERE reference = ?", (reference,)).fetchone()
+    return row is not None
 
 
 def list_raw_copies(conn: sqlite3.Connection) -> list[RawCopy]:

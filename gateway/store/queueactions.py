@@ -3,6 +3,10 @@ one transaction that changes the jobs and journals the action in operator_action
 serving gateway, the one writer of the audit log, logs journalled actions at its next poll
 (take_operator_actions), so an action taken beside it is an audit event without a second
 writer on the log. The journal's table is part of the schema (schema.py, version 3).
+
+The values and the rules (which states each action applies to, what it sets) are both
+backends'; the functions taking a sqlite3 connection are the SQLite file's, and
+postgres/operator.py applies the same rules to the shared store.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,16 +22,24 @@ from datetime import datetime
 from enum import StrEnum
 
 from gateway.store.db import Store, connect, iso
-from gateway.store.outbox import Job
+from gateway.store.outbox import Attempt, Job
 from gateway.store.schema import require_current
 from gateway.vocabulary import JobState
 
 __all__ = [
+    "ACTION_RULES",
+    "ActionRule",
     "JobFilter",
+    "NodeAttempt",
     "OperatorAction",
     "QueueAction",
+    "QueuedJob",
     "change_jobs",
+    "lease_node",
     "matching_jobs",
+    "narrow",
+    "queued_jobs",
+    "read_queued",
     "select_jobs",
     "take_operator_actions",
 ]
@@ -74,41 +87,98 @@ class OperatorAction:
     filter: dict[str, object]
 
 
-# The states each action applies to (a --state filter can only narrow them), and what it sets.
-_ACTIONS: dict[QueueAction, tuple[tuple[JobState, ...], str]] = {
+@dataclass(frozen=True, slots=True)
+class QueuedJob:
+    """A job as the operator's queue commands show it: where it came from, who has it now."""
+
+    job: Job
+    node: str | None  # the node that queued it (a shared store; None in a SQLite file)
+    lease_owner: str | None  # the worker whose attempt is out ("mx2:4242:7f..."), if any
+    lease_until: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAttempt:
+    """A delivery attempt and the node that made it (None in a SQLite file)."""
+
+    attempt: Attempt
+    node: str | None
+
+
+def lease_node(owner: str) -> str:
+    """The node a lease owner names: "mx2" of "mx2:4242:7f..." or of "mx2/w1/4242:7f..."."""
+    return re.split(r"[:/]", owner, maxsplit=1)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class ActionRule:
+    """The states an action applies to (a --state filter can only narrow them) and what it
+    sets, as SQL plain enough for either backend (postgres/operator.py applies it too)."""
+
+    states: tuple[JobState, ...]
+    assignment: str
+    # Only jobs no worker holds: a held job still out on its attempt is not gone.
+    is_unleased_only: bool = False
+
+
+ACTION_RULES: dict[QueueAction, ActionRule] = {
     # An in-flight job is held too: its attempt runs on, and finish() keeps it held if the
     # attempt is deferred. Its lease fields stay, so release can tell it is still out.
-    QueueAction.HOLD: ((JobState.QUEUED, JobState.DEFERRED, JobState.IN_FLIGHT), "state = 'held'"),
+    QueueAction.HOLD: ActionRule(
+        (JobState.QUEUED, JobState.DEFERRED, JobState.IN_FLIGHT), "state = 'held'"
+    ),
     # Back to where it was: still leased (the hold came mid-attempt), never tried, or deferred
     # with its next attempt time kept (`flush` makes it due now), as `postsuper -H` does.
-    QueueAction.RELEASE: (
+    QueueAction.RELEASE: ActionRule(
         (JobState.HELD,),
         "state = CASE WHEN lease_owner IS NOT NULL THEN 'in-flight'"
         " WHEN attempts = 0 THEN 'queued' ELSE 'deferred' END",
     ),
     # Due "now" is the creation time, not the clock: a gateway serving --as-of finds it due too.
-    QueueAction.FLUSH: ((JobState.DEFERRED,), "next_attempt_at = created_at"),
-    QueueAction.RETRY: (
+    QueueAction.FLUSH: ActionRule((JobState.DEFERRED,), "next_attempt_at = created_at"),
+    QueueAction.RETRY: ActionRule(
         (JobState.QUEUED, JobState.DEFERRED, JobState.FAILED),
         "state = 'queued', next_attempt_at = created_at",
     ),
-    QueueAction.DELETE: (
+    QueueAction.DELETE: ActionRule(
         (JobState.QUEUED, JobState.DEFERRED, JobState.FAILED, JobState.HELD),
         "state = 'deleted'",
+        is_unleased_only=True,
     ),
 }
 
 
-def select_jobs(conn: sqlite3.Connection, which: JobFilter) -> list[Job]:
-    """The jobs `which` names, oldest first."""
+def queued_jobs(conn: sqlite3.Connection, which: JobFilter) -> list[QueuedJob]:
+    """The jobs `which` names, oldest first, with their leases."""
     where, params = _where(which, which.states)
     rows = conn.execute(f"SELECT * FROM jobs WHERE {where} ORDER BY id", params)
-    return [Job.from_row(row) for row in rows]
+    return [_queued(row) for row in rows]
+
+
+def read_queued(conn: sqlite3.Connection, job_id: int) -> QueuedJob | None:
+    """One job with its lease, or None."""
+    row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return None if row is None else _queued(row)
+
+
+def _queued(row: sqlite3.Row) -> QueuedJob:
+    until = row["lease_until"]
+    return QueuedJob(
+        Job.from_row(row),
+        node=None,
+        lease_owner=row["lease_owner"],
+        lease_until=None if until is None else datetime.fromisoformat(until),
+    )
+
+
+def select_jobs(conn: sqlite3.Connection, which: JobFilter) -> list[Job]:
+    """The jobs `which` names, oldest first."""
+    return [queued.job for queued in queued_jobs(conn, which)]
 
 
 def matching_jobs(conn: sqlite3.Connection, action: QueueAction, which: JobFilter) -> list[Job]:
     """The jobs `action` would change: those of `which` in a state it applies to."""
-    where, params = _where(which, _narrow(which.states, _ACTIONS[action][0]))
+    where, params = _where(which, narrow(which.states, ACTION_RULES[action].states))
     rows = conn.execute(f"SELECT * FROM jobs WHERE {where} ORDER BY id", params)
     return [Job.from_row(row) for row in rows]
 
@@ -127,15 +197,15 @@ def change_jobs(
     Raises:
         SchemaVersionError: the store is not at this code's schema version.
     """
-    states, assignment = _ACTIONS[action]
-    where, params = _where(which, _narrow(which.states, states))
-    if action is QueueAction.DELETE:
-        where += " AND lease_owner IS NULL"  # a held job still out on its attempt is not gone
+    rule = ACTION_RULES[action]
+    where, params = _where(which, narrow(which.states, rule.states))
+    if rule.is_unleased_only:
+        where += " AND lease_owner IS NULL"
     with conn:
         conn.execute("BEGIN IMMEDIATE")
         require_current(conn)  # in the transaction: no gateway migrates it meanwhile
         rows = conn.execute(
-            f"UPDATE jobs SET {assignment}, updated_at = ? WHERE {where} RETURNING id",
+            f"UPDATE jobs SET {rule.assignment}, updated_at = ? WHERE {where} RETURNING id",
             [iso(now), *params],
         ).fetchall()
         ids = sorted(int(row[0]) for row in rows)
@@ -205,8 +275,9 @@ def _action(row: sqlite3.Row) -> OperatorAction:
     )
 
 
-def _narrow(asked: Sequence[str], allowed: Sequence[str]) -> tuple[str, ...]:
-    # A --state outside what the action applies to selects nothing rather than everything.
+def narrow(asked: Sequence[str], allowed: Sequence[str]) -> tuple[str, ...]:
+    """The states an action may change that a --state filter asks for: a state outside what
+    it applies to selects nothing rather than everything."""
     chosen = tuple(s for s in allowed if s in asked) if asked else tuple(allowed)
     return chosen or ("",)  # "" is no state: nothing matches
 

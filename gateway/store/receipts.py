@@ -3,23 +3,27 @@
 Read from the state store by reference, and only what the page shows: the arrival, the
 office and retired addresses, the answer and the notice's fate, the sender's domain and the
 message's SHA-256. Never the subject, the attachments' names, A-numbers or the sender's local
-part: the attempt is read as `gateway audit` reads it (records.find_attempts), but a Receipt
-has no field for any of those, so no page built from one can show them. Nothing here writes
-or formats.
+part: the attempt is read as `gateway audit` reads it (records.find_attempts; on PostgreSQL,
+postgres/receipts.py), but a Receipt has no field for any of those, so no page built from one
+can show them. Nothing here writes or formats.
 """
 
 from __future__ import annotations
 
 import re
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
-from gateway.store.records import Filters, Kind, find_attempts
-from gateway.store.sentmail import read_sent
+from gateway.errors import StoreError
+from gateway.store.db import connect
+from gateway.store.records import AttemptRecord, Filters, Kind, find_attempts
+from gateway.store.sentmail import SentNotice, read_sent
 from gateway.vocabulary import NOTICE_KINDS, NoticeStatus
 
-__all__ = ["REFERENCE_SHAPE", "Receipt", "read_receipt"]
+__all__ = ["REFERENCE_SHAPE", "Receipt", "SqliteReceipts", "read_receipt", "receipt_from"]
 
 # A reference as the gateway makes it: the UTC date, then 13 characters of Crockford's base 32
 # (65 random bits), or 10 for those made before references were lengthened (50 bits).
@@ -54,27 +58,63 @@ def read_receipt(conn: sqlite3.Connection, reference: str) -> Receipt | None:
     if not found:
         return None
     a = found[0]
-    is_refusal = a.kind is Kind.REFUSAL
-    auth = None if is_refusal else _auth(conn, a.reference)
-    sent = [] if is_refusal else [s for s in read_sent(conn, a.reference) if s.kind in NOTICE_KINDS]
+    if a.kind is Kind.REFUSAL:
+        return receipt_from(a, auth=None, sent=())
+    return receipt_from(a, auth=_auth(conn, a.reference), sent=read_sent(conn, a.reference))
+
+
+def receipt_from(
+    attempt: AttemptRecord, *, auth: str | None, sent: Sequence[SentNotice]
+) -> Receipt:
+    """The receipt of one attempt, from its record, its Authentication-Results and the mail
+    kept as sent for it (of which only notices and advisories count); either backend's."""
+    notices = [s.sent_at for s in sent if s.kind in NOTICE_KINDS]
     return Receipt(
-        reference=a.reference,
-        is_refused_at_rcpt=is_refusal,
-        at=a.at,
-        sender_domain=a.sender_domain,
-        office=a.office,
-        addresses=a.recipients,
-        action=a.action,
-        decision=a.decision,
-        notice=a.notice,
-        reply=a.reply,
+        reference=attempt.reference,
+        is_refused_at_rcpt=attempt.kind is Kind.REFUSAL,
+        at=attempt.at,
+        sender_domain=attempt.sender_domain,
+        office=attempt.office,
+        addresses=attempt.recipients,
+        action=attempt.action,
+        decision=attempt.decision,
+        notice=attempt.notice,
+        reply=attempt.reply,
         auth=auth,
-        sha256=a.sha256,
-        size=a.size,
-        notice_sent_at=min((s.sent_at for s in sent), default=None),
+        sha256=attempt.sha256,
+        size=attempt.size,
+        notice_sent_at=min(notices, default=None),
     )
 
 
 def _auth(conn: sqlite3.Connection, reference: str) -> str | None:
     row = conn.execute("SELECT auth FROM messages WHERE reference = ?", (reference,)).fetchone()
     return None if row is None else row[0]
+
+
+class SqliteReceipts:
+    """interface.ReceiptReader on the SQLite file: one read-only connection, opened on the
+    first read, in the thread that reads (sqlite3 connections stay in their thread)."""
+
+    def __init__(self, database: Path) -> None:
+        self._database = database
+        self._conn: sqlite3.Connection | None = None
+
+    def read_receipt(self, reference: str) -> Receipt | None:
+        """The receipt of `reference`, or None.
+
+        Raises:
+            StoreError: the file cannot be read.
+        """
+        try:
+            if self._conn is None:
+                self._conn = connect(self._database, readonly=True)
+            return read_receipt(self._conn, reference)
+        except sqlite3.Error as exc:
+            self.close()  # the next read opens the file afresh
+            raise StoreError(f"cannot read {self._database}: {exc}") from exc
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()

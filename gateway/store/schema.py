@@ -26,8 +26,9 @@ __all__ = [
 
 # 1: the first release. 2: sent_notices and messages.refused_for. 3: the job state `held` and
 # the operator_actions journal (`gateway queue hold|release|flush|retry|delete`); a version-2
-# gateway would send a held job and never log an operator's action.
-SCHEMA_VERSION = 3
+# gateway would send a held job and never log an operator's action. 4: audit_chains.node, the
+# host whose log holds the chain (NULL for chains anchored before), for stores shared by nodes.
+SCHEMA_VERSION = 4
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS messages (
@@ -144,7 +145,8 @@ CREATE TABLE IF NOT EXISTS audit_chains (
     chain       TEXT PRIMARY KEY,
     started_at  TEXT NOT NULL,
     log         TEXT NOT NULL,
-    first_hash  TEXT NOT NULL
+    first_hash  TEXT NOT NULL,
+    node        TEXT
 );
 -- No foreign key: a chain resumed from a file whose anchor is elsewhere still checkpoints.
 CREATE TABLE IF NOT EXISTS audit_checkpoints (
@@ -195,6 +197,7 @@ CREATE INDEX IF NOT EXISTS operator_actions_unlogged ON operator_actions (id)
 _STEPS: dict[int, tuple[str, tuple[tuple[str, str, str], ...]]] = {
     2: (_TO_2, (("messages", "refused_for", "TEXT"),)),
     3: (_TO_3, ()),
+    4: ("", (("audit_chains", "node", "TEXT"),)),
 }
 
 

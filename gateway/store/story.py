@@ -2,20 +2,20 @@
 
 What `gateway audit show` tells (audit/story.py formats it, and adds the log's lines, which
 this module knows nothing of): the attempt, its recipients' decisions, its jobs with every
-delivery attempt, and the notices kept as sent. Queries take an open connection and return
-values; nothing here writes or formats for a terminal.
+delivery attempt, and the notices kept as sent. It is gathered through an AuditReader
+(interface.py), so either backend tells it; on a shared store the attempt names the node
+that took it. Nothing here writes, speaks SQL or formats for a terminal.
 """
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from dataclasses import dataclass
 
-from gateway.store.outbox import Attempt, Job, job_attempts
-from gateway.store.queries import StoredDecision, list_decisions
-from gateway.store.records import AttemptRecord, Filters, Kind, find_attempts
-from gateway.store.sentmail import SentNotice, read_sent
+from gateway.store.interface import AuditReader
+from gateway.store.outbox import Attempt, Job
+from gateway.store.queries import StoredDecision
+from gateway.store.records import AttemptRecord, Filters, Kind
+from gateway.store.sentmail import SentNotice
 
 __all__ = ["Attachment", "Story", "tell_story"]
 
@@ -45,34 +45,33 @@ class Story:
     sent: tuple[SentNotice, ...] = ()  # the notices kept as sent (sentmail.py)
 
 
-def tell_story(conn: sqlite3.Connection, reference: str) -> Story | None:
-    """The story of the attempt with this reference, or None if the store has none."""
-    found = find_attempts(conn, Filters(reference=reference))
+def tell_story(reader: AuditReader, reference: str) -> Story | None:
+    """The story of the attempt with this reference, or None if the store has none.
+
+    Raises:
+        StoreError: the store cannot be read.
+    """
+    found = reader.find_attempts(Filters(reference=reference))
     if not found:
         return None
     attempt = found[0]
-    if attempt.kind is Kind.REFUSAL:
+    message = reader.read_message(attempt.reference) if attempt.kind is Kind.MESSAGE else None
+    if message is None:  # a refusal at RCPT (or a message purged between the two reads)
         return Story(attempt)
     ref = attempt.reference
-    row = conn.execute("SELECT * FROM messages WHERE reference = ?", (ref,)).fetchone()
-    jobs = conn.execute("SELECT * FROM jobs WHERE reference = ? ORDER BY id", (ref,)).fetchall()
-    raw = conn.execute("SELECT 1 FROM raw_messages WHERE reference = ?", (ref,)).fetchone()
     return Story(
         attempt,
-        peer_port=row["peer_port"],
-        tls=row["tls"],
-        date_header=row["date_header"],
-        from_header=row["from_header"],
+        peer_port=message.peer_port,
+        tls=message.tls,
+        date_header=message.date_header,
+        from_header=message.from_header,
         attachments=tuple(
-            Attachment(a["filename"], a["content_type"], a["size"])
-            for a in json.loads(row["attachments"])
+            Attachment(a.filename, a.content_type, a.size) for a in message.attachments
         ),
-        duplicate_of=row["duplicate_of"],
-        auth=row["auth"],
-        raw_kept=raw is not None,
-        recipients=tuple(list_decisions(conn, ref)),
-        jobs=tuple(
-            (job, tuple(job_attempts(conn, job.id))) for job in (Job.from_row(j) for j in jobs)
-        ),
-        sent=tuple(read_sent(conn, ref)),
+        duplicate_of=message.duplicate_of,
+        auth=message.auth,
+        raw_kept=reader.is_raw_kept(ref),
+        recipients=tuple(reader.list_decisions(ref)),
+        jobs=tuple((job, tuple(reader.job_attempts(job.id))) for job in reader.find_jobs(ref)),
+        sent=tuple(reader.read_sent(ref)),
     )

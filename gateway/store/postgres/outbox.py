@@ -21,6 +21,7 @@ from typing import Any
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from gateway.errors import LeaseLost
 from gateway.store.outbox import Attempt, Bounce, Job
 from gateway.store.postgres.store import Connection, PgStore
 from gateway.store.queueactions import OperatorAction, QueueAction
@@ -115,24 +116,33 @@ class PgOutbox:
         sent: tuple[SentNotice, bytes] | None = None,
     ) -> Bounce | None:
         """Record an attempt and move the job to the attempt's outcome, in one transaction
-        (the SQLite Outbox.finish's semantics: `note`, `raw_keep_until`, `bounce`, `sent`)."""
+        (the SQLite Outbox.finish's semantics: `note`, `raw_keep_until`, `bounce`, `sent`).
+
+        Raises:
+            LeaseLost: the job's lease is no longer this owner's; nothing was written.
+            StoreError: the store could not be written.
+        """
         number = job.attempts + 1
         async with self.store.transaction() as conn:
+            # An operator may have held the job during this attempt: a deferral keeps it
+            # held; a final outcome leaves nothing to hold. Only while the lease is still
+            # ours: another node's state is not this attempt's to overwrite.
+            reply = f"{note}; last: {_summary(attempt)}" if note else _summary(attempt)
+            moved = await conn.execute(
+                "UPDATE jobs SET state = CASE WHEN state = 'held' AND %s = 'deferred'"
+                " THEN state ELSE %s END, attempts = %s, next_attempt_at = %s, last_reply = %s,"
+                " lease_owner = NULL, lease_until = NULL, updated_at = %s"
+                " WHERE id = %s AND lease_owner = %s",
+                (attempt.outcome, attempt.outcome, number, next_attempt_at or attempt.finished_at,
+                 reply, attempt.finished_at, job.id, self.owner),
+            )  # fmt: skip
+            if moved.rowcount == 0:
+                raise LeaseLost(f"job {job.id} is no longer leased to {self.owner}")
             await conn.execute(
                 "INSERT INTO attempts (job_id, attempt, started_at, finished_at, host, code,"
                 " reply, outcome, node) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (job.id, number, attempt.started_at, attempt.finished_at, attempt.host,
                  attempt.code, attempt.reply, attempt.outcome, self.store.node),
-            )  # fmt: skip
-            # An operator may have held the job during this attempt: a deferral keeps it
-            # held; a final outcome leaves nothing to hold.
-            reply = f"{note}; last: {_summary(attempt)}" if note else _summary(attempt)
-            await conn.execute(
-                "UPDATE jobs SET state = CASE WHEN state = 'held' AND %s = 'deferred'"
-                " THEN state ELSE %s END, attempts = %s, next_attempt_at = %s, last_reply = %s,"
-                " lease_owner = NULL, lease_until = NULL, updated_at = %s WHERE id = %s",
-                (attempt.outcome, attempt.outcome, number, next_attempt_at or attempt.finished_at,
-                 reply, attempt.finished_at, job.id),
             )  # fmt: skip
             if raw_keep_until is not None:
                 await _release_raw(conn, job.reference, raw_keep_until)
@@ -142,14 +152,31 @@ class PgOutbox:
                 return None
             return await self._queue_bounce(conn, job, attempt.finished_at)
 
+    async def renew(self, job: Job, now: datetime, *, lease_s: float) -> bool:
+        """Extend this owner's lease on `job` to `lease_s` seconds of the server's clock
+        (`now`, the gateway's, goes unused: leases are the server's); False when the lease
+        is no longer ours (another node took it over, or recovered it).
+
+        Raises:
+            StoreError: the store could not be written.
+        """
+        async with self.store.connection() as conn:
+            cursor = await conn.execute(
+                "UPDATE jobs SET lease_until = now() + make_interval(secs => %s)"
+                " WHERE id = %s AND lease_owner = %s AND state IN ('in-flight', 'held')",
+                (lease_s, job.id, self.owner),
+            )
+            return cursor.rowcount == 1
+
     async def release(self, job: Job, now: datetime) -> None:
-        """Give a leased job back untried (shutdown), due again at once."""
+        """Give a job leased here back untried (shutdown), due again at once; a job whose
+        lease has passed to another node is left to it."""
         async with self.store.transaction() as conn:
             await conn.execute(
                 "UPDATE jobs SET state = CASE WHEN state = 'held' THEN state ELSE 'queued' END,"
                 " lease_owner = NULL, lease_until = NULL, updated_at = %s"
-                " WHERE id = %s AND state IN ('in-flight', 'held')",
-                (now, job.id),
+                " WHERE id = %s AND lease_owner = %s AND state IN ('in-flight', 'held')",
+                (now, job.id, self.owner),
             )
 
     async def take_operator_actions(self, now: datetime) -> list[OperatorAction]:

@@ -1,13 +1,15 @@
 """Synchronous access to the PostgreSQL store, for threads and processes beside the event loop.
 
 PgRecords is interface.MailRecords (the composer's reads), PgHeads interface.HeadStore (the
-audit chain's anchor and checkpoints). Each keeps one psycopg Connection of its own, opened
+audit chain's anchor and checkpoints), PgAuditReader interface.AuditReader (`gateway audit`,
+every node's records). Each keeps one psycopg Connection of its own, opened
 when first used and again after a failure; every driver error comes out as StoreError.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import psycopg
@@ -15,20 +17,36 @@ from psycopg.rows import dict_row
 
 from gateway.errors import StoreError
 from gateway.store.anchors import Anchor, Checkpoint
+from gateway.store.browse import Key, Page
 from gateway.store.outbox import Attempt, Job
+from gateway.store.postgres.browse import browse_shared_attempts
 from gateway.store.postgres.outbox import job_from_row
 from gateway.store.postgres.queries import message_from_row
+from gateway.store.postgres.records import shared_attempts
 from gateway.store.postgres.store import where
 from gateway.store.queries import StoredDecision, StoredMessage
+from gateway.store.records import AttemptRecord, Filters
+from gateway.store.sentmail import SentNotice
 from gateway.vocabulary import JobState
 
-__all__ = ["PgHeads", "PgRecords"]
+__all__ = ["Connected", "PgAuditReader", "PgHeads", "PgRecords", "SyncConnection"]
 
 T = TypeVar("T")
 SyncConnection = psycopg.Connection[dict[str, Any]]
 
 
-class _Connected:
+# A message's decisions, one per recipient; ordered by `seq`, their insertion order (SQLite's
+# rowid), which the rows keep whatever a table rewrite does to their physical order.
+_DECISIONS = (
+    "SELECT reference, recipient, kind, office, phase, action, reason, decided_at, local_time"
+    " FROM message_recipients WHERE reference = %s"
+)
+
+
+class Connected:
+    """One psycopg Connection of its own (dict rows, autocommit), opened on first use and
+    again after a failure; `_run` turns every driver error into StoreError."""
+
     def __init__(self, dsn: str, *, node: str = "") -> None:
         self._dsn = dsn
         self._node = node
@@ -38,6 +56,12 @@ class _Connected:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
+
+    def _one(self, sql: str, *params: object) -> dict[str, Any] | None:
+        return self._run(lambda conn: conn.execute(sql, params).fetchone())
+
+    def _all(self, sql: str, *params: object) -> list[dict[str, Any]]:
+        return self._run(lambda conn: conn.execute(sql, params).fetchall())
 
     def _run(self, work: Callable[[SyncConnection], T]) -> T:
         try:
@@ -53,7 +77,7 @@ class _Connected:
             raise StoreError(f"{where(self._dsn)}: {first}") from exc
 
 
-class PgRecords(_Connected):
+class PgRecords(Connected):
     """The composer's reads of a PostgreSQL store."""
 
     def read_message(self, reference: str) -> StoredMessage | None:
@@ -61,12 +85,7 @@ class PgRecords(_Connected):
         return None if row is None else message_from_row(row)
 
     def list_decisions(self, reference: str, *, office: str) -> list[StoredDecision]:
-        # ctid: the rows' insertion order, as SQLite's rowid (they are never updated).
-        rows = self._all(
-            "SELECT * FROM message_recipients WHERE reference = %s AND office = %s ORDER BY ctid",
-            reference,
-            office,
-        )
+        rows = self._all(f"{_DECISIONS} AND office = %s ORDER BY seq", reference, office)
         return [StoredDecision(**row) for row in rows]
 
     def read_raw(self, reference: str) -> bytes | None:
@@ -79,26 +98,102 @@ class PgRecords(_Connected):
 
     def job_attempts(self, job_id: int) -> list[Attempt]:
         rows = self._all("SELECT * FROM attempts WHERE job_id = %s ORDER BY attempt", job_id)
-        return [
-            Attempt(
-                started_at=r["started_at"],
-                finished_at=r["finished_at"],
-                host=r["host"],
-                code=r["code"],
-                reply=r["reply"],
-                outcome=JobState(r["outcome"]),
+        return [_attempt(r) for r in rows]
+
+
+def _attempt(row: dict[str, Any]) -> Attempt:
+    return Attempt(
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        host=row["host"],
+        code=row["code"],
+        reply=row["reply"],
+        outcome=JobState(row["outcome"]),
+    )
+
+
+class PgAuditReader(Connected):
+    """`gateway audit`'s reads of the shared store: every node's attempts, stories, kept
+    notices and audit chains, as the SQLite reader gives one host's."""
+
+    def find_attempts(self, filters: Filters) -> list[AttemptRecord]:
+        return self._run(lambda conn: shared_attempts(conn, filters))
+
+    def browse_attempts(
+        self, filters: Filters, *, before: Key | None = None, after: Key | None = None, size: int
+    ) -> Page:
+        return self._run(
+            lambda conn: browse_shared_attempts(
+                conn, filters, before=before, after=after, size=size
+            )
+        )
+
+    def list_jobs(self, states: tuple[str, ...]) -> list[Job]:
+        if not states:
+            return [job_from_row(r) for r in self._all("SELECT * FROM jobs ORDER BY id")]
+        rows = self._all("SELECT * FROM jobs WHERE state = ANY(%s) ORDER BY id", list(states))
+        return [job_from_row(r) for r in rows]
+
+    def read_message(self, reference: str) -> StoredMessage | None:
+        row = self._one("SELECT * FROM messages WHERE reference = %s", reference)
+        return None if row is None else message_from_row(row)
+
+    def list_decisions(self, reference: str) -> list[StoredDecision]:
+        rows = self._all(f"{_DECISIONS} ORDER BY seq", reference)
+        return [StoredDecision(**row) for row in rows]
+
+    def is_raw_kept(self, reference: str) -> bool:
+        return self._one("SELECT 1 FROM raw_messages WHERE reference = %s", reference) is not None
+
+    def find_jobs(self, reference: str, *, state: JobState | None = None) -> list[Job]:
+        wanted = None if state is None else state.value  # the value, not the member's name
+        rows = self._all(
+            "SELECT * FROM jobs WHERE reference = %s AND (%s::text IS NULL OR state = %s)"
+            " ORDER BY id",
+            reference,
+            wanted,
+            wanted,
+        )
+        return [job_from_row(r) for r in rows]
+
+    def job_attempts(self, job_id: int) -> list[Attempt]:
+        rows = self._all("SELECT * FROM attempts WHERE job_id = %s ORDER BY attempt", job_id)
+        # The node too: on a shared store, which host talked to the remote server.
+        return [replace(_attempt(r), node=r["node"]) for r in rows]
+
+    def read_sent(self, reference: str) -> list[SentNotice]:
+        rows = self._all(
+            "SELECT job_id, reference, kind, message_id, sha256, size, sent_at"
+            " FROM sent_notices WHERE reference = %s ORDER BY job_id",
+            reference,
+        )
+        return [SentNotice(**row) for row in rows]
+
+    def sent_data(self, reference: str, job_id: int) -> bytes | None:
+        row = self._one(
+            "SELECT data FROM sent_notices WHERE reference = %s AND job_id = %s", reference, job_id
+        )
+        return None if row is None else bytes(row["data"])
+
+    def load_anchors(self) -> dict[str, Anchor]:
+        # `*`: a store not yet migrated to version 4 (its nodes not restarted) has no node.
+        rows = self._all("SELECT * FROM audit_chains ORDER BY started_at, chain")
+        return {
+            r["chain"]: Anchor(
+                r["chain"], r["started_at"], r["log"], r["first_hash"], r.get("node")
             )
             for r in rows
-        ]
+        }
 
-    def _one(self, sql: str, *params: object) -> dict[str, Any] | None:
-        return self._run(lambda conn: conn.execute(sql, params).fetchone())
+    def load_checkpoints(self) -> dict[str, list[Checkpoint]]:
+        found: dict[str, list[Checkpoint]] = {}
+        rows = self._all("SELECT chain, seq, hash, at FROM audit_checkpoints ORDER BY chain, seq")
+        for r in rows:
+            found.setdefault(r["chain"], []).append(Checkpoint(**r))
+        return found
 
-    def _all(self, sql: str, *params: object) -> list[dict[str, Any]]:
-        return self._run(lambda conn: conn.execute(sql, params).fetchall())
 
-
-class PgHeads(_Connected):
+class PgHeads(Connected):
     """Each node's audit chain anchors and checkpoints, in the shared store."""
 
     def save_head(self, anchor: Anchor | None, checkpoint: Checkpoint | None) -> None:
@@ -106,9 +201,15 @@ class PgHeads(_Connected):
             with conn.transaction():
                 if anchor is not None:
                     conn.execute(
-                        "INSERT INTO audit_chains (chain, started_at, log, first_hash)"
-                        " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                        (anchor.chain, anchor.started_at, anchor.log, anchor.first_hash),
+                        "INSERT INTO audit_chains (chain, started_at, log, first_hash, node)"
+                        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                        (
+                            anchor.chain,
+                            anchor.started_at,
+                            anchor.log,
+                            anchor.first_hash,
+                            anchor.node,
+                        ),
                     )
                 if checkpoint is not None:
                     conn.execute(

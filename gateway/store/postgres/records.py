@@ -26,7 +26,15 @@ from gateway.store.records import (
 )
 from gateway.vocabulary import JobKind, NoticeStatus, NoticeStatusKind, parse_notice_status
 
-__all__ = ["find_shared_attempts"]
+__all__ = [
+    "find_shared_attempts",
+    "message_where",
+    "messages_from",
+    "refusal_record",
+    "refusal_where",
+    "refusals_from",
+    "shared_attempts",
+]
 
 Row = dict[str, Any]
 
@@ -37,9 +45,8 @@ SELECT m.reference, m.received_at, m.session_id, m.peer_ip, m.helo, m.mail_from,
        r.recipient, r.office, r.phase, r.action, r.reason,
        (SELECT j.state FROM jobs j WHERE j.reference = m.reference
         AND j.kind NOT IN (%s, %s) ORDER BY j.id DESC LIMIT 1) AS notice_state
-FROM messages m JOIN message_recipients r ON r.reference = m.reference
-WHERE {where}
-ORDER BY m.received_at, m.reference, r.ctid
+FROM {source} m JOIN message_recipients r ON r.reference = m.reference
+ORDER BY m.received_at, m.reference, r.seq
 """
 _REFUSALS = "SELECT * FROM refusals WHERE {where} ORDER BY at, reference"
 
@@ -52,11 +59,16 @@ def find_shared_attempts(dsn: str, filters: Filters) -> list[AttemptRecord]:
     """
     try:
         with psycopg.connect(dsn, row_factory=dict_row, connect_timeout=5) as conn:
-            messages = _messages(conn, filters)
-            refusals = [] if filters.message_id else _refusals(conn, filters)
+            return shared_attempts(conn, filters)
     except psycopg.Error as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise StoreError(f"{describe(dsn)}: {first}") from exc
+
+
+def shared_attempts(conn: psycopg.Connection[Row], filters: Filters) -> list[AttemptRecord]:
+    """find_shared_attempts on an open connection (rows as dicts); psycopg's errors pass."""
+    messages = _messages(conn, filters)
+    refusals = [] if filters.message_id else _refusals(conn, filters)
     merged = sorted([*messages, *refusals], key=lambda a: (a.at, a.reference))
     return [a for a in merged if matches(a, filters)]
 
@@ -85,7 +97,8 @@ def _common_where(
     return where, params
 
 
-def _messages(conn: psycopg.Connection[Row], filters: Filters) -> list[AttemptRecord]:
+def message_where(filters: Filters) -> tuple[list[str], list[object]]:
+    """The SQL conditions on `messages m` the filters make (postgres/browse.py pages by them)."""
     where, params = _common_where(
         filters, at="m.received_at", sender="m.mail_from", reference="m.reference"
     )
@@ -99,10 +112,23 @@ def _messages(conn: psycopg.Connection[Row], filters: Filters) -> list[AttemptRe
         bare = filters.message_id.strip().strip("<>")
         where.append("m.message_id IN (%s, %s)")
         params += [f"<{bare}>", bare]
-    sql = _MESSAGES.format(where=" AND ".join(where) or "true")
+    return where, params
+
+
+def messages_from(
+    conn: psycopg.Connection[Row], source: str, params: Sequence[object]
+) -> list[AttemptRecord]:
+    """The attempts of the messages `source` selects (a table or a subquery, with `params`)."""
+    sql = _MESSAGES.format(source=source)
     # The subquery's kinds come first: they are the first placeholders in the statement.
     rows = conn.execute(sql, [str(JobKind.RELAY), str(JobKind.FORWARD), *params]).fetchall()
     return [_message(group) for group in _grouped(rows)]
+
+
+def _messages(conn: psycopg.Connection[Row], filters: Filters) -> list[AttemptRecord]:
+    where, params = message_where(filters)
+    source = f"(SELECT * FROM messages m WHERE {' AND '.join(where) or 'true'})"
+    return messages_from(conn, source, params)
 
 
 def _grouped(rows: Sequence[Row]) -> Iterator[list[Row]]:
@@ -149,16 +175,28 @@ def _message(rows: Sequence[Row]) -> AttemptRecord:
     )
 
 
-def _refusals(conn: psycopg.Connection[Row], filters: Filters) -> list[AttemptRecord]:
+def refusal_where(filters: Filters) -> tuple[list[str], list[object]]:
+    """The SQL conditions on `refusals` the filters make (postgres/browse.py pages by them)."""
     where, params = _common_where(filters, at="at", sender="mail_from", reference="reference")
     if filters.office:
         where.append("office = %s")
         params.append(filters.office)
-    rows = conn.execute(_REFUSALS.format(where=" AND ".join(where) or "true"), params).fetchall()
-    return [_refusal(row) for row in rows]
+    return where, params
 
 
-def _refusal(row: Row) -> AttemptRecord:
+def refusals_from(
+    conn: psycopg.Connection[Row], sql: str, params: Sequence[object]
+) -> list[AttemptRecord]:
+    """The attempts of the refusals `sql` selects (every column of `refusals`)."""
+    return [refusal_record(row) for row in conn.execute(sql, params).fetchall()]
+
+
+def _refusals(conn: psycopg.Connection[Row], filters: Filters) -> list[AttemptRecord]:
+    where, params = refusal_where(filters)
+    return refusals_from(conn, _REFUSALS.format(where=" AND ".join(where) or "true"), params)
+
+
+def refusal_record(row: Row) -> AttemptRecord:
     return AttemptRecord(
         reference=row["reference"],
         kind=Kind.REFUSAL,

@@ -27,7 +27,8 @@ __all__ = ["MIGRATION_LOCK", "SCHEMA_VERSION", "migrate", "schema_version"]
 # pg_advisory_xact_lock's key for migrations: any constant no other lock of ours uses.
 MIGRATION_LOCK = 0x6761_7465_7761_7901
 
-# The first version a PostgreSQL store was made at: everything up to it is in _TABLES.
+# The first version a PostgreSQL store was made at: _TABLES is its DDL, and a new store is
+# made at it and then taken through _STEPS like any other.
 _FIRST_VERSION = 3
 
 _TABLES = """
@@ -260,8 +261,16 @@ RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
 $$;
 """
 
-# The step to each version after the first, as DDL; none yet.
-_STEPS: dict[int, str] = {}
+# The step to each version after the first, as DDL. 4: the node whose log holds each chain
+# (NULL for a chain anchored before), so that `gateway audit verify` can say whose it is;
+# and the recipients' insertion order (SQLite's rowid), numbered in their physical order as
+# the column is added, so that a table rewritten later (CLUSTER, pg_repack, VACUUM FULL)
+# still lists an envelope's recipients in the order they were given.
+_STEPS: dict[int, str] = {
+    4: "ALTER TABLE audit_chains ADD COLUMN IF NOT EXISTS node text;"
+    " ALTER TABLE message_recipients"
+    " ADD COLUMN IF NOT EXISTS seq bigint GENERATED ALWAYS AS IDENTITY"
+}
 
 
 async def schema_version(conn: psycopg.AsyncConnection[Any]) -> int | None:
