@@ -16,7 +16,7 @@ import socket
 import sqlite3
 from contextlib import closing
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from gateway.store.sentmail import describe_sent
 from gateway.vocabulary import JobState
 from tests.conftest import FakeClock, make_settings
 from tests.postgres import postgres
-from tests.test_console import PASSWORD, Console, add_user
+from tests.test_console import PASSWORD, Console, add_user, page_at
 from tests.test_store_contract import BOUND_S, SENDER, Backend, backend, filing, refusal
 
 __all__ = ["backend", "postgres"]
@@ -394,3 +394,88 @@ async def test_the_console_answers_503_when_the_shared_store_is_down(tmp_path: P
         await endpoint.runner.cleanup()
     assert page.status == 503
     assert f"The store cannot be read: postgresql 127.0.0.1:{port}/gateway:" in page.text
+
+
+# -- the console's Older and Newer links on either store ---------------------------------------
+
+
+async def attempts_of_two_nodes(
+    backend: Backend, start: datetime, count: int
+) -> list[tuple[str, str]]:
+    """`count` attempts, mx1's and mx2's in turn, a refusal at RCPT every third and the rest
+    filings refused after DATA, two by two at the same time (so the reference breaks the
+    ties); their references and decisions, newest first as the console lists them."""
+    stores = {node: await backend.open_store(node) for node in ("mx1", "mx2")}
+    made: list[tuple[datetime, str, str]] = []
+    async with asyncio.timeout(BOUND_S):
+        for n in range(count):
+            store, at = stores["mx1" if n % 2 else "mx2"], start + timedelta(minutes=n // 2)
+            if n % 3 == 0:
+                await store.record_refusal(refused := refusal(at))
+                made.append((at, refused.reference, "refused"))
+            else:
+                record, check = filing(at=at)
+                await store.record_message(record, check)
+                made.append((at, record.reference, "rejected"))
+    return [(reference, decision) for _, reference, decision in sorted(made, reverse=True)]
+
+
+@pytest.mark.parametrize("query", ["", "?decision=rejected"])
+async def test_the_newer_links_walk_back_up_the_pages_older_links_walked_down(
+    backend: Backend, tmp_path: Path, query: str
+) -> None:
+    made = await attempts_of_two_nodes(backend, AT, 9)
+    expected = [r for r, decision in made if not query or decision == "rejected"]
+    assert len(expected) == (6 if query else 9)
+    endpoint, console = await console_on(
+        settings_of(backend, tmp_path, "mx1"), tmp_path, page_size=2
+    )
+    try:
+        down: list[list[str]] = []
+        newer: str | None = None
+        path: str | None = f"/attempts{query}"
+        while path is not None and len(down) < 10:
+            rows, newer, path = await page_at(console, path)
+            assert (newer is None) == (not down)  # only the first page has nothing newer
+            down.append(rows)
+        up: list[list[str]] = []
+        path = newer  # the last page's
+        while path is not None and len(up) < 10:
+            assert ("decision=rejected" in path) == bool(query)
+            rows, path, _ = await page_at(console, path)
+            up.append(rows)
+    finally:
+        await endpoint.runner.cleanup()
+    assert [ref for rows in down for ref in rows] == expected
+    assert len(down) == (len(expected) + 1) // 2
+    assert up == down[-2::-1]  # back to the newest page, the same rows on each page
+
+
+async def test_a_newer_link_keeps_its_rows_while_other_nodes_record_newer_attempts(
+    backend: Backend, tmp_path: Path
+) -> None:
+    made = [r for r, _ in await attempts_of_two_nodes(backend, AT, 5)]
+    endpoint, console = await console_on(
+        settings_of(backend, tmp_path, "mx1"), tmp_path, page_size=2
+    )
+    try:
+        _, _, older = await page_at(console, "/attempts")
+        assert older is not None
+        _, back, _ = await page_at(console, older)
+        assert back is not None
+        arrived = [r for r, _ in await attempts_of_two_nodes(backend, AT + timedelta(hours=1), 3)]
+        again, above, _ = await page_at(console, back)
+        assert above is not None
+        ahead, top, _ = await page_at(console, above)
+        assert top is not None
+        last, beyond, _ = await page_at(console, top)
+        newest, none, _ = await page_at(console, "/attempts")
+    finally:
+        await endpoint.runner.cleanup()
+    # The page that was first keeps its rows, and now has the new attempts above it.
+    assert again == made[:2]
+    assert ahead == arrived[1:]
+    assert last == arrived[:1]
+    assert beyond is None  # nothing newer: the newest attempt is on it
+    assert newest == arrived[:2]
+    assert none is None
