@@ -1,5 +1,6 @@
 """The console's keyset pages on the shared store: `PgAuditReader.browse_attempts`, first page,
-deep page and filtered pages, p50/p99 per case (the reads alone, without HTTP).
+deep page (older, and newer), and filtered pages, p50/p99 per case (the reads alone,
+without HTTP).
 
     python bench/console_shared.py [--attempts N] [--requests R] [--seconds S]
 
@@ -8,9 +9,10 @@ deep page and filtered pages, p50/p99 per case (the reads alone, without HTTP).
    attempts one every 20 s, 90 % messages refused after DATA (one recipient each, 500
    senders over 50 domains, nodes mx1 and mx2 in turn), 10 % refusals at RCPT.
 2. Per case, one reader asks for the same page of 100 (as the console's default page) R
-   times, bounded by S seconds: the first page, the page at row N/2 (its key as a link would
-   carry it), an office (SQL), a sender domain (SQL, no index) and a decision (applied in
-   Python, read in windows of 500).
+   times, bounded by S seconds: the first page, the page at row N/2 (its key as an "Older"
+   link would carry it), the page above it (as its "Newer" link would: `after=`, the keyset
+   walked forwards), an office (SQL), a sender domain (SQL, no index) and a decision
+   (applied in Python, read in windows of 500).
 
 Every load is bounded in count and in time. The machine is shared: compare within one run.
 bench/console.py measures the SQLite store through the console's HTTP.
@@ -85,14 +87,19 @@ def key_at(attempts: int, row: int) -> Key:
 
 
 def measure(
-    reader: PgAuditReader, filters: Filters, before: Key | None, args: argparse.Namespace
+    reader: PgAuditReader,
+    filters: Filters,
+    keys: tuple[Key | None, Key | None],
+    args: argparse.Namespace,
 ) -> str:
+    before, after = keys
     times: list[float] = []
     deadline = time.monotonic() + args.seconds
     rows = 0
     while len(times) < args.requests and time.monotonic() < deadline:
         started = time.perf_counter()
-        rows = len(reader.browse_attempts(filters, before=before, size=PAGE).attempts)
+        page = reader.browse_attempts(filters, before=before, after=after, size=PAGE)
+        rows = len(page.attempts)
         times.append((time.perf_counter() - started) * 1000)
     times.sort()
     p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
@@ -113,17 +120,19 @@ def main() -> None:
         build(dsn, args.attempts)
         print(f"{args.attempts:,} attempts built in {time.monotonic() - started:.1f} s")
         deep = args.attempts // 2
-        cases = {
-            "first page": (Filters(), None),
-            f"page at row {deep:,}": (Filters(), key_at(args.attempts, deep)),
-            "office (SQL)": (Filters(office="occ"), None),
-            "sender domain (SQL, no index)": (Filters(sender_domain="firm7.example"), None),
-            "decision (Python)": (Filters(decision="refused"), None),
+        middle = key_at(args.attempts, deep)
+        cases: dict[str, tuple[Filters, tuple[Key | None, Key | None]]] = {
+            "first page": (Filters(), (None, None)),
+            f"page at row {deep:,}": (Filters(), (middle, None)),
+            f"page above row {deep:,} (Newer)": (Filters(), (None, middle)),
+            "office (SQL)": (Filters(office="occ"), (None, None)),
+            "sender domain (SQL, no index)": (Filters(sender_domain="firm7.example"), (None, None)),
+            "decision (Python)": (Filters(decision="refused"), (None, None)),
         }
         reader = PgAuditReader(dsn, node="bench")
         try:
-            for name, (filters, before) in cases.items():
-                print(f"| {name} | {measure(reader, filters, before, args)} |", flush=True)
+            for name, (filters, keys) in cases.items():
+                print(f"| {name} | {measure(reader, filters, keys, args)} |", flush=True)
         finally:
             reader.close()
 
