@@ -1,6 +1,6 @@
 """`gateway audit show` on a host that keeps a year of daily-rotated, gzipped audit logs.
 
-    python bench/story_logs.py [--days 365] [--per-day 3000] [--repeat 3] [--dir DIR]
+    python bench/story_logs.py [--days 365] [--per-day 3000] [--repeat 3] [--dir DIR] [--http]
 
 1. Writes (once; a DIR already holding the same year is reused) what such a host has: the
    log and two supervisor workers' logs, each one hash chain going on across one file per day
@@ -15,7 +15,9 @@
 2. Times `gateway audit show REF` of each, in this process (run_audit, as the CLI and the
    console's story page call it), --repeat times, and prints the best and median seconds, the
    lines listed and a digest of them (the same digest before and after a change means the
-   same lines).
+   same lines). With --http, also the console's story page (GET /attempts/REF, basic auth)
+   from a console serving the same store and log in a child process, --repeat times each,
+   one request at a time, each bounded to 300 s.
 
 The machine is shared: compare figures within one run or between runs close in time.
 """
@@ -24,11 +26,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import gzip
 import hashlib
 import io
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -321,6 +326,79 @@ def show(folder: Path, reference: str) -> tuple[float, str]:
     return took, out.getvalue()
 
 
+PASSWORD = "a story benchmark password"
+
+
+async def serve_console(folder: Path, users: Path, port_file: Path) -> None:
+    """The console alone, on the year's store and log (run in a process of its own)."""
+    from gateway.clock import make_clock
+    from gateway.config import ConsoleSettings
+    from gateway.http.console import start_console
+
+    settings = _settings(folder)
+    console = ConsoleSettings(listen="127.0.0.1:0", users_file=users)
+    endpoint = await start_console(
+        settings.model_copy(update={"console": console}), make_clock(None)
+    )
+    assert endpoint is not None
+    await asyncio.to_thread(port_file.write_text, str(endpoint.port))
+    await asyncio.sleep(3600)
+
+
+async def _get_story(port: int, reference: str, *, within_s: float) -> tuple[float, int]:
+    import aiohttp
+
+    token = base64.b64encode(f"bench:{PASSWORD}".encode()).decode()
+    async with aiohttp.ClientSession() as session, asyncio.timeout(within_s):
+        began = time.perf_counter()
+        url = f"http://127.0.0.1:{port}/attempts/{reference}"
+        async with session.get(url, headers={"Authorization": f"Basic {token}"}) as got:
+            body = await got.read()
+        return time.perf_counter() - began, got.status if body else 0
+
+
+def over_http(folder: Path, targets: dict[str, tuple[str, datetime]], repeat: int) -> None:
+    """Each target's story page from the console in a child process, `repeat` times."""
+    from gateway.config import ConsoleSettings
+    from gateway.ops.consoleusers import run_console_users
+
+    users, port_file = folder / "console-users", folder / "console-port"
+    port_file.unlink(missing_ok=True)
+    if not users.exists():
+        run_console_users(
+            ConsoleSettings(users_file=users),
+            action="adduser",
+            name="bench",
+            password_stdin=True,
+            stdin=io.StringIO(PASSWORD + "\n"),
+            out=sys.stdout,
+            err=sys.stderr,
+        )
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve-console", str(folder), str(users), str(port_file)],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        stdout=subprocess.DEVNULL,  # its audit events: the year's log stays as written
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not port_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        port = int(port_file.read_text())
+        asyncio.run(_get_story(port, "20000101-WARMUPWARMUP1", within_s=300))  # the scrypt
+        for name, (reference, _) in targets.items():
+            times = []
+            for _ in range(repeat):
+                took, status = asyncio.run(_get_story(port, reference, within_s=300))
+                if status != 200:
+                    raise SystemExit(f"GET /attempts/{reference}: {status}")
+                times.append(took)
+            print(f"{name + ' http':<12} {reference:<23} {min(times):>8.2f}"
+                  f" {statistics.median(times):>9.2f}")  # fmt: skip
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
 def _listed(text: str) -> list[str]:
     """The story's audit log lines, without the header naming the files read."""
     part = text[text.index("\naudit log") :].splitlines()[2:]
@@ -356,7 +434,7 @@ def main(args: argparse.Namespace) -> None:
         f"{len(files)} log files, {size / 2**20:,.0f} MiB on disk"
         f" ({args.days} days x {args.per_day:,} attempts, {WORKERS} workers)"
     )
-    print(f"{'attempt':<8} {'reference':<23} {'best s':>8} {'median s':>9} {'lines':>6}  digest")
+    print(f"{'attempt':<12} {'reference':<23} {'best s':>8} {'median s':>9} {'lines':>6}  digest")
     for name, (reference, _) in targets.items():
         times, text = [], ""
         for _ in range(args.repeat):
@@ -365,13 +443,18 @@ def main(args: argparse.Namespace) -> None:
         listed = _listed(text)
         digest = hashlib.sha256("\n".join(listed).encode()).hexdigest()[:12]
         print(
-            f"{name:<8} {reference:<23} {min(times):>8.2f} {statistics.median(times):>9.2f}"
+            f"{name:<12} {reference:<23} {min(times):>8.2f} {statistics.median(times):>9.2f}"
             f" {len(listed):>6}  {digest}"
         )
+    if args.http:
+        over_http(folder, targets, args.repeat)
 
 
 def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--http", action="store_true", help="also the console's story page")
+    parser.add_argument("--serve-console", nargs=3, metavar=("DIR", "USERS", "PORT_FILE"),
+                        help=argparse.SUPPRESS)  # fmt: skip
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--per-day", type=int, default=3000)
     parser.add_argument("--repeat", type=int, default=3)
@@ -380,4 +463,8 @@ def _arguments() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    main(_arguments())
+    arguments = _arguments()
+    if arguments.serve_console:
+        asyncio.run(serve_console(*(Path(p) for p in arguments.serve_console)))
+    else:
+        main(arguments)
