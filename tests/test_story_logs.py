@@ -16,14 +16,14 @@ import io
 import json
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from gateway.audit.chain import ChainedLog, worker_log
-from gateway.audit.events import LoggedEvent, _event, logged_events
+from gateway.audit.chain import ChainedLog, link, worker_log
+from gateway.audit.events import LoggedEvent, _event, has_arrival, logged_events
 from gateway.audit.search import lines_holding
 from gateway.audit.spans import FileStart, StoryFiles, read_starts, story_files, whole_log
 from gateway.audit.verify import LogLine, log_files, read_lines
@@ -108,6 +108,63 @@ def test_without_a_record_every_file_is_read_for_both() -> None:
     files = [s.path for s in STARTS]
     every = tuple(files)
     assert whole_log(files, why="purged") == StoryFiles(every, every, every, "purged")
+
+
+def chained(timestamp: object) -> str:
+    return link(json.dumps({"event": "x", "timestamp": timestamp}), chain="c", seq=7, prev="0")
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", FileStart(Path("f"))),
+        (b'{"event": "before the chain"}\n', FileStart(Path("f"))),
+        (
+            f"{chained('2017-09-01T10:00:00Z')}\n".encode(),
+            FileStart(Path("f"), "c", 7, at(0, 10), "2017-09-01T10:00:00Z"),
+        ),
+        (f"{chained(12)}\n".encode(), FileStart(Path("f"), "c", 7, None, "12")),
+        (f"{chained('yesterday')}\n".encode(), FileStart(Path("f"), "c", 7, None, "yesterday")),
+        (  # no offset: not the log's UTC
+            f"{chained('2017-09-01T10:00:00')}\n".encode(),
+            FileStart(Path("f"), "c", 7, None, "2017-09-01T10:00:00"),
+        ),
+    ],
+)
+def test_a_file_begins_at_its_first_chained_lines_time_when_it_has_one(
+    tmp_path: Path, content: bytes, expected: FileStart
+) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(content)
+    # The stamp as written is what verify.order_files sorts by.
+    assert read_starts([path]) == [replace(expected, path=path)]
+
+
+def test_a_gzipped_file_that_cannot_be_read_begins_nowhere(tmp_path: Path) -> None:
+    broken = tmp_path / "gateway.log.2.gz"
+    broken.write_bytes(b"not gzip at all\n")
+    assert read_starts([broken]) == [FileStart(broken)]
+
+
+def logged(event: str, timestamp: str) -> LoggedEvent:
+    return LoggedEvent("f:1", 1, timestamp, event, ())
+
+
+@pytest.mark.parametrize(
+    ("events", "expected"),
+    [
+        ([logged("smtp.message.received", "2017-09-03T12:00:01Z")], True),
+        ([logged("smtp.recipient.refused", "2017-09-03T12:59:00+00:00")], True),
+        ([logged("smtp.message.received", "2017-09-03T14:00:01Z")], False),  # 2 h off
+        ([logged("delivery.succeeded", "2017-09-03T12:00:01Z")], False),  # not its arrival
+        ([logged("smtp.reply.sent", "noon"), logged("smtp.reply.sent", "2017-09-03T12:00")], False),
+        ([], False),
+    ],
+)
+def test_an_arrival_is_found_only_at_the_time_the_store_gives(
+    events: list[LoggedEvent], expected: bool
+) -> None:
+    assert has_arrival(events, at(2, 12), within=timedelta(hours=1)) is expected
 
 
 # -- the lines found: as every line read one by one finds them -----------------------------------
