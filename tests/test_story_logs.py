@@ -462,3 +462,23 @@ async def test_when_the_stores_clock_was_shifted_every_file_is_read(
         ]
         assert any(line.endswith(" smtp.session.opened") for line in listed(text))
         assert "(a clock shifted with --as-of, or its lines lost): every file read)" in text
+
+
+async def test_a_damaged_gzip_file_is_named_and_the_rest_of_the_story_still_told(
+    host: tuple[Host, GatewaySettings],
+) -> None:
+    written, settings = host
+    # The retry's day, gzipped by logrotate, then cut short (a disk filled as it was written).
+    day = Path(settings.audit.log).parent / "gateway.log-20170905"
+    damaged = day.with_name(day.name + ".gz")
+    damaged.write_bytes(gzip.compress(day.read_bytes())[:-40])
+    day.unlink()
+    out, err = io.StringIO(), io.StringIO()
+    request = AuditRequest(action="show", targets=(written.refs["kept"],))
+    status = run_audit(settings, request, now=at(4, 12), out=out, err=err)
+    assert status == 1  # the story is told, but not whole
+    assert f"gateway: cannot read {damaged}: " in err.getvalue()
+    assert "Traceback" not in err.getvalue()
+    shown = listed(out.getvalue())
+    assert "gateway.worker-2.log-20170904.gz smtp.message.received" in shown
+    assert "gateway.log receipt.looked_up" in shown  # the files after it are read

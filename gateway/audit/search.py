@@ -8,12 +8,13 @@ parses a line or decides which lines matter (events.py).
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from gateway.audit.verify import LogLine, open_log
 
-__all__ = ["lines_holding"]
+__all__ = ["LogSearch", "lines_holding"]
 
 # Bytes read at a time: large enough that the search, not Python, does the work.
 _BLOCK = 1 << 20
@@ -27,6 +28,22 @@ def lines_holding(paths: Iterable[Path], needles: Sequence[bytes]) -> Iterator[L
     """
     for path in paths:
         yield from _file_lines(path, needles)
+
+
+class LogSearch:
+    """`lines_holding` that goes on past a file it cannot read (a damaged or truncated gzip,
+    one removed meanwhile), keeping the lines found before the damage, and says which:
+    `unreadable`, each file with the reason, for the caller to report."""
+
+    def __init__(self) -> None:
+        self.unreadable: dict[Path, str] = {}
+
+    def __call__(self, paths: Iterable[Path], needles: Sequence[bytes]) -> Iterator[LogLine]:
+        for path in paths:
+            try:
+                yield from _file_lines(path, needles)
+            except (OSError, EOFError, zlib.error) as exc:
+                self.unreadable[path] = str(exc) or type(exc).__name__
 
 
 def _file_lines(path: Path, needles: Sequence[bytes]) -> Iterator[LogLine]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import BinaryIO, TextIO
 
 from gateway.audit.events import LoggedEvent, has_arrival, logged_events
-from gateway.audit.search import lines_holding
+from gateway.audit.search import LogSearch
 from gateway.audit.spans import CLOCK_SKEW, StoryFiles, read_starts, story_files, whole_log
 from gateway.audit.story import write_events, write_story
 from gateway.audit.verify import find_log_files, order_files
@@ -53,10 +53,13 @@ def show_attempt(
     reference = request.targets[0].strip().upper()
     story = tell_story(reader, reference)
     chosen, note = _story_files(settings, request, story)
-    events = logged_events(lines_holding, reference, chosen) if chosen.mentions else []
+    search = LogSearch()
+    events = logged_events(search, reference, chosen) if chosen.mentions else []
     if story is not None and _should_be_whole(settings, story, chosen, events):
         chosen = whole_log(chosen.every, why=_NOT_WHERE_DUE)
-        events = logged_events(lines_holding, reference, chosen)
+        events = logged_events(search, reference, chosen)
+    for path, why in search.unreadable.items():
+        err.write(f"gateway: cannot read {path}: {why}; the lines it holds are not shown\n")
     if story is None:
         err.write(f"gateway: no attempt {reference} in the store\n")
         if events:  # purged by retention, or recorded in another store: the log still tells
@@ -74,7 +77,8 @@ def show_attempt(
     taken_by = story.attempt.node
     if taken_by is not None and taken_by != settings.server.node:
         out.write(f"  (received by node {taken_by}: the lines of its arrival are in its log)\n")
-    return EXIT_OK
+    # A story with a log file left out is not the whole story: say so in the status too.
+    return EXIT_FOUND_PROBLEMS if search.unreadable else EXIT_OK
 
 
 _NOT_WHERE_DUE = (
