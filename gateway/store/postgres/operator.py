@@ -28,9 +28,9 @@ from psycopg.types.json import Jsonb
 from gateway.errors import StoreError
 from gateway.store.mailbox import FORWARD, PostmasterMail
 from gateway.store.messages import JobRecord
-from gateway.store.outbox import Attempt, Job
-from gateway.store.postgres.outbox import job_from_row
+from gateway.store.outbox import Job
 from gateway.store.postgres.reading import Connected, SyncConnection
+from gateway.store.postgres.rows import attempt_from_row, job_from_row, queued_from_row
 from gateway.store.postgres.schema import MIGRATION_LOCK
 from gateway.store.postgres.store import where as describe
 from gateway.store.queueactions import (
@@ -42,7 +42,6 @@ from gateway.store.queueactions import (
     narrow,
 )
 from gateway.store.schema import SCHEMA_VERSION, SchemaTooNewError, SchemaTooOldError
-from gateway.vocabulary import JobState
 
 __all__ = ["LOCK_WAIT_S", "PgPostmaster", "PgQueue"]
 
@@ -101,7 +100,7 @@ class PgQueue(_Shared):
     def list_jobs(self, which: JobFilter) -> list[QueuedJob]:
         where, params = _where(which, which.states)
         rows = self._all(f"SELECT * FROM jobs WHERE {where} ORDER BY id", *params)
-        return [_queued(row) for row in rows]
+        return [queued_from_row(row) for row in rows]
 
     def matching_jobs(self, action: QueueAction, which: JobFilter) -> list[Job]:
         where, params = _where(which, narrow(which.states, ACTION_RULES[action].states))
@@ -143,24 +142,11 @@ class PgQueue(_Shared):
 
     def read_job(self, job_id: int) -> QueuedJob | None:
         row = self._one("SELECT * FROM jobs WHERE id = %s", job_id)
-        return None if row is None else _queued(row)
+        return None if row is None else queued_from_row(row)
 
     def job_attempts(self, job_id: int) -> list[NodeAttempt]:
         rows = self._all("SELECT * FROM attempts WHERE job_id = %s ORDER BY attempt", job_id)
-        return [
-            NodeAttempt(
-                Attempt(
-                    started_at=r["started_at"],
-                    finished_at=r["finished_at"],
-                    host=r["host"],
-                    code=r["code"],
-                    reply=r["reply"],
-                    outcome=JobState(r["outcome"]),
-                ),
-                node=r["node"],
-            )
-            for r in rows
-        ]
+        return [NodeAttempt(attempt_from_row(r), node=r["node"]) for r in rows]
 
     def sent_data(self, reference: str, job_id: int) -> bytes | None:
         row = self._one(
@@ -277,15 +263,6 @@ def _where(which: JobFilter, states: Sequence[str]) -> tuple[str, list[object]]:
         )
         params.append(which.recipient.lower())
     return " AND ".join(clauses), params
-
-
-def _queued(row: Row) -> QueuedJob:
-    return QueuedJob(
-        job_from_row(row),
-        node=row["node"],
-        lease_owner=row["lease_owner"],
-        lease_until=row["lease_until"],
-    )
 
 
 def _mail(row: Row) -> PostmasterMail:

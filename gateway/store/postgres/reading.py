@@ -20,9 +20,8 @@ from gateway.store.anchors import Anchor, Checkpoint
 from gateway.store.browse import Key, Page
 from gateway.store.outbox import Attempt, Job
 from gateway.store.postgres.browse import browse_shared_attempts
-from gateway.store.postgres.outbox import job_from_row
-from gateway.store.postgres.queries import message_from_row
 from gateway.store.postgres.records import shared_attempts
+from gateway.store.postgres.rows import attempt_from_row, job_from_row, message_from_row
 from gateway.store.postgres.store import where
 from gateway.store.queries import StoredDecision, StoredMessage
 from gateway.store.records import AttemptRecord, Filters
@@ -98,18 +97,7 @@ class PgRecords(Connected):
 
     def job_attempts(self, job_id: int) -> list[Attempt]:
         rows = self._all("SELECT * FROM attempts WHERE job_id = %s ORDER BY attempt", job_id)
-        return [_attempt(r) for r in rows]
-
-
-def _attempt(row: dict[str, Any]) -> Attempt:
-    return Attempt(
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        host=row["host"],
-        code=row["code"],
-        reply=row["reply"],
-        outcome=JobState(row["outcome"]),
-    )
+        return [attempt_from_row(r) for r in rows]
 
 
 class PgAuditReader(Connected):
@@ -155,7 +143,7 @@ class PgAuditReader(Connected):
     def job_attempts(self, job_id: int) -> list[Attempt]:
         rows = self._all("SELECT * FROM attempts WHERE job_id = %s ORDER BY attempt", job_id)
         # The node too: on a shared store, which host talked to the remote server.
-        return [replace(_attempt(r), node=r["node"]) for r in rows]
+        return [replace(attempt_from_row(r), node=r["node"]) for r in rows]
 
     def read_sent(self, reference: str) -> list[SentNotice]:
         rows = self._all(
