@@ -19,6 +19,7 @@ Each class keeps one psycopg Connection (reading.py); every driver error is a St
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -29,8 +30,9 @@ from gateway.errors import StoreError
 from gateway.store.mailbox import FORWARD, PostmasterMail
 from gateway.store.messages import JobRecord
 from gateway.store.outbox import Job
+from gateway.store.postgres.jobfilter import job_where, queued_jobs
 from gateway.store.postgres.reading import Connected, SyncConnection
-from gateway.store.postgres.rows import attempt_from_row, job_from_row, queued_from_row
+from gateway.store.postgres.rows import attempt_from_row, queued_from_row
 from gateway.store.postgres.schema import MIGRATION_LOCK
 from gateway.store.postgres.store import where as describe
 from gateway.store.queueactions import (
@@ -98,14 +100,11 @@ class PgQueue(_Shared):
     """`gateway queue` on the shared store: every node's jobs."""
 
     def list_jobs(self, which: JobFilter) -> list[QueuedJob]:
-        where, params = _where(which, which.states)
-        rows = self._all(f"SELECT * FROM jobs WHERE {where} ORDER BY id", *params)
-        return [queued_from_row(row) for row in rows]
+        return self._run(lambda conn: queued_jobs(conn, which))
 
     def matching_jobs(self, action: QueueAction, which: JobFilter) -> list[Job]:
-        where, params = _where(which, narrow(which.states, ACTION_RULES[action].states))
-        rows = self._all(f"SELECT * FROM jobs WHERE {where} ORDER BY id", *params)
-        return [job_from_row(row) for row in rows]
+        states = narrow(which.states, ACTION_RULES[action].states)
+        return [q.job for q in self.list_jobs(replace(which, states=states))]
 
     def change_jobs(
         self, action: QueueAction, which: JobFilter, *, now: datetime, operator: str
@@ -118,7 +117,7 @@ class PgQueue(_Shared):
             StoreError: the store cannot be written, or a node kept a job locked too long.
         """
         rule = ACTION_RULES[action]
-        where, params = _where(which, narrow(which.states, rule.states))
+        where, params = job_where(which, narrow(which.states, rule.states))
         if rule.is_unleased_only:
             where += " AND lease_owner IS NULL"
         # Locked in id order, as any other change does: two of them cannot deadlock, and a
@@ -244,25 +243,6 @@ def _require_current(conn: SyncConnection) -> None:
         raise SchemaTooNewError(found)
     if found != SCHEMA_VERSION:
         raise SchemaTooOldError(found)
-
-
-def _where(which: JobFilter, states: Sequence[str]) -> tuple[str, list[object]]:
-    """queueactions.py's filter, in PostgreSQL's SQL."""
-    clauses, params = ["true"], list[object]()
-    for column, values in (("id", which.ids), ("state", states), ("kind", which.kinds)):
-        if values:
-            clauses.append(f"{column} = ANY (%s)")
-            params.append(list(values))
-    if which.since is not None:
-        clauses.append("created_at >= %s")
-        params.append(which.since)
-    if which.recipient is not None:
-        clauses.append(
-            "EXISTS (SELECT 1 FROM jsonb_array_elements_text(recipients) AS r (address)"
-            " WHERE lower(r.address) = %s)"
-        )
-        params.append(which.recipient.lower())
-    return " AND ".join(clauses), params
 
 
 def _mail(row: Row) -> PostmasterMail:

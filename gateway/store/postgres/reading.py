@@ -20,10 +20,12 @@ from gateway.store.anchors import Anchor, Checkpoint
 from gateway.store.browse import Key, Page
 from gateway.store.outbox import Attempt, Job
 from gateway.store.postgres.browse import browse_shared_attempts
+from gateway.store.postgres.jobfilter import queued_jobs
 from gateway.store.postgres.records import shared_attempts
 from gateway.store.postgres.rows import attempt_from_row, job_from_row, message_from_row
 from gateway.store.postgres.store import where
 from gateway.store.queries import StoredDecision, StoredMessage
+from gateway.store.queueactions import JobFilter
 from gateway.store.records import AttemptRecord, Filters
 from gateway.store.sentmail import SentNotice
 from gateway.vocabulary import JobState
@@ -113,10 +115,9 @@ class PgAuditReader(Connected):
         )
 
     def list_jobs(self, states: tuple[str, ...]) -> list[Job]:
-        if not states:
-            return [job_from_row(r) for r in self._all("SELECT * FROM jobs ORDER BY id")]
-        rows = self._all("SELECT * FROM jobs WHERE state = ANY(%s) ORDER BY id", list(states))
-        return [job_from_row(r) for r in rows]
+        # `gateway queue list --state`'s question, answered as it answers it (jobfilter.py).
+        queued = self._run(lambda conn: queued_jobs(conn, JobFilter(states=states)))
+        return [q.job for q in queued]
 
     def read_message(self, reference: str) -> StoredMessage | None:
         row = self._one("SELECT * FROM messages WHERE reference = %s", reference)
