@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-from gateway.store.browse import Key, Page, merge_window, page_attempts
+from gateway.store.browse import Key, Page, page_attempts
 from gateway.store.postgres.records import (
     message_where,
     messages_from,
@@ -34,12 +34,13 @@ def browse_shared_attempts(
     """Up to `size` attempts of every node matching `filters`, newest first, older than
     `before`; psycopg's errors pass."""
 
-    def window(key: Key | None, limit: int) -> tuple[list[AttemptRecord], bool]:
-        messages = _messages_before(conn, filters, key, limit)
-        refusals = [] if filters.message_id else _refusals_before(conn, filters, key, limit)
-        return merge_window(messages, refusals, limit)
-
-    return page_attempts(window, filters, before=before, size=size)
+    return page_attempts(
+        lambda key, limit: _messages_before(conn, filters, key, limit),
+        lambda key, limit: _refusals_before(conn, filters, key, limit),
+        filters,
+        before=before,
+        size=size,
+    )
 
 
 def _before(at: str, reference: str, key: Key | None) -> tuple[list[str], list[object]]:
