@@ -213,7 +213,7 @@ async def test_a_hold_on_a_job_in_flight_on_another_node_waits_for_its_attempt(
     assert f"job {first} not deleted: its attempt is under way on mx2" in refused[2]
     assert held is not None
     assert (held.job.state, held.job.attempts, held.lease_owner) == (JobState.HELD, 1, None)
-    assert [t.attempt for t in tried] == [greylisted]
+    assert [replace(t, node=None) for t in tried] == [greylisted]
     assert [t.node for t in tried] == ["mx2" if backend.dsn else None]
     assert again.id == first
 

@@ -29,16 +29,15 @@ from psycopg.types.json import Jsonb
 from gateway.errors import StoreError
 from gateway.store.mailbox import FORWARD, PostmasterMail
 from gateway.store.messages import JobRecord
-from gateway.store.outbox import Job
+from gateway.store.outbox import Attempt, Job
 from gateway.store.postgres.jobfilter import job_where, queued_jobs
 from gateway.store.postgres.reading import Connected, SyncConnection
-from gateway.store.postgres.rows import attempt_from_row, queued_from_row
+from gateway.store.postgres.rows import node_attempt_from_row, queued_from_row
 from gateway.store.postgres.schema import MIGRATION_LOCK
 from gateway.store.postgres.store import where as describe
 from gateway.store.queueactions import (
     ACTION_RULES,
     JobFilter,
-    NodeAttempt,
     QueueAction,
     QueuedJob,
     narrow,
@@ -143,9 +142,9 @@ class PgQueue(_Shared):
         row = self._one("SELECT * FROM jobs WHERE id = %s", job_id)
         return None if row is None else queued_from_row(row)
 
-    def job_attempts(self, job_id: int) -> list[NodeAttempt]:
+    def job_attempts(self, job_id: int) -> list[Attempt]:
         rows = self._all("SELECT * FROM attempts WHERE job_id = %s ORDER BY attempt", job_id)
-        return [NodeAttempt(attempt_from_row(r), node=r["node"]) for r in rows]
+        return [node_attempt_from_row(r) for r in rows]
 
     def sent_data(self, reference: str, job_id: int) -> bytes | None:
         row = self._one(

@@ -9,7 +9,6 @@ when first used and again after a failure; every driver error comes out as Store
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any, TypeVar
 
 import psycopg
@@ -22,7 +21,12 @@ from gateway.store.outbox import Attempt, Job
 from gateway.store.postgres.browse import browse_shared_attempts
 from gateway.store.postgres.jobfilter import queued_jobs
 from gateway.store.postgres.records import shared_attempts
-from gateway.store.postgres.rows import attempt_from_row, job_from_row, message_from_row
+from gateway.store.postgres.rows import (
+    attempt_from_row,
+    job_from_row,
+    message_from_row,
+    node_attempt_from_row,
+)
 from gateway.store.postgres.store import where
 from gateway.store.queries import StoredDecision, StoredMessage
 from gateway.store.queueactions import JobFilter
@@ -144,7 +148,7 @@ class PgAuditReader(Connected):
     def job_attempts(self, job_id: int) -> list[Attempt]:
         rows = self._all("SELECT * FROM attempts WHERE job_id = %s ORDER BY attempt", job_id)
         # The node too: on a shared store, which host talked to the remote server.
-        return [replace(attempt_from_row(r), node=r["node"]) for r in rows]
+        return [node_attempt_from_row(r) for r in rows]
 
     def read_sent(self, reference: str) -> list[SentNotice]:
         rows = self._all(

@@ -9,6 +9,7 @@ operator.py's postmaster mail) are mapped beside their one query. Nothing here r
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from gateway.mail.evidence import Attachment
@@ -22,6 +23,7 @@ __all__ = [
     "attempt_from_row",
     "job_from_row",
     "message_from_row",
+    "node_attempt_from_row",
     "queued_from_row",
     "refusal_from_row",
 ]
@@ -69,6 +71,11 @@ def attempt_from_row(row: Row) -> Attempt:
         reply=row["reply"],
         outcome=JobState(row["outcome"]),
     )
+
+
+def node_attempt_from_row(row: Row) -> Attempt:
+    """A row of attempts with the node that made it, for the readers that name nodes."""
+    return replace(attempt_from_row(row), node=row["node"])
 
 
 def message_from_row(row: Row) -> StoredMessage:
