@@ -16,6 +16,7 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC
+from functools import partial
 
 from gateway.store.records import (
     _MESSAGES,
@@ -60,21 +61,17 @@ def key_of(attempt: AttemptRecord) -> Key:
     return Key(attempt.at.astimezone(UTC).isoformat(timespec="microseconds"), attempt.reference)
 
 
-# One table's newest `limit` attempts older than a key (None: the newest), by SQL alone.
-Rows = Callable[[Key | None, int], list[AttemptRecord]]
+# One table's newest `limit` attempts older than a key (None: the newest), with the filters
+# SQL can apply.
+Rows = Callable[[Filters, Key | None, int], list[AttemptRecord]]
 
 
 def browse_attempts(
     conn: sqlite3.Connection, filters: Filters, *, before: Key | None, size: int
 ) -> Page:
     """Up to `size` attempts matching `filters`, newest first, older than `before`."""
-    return page_attempts(
-        lambda key, limit: _messages_before(conn, filters, key, limit),
-        lambda key, limit: _refusals_before(conn, filters, key, limit),
-        filters,
-        before=before,
-        size=size,
-    )
+    messages, refusals = partial(_messages_before, conn), partial(_refusals_before, conn)
+    return page_attempts(messages, refusals, filters, before=before, size=size)
 
 
 def page_attempts(
@@ -87,9 +84,9 @@ def page_attempts(
     key, scanned = before, 0
     while len(found) < size:
         step = max(size, _STEP) if _needs_python(filters) else size + 1
-        received = messages(key, step)
+        received = messages(filters, key, step)
         # A refusal at RCPT has no message, so no Message-ID to match.
-        refused = [] if filters.message_id else refusals(key, step)
+        refused = [] if filters.message_id else refusals(filters, key, step)
         rows, is_last = _merge_window(received, refused, step)
         scanned += len(rows)
         found += [a for a in rows if matches(a, filters)]

@@ -10,6 +10,7 @@ the database's collation. Nothing here writes or formats.
 from __future__ import annotations
 
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -34,13 +35,8 @@ def browse_shared_attempts(
     """Up to `size` attempts of every node matching `filters`, newest first, older than
     `before`; psycopg's errors pass."""
 
-    return page_attempts(
-        lambda key, limit: _messages_before(conn, filters, key, limit),
-        lambda key, limit: _refusals_before(conn, filters, key, limit),
-        filters,
-        before=before,
-        size=size,
-    )
+    messages, refusals = partial(_messages_before, conn), partial(_refusals_before, conn)
+    return page_attempts(messages, refusals, filters, before=before, size=size)
 
 
 def _before(at: str, reference: str, key: Key | None) -> tuple[list[str], list[object]]:
