@@ -15,7 +15,7 @@ from contextlib import closing
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import psycopg
 import pytest
@@ -43,6 +43,14 @@ from tests.test_store_contract import BOUND_S, Backend, backend, relay_record
 __all__ = ["backend", "postgres"]
 
 T = TypeVar("T")
+
+
+class _Closes(Protocol):
+    def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=_Closes)  # a store view opened for one command
+
 _databases = itertools.count(1)
 NOW = datetime.now(UTC).replace(microsecond=0)
 OPERATOR = "ops@agency.example"
@@ -54,28 +62,24 @@ def location(backend: Backend, node: str = "ops1") -> StoreLocation:
 
 async def operate(backend: Backend, work: Callable[[OperatorQueue], T]) -> T:
     """One operator command's work on a queue of its own, in a thread (it blocks)."""
-
-    def run() -> T:
-        queue = open_queue(location(backend), writable=True)
-        try:
-            return work(queue)
-        finally:
-            queue.close()
-
-    return await asyncio.to_thread(run)
+    return await asyncio.to_thread(
+        _closing, lambda: open_queue(location(backend), writable=True), work
+    )
 
 
 async def in_box(backend: Backend, work: Callable[[PostmasterBox], T]) -> T:
     """One `gateway postmaster` command's work, as operate()."""
+    return await asyncio.to_thread(
+        _closing, lambda: open_postmaster(location(backend), writable=True), work
+    )
 
-    def run() -> T:
-        box = open_postmaster(location(backend), writable=True)
-        try:
-            return work(box)
-        finally:
-            box.close()
 
-    return await asyncio.to_thread(run)
+def _closing(opened: Callable[[], C], work: Callable[[C], T]) -> T:
+    view = opened()
+    try:
+        return work(view)
+    finally:
+        view.close()
 
 
 def change(action: QueueAction, *ids: int) -> Callable[[OperatorQueue], list[int]]:
