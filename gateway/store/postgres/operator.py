@@ -31,8 +31,8 @@ from gateway.store.mailbox import FORWARD, PostmasterMail
 from gateway.store.messages import JobRecord
 from gateway.store.outbox import Attempt, Job
 from gateway.store.postgres.jobfilter import job_where, queued_jobs
-from gateway.store.postgres.reading import Connected, SyncConnection
-from gateway.store.postgres.rows import node_attempt_from_row, queued_from_row
+from gateway.store.postgres.reading import Connected, SyncConnection, node_attempts, sent_data
+from gateway.store.postgres.rows import queued_from_row
 from gateway.store.postgres.schema import MIGRATION_LOCK
 from gateway.store.postgres.store import where as describe
 from gateway.store.queueactions import (
@@ -143,16 +143,10 @@ class PgQueue(_Shared):
         return None if row is None else queued_from_row(row)
 
     def job_attempts(self, job_id: int) -> list[Attempt]:
-        rows = self._all("SELECT * FROM attempts WHERE job_id = %s ORDER BY attempt", job_id)
-        return [node_attempt_from_row(r) for r in rows]
+        return self._run(lambda conn: node_attempts(conn, job_id))
 
     def sent_data(self, reference: str, job_id: int) -> bytes | None:
-        row = self._one(
-            "SELECT data FROM sent_notices WHERE reference = %s AND job_id = %s",
-            reference,
-            job_id,
-        )
-        return None if row is None else bytes(row["data"])
+        return self._run(lambda conn: sent_data(conn, reference, job_id))
 
 
 _MAIL = """

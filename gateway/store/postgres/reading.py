@@ -34,7 +34,15 @@ from gateway.store.records import AttemptRecord, Filters
 from gateway.store.sentmail import SentNotice
 from gateway.vocabulary import JobState
 
-__all__ = ["Connected", "PgAuditReader", "PgHeads", "PgRecords", "SyncConnection"]
+__all__ = [
+    "Connected",
+    "PgAuditReader",
+    "PgHeads",
+    "PgRecords",
+    "SyncConnection",
+    "node_attempts",
+    "sent_data",
+]
 
 T = TypeVar("T")
 SyncConnection = psycopg.Connection[dict[str, Any]]
@@ -46,6 +54,9 @@ _DECISIONS = (
     "SELECT reference, recipient, kind, office, phase, action, reason, decided_at, local_time"
     " FROM message_recipients WHERE reference = %s"
 )
+
+# A job's attempts in the order they were made (the composer's, the audit's and the queue's).
+_ATTEMPTS = "SELECT * FROM attempts WHERE job_id = %s ORDER BY attempt"
 
 
 class Connected:
@@ -102,8 +113,7 @@ class PgRecords(Connected):
         return None if row is None else job_from_row(row)
 
     def job_attempts(self, job_id: int) -> list[Attempt]:
-        rows = self._all("SELECT * FROM attempts WHERE job_id = %s ORDER BY attempt", job_id)
-        return [attempt_from_row(r) for r in rows]
+        return [attempt_from_row(r) for r in self._all(_ATTEMPTS, job_id)]
 
 
 class PgAuditReader(Connected):
@@ -146,9 +156,7 @@ class PgAuditReader(Connected):
         return [job_from_row(r) for r in rows]
 
     def job_attempts(self, job_id: int) -> list[Attempt]:
-        rows = self._all("SELECT * FROM attempts WHERE job_id = %s ORDER BY attempt", job_id)
-        # The node too: on a shared store, which host talked to the remote server.
-        return [node_attempt_from_row(r) for r in rows]
+        return self._run(lambda conn: node_attempts(conn, job_id))
 
     def read_sent(self, reference: str) -> list[SentNotice]:
         rows = self._all(
@@ -159,10 +167,7 @@ class PgAuditReader(Connected):
         return [SentNotice(**row) for row in rows]
 
     def sent_data(self, reference: str, job_id: int) -> bytes | None:
-        row = self._one(
-            "SELECT data FROM sent_notices WHERE reference = %s AND job_id = %s", reference, job_id
-        )
-        return None if row is None else bytes(row["data"])
+        return self._run(lambda conn: sent_data(conn, reference, job_id))
 
     def load_anchors(self) -> dict[str, Anchor]:
         # `*`: a store not yet migrated to version 4 (its nodes not restarted) has no node.
@@ -180,6 +185,21 @@ class PgAuditReader(Connected):
         for r in rows:
             found.setdefault(r["chain"], []).append(Checkpoint(**r))
         return found
+
+
+def node_attempts(conn: SyncConnection, job_id: int) -> list[Attempt]:
+    """A job's attempts, first first, each naming its node: on a shared store, which host
+    talked to the remote server (`gateway audit show`, `gateway queue show`)."""
+    rows = conn.execute(_ATTEMPTS, (job_id,)).fetchall()
+    return [node_attempt_from_row(r) for r in rows]
+
+
+def sent_data(conn: SyncConnection, reference: str, job_id: int) -> bytes | None:
+    """The bytes of the mail a job sent for `reference`, as kept, or None."""
+    row = conn.execute(
+        "SELECT data FROM sent_notices WHERE reference = %s AND job_id = %s", (reference, job_id)
+    ).fetchone()
+    return None if row is None else bytes(row["data"])
 
 
 class PgHeads(Connected):
