@@ -23,9 +23,9 @@ from psycopg.types.json import Jsonb
 
 from gateway.errors import LeaseLost
 from gateway.store.outbox import Attempt, Bounce, Job
-from gateway.store.postgres.rows import job_from_row
+from gateway.store.postgres.rows import action_from_row, job_from_row
 from gateway.store.postgres.store import Connection, PgStore
-from gateway.store.queueactions import OperatorAction, QueueAction
+from gateway.store.queueactions import OperatorAction
 from gateway.store.sentmail import SentNotice
 from gateway.vocabulary import JobKind, JobState
 
@@ -175,17 +175,7 @@ class PgOutbox:
                 (now,),
             )
             rows = await cursor.fetchall()
-        return [
-            OperatorAction(
-                id=r["id"],
-                action=QueueAction(r["action"]),
-                requested_at=r["requested_at"],
-                operator=r["operator"],
-                job_ids=tuple(r["job_ids"]),
-                filter=r["filter"],
-            )
-            for r in sorted(rows, key=lambda r: int(r["id"]))
-        ]
+        return [action_from_row(r) for r in sorted(rows, key=lambda r: int(r["id"]))]
 
     async def _queue_bounce(self, conn: Connection, relay: Job, at: datetime) -> Bounce | None:
         # RFC 5321 §6.1: mail we accepted and cannot deliver is reported to its sender, but

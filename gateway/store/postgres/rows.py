@@ -16,10 +16,11 @@ from gateway.mail.evidence import Attachment
 from gateway.store.messages import RefusalRecord
 from gateway.store.outbox import Attempt, Job
 from gateway.store.queries import StoredMessage
-from gateway.store.queueactions import QueuedJob
+from gateway.store.queueactions import OperatorAction, QueueAction, QueuedJob
 from gateway.vocabulary import JobKind, JobState
 
 __all__ = [
+    "action_from_row",
     "attempt_from_row",
     "job_from_row",
     "message_from_row",
@@ -58,6 +59,18 @@ def queued_from_row(row: Row) -> QueuedJob:
         node=row["node"],
         lease_owner=row["lease_owner"],
         lease_until=row["lease_until"],
+    )
+
+
+def action_from_row(row: Row) -> OperatorAction:
+    """A row of operator_actions, the journal of `gateway queue`'s changes."""
+    return OperatorAction(
+        id=row["id"],
+        action=QueueAction(row["action"]),
+        requested_at=row["requested_at"],
+        operator=row["operator"],
+        job_ids=tuple(row["job_ids"]),
+        filter=row["filter"],
     )
 
 
