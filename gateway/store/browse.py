@@ -6,8 +6,8 @@ and the rows are records.py's own (its SQL conditions, row mapping and the filte
 apply), so a page holds exactly what `gateway audit list` lists, newest first. The existing
 indexes (messages_received, refusals_at) carry the range: `at <= key` walks them backwards
 and the reference breaks ties among equal times. The paging (`page_attempts`) asks only for
-each table's windows of rows, so PostgreSQL's reader (postgres/browse.py) pages the same way
-on its own SQL. Nothing here writes or formats.
+windows of rows, so PostgreSQL's reader (postgres/browse.py) pages the same way on its own
+SQL. Nothing here writes or formats.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC
-from functools import partial
 
 from gateway.store.records import (
     _MESSAGES,
@@ -33,7 +32,7 @@ from gateway.store.records import (
 )
 from gateway.vocabulary import JobKind
 
-__all__ = ["Key", "Page", "Rows", "browse_attempts", "key_of", "page_attempts"]
+__all__ = ["Key", "Page", "Window", "browse_attempts", "key_of", "merge_window", "page_attempts"]
 
 # Rows read from each table per step while filling a page whose filters SQL cannot apply.
 _STEP = 500
@@ -61,33 +60,29 @@ def key_of(attempt: AttemptRecord) -> Key:
     return Key(attempt.at.astimezone(UTC).isoformat(timespec="microseconds"), attempt.reference)
 
 
-# One table's newest `limit` attempts older than a key (None: the newest), with the filters
-# SQL can apply.
-Rows = Callable[[Filters, Key | None, int], list[AttemptRecord]]
+# The newest `limit` attempts older than a key by SQL alone, and whether that is all of them.
+Window = Callable[[Key | None, int], tuple[list[AttemptRecord], bool]]
 
 
 def browse_attempts(
     conn: sqlite3.Connection, filters: Filters, *, before: Key | None, size: int
 ) -> Page:
     """Up to `size` attempts matching `filters`, newest first, older than `before`."""
-    messages, refusals = partial(_messages_before, conn), partial(_refusals_before, conn)
-    return page_attempts(messages, refusals, filters, before=before, size=size)
+
+    def window(key: Key | None, limit: int) -> tuple[list[AttemptRecord], bool]:
+        return _window(conn, filters, before=key, limit=limit)
+
+    return page_attempts(window, filters, before=before, size=size)
 
 
-def page_attempts(
-    messages: Rows, refusals: Rows, filters: Filters, *, before: Key | None, size: int
-) -> Page:
+def page_attempts(window: Window, filters: Filters, *, before: Key | None, size: int) -> Page:
     """Up to `size` attempts matching `filters`, newest first, older than `before`, from the
-    windows of rows `messages` and `refusals` read (as many as the filters SQL cannot apply
-    need, within a bound); either backend's."""
+    windows `window` reads (as many as the filters SQL cannot apply need, within a bound)."""
     found: list[AttemptRecord] = []
     key, scanned = before, 0
     while len(found) < size:
         step = max(size, _STEP) if _needs_python(filters) else size + 1
-        received = messages(filters, key, step)
-        # A refusal at RCPT has no message, so no Message-ID to match.
-        refused = [] if filters.message_id else refusals(filters, key, step)
-        rows, is_last = _merge_window(received, refused, step)
+        rows, is_last = window(key, step)
         scanned += len(rows)
         found += [a for a in rows if matches(a, filters)]
         if is_last or not rows:
@@ -104,7 +99,7 @@ def _needs_python(filters: Filters) -> bool:
     return bool(filters.address or filters.decision or filters.notice)
 
 
-def _merge_window(
+def merge_window(
     messages: list[AttemptRecord], refusals: list[AttemptRecord], limit: int
 ) -> tuple[list[AttemptRecord], bool]:
     """The newest `limit` of each table's newest `limit`, and whether that is all.
@@ -114,6 +109,14 @@ def _merge_window(
     merged = sorted([*messages, *refusals], key=lambda a: (a.at, a.reference), reverse=True)
     is_last = len(messages) < limit and len(refusals) < limit
     return merged[:limit], is_last and len(merged) <= limit
+
+
+def _window(
+    conn: sqlite3.Connection, filters: Filters, *, before: Key | None, limit: int
+) -> tuple[list[AttemptRecord], bool]:
+    messages = _messages_before(conn, filters, before, limit)
+    refusals = [] if filters.message_id else _refusals_before(conn, filters, before, limit)
+    return merge_window(messages, refusals, limit)
 
 
 def _before(at: str, reference: str, key: Key | None) -> tuple[list[str], list[str]]:

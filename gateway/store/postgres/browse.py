@@ -10,12 +10,11 @@ the database's collation. Nothing here writes or formats.
 from __future__ import annotations
 
 from datetime import datetime
-from functools import partial
 from typing import Any
 
 import psycopg
 
-from gateway.store.browse import Key, Page, page_attempts
+from gateway.store.browse import Key, Page, merge_window, page_attempts
 from gateway.store.postgres.records import (
     message_where,
     messages_from,
@@ -35,8 +34,12 @@ def browse_shared_attempts(
     """Up to `size` attempts of every node matching `filters`, newest first, older than
     `before`; psycopg's errors pass."""
 
-    messages, refusals = partial(_messages_before, conn), partial(_refusals_before, conn)
-    return page_attempts(messages, refusals, filters, before=before, size=size)
+    def window(key: Key | None, limit: int) -> tuple[list[AttemptRecord], bool]:
+        messages = _messages_before(conn, filters, key, limit)
+        refusals = [] if filters.message_id else _refusals_before(conn, filters, key, limit)
+        return merge_window(messages, refusals, limit)
+
+    return page_attempts(window, filters, before=before, size=size)
 
 
 def _before(at: str, reference: str, key: Key | None) -> tuple[list[str], list[object]]:
