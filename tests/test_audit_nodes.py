@@ -15,7 +15,6 @@ import json
 import socket
 import sqlite3
 from contextlib import closing
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,28 +32,26 @@ from gateway.ops.auditverify import unchecked_chains
 from gateway.ops.migrate import run_migrate
 from gateway.store.anchors import Anchor, Checkpoint
 from gateway.store.backend import StoreLocation, head_store, open_audit_reader
-from gateway.store.outbox import Attempt
 from gateway.store.postgres import schema as pg_schema
 from gateway.store.schema import SCHEMA_VERSION
-from gateway.store.sentmail import describe_sent
-from gateway.vocabulary import JobState
 from tests.conftest import FakeClock, make_settings
 from tests.postgres import postgres
 from tests.test_console import PASSWORD, Console, add_user, page_at
-from tests.test_store_contract import BOUND_S, SENDER, Backend, backend, filing, refusal
+from tests.test_sentmail import Answer
+from tests.test_store_contract import (
+    BOUND_S,
+    SENDER,
+    Backend,
+    backend,
+    deliver_kept_notice,
+    filing,
+    refusal,
+)
 
 __all__ = ["backend", "postgres"]
 
 NOTICE = b"Message-ID: <n1@gateway.example>\r\nSubject: Not filed\r\n\r\nUse the portal.\r\n"
 AT = datetime(2017, 9, 13, 15, 0, tzinfo=UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    status: int
-    out: str
-    err: str
-    data: bytes
 
 
 def settings_of(backend: Backend, tmp_path: Path, node: str, **audit: Any) -> GatewaySettings:
@@ -77,18 +74,7 @@ async def a_notice_sent_by(backend: Backend, node: str) -> tuple[str, int]:
     """A filing that `node` took, its notice delivered and kept as sent; its reference and
     the notice's job."""
     store = await backend.open_store(node)
-    outbox = backend.outbox(store, f"{node}:1:1")
-    record, check = filing()
-    async with asyncio.timeout(BOUND_S):
-        await store.record_message(record, check)
-        (job,) = await outbox.claim(datetime.now(UTC), limit=1, lease_s=60, busy={}, per_route=9)
-        now = datetime.now(UTC)
-        sent = describe_sent(
-            NOTICE, job_id=job.id, reference=job.reference, kind=job.kind, sent_at=now
-        )
-        attempt = Attempt(now, now, "mx.lawfirm.example", 250, "2.0.0 ok", JobState.DELIVERED)
-        await outbox.finish(job, attempt, sent=(sent, NOTICE))
-    return record.reference, job.id
+    return await deliver_kept_notice(store, backend.outbox(store, f"{node}:1:1"), NOTICE)
 
 
 # -- show and notice ---------------------------------------------------------------------------

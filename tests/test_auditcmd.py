@@ -14,7 +14,7 @@ import io
 import json
 import signal
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -264,12 +264,16 @@ async def test_senders_lists_domains_and_senders_with_whether_notices_reached_th
 
 
 @contextlib.asynccontextmanager
-async def serving_to(config: Path, log: Path, *, stdout: Path) -> AsyncIterator[int]:
+async def serving_to(
+    config: Path, log: Path, *, stdout: Path | None, env: Mapping[str, str] | None = None
+) -> AsyncIterator[int]:
     """`gateway serve` with its standard output going to a file (as `docker logs > file`
-    would save it); yields the SMTP port once `log` says gateway.listening."""
+    would save it; None: nowhere) and `env` set; yields the SMTP port once `log` says
+    gateway.listening, stops it with SIGTERM at the end."""
     before = await asyncio.to_thread(count_lines, log)  # a restart: look past the last run
-    with stdout.open("ab") as saved:
-        process = await start_serve(config, as_of=AFTER_CUTOFF, stdout=saved)
+    with contextlib.ExitStack() as files:
+        saved = subprocess.DEVNULL if stdout is None else files.enter_context(stdout.open("ab"))
+        process = await start_serve(config, as_of=AFTER_CUTOFF, stdout=saved, env=env)
     try:
         listening = await eventually(
             lambda: event_after(log, before, "gateway.listening"), within=START_TIMEOUT

@@ -31,10 +31,9 @@ from gateway.store.postgres.schema import SCHEMA_VERSION, migrate
 from gateway.store.postgres.store import PgStore, where
 from gateway.store.records import Filters
 from gateway.store.schema import SchemaTooNewError
-from gateway.store.sentmail import describe_sent
 from gateway.vocabulary import JobState
 from tests.postgres import PostgresServer, postgres
-from tests.test_store_contract import filing, refusal, relay_record
+from tests.test_store_contract import deliver_kept_notice, filing, refusal, relay_record
 
 __all__ = ["postgres"]
 
@@ -285,20 +284,10 @@ async def test_a_raw_copy_is_kept_and_handed_to_retention_when_its_relay_is_done
 async def test_a_delivered_notice_is_kept_as_sent_in_the_attempts_transaction(
     store: PgStore, dsn: str
 ) -> None:
-    record, check = filing()
-    outbox = PgOutbox(store, owner="mx1:1:1")
     data = b"Message-ID: <n1@gateway.example>\r\nSubject: Not filed\r\n\r\nbody\r\n"
-    async with asyncio.timeout(BOUND_S):
-        await store.record_message(record, check)
-        (job,) = await outbox.claim(datetime.now(UTC), limit=1, lease_s=60, busy={}, per_route=9)
-        now = datetime.now(UTC)
-        sent = describe_sent(
-            data, job_id=job.id, reference=job.reference, kind=job.kind, sent_at=now
-        )
-        attempt = Attempt(now, now, "mx.lawfirm.example", 250, "ok", JobState.DELIVERED)
-        await outbox.finish(job, attempt, sent=(sent, data))
+    _, job_id = await deliver_kept_notice(store, PgOutbox(store, owner="mx1:1:1"), data)
     assert await fetch(dsn, "SELECT job_id, message_id, size, data FROM sent_notices") == [
-        (job.id, "<n1@gateway.example>", len(data), data)
+        (job_id, "<n1@gateway.example>", len(data), data)
     ]
 
 

@@ -6,19 +6,17 @@ node's attempt at a job is under way."""
 from __future__ import annotations
 
 import asyncio
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from tests.polling import eventually
 from tests.postgres import PostgresServer, postgres
 from tests.sink import start_sink
+from tests.test_queue_tools import Run, gateway_cli
 from tests.test_serve_process import (
     AFTER_CUTOFF,
     RETIRED,
     SENDER,
     Attempt,
-    child_environment,
     send,
     serving,
     smtp_session,
@@ -31,32 +29,10 @@ GREYLISTED = "451 4.3.0 Greylisted, try again"
 POSTMASTER = "postmaster@occ-chicago.example"
 
 
-@dataclass(frozen=True, slots=True)
-class Run:
-    code: int
-    out: str
-    err: str
-
-
 async def gateway(config: Path, server: PostgresServer, *args: str) -> Run:
     """`gateway ARGS` as an operator on that node runs it (the store's password in the
     environment), without blocking the loop the sink answers on."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        *args,
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=child_environment(**password_env(server)),
-        cwd=config.parent,
-    )
-    async with asyncio.timeout(60):
-        out, err = await process.communicate()
-    assert process.returncode is not None
-    return Run(process.returncode, out.decode(), err.decode())
+    return await gateway_cli(config, *args, env=password_env(server))
 
 
 def field(shown: str, name: str) -> str:

@@ -9,6 +9,7 @@ import contextlib
 import io
 import sqlite3
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import message_from_bytes
@@ -65,17 +66,22 @@ class Run:
 
 async def queue_cli(config: Path, *args: str) -> Run:
     """`gateway queue ARGS` as a process, without blocking the loop the sink answers on."""
+    return await gateway_cli(config, "queue", *args)
+
+
+async def gateway_cli(config: Path, *args: str, env: Mapping[str, str] | None = None) -> Run:
+    """`gateway ARGS --config CONFIG` as a process from the config's directory, with no
+    GATEWAY_* setting but `env`'s, without blocking the loop the sink answers on."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "gateway",
-        "queue",
         *args,
         "--config",
         str(config),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=child_environment(),
+        env=child_environment(**(env or {})),
         cwd=config.parent,
     )
     async with asyncio.timeout(60):

@@ -41,6 +41,7 @@ from gateway.store.postgres import queries as pg_queries
 from gateway.store.postgres.outbox import PgOutbox
 from gateway.store.postgres.store import PgStore
 from gateway.store.queries import StoredMessage
+from gateway.store.sentmail import describe_sent
 from gateway.vocabulary import JobKind, JobState, NoticeStatus, NoticeStatusKind, Outcome
 from tests.postgres import PostgresServer, postgres
 
@@ -147,6 +148,22 @@ def refusal(at: datetime = NOW) -> RefusalRecord:
 
 
 # -- the two backends -----------------------------------------------------------------------------
+
+
+async def deliver_kept_notice(store: AnyStore, outbox: AnyOutbox, data: bytes) -> tuple[str, int]:
+    """A filing recorded and its notice delivered by `outbox`, `data` kept as sent for it in
+    the attempt's transaction; the filing's reference and the notice's job."""
+    record, check = filing()
+    async with asyncio.timeout(BOUND_S):
+        await store.record_message(record, check)
+        (job,) = await outbox.claim(datetime.now(UTC), limit=1, lease_s=60, busy={}, per_route=9)
+        now = datetime.now(UTC)
+        sent = describe_sent(
+            data, job_id=job.id, reference=job.reference, kind=job.kind, sent_at=now
+        )
+        attempt = Attempt(now, now, "mx.lawfirm.example", 250, "2.0.0 ok", JobState.DELIVERED)
+        await outbox.finish(job, attempt, sent=(sent, data))
+    return record.reference, job.id
 
 
 @dataclass

@@ -11,10 +11,10 @@ import asyncio
 import contextlib
 import itertools
 import json
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from pathlib import Path
@@ -29,14 +29,12 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from tests.polling import eventually
 from tests.postgres import PostgresServer, postgres
 from tests.sink import Sink, start_sink
-from tests.test_auditcmd import event_after
+from tests.test_auditcmd import serving_to
 from tests.test_metrics import fetch, scrape, value
 from tests.test_serve_process import (
     AFTER_CUTOFF,
     RETIRED,
     SENDER,
-    START_TIMEOUT,
-    STOP_TIMEOUT,
     Attempt,
     Listening,
     Reply,
@@ -45,7 +43,6 @@ from tests.test_serve_process import (
     send_batch,
     serving,
     smtp_session,
-    start_serve,
     write_config,
 )
 
@@ -481,28 +478,11 @@ async def test_a_node_with_a_supervisor_and_two_workers_serves_from_the_shared_s
     assert rows == [("mx1",)]
 
 
-@contextlib.asynccontextmanager
-async def logging_to_file(config: Path, server: PostgresServer) -> AsyncIterator[int]:
+def logging_to_file(config: Path, server: PostgresServer) -> AbstractAsyncContextManager[int]:
     """`gateway serve` on `config`, whose [audit] log is `audit.log` beside it (the chain
     anchored in the shared store); yields the SMTP port, stops it with SIGTERM at the end."""
     log = config.parent / "audit.log"
-    process = await start_serve(
-        config, as_of=AFTER_CUTOFF, stdout=subprocess.DEVNULL, env=password_env(server)
-    )
-    try:
-        listening = await eventually(
-            lambda: event_after(log, 0, "gateway.listening"), within=START_TIMEOUT
-        )
-        yield int(listening["port"])
-        process.send_signal(signal.SIGTERM)
-    except BaseException:
-        if process.returncode is None:
-            process.kill()
-        raise
-    finally:
-        async with asyncio.timeout(STOP_TIMEOUT):
-            _, stderr = await process.communicate()
-    assert process.returncode == 0, stderr.decode(errors="replace")
+    return serving_to(config, log, stdout=None, env=password_env(server))
 
 
 def with_log_file(config: Path) -> Path:

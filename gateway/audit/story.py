@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime, tzinfo
-from pathlib import Path
 from typing import TextIO
 
 from gateway.audit.events import LoggedEvent
+from gateway.audit.spans import StoryFiles
 from gateway.store.outbox import Job
 from gateway.store.records import AttemptRecord, Kind
 from gateway.store.sentmail import SentNotice, should_keep
@@ -161,17 +161,19 @@ def _timeline(story: Story) -> list[tuple[datetime, str]]:
     return sorted(events, key=lambda e: e[0])
 
 
-def write_events(
-    events: Sequence[LoggedEvent], files: Sequence[Path], note: str, out: TextIO
-) -> None:
+def write_events(events: Sequence[LoggedEvent], files: StoryFiles, note: str, out: TextIO) -> None:
     """The audit log's lines about an attempt, where each is (file:line, seq), as written."""
     if note:
         out.write(f"audit log: {note}\n")
         return
-    if not files:
+    if not files.mentions and not files.skipped:
         out.write("audit log: no log file found\n")
         return
-    out.write(f"audit log ({', '.join(str(f) for f in files)})\n")
+    skipped = files.skipped
+    besides = f"; {skipped:,} older ones end before it arrived, not read" if skipped else ""
+    if files.why_whole:
+        besides = f"; {files.why_whole}: every file read"
+    out.write(f"audit log ({', '.join(str(f) for f in files.mentions)}{besides})\n")
     if not events:
         out.write("  no line names this reference\n")
     for event in events:

@@ -30,7 +30,9 @@ __all__ = [
     "LogLine",
     "Problem",
     "Verification",
+    "find_log_files",
     "log_files",
+    "open_log",
     "order_files",
     "read_lines",
     "verify",
@@ -59,14 +61,15 @@ def read_lines(path: Path) -> Iterator[LogLine]:
     Raises:
         OSError: the file cannot be read.
     """
-    with _open_log(path) as lines:
+    with open_log(path) as lines:
         for number, raw in enumerate(lines, start=1):
             complete = raw.endswith(b"\n")
             # CR too: a copy saved on Windows verifies; the gateway never ends a line with CR.
             yield LogLine(str(path), number, raw.rstrip(b"\r\n"), complete)
 
 
-def _open_log(path: Path) -> BinaryIO:
+def open_log(path: Path) -> BinaryIO:
+    """The file's bytes, decompressed when its name ends in `.gz`."""
     if path.suffix == ".gz":
         return gzip.open(path, "rb")  # type: ignore[return-value]  # GzipFile reads like a file
     return open(path, "rb")
@@ -77,10 +80,14 @@ def log_files(log: Path) -> list[Path]:
     `gateway.log-20171001`...), and the logs of a supervisor's workers beside it with theirs
     (`gateway.worker-1.log`, `gateway.worker-1.log.1`...; chain.worker_log), oldest first by
     their first chained line (so each chain's files come in the order it wrote them)."""
+    return order_files(find_log_files(log))
+
+
+def find_log_files(log: Path) -> set[Path]:
+    """log_files, in no order."""
     workers = f"{log.stem}.worker-*{log.suffix}"
     patterns = (log.name, f"{log.name}[.-]*", workers, f"{workers}[.-]*")
-    found = {p for pattern in patterns for p in log.parent.glob(pattern) if p.is_file()}
-    return order_files(found)
+    return {p for pattern in patterns for p in log.parent.glob(pattern) if p.is_file()}
 
 
 def order_files(paths: Iterable[Path]) -> list[Path]:

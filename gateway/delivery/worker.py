@@ -323,16 +323,7 @@ class DeliveryWorker:
 
     def _lost_when_recording(self, job: Job, attempt: Attempt) -> None:
         # The audit log keeps what this attempt did; the store keeps the new owner's state.
-        log.warning(
-            "outbox.lease_lost",
-            job_id=job.id,
-            reference=job.reference,
-            owner=self.outbox.owner,
-            during="recording",
-            outcome=attempt.outcome,
-            host=attempt.host,
-            reply_code=attempt.code,
-        )
+        _log_lease_lost(job, self.outbox.owner, attempt)
 
 
 class _KeptLease:
@@ -390,13 +381,7 @@ class _KeptLease:
                 continue
             if not is_ours:
                 self._is_lost = True
-                log.warning(
-                    "outbox.lease_lost",
-                    job_id=job.id,
-                    reference=job.reference,
-                    owner=self._outbox.owner,
-                    during="sending",
-                )
+                _log_lease_lost(job, self._outbox.owner)
                 assert self._block is not None
                 self._block.cancel()
                 return
@@ -410,6 +395,25 @@ def _kept(job: Job, mail: OutgoingMail, sent_at: datetime) -> tuple[SentNotice, 
         mail.data, job_id=job.id, reference=job.reference, kind=job.kind, sent_at=sent_at
     )
     return notice, mail.data
+
+
+def _log_lease_lost(job: Job, owner: str, attempt: Attempt | None = None) -> None:
+    """outbox.lease_lost: found while sending (the attempt is stopped, nothing to tell of it)
+    or when recording `attempt` (its outcome, host and reply code, kept by the log alone)."""
+    told = {} if attempt is None else _attempt_keys(attempt)
+    during = "sending" if attempt is None else "recording"
+    log.warning(
+        "outbox.lease_lost",
+        job_id=job.id,
+        reference=job.reference,
+        owner=owner,
+        during=during,
+        **told,
+    )
+
+
+def _attempt_keys(attempt: Attempt) -> dict[str, object]:
+    return {"outcome": attempt.outcome, "host": attempt.host, "reply_code": attempt.code}
 
 
 def _log_attempt(event: str, job: Job, attempt: Attempt, **extra: str | None) -> None:

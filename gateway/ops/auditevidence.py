@@ -11,12 +11,15 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
-from gateway.audit.events import logged_events
+from gateway.audit.events import LoggedEvent, has_arrival, logged_events
+from gateway.audit.search import LogSearch
+from gateway.audit.spans import CLOCK_SKEW, StoryFiles, read_starts, story_files, whole_log
 from gateway.audit.story import write_events, write_story
-from gateway.audit.verify import log_files, order_files
+from gateway.audit.verify import find_log_files, order_files
 from gateway.config import GatewaySettings
 from gateway.mail.redaction import Redactor
 from gateway.ops.auditrequest import (
@@ -25,13 +28,12 @@ from gateway.ops.auditrequest import (
     AuditRequest,
     UsageError,
     Zones,
-    log_lines,
     write_atomically,
 )
 from gateway.store.interface import AuditReader
 from gateway.store.records import redacted
 from gateway.store.sentmail import SentNotice
-from gateway.store.story import tell_story
+from gateway.store.story import Story, tell_story
 from gateway.vocabulary import JobKind, JobState
 
 __all__ = ["show_attempt", "write_kept_notice"]
@@ -50,12 +52,18 @@ def show_attempt(
         raise UsageError("audit show needs one reference (see gateway audit list)")
     reference = request.targets[0].strip().upper()
     story = tell_story(reader, reference)
-    files, note = _logs_for_show(settings, request)
-    events = logged_events(lambda: log_lines(files), reference) if files else []
+    chosen, note = _story_files(settings, request, story)
+    search = LogSearch()
+    events = logged_events(search, reference, chosen) if chosen.mentions else []
+    if story is not None and _should_be_whole(settings, story, chosen, events):
+        chosen = whole_log(chosen.every, why=_NOT_WHERE_DUE)
+        events = logged_events(search, reference, chosen)
+    for path, why in search.unreadable.items():
+        err.write(f"gateway: cannot read {path}: {why}; the lines it holds are not shown\n")
     if story is None:
         err.write(f"gateway: no attempt {reference} in the store\n")
         if events:  # purged by retention, or recorded in another store: the log still tells
-            write_events(events, files, note, out)
+            write_events(events, chosen, note, out)
         return EXIT_FOUND_PROBLEMS
     story = replace(
         story,
@@ -65,19 +73,53 @@ def show_attempt(
         ),
     )
     write_story(story, zones.of(story.attempt.office), out)
-    write_events(events, files, note, out)
+    write_events(events, chosen, note, out)
     taken_by = story.attempt.node
     if taken_by is not None and taken_by != settings.server.node:
         out.write(f"  (received by node {taken_by}: the lines of its arrival are in its log)\n")
-    return EXIT_OK
+    # A story with a log file left out is not the whole story: say so in the status too.
+    return EXIT_FOUND_PROBLEMS if search.unreadable else EXIT_OK
 
 
-def _logs_for_show(settings: GatewaySettings, request: AuditRequest) -> tuple[list[Path], str]:
+_NOT_WHERE_DUE = (
+    "its arrival is not in the log at the time the store gives (a clock shifted with"
+    " --as-of, or its lines lost)"
+)
+
+
+def _should_be_whole(
+    settings: GatewaySettings, story: Story, chosen: StoryFiles, events: list[LoggedEvent]
+) -> bool:
+    """Whether the files left out must be read after all: they were chosen by the store's
+    time, and the log's lines of an arrival on this node are not at that time."""
+    taken_by = story.attempt.node
+    if chosen.is_whole or (taken_by is not None and taken_by != settings.server.node):
+        return False  # another node's arrival is in its log; the clocks of nodes agree
+    return not has_arrival(events, story.attempt.at, within=CLOCK_SKEW)
+
+
+_ON_STANDARD_OUTPUT = "the log goes to standard output; give --log FILE to include a saved copy"
+
+
+def _story_files(
+    settings: GatewaySettings, request: AuditRequest, story: Story | None
+) -> tuple[StoryFiles, str]:
+    """The log files that can tell of the attempt (by its arrival, when the store has it),
+    or a note saying why none is read.
+
+    Every file is read without a record (purged: no time to go by) and every file given
+    with --log (saved copies may overlap, and then no file's end is bounded by the next
+    one's start); the host's own files are rotated, one writer each (spans.py)."""
+    purged = "no record in the store to date the attempt by" if story is None else ""
     if request.logs:
-        return order_files(request.logs), ""
+        return whole_log(order_files(request.logs), why=purged), ""
     if settings.audit.log == "-":
-        return [], "the log goes to standard output; give --log FILE to include a saved copy"
-    return log_files(Path(settings.audit.log)), ""
+        return whole_log([]), _ON_STANDARD_OUTPUT
+    found = find_log_files(Path(settings.audit.log))
+    if story is None:
+        return whole_log(order_files(found), why=purged), ""
+    limit = timedelta(seconds=settings.server.session_timeout)
+    return story_files(read_starts(found), story.attempt.at, session_limit=limit), ""
 
 
 def write_kept_notice(

@@ -380,9 +380,8 @@ def _show(queue: OperatorQueue, job_id: int, out: TextIO, err: TextIO) -> int:
         fields.append(("attempt out", f"{queued.lease_owner} (lease until {until} UTC)"))
     for name, value in fields:
         out.write(f"{name:>14}: {value}\n")
-    for number, tried in enumerate(queue.job_attempts(job_id), start=1):
-        attempt = tried.attempt
-        by = "" if tried.node is None else f"by {tried.node}  "
+    for number, attempt in enumerate(queue.job_attempts(job_id), start=1):
+        by = "" if attempt.node is None else f"by {attempt.node}  "
         out.write(
             f"  attempt {number}: {_when(attempt.started_at)}  {attempt.outcome:<9}  {by}"
             f"{attempt.host or '-'}  {attempt.code or '-'}  {attempt.reply}\n"

@@ -25,7 +25,6 @@ from gateway.store.purging import Purged
 from gateway.store.queries import StoredDecision, StoredMessage
 from gateway.store.queueactions import (
     JobFilter,
-    NodeAttempt,
     OperatorAction,
     QueueAction,
     QueuedJob,
@@ -226,7 +225,9 @@ class OperatorQueue(Protocol):
 
     def read_job(self, job_id: int) -> QueuedJob | None: ...
 
-    def job_attempts(self, job_id: int) -> list[NodeAttempt]: ...
+    def job_attempts(self, job_id: int) -> list[Attempt]:
+        """The job's attempts, first first, each naming its node on a shared store."""
+        ...
 
     def sent_data(self, reference: str, job_id: int) -> bytes | None: ...
 

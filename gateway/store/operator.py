@@ -18,8 +18,8 @@ from gateway.errors import StoreError
 from gateway.store import mailbox, outbox, queries, queueactions, sentmail
 from gateway.store.db import JobRecord, connect
 from gateway.store.mailbox import PostmasterMail
-from gateway.store.outbox import Job
-from gateway.store.queueactions import JobFilter, NodeAttempt, QueueAction, QueuedJob
+from gateway.store.outbox import Attempt, Job
+from gateway.store.queueactions import JobFilter, QueueAction, QueuedJob
 
 __all__ = ["SqlitePostmaster", "SqliteQueue"]
 
@@ -63,9 +63,8 @@ class SqliteQueue(_OnFile):
     def read_job(self, job_id: int) -> QueuedJob | None:
         return self._do(lambda conn: queueactions.read_queued(conn, job_id))
 
-    def job_attempts(self, job_id: int) -> list[NodeAttempt]:
-        tried = self._do(lambda conn: outbox.job_attempts(conn, job_id))
-        return [NodeAttempt(attempt, None) for attempt in tried]
+    def job_attempts(self, job_id: int) -> list[Attempt]:
+        return self._do(lambda conn: outbox.job_attempts(conn, job_id))
 
     def sent_data(self, reference: str, job_id: int) -> bytes | None:
         return self._do(lambda conn: sentmail.sent_data(conn, reference, job_id))

@@ -22,7 +22,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from gateway.store.db import Store, connect, iso
-from gateway.store.outbox import Attempt, Job
+from gateway.store.outbox import Job
 from gateway.store.schema import require_current
 from gateway.vocabulary import JobState
 
@@ -30,7 +30,6 @@ __all__ = [
     "ACTION_RULES",
     "ActionRule",
     "JobFilter",
-    "NodeAttempt",
     "OperatorAction",
     "QueueAction",
     "QueuedJob",
@@ -95,14 +94,6 @@ class QueuedJob:
     node: str | None  # the node that queued it (a shared store; None in a SQLite file)
     lease_owner: str | None  # the worker whose attempt is out ("mx2:4242:7f..."), if any
     lease_until: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class NodeAttempt:
-    """A delivery attempt and the node that made it (None in a SQLite file)."""
-
-    attempt: Attempt
-    node: str | None
 
 
 def lease_node(owner: str) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,7 +23,14 @@ from gateway.store.records import AttemptRecord, Filters, Kind, find_attempts
 from gateway.store.sentmail import SentNotice, read_sent
 from gateway.vocabulary import NOTICE_KINDS, NoticeStatus
 
-__all__ = ["REFERENCE_SHAPE", "Receipt", "SqliteReceipts", "read_receipt", "receipt_from"]
+__all__ = [
+    "REFERENCE_SHAPE",
+    "Receipt",
+    "SqliteReceipts",
+    "first_receipt",
+    "read_receipt",
+    "receipt_from",
+]
 
 # A reference as the gateway makes it: the UTC date, then 13 characters of Crockford's base 32
 # (65 random bits), or 10 for those made before references were lengthened (50 bits).
@@ -54,13 +61,28 @@ def read_receipt(conn: sqlite3.Connection, reference: str) -> Receipt | None:
     """The receipt of `reference`, or None when there is none (unknown, malformed, purged)."""
     if REFERENCE_SHAPE.fullmatch(reference) is None:
         return None
-    found = find_attempts(conn, Filters(reference=reference))
+    return first_receipt(
+        find_attempts(conn, Filters(reference=reference)),
+        auth=lambda found: _auth(conn, found),
+        sent=lambda found: read_sent(conn, found),
+    )
+
+
+def first_receipt(
+    found: Sequence[AttemptRecord],
+    *,
+    auth: Callable[[str], str | None],
+    sent: Callable[[str], Sequence[SentNotice]],
+) -> Receipt | None:
+    """The receipt of the first attempt `found` (None: none was), either backend's: a
+    received message's with what `auth` and `sent` read for its reference, a refusal at RCPT
+    with neither (nothing was received to authenticate or answer)."""
     if not found:
         return None
-    a = found[0]
-    if a.kind is Kind.REFUSAL:
-        return receipt_from(a, auth=None, sent=())
-    return receipt_from(a, auth=_auth(conn, a.reference), sent=read_sent(conn, a.reference))
+    attempt = found[0]
+    if attempt.kind is Kind.REFUSAL:
+        return receipt_from(attempt, auth=None, sent=())
+    return receipt_from(attempt, auth=auth(attempt.reference), sent=sent(attempt.reference))
 
 
 def receipt_from(

@@ -19,6 +19,7 @@ Each class keeps one psycopg Connection (reading.py); every driver error is a St
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -29,20 +30,19 @@ from gateway.errors import StoreError
 from gateway.store.mailbox import FORWARD, PostmasterMail
 from gateway.store.messages import JobRecord
 from gateway.store.outbox import Attempt, Job
-from gateway.store.postgres.outbox import job_from_row
-from gateway.store.postgres.reading import Connected, SyncConnection
+from gateway.store.postgres.jobfilter import job_where, queued_jobs
+from gateway.store.postgres.reading import Connected, SyncConnection, node_attempts, sent_data
+from gateway.store.postgres.rows import queued_from_row
 from gateway.store.postgres.schema import MIGRATION_LOCK
 from gateway.store.postgres.store import where as describe
 from gateway.store.queueactions import (
     ACTION_RULES,
     JobFilter,
-    NodeAttempt,
     QueueAction,
     QueuedJob,
     narrow,
 )
 from gateway.store.schema import SCHEMA_VERSION, SchemaTooNewError, SchemaTooOldError
-from gateway.vocabulary import JobState
 
 __all__ = ["LOCK_WAIT_S", "PgPostmaster", "PgQueue"]
 
@@ -99,14 +99,11 @@ class PgQueue(_Shared):
     """`gateway queue` on the shared store: every node's jobs."""
 
     def list_jobs(self, which: JobFilter) -> list[QueuedJob]:
-        where, params = _where(which, which.states)
-        rows = self._all(f"SELECT * FROM jobs WHERE {where} ORDER BY id", *params)
-        return [_queued(row) for row in rows]
+        return self._run(lambda conn: queued_jobs(conn, which))
 
     def matching_jobs(self, action: QueueAction, which: JobFilter) -> list[Job]:
-        where, params = _where(which, narrow(which.states, ACTION_RULES[action].states))
-        rows = self._all(f"SELECT * FROM jobs WHERE {where} ORDER BY id", *params)
-        return [job_from_row(row) for row in rows]
+        states = narrow(which.states, ACTION_RULES[action].states)
+        return [q.job for q in self.list_jobs(replace(which, states=states))]
 
     def change_jobs(
         self, action: QueueAction, which: JobFilter, *, now: datetime, operator: str
@@ -119,7 +116,7 @@ class PgQueue(_Shared):
             StoreError: the store cannot be written, or a node kept a job locked too long.
         """
         rule = ACTION_RULES[action]
-        where, params = _where(which, narrow(which.states, rule.states))
+        where, params = job_where(which, narrow(which.states, rule.states))
         if rule.is_unleased_only:
             where += " AND lease_owner IS NULL"
         # Locked in id order, as any other change does: two of them cannot deadlock, and a
@@ -143,32 +140,13 @@ class PgQueue(_Shared):
 
     def read_job(self, job_id: int) -> QueuedJob | None:
         row = self._one("SELECT * FROM jobs WHERE id = %s", job_id)
-        return None if row is None else _queued(row)
+        return None if row is None else queued_from_row(row)
 
-    def job_attempts(self, job_id: int) -> list[NodeAttempt]:
-        rows = self._all("SELECT * FROM attempts WHERE job_id = %s ORDER BY attempt", job_id)
-        return [
-            NodeAttempt(
-                Attempt(
-                    started_at=r["started_at"],
-                    finished_at=r["finished_at"],
-                    host=r["host"],
-                    code=r["code"],
-                    reply=r["reply"],
-                    outcome=JobState(r["outcome"]),
-                ),
-                node=r["node"],
-            )
-            for r in rows
-        ]
+    def job_attempts(self, job_id: int) -> list[Attempt]:
+        return self._run(lambda conn: node_attempts(conn, job_id))
 
     def sent_data(self, reference: str, job_id: int) -> bytes | None:
-        row = self._one(
-            "SELECT data FROM sent_notices WHERE reference = %s AND job_id = %s",
-            reference,
-            job_id,
-        )
-        return None if row is None else bytes(row["data"])
+        return self._run(lambda conn: sent_data(conn, reference, job_id))
 
 
 _MAIL = """
@@ -258,34 +236,6 @@ def _require_current(conn: SyncConnection) -> None:
         raise SchemaTooNewError(found)
     if found != SCHEMA_VERSION:
         raise SchemaTooOldError(found)
-
-
-def _where(which: JobFilter, states: Sequence[str]) -> tuple[str, list[object]]:
-    """queueactions.py's filter, in PostgreSQL's SQL."""
-    clauses, params = ["true"], list[object]()
-    for column, values in (("id", which.ids), ("state", states), ("kind", which.kinds)):
-        if values:
-            clauses.append(f"{column} = ANY (%s)")
-            params.append(list(values))
-    if which.since is not None:
-        clauses.append("created_at >= %s")
-        params.append(which.since)
-    if which.recipient is not None:
-        clauses.append(
-            "EXISTS (SELECT 1 FROM jsonb_array_elements_text(recipients) AS r (address)"
-            " WHERE lower(r.address) = %s)"
-        )
-        params.append(which.recipient.lower())
-    return " AND ".join(clauses), params
-
-
-def _queued(row: Row) -> QueuedJob:
-    return QueuedJob(
-        job_from_row(row),
-        node=row["node"],
-        lease_owner=row["lease_owner"],
-        lease_until=row["lease_until"],
-    )
 
 
 def _mail(row: Row) -> PostmasterMail:

@@ -23,12 +23,13 @@ from psycopg.types.json import Jsonb
 
 from gateway.errors import LeaseLost
 from gateway.store.outbox import Attempt, Bounce, Job
+from gateway.store.postgres.rows import action_from_row, job_from_row
 from gateway.store.postgres.store import Connection, PgStore
-from gateway.store.queueactions import OperatorAction, QueueAction
+from gateway.store.queueactions import OperatorAction
 from gateway.store.sentmail import SentNotice
 from gateway.vocabulary import JobKind, JobState
 
-__all__ = ["PgOutbox", "job_from_row"]
+__all__ = ["PgOutbox"]
 
 _PENDING = [JobState.QUEUED, JobState.IN_FLIGHT, JobState.DEFERRED, JobState.HELD]
 
@@ -43,26 +44,6 @@ _LEASE = (
     " lease_until = now() + make_interval(secs => %s), updated_at = %s"
     " WHERE id = ANY (%s) RETURNING *"
 )
-
-
-def job_from_row(row: Mapping[str, Any]) -> Job:
-    """A job as the SQLite store's Job value, from a row read with dict_row."""
-    return Job(
-        id=row["id"],
-        reference=row["reference"],
-        kind=JobKind(row["kind"]),
-        office=row["office"],
-        mail_from=row["mail_from"],
-        recipients=tuple(row["recipients"]),
-        destination=row["destination"],
-        route=row["route"],
-        state=JobState(row["state"]),
-        created_at=row["created_at"],
-        next_attempt_at=row["next_attempt_at"],
-        attempts=row["attempts"],
-        last_reply=row["last_reply"],
-        about_job=row["about_job"],
-    )
 
 
 class PgOutbox:
@@ -194,17 +175,7 @@ class PgOutbox:
                 (now,),
             )
             rows = await cursor.fetchall()
-        return [
-            OperatorAction(
-                id=r["id"],
-                action=QueueAction(r["action"]),
-                requested_at=r["requested_at"],
-                operator=r["operator"],
-                job_ids=tuple(r["job_ids"]),
-                filter=r["filter"],
-            )
-            for r in sorted(rows, key=lambda r: int(r["id"]))
-        ]
+        return [action_from_row(r) for r in sorted(rows, key=lambda r: int(r["id"]))]
 
     async def _queue_bounce(self, conn: Connection, relay: Job, at: datetime) -> Bounce | None:
         # RFC 5321 §6.1: mail we accepted and cannot deliver is reported to its sender, but

@@ -9,7 +9,6 @@ when first used and again after a failure; every driver error comes out as Store
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any, TypeVar
 
 import psycopg
@@ -20,16 +19,30 @@ from gateway.store.anchors import Anchor, Checkpoint
 from gateway.store.browse import Key, Page
 from gateway.store.outbox import Attempt, Job
 from gateway.store.postgres.browse import browse_shared_attempts
-from gateway.store.postgres.outbox import job_from_row
-from gateway.store.postgres.queries import message_from_row
+from gateway.store.postgres.jobfilter import queued_jobs
 from gateway.store.postgres.records import shared_attempts
+from gateway.store.postgres.rows import (
+    attempt_from_row,
+    job_from_row,
+    message_from_row,
+    node_attempt_from_row,
+)
 from gateway.store.postgres.store import where
 from gateway.store.queries import StoredDecision, StoredMessage
+from gateway.store.queueactions import JobFilter
 from gateway.store.records import AttemptRecord, Filters
 from gateway.store.sentmail import SentNotice
 from gateway.vocabulary import JobState
 
-__all__ = ["Connected", "PgAuditReader", "PgHeads", "PgRecords", "SyncConnection"]
+__all__ = [
+    "Connected",
+    "PgAuditReader",
+    "PgHeads",
+    "PgRecords",
+    "SyncConnection",
+    "node_attempts",
+    "sent_data",
+]
 
 T = TypeVar("T")
 SyncConnection = psycopg.Connection[dict[str, Any]]
@@ -41,6 +54,9 @@ _DECISIONS = (
     "SELECT reference, recipient, kind, office, phase, action, reason, decided_at, local_time"
     " FROM message_recipients WHERE reference = %s"
 )
+
+# A job's attempts in the order they were made (the composer's, the audit's and the queue's).
+_ATTEMPTS = "SELECT * FROM attempts WHERE job_id = %s ORDER BY attempt"
 
 
 class Connected:
@@ -97,19 +113,7 @@ class PgRecords(Connected):
         return None if row is None else job_from_row(row)
 
     def job_attempts(self, job_id: int) -> list[Attempt]:
-        rows = self._all("SELECT * FROM attempts WHERE job_id = %s ORDER BY attempt", job_id)
-        return [_attempt(r) for r in rows]
-
-
-def _attempt(row: dict[str, Any]) -> Attempt:
-    return Attempt(
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        host=row["host"],
-        code=row["code"],
-        reply=row["reply"],
-        outcome=JobState(row["outcome"]),
-    )
+        return [attempt_from_row(r) for r in self._all(_ATTEMPTS, job_id)]
 
 
 class PgAuditReader(Connected):
@@ -129,10 +133,9 @@ class PgAuditReader(Connected):
         )
 
     def list_jobs(self, states: tuple[str, ...]) -> list[Job]:
-        if not states:
-            return [job_from_row(r) for r in self._all("SELECT * FROM jobs ORDER BY id")]
-        rows = self._all("SELECT * FROM jobs WHERE state = ANY(%s) ORDER BY id", list(states))
-        return [job_from_row(r) for r in rows]
+        # `gateway queue list --state`'s question, answered as it answers it (jobfilter.py).
+        queued = self._run(lambda conn: queued_jobs(conn, JobFilter(states=states)))
+        return [q.job for q in queued]
 
     def read_message(self, reference: str) -> StoredMessage | None:
         row = self._one("SELECT * FROM messages WHERE reference = %s", reference)
@@ -157,9 +160,7 @@ class PgAuditReader(Connected):
         return [job_from_row(r) for r in rows]
 
     def job_attempts(self, job_id: int) -> list[Attempt]:
-        rows = self._all("SELECT * FROM attempts WHERE job_id = %s ORDER BY attempt", job_id)
-        # The node too: on a shared store, which host talked to the remote server.
-        return [replace(_attempt(r), node=r["node"]) for r in rows]
+        return self._run(lambda conn: node_attempts(conn, job_id))
 
     def read_sent(self, reference: str) -> list[SentNotice]:
         rows = self._all(
@@ -170,10 +171,7 @@ class PgAuditReader(Connected):
         return [SentNotice(**row) for row in rows]
 
     def sent_data(self, reference: str, job_id: int) -> bytes | None:
-        row = self._one(
-            "SELECT data FROM sent_notices WHERE reference = %s AND job_id = %s", reference, job_id
-        )
-        return None if row is None else bytes(row["data"])
+        return self._run(lambda conn: sent_data(conn, reference, job_id))
 
     def load_anchors(self) -> dict[str, Anchor]:
         # `*`: a store not yet migrated to version 4 (its nodes not restarted) has no node.
@@ -191,6 +189,21 @@ class PgAuditReader(Connected):
         for r in rows:
             found.setdefault(r["chain"], []).append(Checkpoint(**r))
         return found
+
+
+def node_attempts(conn: SyncConnection, job_id: int) -> list[Attempt]:
+    """A job's attempts, first first, each naming its node: on a shared store, which host
+    talked to the remote server (`gateway audit show`, `gateway queue show`)."""
+    rows = conn.execute(_ATTEMPTS, (job_id,)).fetchall()
+    return [node_attempt_from_row(r) for r in rows]
+
+
+def sent_data(conn: SyncConnection, reference: str, job_id: int) -> bytes | None:
+    """The bytes of the mail a job sent for `reference`, as kept, or None."""
+    row = conn.execute(
+        "SELECT data FROM sent_notices WHERE reference = %s AND job_id = %s", (reference, job_id)
+    ).fetchone()
+    return None if row is None else bytes(row["data"])
 
 
 class PgHeads(Connected):

@@ -1,7 +1,7 @@
 """Receipts from the shared store: store/receipts.py's read_receipt on PostgreSQL.
 
 The attempt is found as `gateway audit` finds it on PostgreSQL (postgres/records.py), from
-whichever node took it, and made a Receipt by receipts.receipt_from, the SQLite reader's own
+whichever node took it, and made a Receipt by receipts.first_receipt, the SQLite reader's own
 step, so the page answers alike on either backend. Nothing here writes or formats.
 """
 
@@ -11,8 +11,8 @@ from datetime import UTC
 
 from gateway.store.postgres.reading import Connected, SyncConnection
 from gateway.store.postgres.records import shared_attempts
-from gateway.store.receipts import REFERENCE_SHAPE, Receipt, receipt_from
-from gateway.store.records import Filters, Kind
+from gateway.store.receipts import REFERENCE_SHAPE, Receipt, first_receipt
+from gateway.store.records import Filters
 from gateway.store.sentmail import SentNotice
 
 __all__ = ["PgReceipts"]
@@ -33,18 +33,16 @@ class PgReceipts(Connected):
 
 
 def _receipt(conn: SyncConnection, reference: str) -> Receipt | None:
-    found = shared_attempts(conn, Filters(reference=reference))
-    if not found:
-        return None
-    attempt = found[0]
-    if attempt.kind is Kind.REFUSAL:
-        return receipt_from(attempt, auth=None, sent=())
-    row = conn.execute(
-        "SELECT auth FROM messages WHERE reference = %s", (attempt.reference,)
-    ).fetchone()
-    return receipt_from(
-        attempt, auth=None if row is None else row["auth"], sent=_sent(conn, reference)
+    return first_receipt(
+        shared_attempts(conn, Filters(reference=reference)),
+        auth=lambda found: _auth(conn, found),
+        sent=lambda found: _sent(conn, found),
     )
+
+
+def _auth(conn: SyncConnection, reference: str) -> str | None:
+    row = conn.execute("SELECT auth FROM messages WHERE reference = %s", (reference,)).fetchone()
+    return None if row is None else row["auth"]
 
 
 def _sent(conn: SyncConnection, reference: str) -> list[SentNotice]:
