@@ -15,7 +15,7 @@ import gzip
 import io
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -464,14 +464,25 @@ async def test_when_the_stores_clock_was_shifted_every_file_is_read(
         assert "(a clock shifted with --as-of, or its lines lost): every file read)" in text
 
 
+def cut_short(packed: bytes) -> bytes:
+    return packed[:-40]  # a disk that filled as logrotate compressed
+
+
+def garbled(packed: bytes) -> bytes:
+    damaged = bytearray(packed)
+    damaged[30] ^= 0xFF  # inside the deflate data: zlib's own error, not an OSError
+    return bytes(damaged)
+
+
+@pytest.mark.parametrize("damage", [cut_short, garbled])
 async def test_a_damaged_gzip_file_is_named_and_the_rest_of_the_story_still_told(
-    host: tuple[Host, GatewaySettings],
+    host: tuple[Host, GatewaySettings], damage: Callable[[bytes], bytes]
 ) -> None:
     written, settings = host
-    # The retry's day, gzipped by logrotate, then cut short (a disk filled as it was written).
+    # The retry's day, gzipped by logrotate, then damaged.
     day = Path(settings.audit.log).parent / "gateway.log-20170905"
     damaged = day.with_name(day.name + ".gz")
-    damaged.write_bytes(gzip.compress(day.read_bytes())[:-40])
+    damaged.write_bytes(damage(gzip.compress(day.read_bytes())))
     day.unlink()
     out, err = io.StringIO(), io.StringIO()
     request = AuditRequest(action="show", targets=(written.refs["kept"],))
@@ -482,3 +493,9 @@ async def test_a_damaged_gzip_file_is_named_and_the_rest_of_the_story_still_told
     shown = listed(out.getvalue())
     assert "gateway.worker-2.log-20170904.gz smtp.message.received" in shown
     assert "gateway.log receipt.looked_up" in shown  # the files after it are read
+    # verify cannot vouch for a chain it cannot read: one line, no traceback.
+    out, err = io.StringIO(), io.StringIO()
+    status = run_audit(settings, AuditRequest(action="verify"), now=at(4, 12), out=out, err=err)
+    assert status == 2
+    assert err.getvalue().startswith("gateway: cannot read the log: ")
+    assert "Traceback" not in err.getvalue()

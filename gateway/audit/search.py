@@ -8,11 +8,10 @@ parses a line or decides which lines matter (events.py).
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from gateway.audit.verify import LogLine, open_log
+from gateway.audit.verify import UNREADABLE, LogLine, open_log
 
 __all__ = ["LogSearch", "lines_holding"]
 
@@ -24,7 +23,7 @@ def lines_holding(paths: Iterable[Path], needles: Sequence[bytes]) -> Iterator[L
     """The lines of `paths`, in order, that hold any of `needles` (none holding a newline).
 
     Raises:
-        OSError, EOFError: a file cannot be read (or a gzipped one ends early).
+        OSError, EOFError, zlib.error: a file cannot be read (verify.UNREADABLE).
     """
     for path in paths:
         yield from _file_lines(path, needles)
@@ -42,7 +41,7 @@ class LogSearch:
         for path in paths:
             try:
                 yield from _file_lines(path, needles)
-            except (OSError, EOFError, zlib.error) as exc:
+            except UNREADABLE as exc:
                 self.unreadable[path] = str(exc) or type(exc).__name__
 
 

@@ -27,7 +27,7 @@ from itertools import pairwise
 from pathlib import Path
 
 from gateway.audit.chain import parse_line, read_link
-from gateway.audit.verify import read_lines
+from gateway.audit.verify import UNREADABLE, read_lines
 
 __all__ = ["CLOCK_SKEW", "FileStart", "StoryFiles", "read_starts", "story_files", "whole_log"]
 
@@ -116,7 +116,7 @@ def _start(path: Path) -> FileStart:
             if found is not None and isinstance(record, dict):
                 stamp = record.get("timestamp", "")
                 return FileStart(path, found.chain, found.seq, _time(stamp), str(stamp))
-    except (OSError, EOFError):
+    except UNREADABLE:
         pass
     return FileStart(path)
 

@@ -15,6 +15,7 @@ the only I/O; `verify()` itself is a pure walk over lines already read.
 from __future__ import annotations
 
 import gzip
+import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -25,6 +26,7 @@ from gateway.audit.chain import GENESIS, Anchor, Checkpoint, Link, line_hash, pa
 from gateway.store.db import iso
 
 __all__ = [
+    "UNREADABLE",
     "ChainSpan",
     "Finding",
     "LogLine",
@@ -68,6 +70,12 @@ def read_lines(path: Path) -> Iterator[LogLine]:
             yield LogLine(str(path), number, raw.rstrip(b"\r\n"), complete)
 
 
+# What reading a log file can raise besides a bug: the file system's errors (gzip's
+# BadGzipFile among them), a gzip cut short (EOFError), and damaged compressed data, which
+# zlib raises as its own error, not an OSError.
+UNREADABLE = (OSError, EOFError, zlib.error)
+
+
 def open_log(path: Path) -> BinaryIO:
     """The file's bytes, decompressed when its name ends in `.gz`."""
     if path.suffix == ".gz":
@@ -103,7 +111,7 @@ def _first_position(path: Path) -> tuple[str, int]:
             found = read_link(record)
             if found is not None and isinstance(record, dict):
                 return str(record.get("timestamp", "")), found.seq
-    except (OSError, EOFError):
+    except UNREADABLE:
         pass  # unreadable: verify reports it in its turn
     return "", 0
 

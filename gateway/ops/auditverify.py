@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import TextIO
 
 from gateway.audit.chain import Anchor
-from gateway.audit.verify import ChainSpan, Verification, log_files, order_files, verify
+from gateway.audit.verify import (
+    UNREADABLE,
+    ChainSpan,
+    Verification,
+    log_files,
+    order_files,
+    verify,
+)
 from gateway.config import GatewaySettings
 from gateway.ops.auditrequest import (
     EXIT_FOUND_PROBLEMS,
@@ -43,7 +50,7 @@ def verify_logs(
     checkpoints = None if store is None else store.load_checkpoints()
     try:
         result = verify(log_lines(files), anchors=anchors, checkpoints=checkpoints)
-    except (OSError, EOFError) as exc:
+    except UNREADABLE as exc:
         raise UsageError(f"cannot read the log: {exc}") from exc
     _write_verification(result, files, has_store=anchors is not None, out=out)
     if anchors:
