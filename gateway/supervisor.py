@@ -5,9 +5,9 @@ each `gateway serve --worker-index I ...` with the bound sockets passed down, wh
 them: one accept queue per address, held here, so a worker that dies drops none of the
 connections queued behind it. The first workers are forked from the supervisor, so that
 they share the memory of its imported code (forking.py); a restarted one is a new
-interpreter, `python -m gateway serve ...`. Each worker is a whole gateway (app.py): its own event
-loop, store writer (group commit per process), delivery worker and composers, audit log file
-and chain. The supervisor:
+interpreter, `python -m gateway serve ...`. Each worker is a whole gateway (app.py): its own
+event loop, store writer (group commit per process), delivery worker and composers, audit
+log file and chain. The supervisor:
 
 - restarts a worker that ends while it should be serving, after a delay that doubles from
   0.5 s up to 30 s while restarts follow each other quickly (a worker that served a minute
@@ -107,9 +107,14 @@ def supervise(
         return opened
     parts, sockets, run_dir = opened
     supervisor = Supervisor(
-        settings, sockets, clock=parts.clock, run_dir=run_dir, config=config, as_of=as_of
+        settings,
+        sockets,
+        clock=parts.clock,
+        run_dir=run_dir,
+        config=config,
+        as_of=as_of,
+        worker_main=main,
     )
-    supervisor.worker_main = main
     try:
         # Before the audit log is opened, and before any thread or event loop: the workers
         # inherit only the imported code, the listeners and their pipes (forking.py).
@@ -208,6 +213,7 @@ class Supervisor:
         run_dir: Path,
         config: Path | None,
         as_of: str | None,
+        worker_main: Main,
     ) -> None:
         self.settings = settings
         self.sockets = sockets
@@ -223,7 +229,7 @@ class Supervisor:
         self._watches: list[asyncio.Task[None]] = []
         # Workers forked at start and not yet released: the process, its ready pipe's end.
         self._forked: dict[int, tuple[ForkedProcess, int]] = {}
-        self.worker_main: Main | None = None  # what a forked worker runs; None: never fork
+        self.worker_main = worker_main  # what a forked worker runs
 
     async def run(self) -> int:
         """Start the workers, serve until told to stop, stop them; returns the exit status."""
@@ -284,7 +290,7 @@ class Supervisor:
     def fork_workers(self) -> None:
         """Fork every worker now, to be released when it would be started; where this
         process may not fork, the workers are started as new interpreters instead."""
-        if self.worker_main is None or not can_fork():
+        if not can_fork():
             return
         freeze_for_fork()
         fds = [s.fileno() for s in self.sockets]

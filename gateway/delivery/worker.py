@@ -249,7 +249,7 @@ class DeliveryWorker:
                 ),
             )
         except LeaseLost:
-            self._lost_when_recording(job, attempt)
+            _log_lease_lost(job, self.outbox.owner, attempt)
             return
         _log_attempt("delivery.succeeded", job, attempt)
 
@@ -303,7 +303,7 @@ class DeliveryWorker:
                 bounce=job.kind is JobKind.RELAY and state is JobState.FAILED,
             )
         except LeaseLost:
-            self._lost_when_recording(job, attempt)
+            _log_lease_lost(job, self.outbox.owner, attempt)
             return
         event = "delivery.deferred" if state is JobState.DEFERRED else "delivery.failed"
         _log_attempt(
@@ -320,10 +320,6 @@ class DeliveryWorker:
                 job_id=bounce.job_id,
                 about_job=job.id,
             )
-
-    def _lost_when_recording(self, job: Job, attempt: Attempt) -> None:
-        # The audit log keeps what this attempt did; the store keeps the new owner's state.
-        _log_lease_lost(job, self.outbox.owner, attempt)
 
 
 class _KeptLease:
@@ -399,8 +395,13 @@ def _kept(job: Job, mail: OutgoingMail, sent_at: datetime) -> tuple[SentNotice, 
 
 def _log_lease_lost(job: Job, owner: str, attempt: Attempt | None = None) -> None:
     """outbox.lease_lost: found while sending (the attempt is stopped, nothing to tell of it)
-    or when recording `attempt` (its outcome, host and reply code, kept by the log alone)."""
-    told = {} if attempt is None else _attempt_keys(attempt)
+    or when recording `attempt` (its outcome, host and reply code, kept by the log alone: the
+    store keeps the new owner's state)."""
+    told = (
+        {}
+        if attempt is None
+        else {"outcome": attempt.outcome, "host": attempt.host, "reply_code": attempt.code}
+    )
     during = "sending" if attempt is None else "recording"
     log.warning(
         "outbox.lease_lost",
@@ -410,10 +411,6 @@ def _log_lease_lost(job: Job, owner: str, attempt: Attempt | None = None) -> Non
         during=during,
         **told,
     )
-
-
-def _attempt_keys(attempt: Attempt) -> dict[str, object]:
-    return {"outcome": attempt.outcome, "host": attempt.host, "reply_code": attempt.code}
 
 
 def _log_attempt(event: str, job: Job, attempt: Attempt, **extra: str | None) -> None:
