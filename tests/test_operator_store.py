@@ -199,6 +199,9 @@ async def test_a_hold_on_a_job_in_flight_on_another_node_waits_for_its_attempt(
     (job,) = [q.job for q in await operate(backend, lambda q: q.list_jobs(JobFilter()))]
 
     assert await operate(backend, change(QueueAction.HOLD, first)) == [first]
+    # A dry run counts what the change would do: held, but still out on its attempt.
+    matched = await operate(backend, lambda q: q.matching_jobs(QueueAction.DELETE, JobFilter()))
+    assert matched == []
     assert await operate(backend, change(QueueAction.DELETE, first)) == []  # still out
     refused = await asyncio.to_thread(
         queue_command, settings_for(backend, tmp_path), "delete", first

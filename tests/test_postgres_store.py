@@ -343,3 +343,31 @@ async def test_an_envelopes_recipients_keep_their_order_after_the_table_is_rewri
     assert [d.recipient for d in decisions] == list(given)
     (attempt,) = attempts
     assert attempt.recipients == given
+
+
+async def test_times_read_back_in_utc_whatever_the_servers_time_zone(dsn: str) -> None:
+    # A server (or role, or database) set to the office's zone: the store still hands back
+    # UTC, as the SQLite store does, so every printed time reads the same on both.
+    database = dsn.rpartition("/")[2]
+    await execute(dsn, f"ALTER DATABASE {database} SET TimeZone = 'America/Chicago'")
+    store = PgStore(dsn, node="mx1", wait_s=1.0)
+    async with asyncio.timeout(BOUND_S):
+        await store.open()
+        try:
+            record, check = filing()
+            await store.record_message(record, check)
+            (job,) = await PgOutbox(store, owner="mx1:1").claim(
+                record.received_at, limit=1, lease_s=60, busy={}, per_route=9
+            )
+        finally:
+            await store.close()
+    reader = PgAuditReader(dsn)
+    try:
+        message = await asyncio.to_thread(reader.read_message, record.reference)
+        (queued,) = await asyncio.to_thread(reader.find_jobs, record.reference)
+    finally:
+        reader.close()
+    assert message is not None
+    for when in (job.created_at, message.received_at, queued.created_at):
+        assert when.utcoffset() == timedelta(0)
+    assert message.received_at == record.received_at

@@ -15,7 +15,8 @@ the session could have closed hold the session's own lines. The store's time and
 come from different clocks (another node's, on a shared store), hence a margin for skew.
 
 `story_files` decides, with plain values; `read_starts` reads each file's first chained
-line. Nothing here reads a whole file or knows what a line says about an attempt (events.py).
+line. Nothing here searches a file's lines or knows what a line says about an attempt
+(events.py).
 """
 
 from __future__ import annotations
@@ -26,8 +27,7 @@ from datetime import datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
 
-from gateway.audit.chain import parse_line, read_link
-from gateway.audit.verify import UNREADABLE, read_lines
+from gateway.audit.verify import first_link
 
 __all__ = ["CLOCK_SKEW", "FileStart", "StoryFiles", "read_starts", "story_files", "whole_log"]
 
@@ -102,23 +102,20 @@ def _ends(starts: Sequence[FileStart]) -> dict[Path, datetime]:
 
 
 def read_starts(paths: Iterable[Path]) -> list[FileStart]:
-    """Each file's first chained line, read from its beginning only (a gzipped file's first
-    block); a file that cannot be read begins nowhere (it is read whole, and fails there).
+    """Each file's first chained line, read from its beginning (a gzipped file's first
+    block; one with no chained line is read to its end); a file that cannot be read begins
+    nowhere (it is read whole, and fails there).
     In verify.order_files's order: that of the lines, each chain's files as it wrote them."""
     return sorted((_start(path) for path in paths), key=lambda s: (s.stamp, s.seq))
 
 
 def _start(path: Path) -> FileStart:
-    try:
-        for line in read_lines(path):
-            record = parse_line(line.raw)
-            found = read_link(record)
-            if found is not None and isinstance(record, dict):
-                stamp = record.get("timestamp", "")
-                return FileStart(path, found.chain, found.seq, _time(stamp), str(stamp))
-    except UNREADABLE:
-        pass
-    return FileStart(path)
+    first = first_link(path)
+    if first is None:
+        return FileStart(path)
+    record, found = first
+    stamp = record.get("timestamp", "")
+    return FileStart(path, found.chain, found.seq, _time(stamp), str(stamp))
 
 
 def _time(stamp: object) -> datetime | None:

@@ -33,6 +33,7 @@ __all__ = [
     "Problem",
     "Verification",
     "find_log_files",
+    "first_link",
     "log_files",
     "open_log",
     "order_files",
@@ -105,15 +106,26 @@ def order_files(paths: Iterable[Path]) -> list[Path]:
 
 
 def _first_position(path: Path) -> tuple[str, int]:
+    first = first_link(path)
+    if first is None:
+        return "", 0
+    record, found = first
+    return str(record.get("timestamp", "")), found.seq
+
+
+def first_link(path: Path) -> tuple[dict[str, object], Link] | None:
+    """A file's first chained line, as parsed, with its chain keys; None when it has none or
+    cannot be read (verify reports that in its turn). Read from the beginning: a file
+    without a chained line is read to its end."""
     try:
         for line in read_lines(path):
             record = parse_line(line.raw)
             found = read_link(record)
             if found is not None and isinstance(record, dict):
-                return str(record.get("timestamp", "")), found.seq
+                return record, found
     except UNREADABLE:
-        pass  # unreadable: verify reports it in its turn
-    return "", 0
+        pass
+    return None
 
 
 # ---------------------------------------------------------------------------------------------

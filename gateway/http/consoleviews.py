@@ -202,7 +202,7 @@ class Views:
         except UsageError as exc:
             return self._problem(request, 400, str(exc))
 
-        def read(reader: AuditReader) -> tuple[int, str, list[tuple[Any, str]]]:
+        def read(reader: AuditReader) -> tuple[int, str, str, list[tuple[Any, str]]]:
             out, err = io.StringIO(), io.StringIO()
             status = show_attempt(self.settings, audit, reader, zones, self.redactor, out, err)
             kept = reader.read_sent(reference)
@@ -211,9 +211,9 @@ class Views:
                 (n, readable_notice(reader.sent_data(reference, n.job_id) or b"", self.redactor))
                 for n in kept
             ]
-            return status, out.getvalue(), notices
+            return status, out.getvalue(), err.getvalue(), notices
 
-        status, story, notices = await self._read(read)
+        status, story, said, notices = await self._read(read)
         self._viewed(request, _Asked("attempt", "html"), reference)
         if status != 0 and not story:
             return self._problem(request, 404, f"No attempt {reference} in the store.")
@@ -224,7 +224,8 @@ class Views:
             reference=reference,
             story=story,
             notices=notices,
-            in_store=status == 0,
+            # What audit show said on the side: a log file it could not read, say.
+            warnings=said.splitlines(),
         )
 
     # -- summary, senders ----------------------------------------------------------------------

@@ -11,7 +11,7 @@
 The endpoint is aiohttp's server on the gateway's own event loop: that it answers at all shows
 the loop is not wedged (what the old SMTP NOOP health check showed), and the checks read the
 live asyncio objects without crossing threads. The metrics are rendered in a thread, because
-the outbox gauges read SQLite. Nothing here decides about mail; the only write is the store's
+the outbox gauges read the store. Nothing here decides about mail; the only write is the store's
 health-check row.
 """
 

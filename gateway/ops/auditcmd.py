@@ -119,7 +119,7 @@ def _write(
 
 
 def _has_store(settings: GatewaySettings) -> bool:
-    return settings.storage.is_shared or settings.storage.database.is_file()
+    return StoreLocation.from_settings(settings).may_exist()
 
 
 @contextlib.contextmanager

@@ -143,7 +143,7 @@ def run_queue(
 ) -> int:
     """Carry out one queue command; returns the exit status."""
     location = StoreLocation.from_settings(settings)
-    if location.dsn is None and not location.database.is_file():
+    if not location.may_exist():
         err.write(
             f"gateway: no state store at {location.database} (has the gateway run with this"
             " config?)\n"

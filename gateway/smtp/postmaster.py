@@ -129,7 +129,7 @@ def run_postmaster(
     if request.action == "forward" and not postmaster.forward_to:
         err.write("gateway: [postmaster] forward_to is not set; there is nobody to forward to\n")
         return EXIT_CONFIG
-    if store.dsn is None and not store.database.is_file():
+    if not store.may_exist():
         err.write(
             f"gateway: no state store at {store.database} (has the gateway run with this config?)\n"
         )

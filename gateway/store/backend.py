@@ -84,6 +84,11 @@ class StoreLocation:
 
         return where(self.dsn)
 
+    def may_exist(self) -> bool:
+        """Whether there may be a store to read here: a shared store is asked when read (it
+        says for itself when it holds none); a file must be there, or nothing was recorded."""
+        return self.dsn is not None or self.database.is_file()
+
 
 def new_store(location: StoreLocation) -> RecordStore:
     """The record store at `location`, not yet opened."""

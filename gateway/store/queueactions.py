@@ -168,10 +168,20 @@ def select_jobs(conn: sqlite3.Connection, which: JobFilter) -> list[Job]:
 
 
 def matching_jobs(conn: sqlite3.Connection, action: QueueAction, which: JobFilter) -> list[Job]:
-    """The jobs `action` would change: those of `which` in a state it applies to."""
-    where, params = _where(which, narrow(which.states, ACTION_RULES[action].states))
+    """The jobs `action` would change: those of `which` it applies to, as change_jobs
+    chooses them (so a dry run counts what the change would do)."""
+    where, params = _action_where(ACTION_RULES[action], which)
     rows = conn.execute(f"SELECT * FROM jobs WHERE {where} ORDER BY id", params)
     return [Job.from_row(row) for row in rows]
+
+
+def _action_where(rule: ActionRule, which: JobFilter) -> tuple[str, list[object]]:
+    """The jobs of `which` that `rule` applies to: in one of its states, and not out on an
+    attempt when it leaves those alone."""
+    where, params = _where(which, narrow(which.states, rule.states))
+    if rule.is_unleased_only:
+        where += " AND lease_owner IS NULL"
+    return where, params
 
 
 def change_jobs(
@@ -189,9 +199,7 @@ def change_jobs(
         SchemaVersionError: the store is not at this code's schema version.
     """
     rule = ACTION_RULES[action]
-    where, params = _where(which, narrow(which.states, rule.states))
-    if rule.is_unleased_only:
-        where += " AND lease_owner IS NULL"
+    where, params = _action_where(rule, which)
     with conn:
         conn.execute("BEGIN IMMEDIATE")
         require_current(conn)  # in the transaction: no gateway migrates it meanwhile

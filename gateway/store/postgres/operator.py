@@ -102,8 +102,10 @@ class PgQueue(_Shared):
         return self._run(lambda conn: queued_jobs(conn, which))
 
     def matching_jobs(self, action: QueueAction, which: JobFilter) -> list[Job]:
-        states = narrow(which.states, ACTION_RULES[action].states)
-        return [q.job for q in self.list_jobs(replace(which, states=states))]
+        # As change_jobs chooses them, so a dry run counts what the change would do.
+        rule = ACTION_RULES[action]
+        found = self.list_jobs(replace(which, states=narrow(which.states, rule.states)))
+        return [q.job for q in found if not (rule.is_unleased_only and q.lease_owner)]
 
     def change_jobs(
         self, action: QueueAction, which: JobFilter, *, now: datetime, operator: str

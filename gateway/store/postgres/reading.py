@@ -27,7 +27,7 @@ from gateway.store.postgres.rows import (
     message_from_row,
     node_attempt_from_row,
 )
-from gateway.store.postgres.store import where
+from gateway.store.postgres.store import UTC_SESSION, where
 from gateway.store.queries import StoredDecision, StoredMessage
 from gateway.store.queueactions import JobFilter
 from gateway.store.records import AttemptRecord, Filters
@@ -86,6 +86,7 @@ class Connected:
                     self._dsn, autocommit=True, row_factory=dict_row, connect_timeout=5,
                     application_name=f"eservice-gateway {self._node}".strip()[:63],
                 )  # fmt: skip
+                self._conn.execute(UTC_SESSION)
             return work(self._conn)
         except psycopg.Error as exc:
             self.close()  # the next call connects afresh (the server may have restarted)

@@ -35,7 +35,7 @@ from gateway.store.postgres.schema import migrate, schema_version
 from gateway.store.purging import Purged
 from gateway.store.schema import SchemaTooNewError
 
-__all__ = ["PgStore", "stored_version", "where"]
+__all__ = ["UTC_SESSION", "PgStore", "stored_version", "where"]
 
 Connection = psycopg.AsyncConnection[Any]
 # Settings under which COMMIT returns before the commit is on the server's disk.
@@ -290,6 +290,13 @@ class PgStore:
         refusal = await _durability_problem(conn)
         if refusal is not None:
             raise StoreError(refusal)  # the pool drops the connection and tries again
+        await conn.execute(UTC_SESSION)
+
+
+# Times come back in the session's TimeZone, which is the server's or the role's unless set:
+# UTC on every connection, as the SQLite store gives them, whatever the server is set to.
+# (Not through the DSN's `options`, which an operator's connection string may hold already.)
+UTC_SESSION = "SET TIME ZONE 'UTC'"
 
 
 async def stored_version(dsn: str) -> int | None:
